@@ -1,0 +1,371 @@
+//! The lot actor and its typed handle.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use rustc_hash::FxHashMap;
+use uuid::Uuid;
+
+use crate::domain::{apply, decide, Command, LotId, LotState, NewEvent, Rejection, Timestamp};
+use crate::log::{EventLog, LogError};
+
+/// One command for a lot, with the metadata the edge standardised.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub command: Command,
+    /// The client's id for idempotent retries; `None` gets a server UUIDv7.
+    pub event_id: Option<Uuid>,
+    pub occurred_at: Timestamp,
+}
+
+/// What became of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted {
+        offset: u64,
+    },
+    /// Seen before: acknowledged again with the original's offset, nothing appended.
+    Duplicate {
+        offset: u64,
+    },
+    Rejected(Rejection),
+}
+
+/// A lot as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LotView {
+    pub lot_id: LotId,
+    pub name: String,
+    pub capacity: u32,
+    pub occupancy: u32,
+    pub free: u32,
+    /// Log offset of the last event of this lot that this view reflects.
+    pub offset: Option<u64>,
+    /// Event time of that event.
+    pub updated_at: Option<Timestamp>,
+    #[serde(skip)]
+    pub registered: bool,
+}
+
+/// The reply to a batch of requests, once durable.
+#[derive(Debug, Clone)]
+pub struct Executed {
+    pub outcomes: Vec<Outcome>,
+    /// The lot after the batch.
+    pub view: LotView,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LotError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the lot actor is not running: {0}")]
+    Mailbox(#[from] MailboxError),
+}
+
+/// Recently seen client event ids of one lot and the offsets they got.
+#[derive(Debug, Default)]
+pub(crate) struct Dedupe {
+    window: usize,
+    seen: FxHashMap<u128, u64>,
+    order: VecDeque<u128>,
+}
+
+impl Dedupe {
+    pub(crate) fn new(window: usize) -> Self {
+        Dedupe {
+            window,
+            ..Default::default()
+        }
+    }
+
+    fn get(&self, id: &Uuid) -> Option<u64> {
+        self.seen.get(&id.as_u128()).copied()
+    }
+
+    pub(crate) fn insert(&mut self, id: Uuid, offset: u64) {
+        if self.window == 0 {
+            return;
+        }
+        if self.seen.insert(id.as_u128(), offset).is_none() {
+            self.order.push_back(id.as_u128());
+            while self.order.len() > self.window {
+                if let Some(old) = self.order.pop_front() {
+                    self.seen.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Everything a lot actor holds; also what recovery folds the log into.
+#[derive(Debug)]
+pub(crate) struct LotCore {
+    pub(crate) lot_id: LotId,
+    pub(crate) state: LotState,
+    pub(crate) seq: u64,
+    pub(crate) last_offset: Option<u64>,
+    pub(crate) updated_at: Option<Timestamp>,
+    pub(crate) dedupe: Dedupe,
+}
+
+impl LotCore {
+    pub(crate) fn new(lot_id: LotId, window: usize) -> Self {
+        LotCore {
+            lot_id,
+            state: LotState::default(),
+            seq: 0,
+            last_offset: None,
+            updated_at: None,
+            dedupe: Dedupe::new(window),
+        }
+    }
+
+    pub(crate) fn view(&self) -> LotView {
+        let capacity = self.state.capacity();
+        LotView {
+            lot_id: self.lot_id.clone(),
+            name: self.state.name().to_owned(),
+            capacity,
+            occupancy: self.state.occupancy,
+            free: capacity.saturating_sub(self.state.occupancy),
+            offset: self.last_offset,
+            updated_at: self.updated_at,
+            registered: self.state.is_registered(),
+        }
+    }
+
+    /// Fold one recorded event (recovery).
+    pub(crate) fn replay(&mut self, e: &crate::domain::RecordedEvent) {
+        apply(&mut self.state, &e.event.event);
+        self.seq = e.event.lot_seq;
+        self.last_offset = Some(e.offset);
+        self.updated_at = Some(e.event.occurred_at);
+        if e.event.client_event_id {
+            self.dedupe.insert(e.event.event_id, e.offset);
+        }
+    }
+
+    /// Decide and apply a batch, append its events; restore the state if the append
+    /// fails. Returns the outcomes and the offset up to which the log must be durable.
+    fn execute(
+        &mut self,
+        log: &dyn EventLog,
+        requests: Vec<Request>,
+    ) -> Result<(Vec<Outcome>, u64), LogError> {
+        enum Slot {
+            Done(Outcome),
+            New(u64),
+            SameBatch(u64),
+        }
+        let saved = (self.state.clone(), self.seq, self.updated_at);
+        let mut events: Vec<NewEvent> = Vec::new();
+        let mut slots = Vec::with_capacity(requests.len());
+        let mut batch_ids: FxHashMap<u128, u64> = FxHashMap::default();
+        let mut wait_end = 0u64;
+        for r in requests {
+            if let Some(id) = &r.event_id {
+                if let Some(offset) = self.dedupe.get(id) {
+                    wait_end = wait_end.max(offset + 1);
+                    slots.push(Slot::Done(Outcome::Duplicate { offset }));
+                    continue;
+                }
+                if let Some(i) = batch_ids.get(&id.as_u128()) {
+                    slots.push(Slot::SameBatch(*i));
+                    continue;
+                }
+            }
+            match decide(&self.state, &r.command) {
+                Err(rejection) => slots.push(Slot::Done(Outcome::Rejected(rejection))),
+                Ok(event) => {
+                    apply(&mut self.state, &event);
+                    self.seq += 1;
+                    self.updated_at = Some(r.occurred_at);
+                    let i = events.len() as u64;
+                    if let Some(id) = &r.event_id {
+                        batch_ids.insert(id.as_u128(), i);
+                    }
+                    events.push(NewEvent {
+                        lot_id: self.lot_id.clone(),
+                        lot_seq: self.seq,
+                        event_id: r.event_id.unwrap_or_else(Uuid::now_v7),
+                        client_event_id: r.event_id.is_some(),
+                        occurred_at: r.occurred_at,
+                        event,
+                        occupancy: self.state.occupancy,
+                        capacity: self.state.capacity(),
+                    });
+                    slots.push(Slot::New(i));
+                }
+            }
+        }
+        let first = if events.is_empty() {
+            0
+        } else {
+            match log.append(&events) {
+                Ok(first) => first,
+                Err(e) => {
+                    (self.state, self.seq, self.updated_at) = saved;
+                    return Err(e);
+                }
+            }
+        };
+        for (i, e) in events.iter().enumerate() {
+            if e.client_event_id {
+                self.dedupe.insert(e.event_id, first + i as u64);
+            }
+        }
+        if !events.is_empty() {
+            let last = first + events.len() as u64 - 1;
+            self.last_offset = Some(last);
+            wait_end = wait_end.max(last + 1);
+        }
+        let outcomes = slots
+            .into_iter()
+            .map(|s| match s {
+                Slot::Done(o) => o,
+                Slot::New(i) => Outcome::Accepted { offset: first + i },
+                Slot::SameBatch(i) => Outcome::Duplicate { offset: first + i },
+            })
+            .collect();
+        Ok((outcomes, wait_end))
+    }
+}
+
+/// The actor wrapping a [`LotCore`].
+pub(crate) struct LotActor {
+    core: LotCore,
+    log: Arc<dyn EventLog>,
+    mailbox: usize,
+}
+
+impl LotActor {
+    pub(crate) fn new(core: LotCore, log: Arc<dyn EventLog>, mailbox: usize) -> Self {
+        LotActor { core, log, mailbox }
+    }
+}
+
+impl Actor for LotActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox);
+    }
+}
+
+/// The one message a lot actor understands.
+pub(crate) enum LotMsg {
+    Execute(Vec<Request>),
+    View,
+}
+
+#[derive(MessageResponse)]
+pub(crate) enum LotReply {
+    Executed(Result<(Vec<Outcome>, u64, LotView), LogError>),
+    View(LotView),
+}
+
+impl Message for LotMsg {
+    type Result = LotReply;
+}
+
+impl Handler<LotMsg> for LotActor {
+    type Result = LotReply;
+
+    fn handle(&mut self, msg: LotMsg, _ctx: &mut Self::Context) -> LotReply {
+        match msg {
+            LotMsg::Execute(requests) => {
+                let _span =
+                    tracing::trace_span!("lot_execute", lot_id = %self.core.lot_id).entered();
+                LotReply::Executed(
+                    self.core
+                        .execute(self.log.as_ref(), requests)
+                        .map(|(outcomes, end)| (outcomes, end, self.core.view())),
+                )
+            }
+            LotMsg::View => LotReply::View(self.core.view()),
+        }
+    }
+}
+
+/// A typed handle to one lot. Cheap to clone.
+#[derive(Clone)]
+pub struct LotHandle {
+    id: LotId,
+    addr: Addr<LotActor>,
+    log: Arc<dyn EventLog>,
+}
+
+impl LotHandle {
+    pub(crate) fn new(id: LotId, addr: Addr<LotActor>, log: Arc<dyn EventLog>) -> Self {
+        LotHandle { id, addr, log }
+    }
+
+    pub fn id(&self) -> &LotId {
+        &self.id
+    }
+
+    /// Run a batch of requests in order; resolves once every accepted (and every
+    /// duplicate's original) event is durable.
+    pub async fn execute(&self, requests: Vec<Request>) -> Result<Executed, LotError> {
+        match self.addr.send(LotMsg::Execute(requests)).await? {
+            LotReply::Executed(Ok((outcomes, end, view))) => {
+                if end > 0 {
+                    self.log.wait_durable(end).await?;
+                }
+                Ok(Executed { outcomes, view })
+            }
+            LotReply::Executed(Err(e)) => Err(e.into()),
+            LotReply::View(_) => unreachable!("execute is answered with Executed"),
+        }
+    }
+
+    /// Run one request.
+    pub async fn execute_one(&self, request: Request) -> Result<(Outcome, LotView), LotError> {
+        let mut done = self.execute(vec![request]).await?;
+        let outcome = done.outcomes.pop().expect("one outcome per request");
+        Ok((outcome, done.view))
+    }
+
+    /// A vehicle arrived now (or at `occurred_at`).
+    pub async fn arrive(
+        &self,
+        occurred_at: Timestamp,
+        event_id: Option<Uuid>,
+    ) -> Result<(Outcome, LotView), LotError> {
+        self.execute_one(Request {
+            command: Command::Arrive,
+            event_id,
+            occurred_at,
+        })
+        .await
+    }
+
+    /// A vehicle departed.
+    pub async fn depart(
+        &self,
+        occurred_at: Timestamp,
+        event_id: Option<Uuid>,
+    ) -> Result<(Outcome, LotView), LotError> {
+        self.execute_one(Request {
+            command: Command::Depart,
+            event_id,
+            occurred_at,
+        })
+        .await
+    }
+
+    /// The lot's current state, once everything it reflects is durable.
+    pub async fn view(&self) -> Result<LotView, LotError> {
+        match self.addr.send(LotMsg::View).await? {
+            LotReply::View(view) => {
+                if let Some(offset) = view.offset {
+                    self.log.wait_durable(offset + 1).await?;
+                }
+                Ok(view)
+            }
+            LotReply::Executed(_) => unreachable!("view is answered with View"),
+        }
+    }
+}

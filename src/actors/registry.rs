@@ -1,0 +1,185 @@
+//! The registry of lots: rebuilds every lot from the log at start and hands out handles.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use actix::prelude::*;
+use uuid::Uuid;
+
+use super::lot::{LotActor, LotCore, LotError, LotHandle, LotView, Outcome, Request};
+use crate::domain::{Capacity, Command, LotId, Timestamp};
+use crate::log::{EventLog, LogError};
+
+/// Settings of the lot actors.
+#[derive(Debug, Clone)]
+pub struct LotOptions {
+    /// Client event ids remembered per lot (see the module docs).
+    pub dedupe_window: usize,
+    /// Messages queued per lot actor before senders wait (backpressure).
+    pub mailbox: usize,
+    /// Threads the lot actors are spread over.
+    pub threads: usize,
+}
+
+impl Default for LotOptions {
+    fn default() -> Self {
+        LotOptions {
+            dedupe_window: 50_000,
+            mailbox: 256,
+            threads: 1,
+        }
+    }
+}
+
+/// All lots, by id. Cheap to clone.
+#[derive(Clone)]
+pub struct Lots {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    map: RwLock<HashMap<LotId, LotHandle>>,
+    log: Arc<dyn EventLog>,
+    arbiters: Vec<Arbiter>,
+    /// Serialises registrations, so one id never gets two actors.
+    register: tokio::sync::Mutex<()>,
+    next_arbiter: AtomicUsize,
+    opts: LotOptions,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for a in &self.arbiters {
+            a.stop();
+        }
+    }
+}
+
+impl Lots {
+    /// Fold the whole log into lot states and start one actor per lot.
+    /// Must be called inside a running actix system.
+    pub fn recover(log: Arc<dyn EventLog>, opts: LotOptions) -> Result<Lots, LogError> {
+        let started = std::time::Instant::now();
+        let mut cores: HashMap<LotId, LotCore> = HashMap::new();
+        let mut cursor = log.cursor(0);
+        let mut events = 0u64;
+        loop {
+            let batch = cursor.next_batch(65_536)?;
+            if batch.is_empty() {
+                break;
+            }
+            events += batch.len() as u64;
+            for e in &batch {
+                cores
+                    .entry(e.event.lot_id.clone())
+                    .or_insert_with(|| LotCore::new(e.event.lot_id.clone(), opts.dedupe_window))
+                    .replay(e);
+            }
+        }
+        let arbiters: Vec<Arbiter> = (0..opts.threads.max(1)).map(|_| Arbiter::new()).collect();
+        let lots = Lots {
+            inner: Arc::new(Inner {
+                map: RwLock::new(HashMap::new()),
+                log,
+                arbiters,
+                register: tokio::sync::Mutex::new(()),
+                next_arbiter: AtomicUsize::new(0),
+                opts,
+            }),
+        };
+        let count = cores.len();
+        for core in cores.into_values() {
+            if core.state.is_registered() {
+                let handle = lots.spawn(core);
+                lots.inner
+                    .map
+                    .write()
+                    .expect("lots lock")
+                    .insert(handle.id().clone(), handle);
+            }
+        }
+        tracing::info!(
+            lots = count,
+            events,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "lots rebuilt from the log"
+        );
+        Ok(lots)
+    }
+
+    fn spawn(&self, core: LotCore) -> LotHandle {
+        let next = self.inner.next_arbiter.fetch_add(1, Ordering::Relaxed);
+        let arbiter = &self.inner.arbiters[next % self.inner.arbiters.len()];
+        let id = core.lot_id.clone();
+        let log = self.inner.log.clone();
+        let mailbox = self.inner.opts.mailbox;
+        let actor_log = log.clone();
+        let addr = LotActor::start_in_arbiter(&arbiter.handle(), move |_| {
+            LotActor::new(core, actor_log, mailbox)
+        });
+        LotHandle::new(id, addr, log)
+    }
+
+    /// The handle of a registered lot.
+    pub fn get(&self, id: &LotId) -> Option<LotHandle> {
+        self.inner.map.read().expect("lots lock").get(id).cloned()
+    }
+
+    /// Every registered lot, sorted by id.
+    pub fn handles(&self) -> Vec<LotHandle> {
+        let mut all: Vec<LotHandle> = self
+            .inner
+            .map
+            .read()
+            .expect("lots lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.id().cmp(b.id()));
+        all
+    }
+
+    /// Views of every registered lot, sorted by id.
+    pub async fn views(&self) -> Result<Vec<LotView>, LotError> {
+        let handles = self.handles();
+        let views = futures_util::future::join_all(handles.iter().map(|h| h.view())).await;
+        views.into_iter().collect()
+    }
+
+    /// Register a lot. An existing lot answers with its own decision (a duplicate
+    /// `event_id`, or a rejection carrying the existing registration).
+    pub async fn register(
+        &self,
+        id: LotId,
+        name: String,
+        capacity: Capacity,
+        event_id: Option<Uuid>,
+        occurred_at: Timestamp,
+    ) -> Result<(Outcome, LotView), LotError> {
+        let request = Request {
+            command: Command::Register { name, capacity },
+            event_id,
+            occurred_at,
+        };
+        if let Some(existing) = self.get(&id) {
+            return existing.execute_one(request).await;
+        }
+        let guard = self.inner.register.lock().await;
+        if let Some(existing) = self.get(&id) {
+            drop(guard);
+            return existing.execute_one(request).await;
+        }
+        let handle = self.spawn(LotCore::new(id.clone(), self.inner.opts.dedupe_window));
+        let result = handle.execute_one(request).await;
+        if let Ok((Outcome::Accepted { .. }, _)) = &result {
+            self.inner
+                .map
+                .write()
+                .expect("lots lock")
+                .insert(id, handle);
+        }
+        drop(guard);
+        result
+    }
+}

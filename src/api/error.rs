@@ -1,0 +1,91 @@
+//! HTTP errors: each variant maps to a status code and a specific message for the
+//! client; the full cause chain goes to the log, and a 500 never shows internals.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::actors::{LotError, LotView};
+use crate::domain::Rejection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("lot {lot_id:?} is not registered")]
+    NotFound { lot_id: String },
+    #[error("{rejection}")]
+    Conflict {
+        rejection: Rejection,
+        lot: Option<Box<LotView>>,
+    },
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad(field: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. } => "invalid_request",
+            ApiError::NotFound { .. } => "lot_not_found",
+            ApiError::Conflict { rejection, .. } => rejection.code(),
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<LotError> for ApiError {
+    fn from(e: LotError) -> Self {
+        tracing::error!(error = %e, "lot request failed");
+        ApiError::Unavailable(format!(
+            "the event log cannot accept writes now, nothing was acknowledged: {e}"
+        ))
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(e) = self {
+            tracing::error!(error = ?e, "internal error");
+        }
+        let mut body = json!({ "error": self.code(), "message": self.to_string() });
+        match self {
+            ApiError::BadRequest { field: Some(f), .. } => body["field"] = json!(f),
+            ApiError::NotFound { lot_id } => body["lot_id"] = json!(lot_id),
+            ApiError::Conflict { lot: Some(lot), .. } => body["lot"] = json!(lot),
+            _ => {}
+        }
+        HttpResponse::build(self.status_code()).json(body)
+    }
+}

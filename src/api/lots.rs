@@ -1,0 +1,229 @@
+//! Lot endpoints: register, list, read, change capacity, absolute count.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::ingest::{parse_event_id, parse_timestamp_millis, parse_timestamp_text};
+use super::{body_kind, read_body, ApiError, ApiState};
+use crate::actors::{LotHandle, LotView, Outcome, Request};
+use crate::domain::{Capacity, Command, LotId, Rejection, Timestamp};
+
+/// Small bodies of the lot endpoints, checked field by field.
+const SMALL_BODY: usize = 16 * 1024;
+
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    async fn read(
+        req: &HttpRequest,
+        payload: web::Payload,
+        allowed: &[&str],
+    ) -> Result<Fields, ApiError> {
+        body_kind(req, false)?;
+        let body = read_body(req, payload, SMALL_BODY).await?;
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(None, format!("malformed JSON: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(ApiError::bad(None, "the body must be a JSON object"));
+        };
+        if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ApiError::bad(
+                Some(k.clone()),
+                format!("unknown field {k:?} (expected {})", allowed.join(", ")),
+            ));
+        }
+        Ok(Fields(map))
+    }
+
+    fn str(&self, k: &str) -> Result<Option<&str>, ApiError> {
+        match self.0.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(ApiError::bad(
+                Some(k.into()),
+                format!("{k} must be a string (got {other})"),
+            )),
+        }
+    }
+
+    fn req_str(&self, k: &str) -> Result<&str, ApiError> {
+        self.str(k)?
+            .ok_or_else(|| ApiError::bad(Some(k.into()), format!("missing field {k:?}")))
+    }
+
+    fn req_int(&self, k: &str) -> Result<i64, ApiError> {
+        match self.0.get(k) {
+            None | Some(Value::Null) => Err(ApiError::bad(
+                Some(k.into()),
+                format!("missing field {k:?}"),
+            )),
+            Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64().expect("checked")),
+            Some(other) => Err(ApiError::bad(
+                Some(k.into()),
+                format!("{k} must be an integer (got {other})"),
+            )),
+        }
+    }
+
+    fn event_id(&self) -> Result<Option<Uuid>, ApiError> {
+        self.str("event_id")?
+            .map(parse_event_id)
+            .transpose()
+            .map_err(field_err)
+    }
+
+    fn timestamp(&self) -> Result<Timestamp, ApiError> {
+        match self.0.get("timestamp") {
+            None | Some(Value::Null) => Ok(Timestamp::now()),
+            Some(Value::String(s)) => parse_timestamp_text(s).map_err(field_err),
+            Some(Value::Number(n)) if n.is_i64() => parse_timestamp_millis(n.as_i64().expect("checked")).map_err(field_err),
+            Some(other) => Err(ApiError::bad(
+                Some("timestamp".into()),
+                format!("timestamp must be an RFC 3339 string or integer epoch milliseconds (got {other})"),
+            )),
+        }
+    }
+}
+
+fn field_err(e: super::ingest::FieldError) -> ApiError {
+    ApiError::BadRequest {
+        field: e.field,
+        message: e.message,
+    }
+}
+
+fn lot_id(raw: &str) -> Result<LotId, ApiError> {
+    LotId::parse(raw).map_err(|e| ApiError::bad(Some("lot_id".into()), e.to_string()))
+}
+
+fn capacity(fields: &Fields) -> Result<Capacity, ApiError> {
+    Capacity::new(fields.req_int("capacity")?)
+        .map_err(|e| ApiError::bad(Some("capacity".into()), e.to_string()))
+}
+
+fn handle(st: &ApiState, raw: &str) -> Result<LotHandle, ApiError> {
+    let id = lot_id(raw)?;
+    st.lots.get(&id).ok_or(ApiError::NotFound {
+        lot_id: id.to_string(),
+    })
+}
+
+/// Render the outcome of a single command.
+fn reply(outcome: Outcome, view: LotView, created: bool) -> Result<HttpResponse, ApiError> {
+    match outcome {
+        Outcome::Accepted { offset } => {
+            let body = json!({"status": "accepted", "offset": offset, "lot": view});
+            Ok(if created {
+                HttpResponse::Created().json(body)
+            } else {
+                HttpResponse::Ok().json(body)
+            })
+        }
+        Outcome::Duplicate { offset } => {
+            Ok(HttpResponse::Ok()
+                .json(json!({"status": "duplicate", "offset": offset, "lot": view})))
+        }
+        Outcome::Rejected(Rejection::NotRegistered) => Err(ApiError::NotFound {
+            lot_id: view.lot_id.to_string(),
+        }),
+        Outcome::Rejected(rejection) => Err(ApiError::Conflict {
+            rejection,
+            lot: view.registered.then(|| Box::new(view)),
+        }),
+    }
+}
+
+/// `POST /v1/lots {lot_id, name, capacity, event_id?}`. Registering the same lot again
+/// with the same name and capacity is answered 200 and appends nothing.
+pub(super) async fn register(
+    req: HttpRequest,
+    payload: web::Payload,
+    st: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let f = Fields::read(
+        &req,
+        payload,
+        &["lot_id", "name", "capacity", "event_id", "timestamp"],
+    )
+    .await?;
+    let id = lot_id(f.req_str("lot_id")?)?;
+    let name = crate::domain::parse_name(f.req_str("name")?)
+        .map_err(|e| ApiError::bad(Some("name".into()), e.to_string()))?;
+    let cap = capacity(&f)?;
+    let (outcome, view) = st
+        .lots
+        .register(id, name.clone(), cap, f.event_id()?, f.timestamp()?)
+        .await?;
+    if let Outcome::Rejected(Rejection::AlreadyRegistered {
+        name: n,
+        capacity: c,
+    }) = &outcome
+    {
+        if *n == name && *c == cap.get() {
+            let body = json!({"status": "unchanged", "offset": view.offset, "lot": view});
+            return Ok(HttpResponse::Ok().json(body));
+        }
+    }
+    reply(outcome, view, true)
+}
+
+/// `GET /v1/lots`.
+pub(super) async fn list(st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let lots = st.lots.views().await?;
+    Ok(HttpResponse::Ok().json(json!({ "lots": lots })))
+}
+
+/// `GET /v1/lots/{id}`.
+pub(super) async fn get(
+    path: web::Path<String>,
+    st: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let view = handle(&st, &path)?.view().await?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// `PATCH /v1/lots/{id} {capacity, event_id?}`.
+pub(super) async fn change_capacity(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    st: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let f = Fields::read(&req, payload, &["capacity", "event_id", "timestamp"]).await?;
+    let h = handle(&st, &path)?;
+    let request = Request {
+        command: Command::ChangeCapacity {
+            capacity: capacity(&f)?,
+        },
+        event_id: f.event_id()?,
+        occurred_at: f.timestamp()?,
+    };
+    let (outcome, view) = h.execute_one(request).await?;
+    reply(outcome, view, false)
+}
+
+/// `POST /v1/lots/{id}/count {count, timestamp?, event_id?}`: an absolute recount.
+pub(super) async fn count(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    st: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let f = Fields::read(&req, payload, &["count", "event_id", "timestamp"]).await?;
+    let h = handle(&st, &path)?;
+    let count = f.req_int("count")?;
+    let count = u32::try_from(count).map_err(|_| {
+        ApiError::bad(
+            Some("count".into()),
+            format!("count must be 0 or more (got {count})"),
+        )
+    })?;
+    let request = Request {
+        command: Command::Count { count },
+        event_id: f.event_id()?,
+        occurred_at: f.timestamp()?,
+    };
+    let (outcome, view) = h.execute_one(request).await?;
+    reply(outcome, view, false)
+}

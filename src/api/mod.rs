@@ -1,0 +1,148 @@
+//! The HTTP API (actix-web).
+//!
+//! | route | handler |
+//! |---|---|
+//! | `POST /v1/events` | [`events`]: one JSON event, a JSON array, or NDJSON |
+//! | `POST /v1/lots`, `GET /v1/lots`, `GET /v1/lots/{id}`, `PATCH /v1/lots/{id}`, `POST /v1/lots/{id}/count` | [`lots`] |
+//! | `POST /v1/admin/replay`, `GET /v1/admin/projections` | [`admin`] |
+//! | `GET /healthz`, `GET /readyz` | [`admin`] |
+//!
+//! Every reply that shows lot state carries the log offset it reflects, and is sent only
+//! once that offset is durable.
+
+mod admin;
+mod error;
+mod events;
+pub mod ingest;
+mod lots;
+
+use std::sync::Arc;
+
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{web, HttpRequest};
+use futures_util::StreamExt;
+use sqlx::PgPool;
+
+use crate::actors::Lots;
+use crate::config::Limits;
+use crate::log::EventLog;
+use crate::projections::StatusBoard;
+
+pub use error::ApiError;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub lots: Lots,
+    pub log: Arc<dyn EventLog>,
+    pub limits: Limits,
+    pub board: StatusBoard,
+    /// `None` when no database is configured.
+    pub db: Option<PgPool>,
+    /// Held while a rebuild runs, so two never overlap.
+    pub replay: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Mount every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(admin::healthz))
+        .route("/readyz", web::get().to(admin::readyz))
+        .service(
+            web::scope("/v1")
+                .route("/events", web::post().to(events::post_events))
+                .route("/lots", web::post().to(lots::register))
+                .route("/lots", web::get().to(lots::list))
+                .route("/lots/{id}", web::get().to(lots::get))
+                .route("/lots/{id}", web::patch().to(lots::change_capacity))
+                .route("/lots/{id}/count", web::post().to(lots::count))
+                .route("/admin/replay", web::post().to(admin::replay))
+                .route("/admin/projections", web::get().to(admin::projections)),
+        )
+        .default_service(web::to(|| async {
+            ApiError::bad(
+                None,
+                "no such route; the API lives under /v1 (see the README)",
+            )
+            .into_not_found()
+        }));
+}
+
+impl ApiError {
+    fn into_not_found(self) -> actix_web::HttpResponse {
+        actix_web::HttpResponse::NotFound().json(serde_json::json!({
+            "error": "not_found",
+            "message": self.to_string(),
+        }))
+    }
+}
+
+/// The body type a request declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Ndjson,
+}
+
+fn body_kind(req: &HttpRequest, allow_ndjson: bool) -> Result<BodyKind, ApiError> {
+    let raw = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(BodyKind::Json),
+        "application/x-ndjson" | "application/ndjson" if allow_ndjson => Ok(BodyKind::Ndjson),
+        _ => {
+            let allowed = if allow_ndjson {
+                "application/json or application/x-ndjson"
+            } else {
+                "application/json"
+            };
+            let got = if raw.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("{raw:?}")
+            };
+            Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type must be {allowed} (got {got})"
+            )))
+        }
+    }
+}
+
+/// Read a whole body, refusing more than `limit` bytes.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "request body is larger than the limit of {limit} bytes"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad(None, format!("could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

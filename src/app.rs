@@ -1,0 +1,200 @@
+//! Startup: open the log, rebuild the lots, start the projections and the HTTP server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::watch;
+
+use crate::actors::{LotOptions, Lots};
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::log::{EventLog, FileLog, LogOptions};
+use crate::projections::{db, FaultPoint, Runner, StatusBoard};
+
+/// Knobs for tests and drills that a config file does not offer.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Fails projection batches between write and commit while armed.
+    pub projection_fault: FaultPoint,
+    /// Write through this storage instead of the OS filesystem.
+    pub storage: Option<Arc<dyn crate::log::Storage>>,
+}
+
+/// A built, not yet running, parkade service.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    log: Arc<FileLog>,
+    lots: Lots,
+    board: StatusBoard,
+    shutdown: watch::Sender<bool>,
+    projection: Option<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Build everything. Must run inside an actix system (`actix_web::rt::System`).
+    pub async fn build(config: Config, hooks: Hooks) -> anyhow::Result<Application> {
+        let mut log_opts = LogOptions {
+            segment_bytes: config.log.segment_bytes,
+            ..LogOptions::default()
+        };
+        if let Some(storage) = hooks.storage.clone() {
+            log_opts.storage = storage;
+        }
+        let log_dir = config.log_dir();
+        let log = Arc::new(
+            FileLog::open(&log_dir, log_opts)
+                .with_context(|| format!("opening the event log in {}", log_dir.display()))?,
+        );
+        let rec = log.recovery();
+        tracing::info!(
+            dir = %log_dir.display(), log_id = %log.log_id(), events = rec.events, segments = rec.segments,
+            truncated_bytes = rec.truncated_bytes, "event log open"
+        );
+        let dyn_log: Arc<dyn EventLog> = log.clone();
+        let lots = Lots::recover(
+            dyn_log.clone(),
+            LotOptions {
+                dedupe_window: config.lots.dedupe_window,
+                threads: config.lots.threads,
+                ..LotOptions::default()
+            },
+        )
+        .context("rebuilding the lots from the log")?;
+
+        let board = StatusBoard::default();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut db_pool = None;
+        let mut projection = None;
+        if let Some(url) = &config.database_url {
+            let opts: PgConnectOptions = url
+                .parse()
+                .context("PARKADE_DATABASE_URL is not a valid PostgreSQL URL")?;
+            tracing::info!(database = %config.redacted_database_url().unwrap_or_default(), "PostgreSQL read model enabled");
+            db_pool = Some(
+                PgPoolOptions::new()
+                    .max_connections(4)
+                    .connect_lazy_with(opts.clone()),
+            );
+            projection = Some(spawn_projection(
+                url.clone(),
+                dyn_log.clone(),
+                board.clone(),
+                &config,
+                hooks.projection_fault.clone(),
+                shutdown_rx,
+            )?);
+        } else {
+            tracing::info!("no PARKADE_DATABASE_URL: running without the PostgreSQL read model");
+        }
+
+        let state = web::Data::new(ApiState {
+            lots: lots.clone(),
+            log: dyn_log,
+            limits: config.limits.clone(),
+            board: board.clone(),
+            db: db_pool,
+            replay: Arc::new(tokio::sync::Mutex::new(())),
+        });
+        let listener =
+            TcpListener::bind(config.bind).with_context(|| format!("binding {}", config.bind))?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("parkade::http"))
+                .configure(api::routes)
+        })
+        .workers(config.http_workers.max(1))
+        .backlog(2048)
+        .listen(listener)?
+        .run();
+        tracing::info!(address = %config.bind, port, "HTTP server listening");
+        Ok(Application {
+            port,
+            server,
+            log,
+            lots,
+            board,
+            shutdown,
+            projection,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn lots(&self) -> &Lots {
+        &self.lots
+    }
+
+    pub fn board(&self) -> &StatusBoard {
+        &self.board
+    }
+
+    /// A handle to stop the HTTP server from elsewhere.
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serve until the server stops (SIGINT/SIGTERM or a handle), then stop the
+    /// projection and flush the log.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let result = self.server.await;
+        let _receivers_gone = self.shutdown.send(true);
+        if let Some(p) = self.projection {
+            let _ = tokio::task::spawn_blocking(move || p.join()).await;
+        }
+        self.log.close();
+        tracing::info!("stopped");
+        result.context("HTTP server failed")
+    }
+}
+
+/// Run the occupancy projection on its own thread and runtime, so its log reads and
+/// database round trips never share a thread with request handling.
+fn spawn_projection(
+    url: String,
+    log: Arc<dyn EventLog>,
+    board: StatusBoard,
+    config: &Config,
+    fault: FaultPoint,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let batch_events = config.projections.batch_events.max(1);
+    let max_backoff = Duration::from_secs(config.projections.max_backoff_secs.max(1));
+    let handle = std::thread::Builder::new()
+        .name("parkade-projection".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime for the projection");
+            rt.block_on(async move {
+                let mut backoff = Duration::from_millis(200);
+                let pool = loop {
+                    match db::connect(&url).await {
+                        Ok(pool) => break pool,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot reach PostgreSQL or migrate it; retrying");
+                            board.report_failure(crate::projections::occupancy::NAME, &e);
+                            let mut rx = shutdown.clone();
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {},
+                                _ = rx.changed() => return,
+                            }
+                            backoff = (backoff * 2).min(max_backoff);
+                        }
+                    }
+                };
+                Runner { pool, log, board, batch_events, max_backoff, fault }.run(shutdown).await;
+            });
+        })?;
+    Ok(handle)
+}

@@ -1,0 +1,291 @@
+//! The `parkade` command line: `serve`, `replay`, `verify`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{Application, Hooks};
+use crate::config::{Config, LogFormat};
+use crate::log::{EventLog, FileLog, LogOptions, OpenMode};
+use crate::projections::{db, occupancy, verify};
+
+#[derive(Parser)]
+#[command(
+    name = "parkade",
+    version,
+    about = "Parking occupancy service: live counts, history, rebuildable read models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the service: HTTP API, lot actors, event log, projections.
+    Serve(ServeArgs),
+    /// Rebuild a projection from offset zero of the log.
+    Replay(ReplayArgs),
+    /// Fold the log and compare it with the read model; exits 1 on any difference.
+    Verify(VerifyArgs),
+}
+
+/// Options every command shares. Flags override `PARKADE_*` variables, which override
+/// the config file, which overrides the defaults.
+#[derive(Args)]
+struct Common {
+    /// TOML config file (every key is documented in deploy/parkade.toml).
+    #[arg(long, env = "PARKADE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory holding the event log. Default ./parkade-data.
+    #[arg(long, env = "PARKADE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL URL of the read model; unset or empty runs without it.
+    #[arg(long, env = "PARKADE_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Log output format.
+    #[arg(long, env = "PARKADE_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Address and port to listen on. Default 127.0.0.1:8080.
+    #[arg(long, env = "PARKADE_BIND")]
+    bind: Option<SocketAddr>,
+    /// HTTP worker threads. Default: number of CPUs.
+    #[arg(long, env = "PARKADE_HTTP_WORKERS")]
+    http_workers: Option<usize>,
+    /// Largest request body in bytes. Default 4 MiB.
+    #[arg(long, env = "PARKADE_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Most events per POST /v1/events request. Default 10,000.
+    #[arg(long, env = "PARKADE_MAX_BATCH_EVENTS")]
+    max_batch_events: Option<usize>,
+    /// Client event ids remembered per lot for idempotent retries. Default 50,000.
+    #[arg(long, env = "PARKADE_DEDUPE_WINDOW")]
+    dedupe_window: Option<usize>,
+    /// Threads the lot actors run on. Default 1.
+    #[arg(long, env = "PARKADE_LOT_THREADS")]
+    lot_threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The projection to rebuild.
+    #[arg(long, default_value = "occupancy")]
+    projection: String,
+    /// Ask a running server to rebuild (POST /v1/admin/replay) instead of doing it here.
+    #[arg(long)]
+    url: Option<String>,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+impl Common {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut c = Config::load(self.config.as_deref())?;
+        if let Some(d) = &self.data_dir {
+            c.data_dir = d.clone();
+        }
+        if let Some(u) = &self.database_url {
+            c.database_url = Some(u.clone());
+        }
+        if c.database_url
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            c.database_url = None;
+        }
+        if let Some(f) = self.log_format {
+            c.log_format = f;
+        }
+        Ok(c)
+    }
+}
+
+/// Parse the command line and run it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Serve(a) => {
+            let mut c = a.common.config()?;
+            if let Some(b) = a.bind {
+                c.bind = b;
+            }
+            if let Some(n) = a.http_workers {
+                c.http_workers = n;
+            }
+            if let Some(n) = a.max_body_bytes {
+                c.limits.max_body_bytes = n;
+            }
+            if let Some(n) = a.max_batch_events {
+                c.limits.max_batch_events = n;
+            }
+            if let Some(n) = a.dedupe_window {
+                c.lots.dedupe_window = n;
+            }
+            if let Some(n) = a.lot_threads {
+                c.lots.threads = n;
+            }
+            crate::telemetry::init(c.log_format);
+            actix_web::rt::System::new().block_on(async move {
+                let app = Application::build(c, Hooks::default()).await?;
+                app.run_until_stopped().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Replay(a) => {
+            let c = a.common.config()?;
+            crate::telemetry::init(c.log_format);
+            if a.projection != occupancy::NAME {
+                bail!("unknown projection {:?} (known: occupancy)", a.projection);
+            }
+            match a.url {
+                Some(url) => replay_remote(&url, &a.projection),
+                None => replay_local(&c),
+            }
+        }
+        Cmd::Verify(a) => {
+            let c = a.common.config()?;
+            crate::telemetry::init(c.log_format);
+            verify_local(&c)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn open_read_only(c: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
+    let dir = c.log_dir();
+    if !dir.exists() {
+        bail!(
+            "no event log in {} (set --data-dir or PARKADE_DATA_DIR)",
+            dir.display()
+        );
+    }
+    let log = FileLog::open(
+        &dir,
+        LogOptions {
+            mode: OpenMode::ReadOnly,
+            ..LogOptions::default()
+        },
+    )
+    .with_context(|| format!("opening the event log in {}", dir.display()))?;
+    Ok(Arc::new(log))
+}
+
+fn database_url(c: &Config) -> anyhow::Result<&str> {
+    c.database_url
+        .as_deref()
+        .context("no database configured: set --database-url or PARKADE_DATABASE_URL")
+}
+
+fn replay_local(c: &Config) -> anyhow::Result<ExitCode> {
+    let log = open_read_only(c)?;
+    let url = database_url(c)?.to_owned();
+    let total = log.durable_end();
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message("replaying occupancy");
+    let progress = bar.clone();
+    let stats = runtime()?.block_on(async move {
+        let pool = db::connect(&url).await?;
+        occupancy::rebuild(&pool, log, move |done, _| progress.set_position(done)).await
+    })?;
+    bar.finish_and_clear();
+    let rate = if stats.fold_seconds > 0.0 {
+        stats.events as f64 / stats.fold_seconds
+    } else {
+        0.0
+    };
+    println!(
+        "rebuilt occupancy from {} events ({} lots) in {:.3} s: fold {:.3} s ({:.0} events/s), table swapped in",
+        stats.events, stats.lots, stats.total_seconds, stats.fold_seconds, rate
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay_remote(url: &str, projection: &str) -> anyhow::Result<ExitCode> {
+    let target = format!(
+        "{}/v1/admin/replay?projection={projection}",
+        url.trim_end_matches('/')
+    );
+    actix_web::rt::System::new().block_on(async move {
+        let client = awc::Client::builder()
+            .timeout(std::time::Duration::from_secs(3600))
+            .finish();
+        let mut resp = client
+            .post(&target)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {target}: {e}"))?;
+        let body = resp.body().limit(1 << 20).await?;
+        let text = String::from_utf8_lossy(&body);
+        if resp.status().is_success() {
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
+        } else {
+            bail!("the server answered {}: {text}", resp.status())
+        }
+    })
+}
+
+fn verify_local(c: &Config) -> anyhow::Result<ExitCode> {
+    let log = open_read_only(c)?;
+    let url = database_url(c)?.to_owned();
+    let report = runtime()?.block_on(async move {
+        let pool = db::connect(&url).await?;
+        verify::verify(&pool, log).await
+    })?;
+    println!(
+        "verified {} lots against the log up to offset {} (log end {}, projection lag {})",
+        report.lots,
+        report.checkpoint,
+        report.log_end,
+        report.log_end - report.checkpoint
+    );
+    if report.is_clean() {
+        println!("no differences");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for d in &report.differences {
+            println!("DIFFERENCE {d}");
+        }
+        println!("{} differences", report.differences.len());
+        Ok(ExitCode::from(1))
+    }
+}

@@ -1,0 +1,210 @@
+//! Typed configuration.
+//!
+//! Precedence, lowest first: built-in defaults, a TOML file (`--config FILE` or
+//! `PARKADE_CONFIG`), `PARKADE_*` environment variables, command-line flags.
+//! Every field and its default is listed in `deploy/parkade.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration of a parkade process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on. Default `127.0.0.1:8080`.
+    pub bind: SocketAddr,
+    /// Where the event log (and other local state) lives. Default `./parkade-data`.
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL of the read model; `None` runs without the PostgreSQL projection.
+    pub database_url: Option<String>,
+    /// HTTP worker threads. Default: the number of CPUs.
+    pub http_workers: usize,
+    /// Log output: `text` (default) or `json`.
+    pub log_format: LogFormat,
+    pub limits: Limits,
+    pub lots: LotsConfig,
+    pub log: LogConfig,
+    pub projections: ProjectionsConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Input limits of the HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes (413 above). Default 4 MiB.
+    pub max_body_bytes: usize,
+    /// Most events in one `POST /v1/events` request (413 above). Default 10,000.
+    pub max_batch_events: usize,
+    /// How far in the future an event's timestamp may be, in seconds. Default 86,400.
+    pub max_future_secs: i64,
+}
+
+/// Settings of the lot actors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LotsConfig {
+    /// Client event ids remembered per lot for idempotent retries. Default 50,000.
+    pub dedupe_window: usize,
+    /// Threads the lot actors run on. Default 1.
+    pub threads: usize,
+}
+
+/// Settings of the embedded event log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Segment size before a new segment file is started, in bytes. Default 256 MiB.
+    pub segment_bytes: u64,
+}
+
+/// Settings of the projections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectionsConfig {
+    /// Most events folded into one PostgreSQL transaction. Default 10,000.
+    pub batch_events: usize,
+    /// Longest wait between retries of a failing projection, in seconds. Default 30.
+    pub max_backoff_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("parkade-data"),
+            database_url: None,
+            http_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            log_format: LogFormat::Text,
+            limits: Limits::default(),
+            lots: LotsConfig::default(),
+            log: LogConfig::default(),
+            projections: ProjectionsConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 << 20,
+            max_batch_events: 10_000,
+            max_future_secs: 86_400,
+        }
+    }
+}
+
+impl Default for LotsConfig {
+    fn default() -> Self {
+        LotsConfig {
+            dedupe_window: 50_000,
+            threads: 1,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 256 << 20,
+        }
+    }
+}
+
+impl Default for ProjectionsConfig {
+    fn default() -> Self {
+        ProjectionsConfig {
+            batch_events: 10_000,
+            max_backoff_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+impl Config {
+    /// Defaults overlaid with a TOML file, when one is given.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = file else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Directory of the embedded event log.
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("log")
+    }
+
+    /// The database URL with any password replaced, for logs.
+    pub fn redacted_database_url(&self) -> Option<String> {
+        self.database_url.as_deref().map(redact_url)
+    }
+}
+
+/// Replace the password of a URL like `postgres://user:secret@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_unknown_keys_are_refused() {
+        let c: Config =
+            toml::from_str("bind = \"0.0.0.0:9000\"\n[limits]\nmax_batch_events = 5\n").unwrap();
+        assert_eq!(c.bind.port(), 9000);
+        assert_eq!(c.limits.max_batch_events, 5);
+        assert_eq!(c.limits.max_body_bytes, Limits::default().max_body_bytes);
+        assert!(toml::from_str::<Config>("bnd = 1").is_err());
+    }
+}

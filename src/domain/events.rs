@@ -1,0 +1,139 @@
+//! Events are facts, in the past tense, each with a schema version.
+
+use chrono::{DateTime, TimeZone, Utc};
+use uuid::Uuid;
+
+use super::{Capacity, LotId};
+
+/// Schema version of every event type written by this build. Readers accept every
+/// version up to this one.
+pub const SCHEMA_VERSION: u8 = 1;
+
+/// A UTC instant with microsecond precision (what the log and PostgreSQL store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub fn from_micros(micros: i64) -> Self {
+        Timestamp(micros)
+    }
+
+    pub fn micros(self) -> i64 {
+        self.0
+    }
+
+    pub fn from_datetime(dt: DateTime<Utc>) -> Self {
+        Timestamp(dt.timestamp_micros())
+    }
+
+    pub fn to_datetime(self) -> DateTime<Utc> {
+        Utc.timestamp_micros(self.0)
+            .single()
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
+    /// The current wall-clock time. Only the edges (api, log) call this.
+    pub fn now() -> Self {
+        Timestamp::from_datetime(Utc::now())
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_datetime()
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            .serialize(s)
+    }
+}
+
+/// The kind of an event, as stored in the log (one byte) and shown to readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum EventType {
+    LotRegistered = 1,
+    LotCapacityChanged = 2,
+    VehicleArrived = 3,
+    VehicleDeparted = 4,
+    OccupancyCounted = 5,
+}
+
+impl EventType {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => EventType::LotRegistered,
+            2 => EventType::LotCapacityChanged,
+            3 => EventType::VehicleArrived,
+            4 => EventType::VehicleDeparted,
+            5 => EventType::OccupancyCounted,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::LotRegistered => "LotRegistered",
+            EventType::LotCapacityChanged => "LotCapacityChanged",
+            EventType::VehicleArrived => "VehicleArrived",
+            EventType::VehicleDeparted => "VehicleDeparted",
+            EventType::OccupancyCounted => "OccupancyCounted",
+        }
+    }
+}
+
+/// What happened to a lot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LotEvent {
+    LotRegistered {
+        name: String,
+        capacity: Capacity,
+    },
+    LotCapacityChanged {
+        capacity: Capacity,
+    },
+    VehicleArrived,
+    VehicleDeparted,
+    /// An absolute count from a counting system or a manual recount.
+    OccupancyCounted {
+        count: u32,
+    },
+}
+
+impl LotEvent {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            LotEvent::LotRegistered { .. } => EventType::LotRegistered,
+            LotEvent::LotCapacityChanged { .. } => EventType::LotCapacityChanged,
+            LotEvent::VehicleArrived => EventType::VehicleArrived,
+            LotEvent::VehicleDeparted => EventType::VehicleDeparted,
+            LotEvent::OccupancyCounted { .. } => EventType::OccupancyCounted,
+        }
+    }
+}
+
+/// An event decided by a lot, before the log has given it an offset.
+///
+/// `occupancy` and `capacity` are the lot's state *after* the event, as the lot actor
+/// computed it; they let readers (websockets, archive) show a change without folding
+/// the log from zero. `verify` checks them against an independent fold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub lot_id: LotId,
+    /// Per-lot version, 1 for the registration.
+    pub lot_seq: u64,
+    pub event_id: Uuid,
+    /// True when the client supplied `event_id` (so retries must be recognised).
+    pub client_event_id: bool,
+    pub occurred_at: Timestamp,
+    pub event: LotEvent,
+    pub occupancy: u32,
+    pub capacity: u32,
+}
+
+/// An event as stored in the log: the decided event plus what the log assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Global position in the log, from 0.
+    pub offset: u64,
+    pub recorded_at: Timestamp,
+    pub schema_version: u8,
+    pub event: NewEvent,
+}

@@ -1,0 +1,13 @@
+//! The pure lot domain: identifiers parsed at the edge, events, and the `decide`/`apply`
+//! pair that every other module wraps.
+//!
+//! Nothing here does I/O or reads a clock: callers pass times in, so the rules can be
+//! tested as given/when/then without a runtime.
+
+mod events;
+mod ids;
+mod lot;
+
+pub use events::{EventType, LotEvent, NewEvent, RecordedEvent, Timestamp, SCHEMA_VERSION};
+pub use ids::{parse_name, Capacity, IdError, LotId, MAX_CAPACITY, MAX_LOT_ID_LEN, MAX_NAME_LEN};
+pub use lot::{apply, decide, Command, LotState, Rejection};

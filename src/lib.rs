@@ -1,0 +1,42 @@
+//! parkade: the one source of truth for parking lot occupancy.
+//!
+//! parkade is event-sourced. Gates and sensors send ARRIVAL/DEPARTURE events over HTTP;
+//! each lot is an actor that decides whether the event is allowed, appends it to an
+//! append-only log, and acknowledges it only once the log has synced it to disk.
+//! Everything else (the PostgreSQL read model, and later the Parquet archive, features
+//! and forecasts) is a projection of that log and can be rebuilt from offset zero.
+//!
+//! # Module map
+//!
+//! Data flows one way: `api` → `actors` → `log` → `projections`. No module reaches back
+//! up the chain: projections read the log and never talk to actors; actors never know
+//! about HTTP.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`domain`] | Pure, synchronous lot rules: newtypes parsed at the edge ([`LotId`], [`Capacity`]), the events, `decide` and `apply`. No I/O. |
+//! | [`log`] | The event log: the [`EventLog`] trait and the embedded segment-file backend with group commit, recovery of torn tails, reads and subscriptions from any offset. |
+//! | [`actors`] | One actix actor per lot, reached through a typed [`LotHandle`]; the [`Lots`] registry that rebuilds every lot from the log at start. |
+//! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the runner that keeps it caught up, `replay` and `verify`. |
+//! | [`api`] | The actix-web HTTP API under `/v1`: edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness. |
+//! | [`config`] | Typed configuration: defaults, a TOML file, `PARKADE_*` environment variables and flags. |
+//! | [`app`] | Startup: opens the log, rebuilds the lots, starts projections and the HTTP server. |
+//! | [`cli`] | The command line of the single `parkade` binary (`serve`, `replay`, `verify`). |
+//! | [`telemetry`] | `tracing` subscriber set-up. |
+//!
+//! The binary (`src/main.rs`) only parses the command line and calls [`cli::run`].
+
+pub mod actors;
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod log;
+pub mod projections;
+pub mod telemetry;
+
+pub use actors::{LotHandle, Lots};
+pub use config::Config;
+pub use domain::{Capacity, LotId};
+pub use log::EventLog;

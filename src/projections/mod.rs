@@ -1,0 +1,57 @@
+//! Projections: read models folded from the log.
+//!
+//! A projection reads the log from its checkpoint, folds a batch, and writes its rows
+//! and its new checkpoint in one transaction, so a crash never double-counts or skips.
+//! It never talks to the lot actors. A failing projection stops where it is, says so
+//! (log line, `/readyz`, `GET /v1/admin/projections`) and retries with backoff; it never
+//! skips an event. Every projection can be rebuilt from offset zero (`parkade replay`)
+//! and then holds what the live run holds.
+//!
+//! | file | what |
+//! |---|---|
+//! | `db.rs` | connecting to PostgreSQL, migrations, SQLSTATE classification |
+//! | `occupancy.rs` | the `current_lot_occupancy` read model: batch fold, write, rebuild |
+//! | `runner.rs` | the loop that keeps a projection caught up, with retries and status |
+//! | `verify.rs` | an independent fold of the log compared with the read model |
+
+pub mod db;
+pub mod occupancy;
+mod runner;
+pub mod verify;
+
+pub use runner::{FaultPoint, ProjectionState, ProjectionStatus, Runner, StatusBoard};
+
+/// Errors of the projections.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("database error ({kind}): {source}")]
+    Db {
+        kind: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot apply the database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Log(#[from] crate::log::LogError),
+    #[error("the read model was built from another log (log id {found}, this log is {expected}); rebuild it with `parkade replay --projection occupancy`")]
+    OtherLog {
+        found: uuid::Uuid,
+        expected: uuid::Uuid,
+    },
+    #[error("the read model is ahead of the log (checkpoint {checkpoint}, log ends at {log_end}); was the data directory replaced? Rebuild it with `parkade replay --projection occupancy`")]
+    AheadOfLog { checkpoint: u64, log_end: u64 },
+    #[error("injected fault: {0}")]
+    Injected(&'static str),
+    #[error("unknown projection {0:?} (known: occupancy)")]
+    Unknown(String),
+}
+
+impl From<sqlx::Error> for ProjectionError {
+    fn from(source: sqlx::Error) -> Self {
+        ProjectionError::Db {
+            kind: db::classify(&source),
+            source,
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The occupancy read model: `current_lot_occupancy`, one row per registered lot.
+//!
+//! Each log record carries the lot's occupancy and capacity after the event, so a batch
+//! folds to "the last record of each lot" and is written as one bulk upsert guarded by
+//! `last_offset` (re-applying an older record changes nothing). The checkpoint row is
+//! locked (`FOR UPDATE`) at the start of every batch transaction: a rebuild that swapped
+//! the table in the meantime is noticed and the runner resumes from the rebuild's
+//! checkpoint.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{FaultPoint, ProjectionError};
+use crate::domain::{LotEvent, LotId, RecordedEvent};
+use crate::log::EventLog;
+
+/// The projection's name in `projection_checkpoints`.
+pub const NAME: &str = "occupancy";
+const TABLE_REBUILD: &str = "current_lot_occupancy_rebuild";
+
+/// One row of `current_lot_occupancy`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OccupancyRow {
+    pub lot_id: String,
+    pub name: String,
+    pub capacity: i32,
+    pub occupancy: i32,
+    pub updated_at: DateTime<Utc>,
+    pub last_offset: i64,
+}
+
+/// A projection checkpoint: the next offset to fold and the log it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub log_id: Uuid,
+    pub next_offset: u64,
+}
+
+struct Pending {
+    name: Option<String>,
+    capacity: u32,
+    occupancy: u32,
+    updated_at: DateTime<Utc>,
+    last_offset: u64,
+}
+
+/// A batch of events folded to the last state of each lot.
+#[derive(Default)]
+pub struct Fold {
+    lots: HashMap<LotId, Pending>,
+}
+
+impl Fold {
+    pub fn add(&mut self, e: &RecordedEvent) {
+        let name = match &e.event.event {
+            LotEvent::LotRegistered { name, .. } => Some(name.clone()),
+            _ => None,
+        };
+        let updated_at = e.event.occurred_at.to_datetime();
+        let entry = self.lots.entry(e.event.lot_id.clone()).or_insert(Pending {
+            name: None,
+            capacity: 0,
+            occupancy: 0,
+            updated_at,
+            last_offset: e.offset,
+        });
+        if name.is_some() {
+            entry.name = name;
+        }
+        entry.capacity = e.event.capacity;
+        entry.occupancy = e.event.occupancy;
+        entry.updated_at = updated_at;
+        entry.last_offset = e.offset;
+    }
+
+    pub fn len(&self) -> usize {
+        self.lots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lots.is_empty()
+    }
+
+    /// Upsert the folded rows into `table`, at most `chunk` rows per statement.
+    async fn write(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        table: &str,
+    ) -> Result<(), ProjectionError> {
+        let rows: Vec<(&LotId, &Pending)> = self.lots.iter().collect();
+        for chunk in rows.chunks(5_000) {
+            let mut ids = Vec::with_capacity(chunk.len());
+            let mut names = Vec::with_capacity(chunk.len());
+            let mut caps = Vec::with_capacity(chunk.len());
+            let mut occs = Vec::with_capacity(chunk.len());
+            let mut ats = Vec::with_capacity(chunk.len());
+            let mut offs = Vec::with_capacity(chunk.len());
+            for (id, p) in chunk {
+                ids.push(id.as_str().to_owned());
+                names.push(p.name.clone());
+                caps.push(i32::try_from(p.capacity).unwrap_or(i32::MAX));
+                occs.push(i32::try_from(p.occupancy).unwrap_or(i32::MAX));
+                ats.push(p.updated_at);
+                offs.push(i64::try_from(p.last_offset).unwrap_or(i64::MAX));
+            }
+            let sql = format!(
+                "INSERT INTO {table} AS t (lot_id, name, capacity, occupancy, updated_at, last_offset) \
+                 SELECT u.lot_id, COALESCE(u.name, c.name, ''), u.capacity, u.occupancy, u.updated_at, u.last_offset \
+                 FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int4[], $5::timestamptz[], $6::int8[]) \
+                   AS u(lot_id, name, capacity, occupancy, updated_at, last_offset) \
+                 LEFT JOIN {table} c ON c.lot_id = u.lot_id \
+                 ON CONFLICT (lot_id) DO UPDATE SET name = EXCLUDED.name, capacity = EXCLUDED.capacity, \
+                   occupancy = EXCLUDED.occupancy, updated_at = EXCLUDED.updated_at, last_offset = EXCLUDED.last_offset \
+                 WHERE t.last_offset < EXCLUDED.last_offset"
+            );
+            sqlx::query(&sql)
+                .bind(ids)
+                .bind(names)
+                .bind(caps)
+                .bind(occs)
+                .bind(ats)
+                .bind(offs)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Read the checkpoint, creating it (at offset 0 of `log_id`) when missing.
+pub async fn ensure_checkpoint(pool: &PgPool, log_id: Uuid) -> Result<Checkpoint, ProjectionError> {
+    sqlx::query("INSERT INTO projection_checkpoints (projection, log_id, next_offset) VALUES ($1, $2, 0) ON CONFLICT (projection) DO NOTHING")
+        .bind(NAME)
+        .bind(log_id)
+        .execute(pool)
+        .await?;
+    let cp = read_checkpoint(pool)
+        .await?
+        .expect("checkpoint row was just ensured");
+    if cp.log_id != log_id {
+        return Err(ProjectionError::OtherLog {
+            found: cp.log_id,
+            expected: log_id,
+        });
+    }
+    Ok(cp)
+}
+
+pub async fn read_checkpoint<'e, E>(executor: E) -> Result<Option<Checkpoint>, ProjectionError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let row: Option<(Uuid, i64)> = sqlx::query_as(
+        "SELECT log_id, next_offset FROM projection_checkpoints WHERE projection = $1",
+    )
+    .bind(NAME)
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.map(|(log_id, next)| Checkpoint {
+        log_id,
+        next_offset: u64::try_from(next).unwrap_or(0),
+    }))
+}
+
+/// What happened to a batch write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Rows and checkpoint committed.
+    Committed,
+    /// The checkpoint was not where this writer expected (a rebuild moved it): nothing
+    /// was written; resume from this offset.
+    Moved(u64),
+}
+
+/// Write a folded batch covering `[from, to)` together with the checkpoint.
+pub async fn write_batch(
+    pool: &PgPool,
+    log_id: Uuid,
+    from: u64,
+    to: u64,
+    fold: &Fold,
+    fault: &FaultPoint,
+) -> Result<Written, ProjectionError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(Uuid, i64)> = sqlx::query_as(
+        "SELECT log_id, next_offset FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+    )
+    .bind(NAME)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((found_log, next)) = row else {
+        return Ok(Written::Moved(0));
+    };
+    if found_log != log_id {
+        return Err(ProjectionError::OtherLog {
+            found: found_log,
+            expected: log_id,
+        });
+    }
+    let next = u64::try_from(next).unwrap_or(0);
+    if next != from {
+        return Ok(Written::Moved(next));
+    }
+    fold.write(&mut tx, "current_lot_occupancy").await?;
+    sqlx::query("UPDATE projection_checkpoints SET next_offset = $2, updated_at = now() WHERE projection = $1")
+        .bind(NAME)
+        .bind(i64::try_from(to).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    if fault.trip() {
+        // Dropping the transaction rolls it back, as a crash before COMMIT would.
+        return Err(ProjectionError::Injected(
+            "failing the batch between write and commit",
+        ));
+    }
+    tx.commit().await?;
+    Ok(Written::Committed)
+}
+
+/// Figures of a rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RebuildStats {
+    pub events: u64,
+    pub lots: usize,
+    pub fold_seconds: f64,
+    pub total_seconds: f64,
+}
+
+/// Rebuild the read model from offset zero: fold the whole durable log, fill a fresh
+/// table beside the live one, then swap them and move the checkpoint in one
+/// transaction. Readers see the old table until the swap and the new one after it.
+/// `progress(done, total)` is called as the fold advances.
+pub async fn rebuild(
+    pool: &PgPool,
+    log: std::sync::Arc<dyn EventLog>,
+    progress: impl Fn(u64, u64) + Send + 'static,
+) -> Result<RebuildStats, ProjectionError> {
+    let started = std::time::Instant::now();
+    let end = log.durable_end();
+    let log_id = log.log_id();
+    let fold = tokio::task::spawn_blocking(move || -> Result<Fold, ProjectionError> {
+        let mut fold = Fold::default();
+        let mut cursor = log.cursor(0);
+        while cursor.position() < end {
+            let batch = cursor.next_batch(65_536)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch.iter().filter(|e| e.offset < end) {
+                fold.add(e);
+            }
+            progress(cursor.position().min(end), end);
+        }
+        Ok(fold)
+    })
+    .await
+    .expect("the fold task does not panic")?;
+    let fold_seconds = started.elapsed().as_secs_f64();
+
+    sqlx::query(&format!("DROP TABLE IF EXISTS {TABLE_REBUILD}"))
+        .execute(pool)
+        .await?;
+    sqlx::query(&format!(
+        "CREATE TABLE {TABLE_REBUILD} (LIKE current_lot_occupancy INCLUDING ALL)"
+    ))
+    .execute(pool)
+    .await?;
+    let mut tx = pool.begin().await?;
+    fold.write(&mut tx, TABLE_REBUILD).await?;
+    tx.commit().await?;
+
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO projection_checkpoints (projection, log_id, next_offset) VALUES ($1, $2, 0) ON CONFLICT (projection) DO NOTHING")
+        .bind(NAME)
+        .bind(log_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT next_offset FROM projection_checkpoints WHERE projection = $1 FOR UPDATE")
+        .bind(NAME)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DROP TABLE current_lot_occupancy")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!(
+        "ALTER TABLE {TABLE_REBUILD} RENAME TO current_lot_occupancy"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!(
+        "ALTER INDEX {TABLE_REBUILD}_pkey RENAME TO current_lot_occupancy_pkey"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE projection_checkpoints SET log_id = $2, next_offset = $3, updated_at = now() WHERE projection = $1")
+        .bind(NAME)
+        .bind(log_id)
+        .bind(i64::try_from(end).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(RebuildStats {
+        events: end,
+        lots: fold.len(),
+        fold_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The checkpoint and every row, read in one snapshot.
+pub async fn snapshot(
+    pool: &PgPool,
+) -> Result<(Option<Checkpoint>, Vec<OccupancyRow>), ProjectionError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *tx)
+        .await?;
+    let cp = read_checkpoint(&mut *tx).await?;
+    let rows = sqlx::query_as::<_, OccupancyRow>(
+        "SELECT lot_id, name, capacity, occupancy, updated_at, last_offset FROM current_lot_occupancy ORDER BY lot_id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((cp, rows))
+}

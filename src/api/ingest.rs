@@ -291,12 +291,14 @@ fn explain(json: &str, fallback: serde_json::Error) -> FieldError {
     match obj.get("timestamp") {
         None | Some(serde_json::Value::Null | serde_json::Value::String(_)) => {}
         Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => {}
-        Some(other) => return FieldError::new(
-            "timestamp",
-            format!(
+        Some(other) => {
+            return FieldError::new(
+                "timestamp",
+                format!(
                 "timestamp must be an RFC 3339 string or integer epoch milliseconds (got {other})"
             ),
-        ),
+            )
+        }
     }
     FieldError {
         field: None,

@@ -85,7 +85,8 @@ struct Inner {
     durable: watch::Sender<Durable>,
     segments: RwLock<Vec<Arc<Segment>>>,
     read_only: bool,
-    _lock: Option<File>,
+    /// The directory lock, released by `close` so the directory can be reopened.
+    lock: Mutex<Option<File>>,
 }
 
 #[derive(Debug, Clone)]
@@ -216,7 +217,7 @@ fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> {
                         ));
                         break 'outer;
                     }
-                    if next % INDEX_EVERY == 0 && next != base {
+                    if next.is_multiple_of(INDEX_EVERY) && next != base {
                         index.push((next, pos + at as u64));
                     }
                     next += 1;
@@ -453,7 +454,7 @@ impl FileLog {
             durable,
             segments: RwLock::new(segments),
             read_only,
-            _lock: lock,
+            lock: Mutex::new(lock),
         });
         let writer = match active {
             Some(active) => {
@@ -498,6 +499,7 @@ impl FileLog {
                 tracing::error!("the log writer thread panicked");
             }
         }
+        lock(&self.inner.lock).take();
     }
 }
 
@@ -649,7 +651,7 @@ impl EventLog for FileLog {
         let first = p.next_offset;
         for e in events {
             let offset = p.next_offset;
-            if offset % INDEX_EVERY == 0 {
+            if offset.is_multiple_of(INDEX_EVERY) {
                 let at = p.buf.len();
                 p.index.push((offset, at));
             }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs parkade's whole test suite against a real PostgreSQL on 127.0.0.1:5432.
+# Starts PostgreSQL when it is down (and installs it with apt-get when it is missing
+# and we are root), then runs the tests with cargo-nextest when present, else cargo test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Reuse a build cache outside the clone when one exists; without it, build in ./target.
+cache="${PARKADE_CACHE_DIR:-$HOME/.cache/parkade}"
+if [ -z "${CARGO_TARGET_DIR:-}" ] && [ -d "$cache" ]; then
+  export CARGO_TARGET_DIR="$cache/target"
+  echo "test.sh: using build cache $CARGO_TARGET_DIR"
+fi
+
+export PARKADE_TEST_DATABASE_URL="${PARKADE_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
+pg_up() {
+  if command -v pg_isready >/dev/null 2>&1; then
+    pg_isready -q -h 127.0.0.1 -p 5432
+  else
+    (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null
+  fi
+}
+
+if ! pg_up; then
+  echo "test.sh: PostgreSQL is not answering on 127.0.0.1:5432; starting it"
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    for v in $(ls /etc/postgresql 2>/dev/null); do
+      pg_ctlcluster --skip-systemctl-redirect "$v" main start || true
+    done
+  fi
+  for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+  pg_up || { echo "test.sh: PostgreSQL could not be started on 127.0.0.1:5432" >&2; exit 1; }
+fi
+echo "test.sh: PostgreSQL is up at $PARKADE_TEST_DATABASE_URL"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --all-targets --no-fail-fast "$@"
+else
+  cargo test --all-targets --no-fail-fast "$@"
+fi

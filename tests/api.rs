@@ -1,0 +1,374 @@
+//! The HTTP API against the real application and a real PostgreSQL, called as a client
+//! would call it.
+
+use parkade::app::Hooks;
+use serde_json::{json, Value};
+
+mod common;
+use common::{test_config, TestApp, TestDb};
+
+async fn register(app: &TestApp, id: &str, capacity: i64) {
+    let (status, body) = app
+        .post(
+            "/v1/lots",
+            json!({"lot_id": id, "name": format!("Lot {id}"), "capacity": capacity}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+fn event(lot: &str, kind: &str) -> Value {
+    json!({"lot_id": lot, "event_type": kind})
+}
+
+#[actix_web::test]
+async fn events_flow_from_http_to_the_lot_and_into_postgres() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), Some(&db)), Hooks::default()).await;
+    register(&app, " North-1 ", 3).await;
+
+    let (status, body) = app.post("/v1/events", event("NORTH-1", "arrival")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "accepted");
+    assert_eq!(body["offset"], 1);
+    assert_eq!(body["lot"]["occupancy"], 1);
+
+    let (status, body) = app
+        .post("/v1/events", json!({"lot_id": "north-1", "event_type": "ARRIVAL", "timestamp": "2026-11-27T10:00:00+01:00"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["lot"]["updated_at"], "2026-11-27T09:00:00Z");
+
+    let (status, lot) = app.get("/v1/lots/%20NORTH-1").await;
+    assert_eq!(status, 200, "{lot}");
+    assert_eq!(
+        (
+            lot["lot_id"].as_str(),
+            lot["occupancy"].as_u64(),
+            lot["free"].as_u64(),
+            lot["offset"].as_u64()
+        ),
+        (Some("north-1"), Some(2), Some(1), Some(2))
+    );
+    let (_, list) = app.get("/v1/lots").await;
+    assert_eq!(list["lots"].as_array().unwrap().len(), 1);
+
+    let (status, body) = app
+        .post("/v1/lots/north-1/count", json!({"count": 0}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["lot"]["occupancy"], 0);
+
+    app.wait_projection_caught_up().await;
+    let rows = db
+        .query("SELECT lot_id, name, capacity::bigint, occupancy::bigint, last_offset FROM current_lot_occupancy")
+        .await;
+    assert_eq!(rows, vec![vec!["north-1", "Lot  North-1", "3", "0", "3"]]);
+    app.stop().await;
+}
+
+type Case = (
+    &'static str,
+    Option<&'static str>,
+    String,
+    u16,
+    Option<&'static str>,
+);
+
+#[actix_web::test]
+async fn bad_input_gets_a_specific_error_and_appends_nothing() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    register(&app, "south", 1).await;
+    let (status, _) = app.post("/v1/events", event("south", "ARRIVAL")).await;
+    assert_eq!(status, 200);
+    let end = app.log_end().await;
+
+    // (what, content type, body, expected status, field named in the error)
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            Some("application/json"),
+            "{\"lot_id\": ".into(),
+            400,
+            None,
+        ),
+        (
+            "missing field",
+            Some("application/json"),
+            json!({"lot_id": "south"}).to_string(),
+            400,
+            Some("event_type"),
+        ),
+        (
+            "wrong type",
+            Some("application/json"),
+            json!({"lot_id": 7, "event_type": "ARRIVAL"}).to_string(),
+            400,
+            Some("lot_id"),
+        ),
+        (
+            "bad event type",
+            Some("application/json"),
+            json!({"lot_id": "south", "event_type": "PARK"}).to_string(),
+            400,
+            Some("event_type"),
+        ),
+        (
+            "bad timestamp",
+            Some("application/json"),
+            json!({"lot_id": "south", "event_type": "DEPARTURE", "timestamp": "noon"}).to_string(),
+            400,
+            Some("timestamp"),
+        ),
+        (
+            "unknown field",
+            Some("application/json"),
+            json!({"lot_id": "south", "event_type": "DEPARTURE", "when": 1}).to_string(),
+            400,
+            Some("when"),
+        ),
+        (
+            "unknown lot",
+            Some("application/json"),
+            event("nowhere", "ARRIVAL").to_string(),
+            404,
+            None,
+        ),
+        (
+            "full lot",
+            Some("application/json"),
+            event("south", "ARRIVAL").to_string(),
+            409,
+            None,
+        ),
+        (
+            "no content type",
+            None,
+            event("south", "DEPARTURE").to_string(),
+            415,
+            None,
+        ),
+        (
+            "wrong content type",
+            Some("text/plain"),
+            event("south", "DEPARTURE").to_string(),
+            415,
+            None,
+        ),
+        (
+            "body too large",
+            Some("application/json"),
+            format!(
+                "[{}]",
+                vec![event("south", "DEPARTURE").to_string(); 2000].join(",")
+            ),
+            413,
+            None,
+        ),
+        (
+            "too many events",
+            Some("application/json"),
+            format!(
+                "[{}]",
+                vec![r#"{"lot_id":"south","event_type":"DEPARTURE"}"#; 501].join(",")
+            ),
+            413,
+            None,
+        ),
+        (
+            "empty array",
+            Some("application/json"),
+            "[]".into(),
+            400,
+            None,
+        ),
+    ];
+    for (what, ct, body, want, field) in cases {
+        let (status, reply) = app.post_raw("/v1/events", ct, body).await;
+        assert_eq!(status, want, "{what}: {reply}");
+        assert!(
+            reply["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {reply}"
+        );
+        if let Some(f) = field {
+            assert_eq!(reply["field"], f, "{what}: {reply}");
+        }
+    }
+    let (status, reply) = app.post("/v1/events", event("south", "ARRIVAL")).await;
+    assert_eq!((status, reply["error"].as_str()), (409, Some("lot_full")));
+    assert_eq!(
+        reply["lot"]["occupancy"], 1,
+        "a 409 shows the lot's state: {reply}"
+    );
+
+    let lot_cases = vec![
+        (
+            "/v1/lots",
+            json!({"lot_id": "x", "name": "X", "capacity": 0}),
+            400,
+            Some("capacity"),
+        ),
+        (
+            "/v1/lots",
+            json!({"lot_id": "x", "name": "", "capacity": 5}),
+            400,
+            Some("name"),
+        ),
+        (
+            "/v1/lots",
+            json!({"lot_id": "a b/c", "name": "X", "capacity": 5}),
+            400,
+            Some("lot_id"),
+        ),
+        (
+            "/v1/lots",
+            json!({"lot_id": "south", "name": "Other", "capacity": 5}),
+            409,
+            None,
+        ),
+        ("/v1/lots/south/count", json!({"count": 2}), 409, None),
+        (
+            "/v1/lots/south/count",
+            json!({"count": -1}),
+            400,
+            Some("count"),
+        ),
+        ("/v1/lots/nowhere/count", json!({"count": 0}), 404, None),
+    ];
+    for (path, body, want, field) in lot_cases {
+        let (status, reply) = app.post(path, body.clone()).await;
+        assert_eq!(status, want, "{path} {body}: {reply}");
+        if let Some(f) = field {
+            assert_eq!(reply["field"], f, "{path} {body}: {reply}");
+        }
+    }
+    let (status, reply) = app.patch("/v1/lots/south", json!({"capacity": 0})).await;
+    assert_eq!(status, 400, "{reply}");
+    let (status, _) = app.get("/v1/lots/nowhere").await;
+    assert_eq!(status, 404);
+
+    assert_eq!(
+        app.log_end().await,
+        end,
+        "rejected requests appended nothing"
+    );
+    let (_, lot) = app.get("/v1/lots/south").await;
+    assert_eq!(lot["occupancy"], 1);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn arrays_and_ndjson_answer_every_event_in_order() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    register(&app, "a", 2).await;
+    register(&app, "b", 5).await;
+    let batch = json!([
+        event("a", "ARRIVAL"),
+        event("b", "ARRIVAL"),
+        event("a", "ARRIVAL"),
+        event("a", "ARRIVAL"),
+        {"lot_id": "b"},
+        event("zzz", "ARRIVAL"),
+        event("b", "DEPARTURE"),
+        event("b", "DEPARTURE"),
+    ]);
+    let (status, reply) = app.post("/v1/events", batch).await;
+    assert_eq!(status, 200, "{reply}");
+    let statuses: Vec<&str> = reply["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "accepted", "accepted", "accepted", "rejected", "rejected", "rejected", "accepted",
+            "rejected"
+        ]
+    );
+    let codes: Vec<&str> = reply["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "",
+            "",
+            "",
+            "lot_full",
+            "invalid_event",
+            "lot_not_found",
+            "",
+            "lot_empty"
+        ]
+    );
+    assert_eq!(
+        (reply["accepted"].as_u64(), reply["rejected"].as_u64()),
+        (Some(4), Some(4))
+    );
+
+    let nd = "{\"lot_id\":\"a\",\"event_type\":\"departure\"}\n\n{\"lot_id\":\"b\",\"event_type\":\"arrival\",\"timestamp\":1764234000000}\nnot json\n";
+    let (status, reply) = app
+        .post_raw("/v1/events", Some("application/x-ndjson"), nd.into())
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        (reply["accepted"].as_u64(), reply["rejected"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let (_, a) = app.get("/v1/lots/a").await;
+    let (_, b) = app.get("/v1/lots/b").await;
+    assert_eq!(
+        (a["occupancy"].as_u64(), b["occupancy"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(app.log_end().await, 2 + 4 + 2);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_retry_with_the_same_event_id_is_acknowledged_once_also_after_a_restart() {
+    let dir = common::data_dir();
+    let id = uuid::Uuid::new_v4().to_string();
+    let retry = json!({"lot_id": "c", "event_type": "ARRIVAL", "event_id": id});
+
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    register(&app, "c", 10).await;
+    let (status, first) = app.post("/v1/events", retry.clone()).await;
+    assert_eq!(
+        (status, first["status"].as_str()),
+        (200, Some("accepted")),
+        "{first}"
+    );
+    let (_, again) = app.post("/v1/events", retry.clone()).await;
+    assert_eq!(again["status"], "duplicate");
+    assert_eq!(again["offset"], first["offset"]);
+    // In a batch, a repeat of an id in the same request is a duplicate too.
+    let other = uuid::Uuid::new_v4().to_string();
+    let (_, batch) = app
+        .post("/v1/events", json!([{"lot_id": "c", "event_type": "ARRIVAL", "event_id": other}, {"lot_id": "c", "event_type": "ARRIVAL", "event_id": other}]))
+        .await;
+    assert_eq!(batch["results"][1]["status"], "duplicate", "{batch}");
+    app.stop().await;
+
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    let end = app.log_end().await;
+    let (status, after) = app.post("/v1/events", retry).await;
+    assert_eq!(
+        (status, after["status"].as_str()),
+        (200, Some("duplicate")),
+        "{after}"
+    );
+    assert_eq!(after["offset"], first["offset"]);
+    assert_eq!(app.log_end().await, end);
+    let (_, lot) = app.get("/v1/lots/c").await;
+    assert_eq!(lot["occupancy"], 2);
+    app.stop().await;
+}

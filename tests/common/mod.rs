@@ -1,0 +1,252 @@
+//! Helpers shared by the integration tests: a fresh PostgreSQL database per test, the
+//! real application on port 0, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use parkade::app::{Application, Hooks};
+use parkade::Config;
+use serde_json::Value;
+
+/// Server-level URL of the test PostgreSQL (the test script starts it if it is down).
+pub fn admin_url() -> String {
+    std::env::var("PARKADE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database created for one test and dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        let name = format!("parkade_test_{}", uuid::Uuid::new_v4().simple());
+        run_admin_sql(&format!("CREATE DATABASE {name}"));
+        let admin = admin_url();
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or(admin);
+        TestDb {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    /// Run SQL against this database and return the rows as text (psql-free: through sqlx).
+    pub async fn query(&self, sql: &str) -> Vec<Vec<String>> {
+        use sqlx::Row;
+        let pool = sqlx::PgPool::connect(&self.url)
+            .await
+            .expect("connect to the test database");
+        let rows = sqlx::query(sql).fetch_all(&pool).await.expect("query");
+        let out = rows
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| {
+                        r.try_get::<String, _>(i)
+                            .or_else(|_| r.try_get::<i64, _>(i).map(|v| v.to_string()))
+                            .or_else(|_| r.try_get::<i32, _>(i).map(|v| v.to_string()))
+                            .or_else(|_| {
+                                r.try_get::<chrono::DateTime<chrono::Utc>, _>(i)
+                                    .map(|v| v.to_rfc3339())
+                            })
+                            .unwrap_or_else(|_| "?".into())
+                    })
+                    .collect()
+            })
+            .collect();
+        pool.close().await;
+        out
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        run_admin_sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// Run one statement on the server's admin database from a thread of its own (usable
+/// from sync code and from `Drop`).
+fn run_admin_sql(sql: &str) {
+    let sql = sql.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pool = sqlx::PgPool::connect(&admin_url())
+                .await
+                .expect("PostgreSQL must run on 127.0.0.1:5432 (the test script starts it)");
+            sqlx::query(&sql)
+                .execute(&pool)
+                .await
+                .expect("admin statement");
+            pool.close().await;
+        })
+    })
+    .join()
+    .expect("admin SQL thread");
+}
+
+/// A config for tests: port 0, a given data dir, maybe a database.
+pub fn test_config(data_dir: &Path, db: Option<&TestDb>) -> Config {
+    let mut c = Config {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        database_url: db.map(|d| d.url.clone()),
+        http_workers: 2,
+        ..Config::default()
+    };
+    c.limits.max_body_bytes = 64 * 1024;
+    c.limits.max_batch_events = 500;
+    c.projections.max_backoff_secs = 1;
+    c
+}
+
+/// The application running inside the current actix system.
+pub struct TestApp {
+    pub base: String,
+    pub lots: parkade::Lots,
+    pub board: parkade::projections::StatusBoard,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(config: Config, hooks: Hooks) -> TestApp {
+        let app = Application::build(config, hooks)
+            .await
+            .expect("the application builds");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let lots = app.lots().clone();
+        let board = app.board().clone();
+        let handle = app.server_handle();
+        let task = actix_web::rt::spawn(app.run_until_stopped());
+        TestApp {
+            base,
+            lots,
+            board,
+            handle,
+            task,
+        }
+    }
+
+    /// Stop gracefully and wait until the log is closed.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        self.task.await.expect("run task").expect("clean stop");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        request(awc::Client::new().get(self.url(path)), None, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let text = body.to_string();
+        request(
+            awc::Client::new().post(self.url(path)),
+            Some("application/json"),
+            Some(text),
+        )
+        .await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: String,
+    ) -> (u16, Value) {
+        request(
+            awc::Client::new().post(self.url(path)),
+            content_type,
+            Some(body),
+        )
+        .await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        request(
+            awc::Client::new().patch(self.url(path)),
+            Some("application/json"),
+            Some(body.to_string()),
+        )
+        .await
+    }
+
+    /// The durable end of the log, as `/readyz` or the projections endpoint reports it.
+    pub async fn log_end(&self) -> u64 {
+        let (_, v) = self.get("/v1/admin/projections").await;
+        v["log_end"].as_u64().expect("log_end")
+    }
+
+    /// Wait until the occupancy projection has folded everything in the log.
+    pub async fn wait_projection_caught_up(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, v) = self.get("/v1/admin/projections").await;
+            let end = v["log_end"].as_u64().unwrap();
+            let cp = v["projections"][0]["checkpoint"].as_u64();
+            if cp == Some(end) && v["projections"][0]["state"] == "running" {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "projection did not catch up: {v}"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub async fn request(
+    req: awc::ClientRequest,
+    content_type: Option<&str>,
+    body: Option<String>,
+) -> (u16, Value) {
+    let req = match content_type {
+        Some(ct) => req.insert_header(("content-type", ct)),
+        None => req,
+    };
+    let mut resp = match body {
+        Some(b) => req.send_body(b).await,
+        None => req.send().await,
+    }
+    .expect("the request reaches the server");
+    let status = resp.status().as_u16();
+    let bytes = resp.body().limit(64 << 20).await.expect("a body");
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    (status, value)
+}
+
+/// A temporary data directory that is removed at the end of the test.
+pub fn data_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("parkade-test-")
+        .tempdir()
+        .expect("a temp dir")
+}
+
+/// Path of the built `parkade` binary.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_parkade"))
+}

@@ -1,0 +1,171 @@
+//! Kill the real server process (SIGKILL) while clients are sending, restart it, and
+//! check that every acknowledged event is still there and the read model matches.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+mod common;
+use common::TestDb;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(dir: &std::path::Path, db: &TestDb, port: u16) -> Child {
+    Command::new(common::binary())
+        .arg("serve")
+        .env("PARKADE_DATA_DIR", dir)
+        .env("PARKADE_DATABASE_URL", &db.url)
+        .env("PARKADE_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start parkade serve")
+}
+
+async fn wait_healthy(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = awc::Client::new()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+        {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not become healthy");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn post(base: &str, path: &str, body: &Value) -> Option<(u16, Value)> {
+    let mut resp = awc::Client::new()
+        .post(format!("{base}{path}"))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body.to_string())
+        .await
+        .ok()?;
+    let bytes = resp.body().limit(16 << 20).await.ok()?;
+    Some((resp.status().as_u16(), serde_json::from_slice(&bytes).ok()?))
+}
+
+#[actix_web::test]
+async fn no_acknowledged_event_is_lost_when_the_process_is_killed() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start(dir.path(), &db, port);
+    wait_healthy(&base).await;
+    let (status, _) = post(
+        &base,
+        "/v1/lots",
+        &json!({"lot_id": "gate", "name": "Gate", "capacity": 1_000_000}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201);
+
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let acked = acked.clone();
+        let base = base.clone();
+        clients.push(actix_web::rt::spawn(async move {
+            loop {
+                let ids: Vec<String> = (0..20).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+                let batch: Vec<Value> = ids
+                    .iter()
+                    .map(|id| json!({"lot_id": "gate", "event_type": "ARRIVAL", "event_id": id}))
+                    .collect();
+                let Some((200, reply)) = post(&base, "/v1/events", &json!(batch)).await else {
+                    return;
+                };
+                let mut a = acked.lock().unwrap();
+                for (id, r) in ids.into_iter().zip(reply["results"].as_array().unwrap()) {
+                    assert_eq!(r["status"], "accepted", "{r}");
+                    a.push(id);
+                }
+            }
+        }));
+    }
+    // Let the clients get going, then kill the server without warning.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.lock().unwrap().len() < 2_000 {
+        assert!(Instant::now() < deadline, "clients made no progress");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    let mut child = start(dir.path(), &db, port);
+    wait_healthy(&base).await;
+    // Every acknowledged event must be recognised as already durable.
+    for chunk in acked.chunks(500) {
+        let batch: Vec<Value> = chunk
+            .iter()
+            .map(|id| json!({"lot_id": "gate", "event_type": "ARRIVAL", "event_id": id}))
+            .collect();
+        let (status, reply) = post(&base, "/v1/events", &json!(batch)).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            reply["duplicates"].as_u64(),
+            Some(chunk.len() as u64),
+            "lost acknowledged events: {reply}"
+        );
+    }
+    let mut resp = awc::Client::new()
+        .get(format!("{base}/v1/lots/gate"))
+        .send()
+        .await
+        .unwrap();
+    let lot: Value = resp.json().await.unwrap();
+    assert!(
+        lot["occupancy"].as_u64().unwrap() >= acked.len() as u64,
+        "{lot}"
+    );
+
+    // Let the projection catch up, stop, and compare the read model with the log.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut r = awc::Client::new()
+            .get(format!("{base}/v1/admin/projections"))
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        if v["projections"][0]["lag"] == 0 && v["projections"][0]["state"] == "running" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "projection did not catch up: {v}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = Command::new(common::binary())
+        .arg("verify")
+        .env("PARKADE_DATA_DIR", dir.path())
+        .env("PARKADE_DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("no differences"), "{text}");
+}

@@ -1,0 +1,323 @@
+//! The embedded event log: recovery of torn and corrupt tails, empty segments, group
+//! commit, fail-stop on a failed sync, reads and subscriptions across segments.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parkade::domain::{LotEvent, LotId, NewEvent, Timestamp};
+use parkade::log::{
+    EventLog, FileLog, LogError, LogOptions, OpenMode, OsStorage, Storage, Subscription,
+    WritableFile,
+};
+
+mod common;
+
+fn event(i: u64) -> NewEvent {
+    NewEvent {
+        lot_id: LotId::parse(&format!("lot-{}", i % 3)).unwrap(),
+        lot_seq: i + 1,
+        event_id: uuid::Uuid::now_v7(),
+        client_event_id: i.is_multiple_of(2),
+        occurred_at: Timestamp::from_micros(1_764_234_000_000_000 + i as i64),
+        event: LotEvent::VehicleArrived,
+        occupancy: i as u32 + 1,
+        capacity: 1000,
+    }
+}
+
+async fn write_events(dir: &Path, n: u64, opts: LogOptions) -> FileLog {
+    let log = FileLog::open(dir, opts).unwrap();
+    for i in 0..n {
+        // One write per event, so small segments roll between them.
+        log.append(&[event(i)]).unwrap();
+        log.wait_durable(i + 1).await.unwrap();
+    }
+    log
+}
+
+fn read_all(log: &dyn EventLog) -> Vec<u64> {
+    let mut c = log.cursor(0);
+    let mut out = Vec::new();
+    loop {
+        let b = c.next_batch(7).unwrap();
+        if b.is_empty() {
+            return out;
+        }
+        out.extend(b.iter().map(|e| e.offset));
+    }
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_truncated_to_the_last_good_record() {
+    let dir = common::data_dir();
+    write_events(dir.path(), 10, LogOptions::default())
+        .await
+        .close();
+    let seg = segments(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+
+    let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
+    let rec = log.recovery().clone();
+    assert_eq!(rec.events, 9);
+    assert!(rec.truncated_bytes > 0, "{rec:?}");
+    assert_eq!(read_all(&log), (0..9).collect::<Vec<_>>());
+    // The log goes on from the last good record.
+    assert_eq!(log.append(&[event(9)]).unwrap(), 9);
+    log.wait_durable(10).await.unwrap();
+    log.close();
+    let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
+    assert_eq!(log.recovery().truncated_bytes, 0);
+    assert_eq!(read_all(&log).len(), 10);
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_the_last_record_is_detected_and_cut() {
+    let dir = common::data_dir();
+    write_events(dir.path(), 10, LogOptions::default())
+        .await
+        .close();
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x10;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
+    assert_eq!(log.recovery().events, 9);
+    assert!(log
+        .recovery()
+        .truncation_reason
+        .as_deref()
+        .unwrap()
+        .contains("checksum"));
+    assert_eq!(read_all(&log), (0..9).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn an_empty_newest_segment_gets_its_header_back() {
+    let dir = common::data_dir();
+    let small = LogOptions {
+        segment_bytes: 1024,
+        ..LogOptions::default()
+    };
+    write_events(dir.path(), 40, small.clone()).await.close();
+    let before = segments(dir.path());
+    assert!(before.len() > 2, "small segments roll: {before:?}");
+    // A crash right after creating the next segment, before its header was written.
+    std::fs::File::create(dir.path().join(format!("{:020}.seg", 40))).unwrap();
+
+    let log = FileLog::open(dir.path(), small).unwrap();
+    assert!(log.recovery().rewrote_header);
+    assert_eq!(log.recovery().events, 40);
+    assert_eq!(log.append(&[event(40)]).unwrap(), 40);
+    log.wait_durable(41).await.unwrap();
+    assert_eq!(read_all(&log), (0..41).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn damage_inside_a_sealed_segment_stops_the_open() {
+    let dir = common::data_dir();
+    let small = LogOptions {
+        segment_bytes: 1024,
+        ..LogOptions::default()
+    };
+    write_events(dir.path(), 40, small.clone()).await.close();
+    let first = segments(dir.path()).remove(0);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&first, &bytes).unwrap();
+    match FileLog::open(dir.path(), small) {
+        Err(LogError::Corrupt { path, .. }) => assert_eq!(path, first),
+        other => panic!("expected a corruption error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn reads_and_subscriptions_cross_segments_and_follow_live_appends() {
+    let dir = common::data_dir();
+    let small = LogOptions {
+        segment_bytes: 2048,
+        ..LogOptions::default()
+    };
+    let log: Arc<dyn EventLog> = Arc::new(write_events(dir.path(), 100, small).await);
+    assert_eq!(read_all(log.as_ref()), (0..100).collect::<Vec<_>>());
+    let mut c = log.cursor(57);
+    assert_eq!(
+        c.next_batch(3)
+            .unwrap()
+            .iter()
+            .map(|e| e.offset)
+            .collect::<Vec<_>>(),
+        vec![57, 58, 59]
+    );
+
+    let mut sub = Subscription::new(log.clone(), 95);
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        seen.extend(sub.next_batch(100).await.unwrap().iter().map(|e| e.offset));
+    }
+    let writer = log.clone();
+    let live = tokio::spawn(async move {
+        for i in 100..130 {
+            writer.append(&[event(i)]).unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    while seen.len() < 35 {
+        seen.extend(sub.next_batch(100).await.unwrap().iter().map(|e| e.offset));
+    }
+    live.await.unwrap();
+    assert_eq!(seen, (95..130).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn one_sync_covers_many_waiting_writers() {
+    struct Counting(Arc<AtomicUsize>);
+    struct CountingFile(Box<dyn WritableFile>, Arc<AtomicUsize>);
+    impl Storage for Counting {
+        fn open_writable(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+            Ok(Box::new(CountingFile(
+                OsStorage.open_writable(path)?,
+                self.0.clone(),
+            )))
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            OsStorage.sync_dir(dir)
+        }
+    }
+    impl WritableFile for CountingFile {
+        fn write_all_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()> {
+            self.0.write_all_at(buf, pos)
+        }
+        fn sync_data(&mut self) -> io::Result<()> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            self.0.sync_data()
+        }
+        fn set_len(&mut self, len: u64) -> io::Result<()> {
+            self.0.set_len(len)
+        }
+    }
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let dir = common::data_dir();
+    let log = Arc::new(
+        FileLog::open(
+            dir.path(),
+            LogOptions {
+                storage: Arc::new(Counting(syncs.clone())),
+                ..LogOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let before = syncs.load(Ordering::SeqCst);
+    let writers = 32;
+    let per_writer = 50;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let off = log.append(&[event(w * 1000 + i)]).unwrap();
+                log.wait_durable(off + 1).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let appends = (writers * per_writer) as usize;
+    let used = syncs.load(Ordering::SeqCst) - before;
+    assert_eq!(log.durable_end(), appends as u64);
+    assert!(
+        used < appends / 2,
+        "{used} syncs for {appends} acknowledged appends"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_sync_acknowledges_nothing_and_stops_appends() {
+    struct Flaky(Arc<AtomicBool>);
+    struct FlakyFile(Box<dyn WritableFile>, Arc<AtomicBool>);
+    impl Storage for Flaky {
+        fn open_writable(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+            Ok(Box::new(FlakyFile(
+                OsStorage.open_writable(path)?,
+                self.0.clone(),
+            )))
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            OsStorage.sync_dir(dir)
+        }
+    }
+    impl WritableFile for FlakyFile {
+        fn write_all_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()> {
+            self.0.write_all_at(buf, pos)
+        }
+        fn sync_data(&mut self) -> io::Result<()> {
+            if self.1.load(Ordering::SeqCst) {
+                return Err(io::Error::other("injected: disk full"));
+            }
+            self.0.sync_data()
+        }
+        fn set_len(&mut self, len: u64) -> io::Result<()> {
+            self.0.set_len(len)
+        }
+    }
+    let fail = Arc::new(AtomicBool::new(false));
+    let dir = common::data_dir();
+    let opts = LogOptions {
+        storage: Arc::new(Flaky(fail.clone())),
+        ..LogOptions::default()
+    };
+    let log = write_events(dir.path(), 3, opts).await;
+    fail.store(true, Ordering::SeqCst);
+    let off = log.append(&[event(3)]).unwrap();
+    let err = log.wait_durable(off + 1).await.unwrap_err();
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert_eq!(log.durable_end(), 3);
+    assert!(log.health().is_err());
+    assert!(matches!(log.append(&[event(4)]), Err(LogError::Failed(_))));
+    assert_eq!(read_all(&log).len(), 3);
+}
+
+#[tokio::test]
+async fn one_writer_per_directory_and_readers_beside_it() {
+    let dir = common::data_dir();
+    let log = write_events(dir.path(), 5, LogOptions::default()).await;
+    assert!(matches!(
+        FileLog::open(dir.path(), LogOptions::default()),
+        Err(LogError::Locked(_))
+    ));
+    let reader = FileLog::open(
+        dir.path(),
+        LogOptions {
+            mode: OpenMode::ReadOnly,
+            ..LogOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(reader.log_id(), log.log_id());
+    assert_eq!(read_all(&reader).len(), 5);
+    assert!(matches!(
+        reader.append(&[event(5)]),
+        Err(LogError::ReadOnly)
+    ));
+}

@@ -1,1 +1,567 @@
-fn main() {}
+//! The core benchmark: `cargo bench --bench ingest`.
+//!
+//! Starts the real `parkade serve` binary (release build) on a fresh data directory and
+//! drives it over HTTP from this process, on the same machine:
+//!
+//! 1. batch ingest: requests of 1,000 durable events from a few connections;
+//! 2. single-event requests from 64 concurrent connections (events/s, latency);
+//! 3. the old cloud processor's way for comparison: the same events as one UPSERT per
+//!    event against PostgreSQL, from 64 concurrent connections;
+//! 4. `parkade replay --projection occupancy` of a 10M-event log, timed as a whole
+//!    process.
+//!
+//! Each figure is the median of several runs. Settings (environment):
+//! `PARKADE_BENCH_SECONDS` (per run, default 4), `PARKADE_BENCH_RUNS` (default 3),
+//! `PARKADE_BENCH_REPLAY_EVENTS` (default 10,000,000),
+//! `PARKADE_BENCH_DATABASE_URL` (server-level URL; default the test PostgreSQL; set
+//! to `none` to skip the PostgreSQL figures).
+//!
+//! The HTTP client is a minimal keep-alive HTTP/1.1 client over a TCP stream, so that
+//! the client spends as little of the shared two cores as possible.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parkade::domain::{Capacity, LotEvent, LotId, NewEvent, Timestamp};
+use parkade::log::{EventLog, FileLog, LogOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const LOTS: usize = 30;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo test --all-targets` and nextest run bench targets without `--bench`:
+    // there is nothing to test here, so say so and leave.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let secs: u64 = env_or("PARKADE_BENCH_SECONDS", 4);
+    let runs: usize = env_or("PARKADE_BENCH_RUNS", 3);
+    let replay_events: u64 = env_or("PARKADE_BENCH_REPLAY_EVENTS", 10_000_000);
+    let db_admin = std::env::var("PARKADE_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let db_admin = (db_admin != "none").then_some(db_admin);
+    let dur = Duration::from_secs(secs);
+    println!("parkade core benchmark: {runs} runs of {secs} s per figure, medians; client and server on this machine");
+    println!(
+        "machine: {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let work = tempfile::Builder::new()
+        .prefix("parkade-bench-")
+        .tempdir()
+        .unwrap();
+    let port = free_port();
+    let mut server = Server::start(&work.path().join("serve"), port, None);
+    server.wait_healthy().await;
+    let mut c = Conn::connect(port).await;
+    for i in 0..LOTS {
+        let body = format!(r#"{{"lot_id":"bench-{i}","name":"Bench lot {i}","capacity":1000000}}"#);
+        let (status, _) = c
+            .request("POST", "/v1/lots", &body, "application/json")
+            .await;
+        assert!(status == 201 || status == 200, "register: {status}");
+    }
+
+    // 1. Batch ingest.
+    let batch_body = Arc::new(batch_body(1000));
+    let mut batch_rates = Vec::new();
+    for _ in 0..runs {
+        batch_rates.push(batch_run(port, 4, batch_body.clone(), 1000, dur).await);
+    }
+    let batch = median(&mut batch_rates);
+    println!(
+        "batch ingest, 1,000 events/request, 4 connections: {:>10.0} events/s (runs: {})",
+        batch,
+        fmt_runs(&batch_rates)
+    );
+
+    // 2. Single-event requests from 64 connections.
+    let mut single_rates = Vec::new();
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..runs {
+        let (rate, p50, p99) = single_run(port, 64, dur).await;
+        single_rates.push(rate);
+        p50s.push(p50);
+        p99s.push(p99);
+    }
+    let single = median(&mut single_rates);
+    println!(
+        "single-event requests, 64 connections:           {:>10.0} events/s (runs: {}); latency p50 {:.2} ms, p99 {:.2} ms",
+        single,
+        fmt_runs(&single_rates),
+        median(&mut p50s),
+        median(&mut p99s)
+    );
+    let mut c = Conn::connect(port).await;
+    let (status, body) = c
+        .request("GET", "/v1/lots/bench-0", "", "application/json")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.stop();
+
+    // 3. One UPSERT per event against PostgreSQL.
+    let mut upsert = None;
+    if let Some(admin) = &db_admin {
+        match upsert_runs(admin, runs, dur).await {
+            Ok(r) => {
+                println!(
+                    "one PostgreSQL UPSERT per event, 64 connections:  {:>10.0} events/s; parkade single-event is {:.1}x, batch is {:.1}x",
+                    r,
+                    single / r,
+                    batch / r
+                );
+                upsert = Some(r);
+            }
+            Err(e) => println!("one PostgreSQL UPSERT per event: skipped ({e})"),
+        }
+    } else {
+        println!("one PostgreSQL UPSERT per event: skipped (PARKADE_BENCH_DATABASE_URL=none)");
+    }
+
+    // 4. Replay of a large log.
+    let mut replay = None;
+    if let Some(admin) = &db_admin {
+        let dir = work.path().join("replay");
+        let started = Instant::now();
+        write_log(&dir.join("log"), replay_events).await;
+        println!(
+            "(wrote a {replay_events}-event log for replay in {:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+        match replay_runs(admin, &dir, replay_events, runs).await {
+            Ok(r) => {
+                println!("replay --projection occupancy, {replay_events} events: {:>10.0} events/s (whole process)", r);
+                replay = Some(r);
+            }
+            Err(e) => println!("replay: skipped ({e})"),
+        }
+    }
+    println!();
+    println!("summary (events/s): batch {batch:.0} | single {single:.0} | upsert-per-event {} | replay {}",
+        upsert.map_or("skipped".into(), |v| format!("{v:.0}")),
+        replay.map_or("skipped".into(), |v| format!("{v:.0}")));
+}
+
+fn fmt_runs(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Arrival/departure pairs spread over the lots: never full, never below zero.
+fn batch_body(n: usize) -> String {
+    let mut s = String::from("[");
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        let lot = (i / 2) % LOTS;
+        let kind = if i % 2 == 0 { "ARRIVAL" } else { "DEPARTURE" };
+        s.push_str(&format!(
+            r#"{{"lot_id":"bench-{lot}","event_type":"{kind}","timestamp":"2026-11-27T09:00:00Z"}}"#
+        ));
+    }
+    s.push(']');
+    s
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(data: &Path, port: u16, db: Option<&str>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_parkade"));
+        cmd.arg("serve")
+            .env("PARKADE_DATA_DIR", data)
+            .env("PARKADE_BIND", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        match db {
+            Some(url) => cmd.env("PARKADE_DATABASE_URL", url),
+            None => cmd.env_remove("PARKADE_DATABASE_URL"),
+        };
+        Server {
+            child: cmd.spawn().expect("start parkade serve"),
+            port,
+        }
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut c) =
+                tokio::time::timeout(Duration::from_secs(1), Conn::connect_once(self.port))
+                    .await
+                    .unwrap_or(Err(std::io::Error::other("timeout")))
+            {
+                if c.request("GET", "/healthz", "", "application/json").await.0 == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    port: u16,
+}
+
+impl Conn {
+    async fn connect_once(port: u16) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::with_capacity(1 << 16),
+            port,
+        })
+    }
+
+    async fn connect(port: u16) -> Conn {
+        Conn::connect_once(port).await.expect("connect")
+    }
+
+    async fn request(&mut self, method: &str, path: &str, body: &str, ct: &str) -> (u16, String) {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncontent-type: {ct}\r\ncontent-length: {}\r\n\r\n",
+            self.port,
+            body.len()
+        );
+        let mut msg = Vec::with_capacity(head.len() + body.len());
+        msg.extend_from_slice(head.as_bytes());
+        msg.extend_from_slice(body.as_bytes());
+        self.stream.write_all(&msg).await.expect("write");
+        self.read_response().await
+    }
+
+    async fn read_response(&mut self) -> (u16, String) {
+        self.buf.clear();
+        let mut chunk = [0u8; 16384];
+        let (head_end, len) = loop {
+            let n = self.stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..pos]).expect("ascii head");
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                break (pos + 4, len);
+            }
+        };
+        while self.buf.len() < head_end + len {
+            let n = self.stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let status: u16 = std::str::from_utf8(&self.buf[9..12])
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = String::from_utf8_lossy(&self.buf[head_end..head_end + len]).into_owned();
+        (status, body)
+    }
+}
+
+async fn batch_run(
+    port: u16,
+    conns: usize,
+    body: Arc<String>,
+    per_request: usize,
+    dur: Duration,
+) -> f64 {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::connect(port).await;
+            let mut events = 0usize;
+            while start.elapsed() < dur {
+                let (status, reply) = c
+                    .request("POST", "/v1/events", &body, "application/json")
+                    .await;
+                assert_eq!(status, 200, "{reply}");
+                assert!(
+                    reply.starts_with(&format!("{{\"accepted\":{per_request},")),
+                    "not all accepted: {}",
+                    &reply[..80.min(reply.len())]
+                );
+                events += per_request;
+            }
+            events
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn single_run(port: u16, conns: usize, dur: Duration) -> (f64, f64, f64) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::connect(port).await;
+            let lot = i % LOTS;
+            let arrive = format!(r#"{{"lot_id":"bench-{lot}","event_type":"ARRIVAL"}}"#);
+            let depart = format!(r#"{{"lot_id":"bench-{lot}","event_type":"DEPARTURE"}}"#);
+            let mut lat = Vec::with_capacity(100_000);
+            let mut k = 0u64;
+            while start.elapsed() < dur {
+                let body = if k.is_multiple_of(2) {
+                    &arrive
+                } else {
+                    &depart
+                };
+                let t = Instant::now();
+                let (status, reply) = c
+                    .request("POST", "/v1/events", body, "application/json")
+                    .await;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                assert_eq!(status, 200, "{reply}");
+                k += 1;
+            }
+            // Leave the lot as found.
+            if k % 2 == 1 {
+                c.request("POST", "/v1/events", &depart, "application/json")
+                    .await;
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    (rate, pct(0.5), pct(0.99))
+}
+
+/// A throwaway database on the benchmark's PostgreSQL server.
+struct BenchDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDb {
+    async fn create(admin: &str) -> Result<BenchDb, String> {
+        let name = format!("parkade_bench_{}", uuid::Uuid::new_v4().simple());
+        let pool = sqlx::PgPool::connect(admin)
+            .await
+            .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        pool.close().await;
+        let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+        Ok(BenchDb {
+            admin: admin.to_owned(),
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    async fn drop_db(self) {
+        if let Ok(pool) = sqlx::PgPool::connect(&self.admin).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&pool)
+            .await;
+        }
+    }
+}
+
+async fn upsert_runs(admin: &str, runs: usize, dur: Duration) -> Result<f64, String> {
+    let db = BenchDb::create(admin).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(64)
+        .connect(&db.url)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query("CREATE TABLE current_lot_occupancy (lot_id TEXT PRIMARY KEY, occupancy INTEGER NOT NULL, updated_at TIMESTAMPTZ NOT NULL)")
+        .execute(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut rates = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                let lot = format!("bench-{}", i % LOTS);
+                let mut n = 0u64;
+                while start.elapsed() < dur {
+                    let delta = if n.is_multiple_of(2) { 1 } else { -1 };
+                    sqlx::query(
+                        "INSERT INTO current_lot_occupancy (lot_id, occupancy, updated_at) VALUES ($1, GREATEST($2, 0), now()) \
+                         ON CONFLICT (lot_id) DO UPDATE SET occupancy = GREATEST(current_lot_occupancy.occupancy + $2, 0), updated_at = now()",
+                    )
+                    .bind(&lot)
+                    .bind(delta)
+                    .execute(&pool)
+                    .await
+                    .expect("upsert");
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        rates.push(total as f64 / start.elapsed().as_secs_f64());
+    }
+    pool.close().await;
+    db.drop_db().await;
+    Ok(median(&mut rates))
+}
+
+/// Write `n` events over the bench lots straight through the log library.
+async fn write_log(dir: &Path, n: u64) {
+    let log = FileLog::open(dir, LogOptions::default()).unwrap();
+    let lots: Vec<LotId> = (0..LOTS)
+        .map(|i| LotId::parse(&format!("bench-{i}")).unwrap())
+        .collect();
+    let mut occ = [0u32; LOTS];
+    let mut seq = [0u64; LOTS];
+    let cap = Capacity::new(1_000_000).unwrap();
+    let mut written = 0u64;
+    let mut batch = Vec::with_capacity(65_536);
+    let t0 = 1_764_234_000_000_000i64;
+    while written < n {
+        batch.clear();
+        while batch.len() < 65_536 && written + (batch.len() as u64) < n {
+            let i = written + batch.len() as u64;
+            let l = (i % LOTS as u64) as usize;
+            let event = if seq[l] == 0 {
+                LotEvent::LotRegistered {
+                    name: format!("Bench lot {l}"),
+                    capacity: cap,
+                }
+            } else if (i / LOTS as u64) % 2 == 1 {
+                occ[l] += 1;
+                LotEvent::VehicleArrived
+            } else {
+                occ[l] -= 1;
+                LotEvent::VehicleDeparted
+            };
+            seq[l] += 1;
+            batch.push(NewEvent {
+                lot_id: lots[l].clone(),
+                lot_seq: seq[l],
+                event_id: uuid::Uuid::now_v7(),
+                client_event_id: false,
+                occurred_at: Timestamp::from_micros(t0 + i as i64 * 1000),
+                event,
+                occupancy: occ[l],
+                capacity: cap.get(),
+            });
+        }
+        let first = log.append(&batch).unwrap();
+        written = first + batch.len() as u64;
+    }
+    log.wait_durable(n).await.unwrap();
+    log.close();
+}
+
+async fn replay_runs(admin: &str, data: &PathBuf, events: u64, runs: usize) -> Result<f64, String> {
+    let db = BenchDb::create(admin).await?;
+    let mut rates = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_parkade"))
+            .args(["replay", "--projection", "occupancy"])
+            .env("PARKADE_DATA_DIR", data)
+            .env("PARKADE_DATABASE_URL", &db.url)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let secs = started.elapsed().as_secs_f64();
+        if !out.status.success() {
+            return Err(format!(
+                "replay failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("from {events} events")), "{text}");
+        println!(
+            "  replay run: {:.2} s whole process ({})",
+            secs,
+            text.trim()
+        );
+        rates.push(events as f64 / secs);
+    }
+    db.drop_db().await;
+    Ok(median(&mut rates))
+}

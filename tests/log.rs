@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parkade::domain::{LotEvent, LotId, NewEvent, Timestamp};
 use parkade::log::{
-    EventLog, FileLog, LogError, LogOptions, OpenMode, OsStorage, Storage, Subscription,
+    format, EventLog, FileLog, LogError, LogOptions, OpenMode, OsStorage, Storage, Subscription,
     WritableFile,
 };
 
@@ -59,6 +59,18 @@ fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
     v
 }
 
+/// File positions where each record of a segment ends.
+fn record_ends(path: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = format::HEADER_LEN;
+    let mut ends = Vec::new();
+    while let format::Frame::Record(_, n) = format::next_frame(&bytes[at..]) {
+        at += n;
+        ends.push(at as u64);
+    }
+    ends
+}
+
 #[tokio::test]
 async fn a_torn_tail_is_truncated_to_the_last_good_record() {
     let dir = common::data_dir();
@@ -66,13 +78,11 @@ async fn a_torn_tail_is_truncated_to_the_last_good_record() {
         .await
         .close();
     let seg = segments(dir.path()).pop().unwrap();
-    let len = std::fs::metadata(&seg).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&seg)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
+    let ends = record_ends(&seg);
+    assert_eq!(ends.len(), 10);
+    // The file ends in the middle of the last record, as after a crash mid-write.
+    let torn = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    torn.set_len(ends[8] + 20).unwrap();
 
     let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
     let rec = log.recovery().clone();
@@ -89,6 +99,23 @@ async fn a_torn_tail_is_truncated_to_the_last_good_record() {
 }
 
 #[tokio::test]
+async fn the_zeroed_space_ahead_of_the_records_is_a_clean_end() {
+    let dir = common::data_dir();
+    write_events(dir.path(), 10, LogOptions::default())
+        .await
+        .close();
+    let seg = segments(dir.path()).pop().unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    assert!(
+        len > record_ends(&seg)[9],
+        "the segment is preallocated with zeros"
+    );
+    let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
+    assert_eq!(log.recovery().truncated_bytes, 0);
+    assert_eq!(log.recovery().events, 10);
+}
+
+#[tokio::test]
 async fn a_flipped_byte_in_the_last_record_is_detected_and_cut() {
     let dir = common::data_dir();
     write_events(dir.path(), 10, LogOptions::default())
@@ -96,7 +123,7 @@ async fn a_flipped_byte_in_the_last_record_is_detected_and_cut() {
         .close();
     let seg = segments(dir.path()).pop().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
-    let last = bytes.len() - 3;
+    let last = record_ends(&seg)[9] as usize - 3;
     bytes[last] ^= 0x10;
     std::fs::write(&seg, &bytes).unwrap();
 

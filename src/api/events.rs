@@ -6,8 +6,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::ingest::{self, BodyError, EdgeRules, FieldError, Shape};
-use super::{body_kind, read_body, ApiError, ApiState, BodyKind};
-use crate::actors::{LotHandle, LotView, Outcome, Request};
+use super::{body_kind, read_body, Ack, ApiError, ApiState, BodyKind};
+use crate::actors::{LotHandle, Outcome, Request};
 use crate::domain::{LotId, Rejection, Timestamp};
 
 /// One event's result in a batch reply.
@@ -46,7 +46,7 @@ struct BatchReply {
 enum Done {
     Invalid(FieldError),
     Unknown(LotId),
-    Decided(Outcome, Option<Box<LotView>>),
+    Decided(Outcome),
     Failed(String),
 }
 
@@ -62,7 +62,7 @@ pub(super) async fn post_events(
         max_future_micros: st.limits.max_future_secs.saturating_mul(1_000_000),
         max_events: st.limits.max_batch_events,
     };
-    let (shape, parsed) =
+    let (shape, mut parsed) =
         ingest::parse_body(&body, kind == BodyKind::Ndjson, &rules).map_err(|e| match e {
             BodyError::Malformed(m) => ApiError::bad(None, m),
             BodyError::Empty => ApiError::bad(None, "the request holds no events"),
@@ -70,6 +70,9 @@ pub(super) async fn post_events(
                 "{count} events in one request; the limit is {limit}"
             )),
         })?;
+    if shape == Shape::One {
+        return one(&st, parsed.pop().expect("one event")).await;
+    }
     let n = parsed.len();
     let mut done: Vec<Option<Done>> = (0..n).map(|_| None).collect();
     let mut groups: HashMap<LotId, (LotHandle, Vec<usize>, Vec<Request>)> = HashMap::new();
@@ -90,7 +93,6 @@ pub(super) async fn post_events(
             },
         }
     }
-    let want_view = shape == Shape::One;
     let results = futures_util::future::join_all(
         groups
             .into_values()
@@ -101,8 +103,7 @@ pub(super) async fn post_events(
         match result {
             Ok(ex) => {
                 for (i, o) in idx.into_iter().zip(ex.outcomes) {
-                    let view = want_view.then(|| Box::new(ex.view.clone()));
-                    done[i] = Some(Done::Decided(o, view));
+                    done[i] = Some(Done::Decided(o));
                 }
             }
             Err(e) => {
@@ -113,39 +114,35 @@ pub(super) async fn post_events(
             }
         }
     }
-    let done = done
-        .into_iter()
-        .map(|d| d.expect("every event has a result"));
-    match shape {
-        Shape::One => single(done.into_iter().next().expect("one event")),
-        Shape::Many => Ok(batch(done)),
-    }
+    Ok(batch(
+        done.into_iter()
+            .map(|d| d.expect("every event has a result")),
+    ))
 }
 
-fn single(d: Done) -> Result<HttpResponse, ApiError> {
-    match d {
-        Done::Invalid(e) => Err(ApiError::BadRequest {
-            field: e.field,
-            message: e.message,
+/// A one-event request answers with that event's own status.
+async fn one(
+    st: &ApiState,
+    parsed: Result<ingest::Standardised, FieldError>,
+) -> Result<HttpResponse, ApiError> {
+    let s = parsed.map_err(|e| ApiError::BadRequest {
+        field: e.field,
+        message: e.message,
+    })?;
+    let handle = st.lots.get(&s.lot_id).ok_or_else(|| ApiError::NotFound {
+        lot_id: s.lot_id.to_string(),
+    })?;
+    let (outcome, lot) = handle.execute_one(s.request).await?;
+    match outcome {
+        Outcome::Accepted { offset } => Ok(Ack::ok("accepted", offset, &lot)),
+        Outcome::Duplicate { offset } => Ok(Ack::ok("duplicate", offset, &lot)),
+        Outcome::Rejected(Rejection::NotRegistered) => Err(ApiError::NotFound {
+            lot_id: lot.lot_id.to_string(),
         }),
-        Done::Unknown(lot) => Err(ApiError::NotFound {
-            lot_id: lot.to_string(),
+        Outcome::Rejected(rejection) => Err(ApiError::Conflict {
+            rejection,
+            lot: Some(Box::new(lot)),
         }),
-        Done::Decided(Outcome::Accepted { offset }, lot) => Ok(HttpResponse::Ok()
-            .json(serde_json::json!({"status": "accepted", "offset": offset, "lot": lot}))),
-        Done::Decided(Outcome::Duplicate { offset }, lot) => Ok(HttpResponse::Ok()
-            .json(serde_json::json!({"status": "duplicate", "offset": offset, "lot": lot}))),
-        Done::Decided(Outcome::Rejected(Rejection::NotRegistered), lot) => {
-            Err(ApiError::NotFound {
-                lot_id: lot.map(|l| l.lot_id.to_string()).unwrap_or_default(),
-            })
-        }
-        Done::Decided(Outcome::Rejected(rejection), lot) => {
-            Err(ApiError::Conflict { rejection, lot })
-        }
-        Done::Failed(m) => Err(ApiError::Unavailable(format!(
-            "the event log cannot accept writes now, nothing was acknowledged: {m}"
-        ))),
     }
 }
 
@@ -163,9 +160,9 @@ fn batch(done: impl Iterator<Item = Done>) -> HttpResponse {
                 message: format!("lot {:?} is not registered", lot.as_str()),
                 field: Some("lot_id".into()),
             },
-            Done::Decided(Outcome::Accepted { offset }, _) => Item::Accepted { offset },
-            Done::Decided(Outcome::Duplicate { offset }, _) => Item::Duplicate { offset },
-            Done::Decided(Outcome::Rejected(r), _) => Item::Rejected {
+            Done::Decided(Outcome::Accepted { offset }) => Item::Accepted { offset },
+            Done::Decided(Outcome::Duplicate { offset }) => Item::Duplicate { offset },
+            Done::Decided(Outcome::Rejected(r)) => Item::Rejected {
                 code: r.code(),
                 message: r.to_string(),
                 field: None,

@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::ingest::{parse_event_id, parse_timestamp_millis, parse_timestamp_text};
-use super::{body_kind, read_body, ApiError, ApiState};
+use super::{body_kind, read_body, Ack, ApiError, ApiState};
 use crate::actors::{LotHandle, LotView, Outcome, Request};
 use crate::domain::{Capacity, Command, LotId, Rejection, Timestamp};
 
@@ -112,18 +112,13 @@ fn handle(st: &ApiState, raw: &str) -> Result<LotHandle, ApiError> {
 /// Render the outcome of a single command.
 fn reply(outcome: Outcome, view: LotView, created: bool) -> Result<HttpResponse, ApiError> {
     match outcome {
-        Outcome::Accepted { offset } => {
-            let body = json!({"status": "accepted", "offset": offset, "lot": view});
-            Ok(if created {
-                HttpResponse::Created().json(body)
-            } else {
-                HttpResponse::Ok().json(body)
-            })
-        }
-        Outcome::Duplicate { offset } => {
-            Ok(HttpResponse::Ok()
-                .json(json!({"status": "duplicate", "offset": offset, "lot": view})))
-        }
+        Outcome::Accepted { offset } if created => Ok(HttpResponse::Created().json(Ack {
+            status: "accepted",
+            offset,
+            lot: &view,
+        })),
+        Outcome::Accepted { offset } => Ok(Ack::ok("accepted", offset, &view)),
+        Outcome::Duplicate { offset } => Ok(Ack::ok("duplicate", offset, &view)),
         Outcome::Rejected(Rejection::NotRegistered) => Err(ApiError::NotFound {
             lot_id: view.lot_id.to_string(),
         }),

@@ -76,6 +76,28 @@ impl ApiError {
     }
 }
 
+/// The reply to one accepted or duplicate command.
+#[derive(serde::Serialize)]
+struct Ack<'a> {
+    status: &'static str,
+    offset: u64,
+    lot: &'a crate::actors::LotView,
+}
+
+impl Ack<'_> {
+    fn ok(
+        status: &'static str,
+        offset: u64,
+        lot: &crate::actors::LotView,
+    ) -> actix_web::HttpResponse {
+        actix_web::HttpResponse::Ok().json(Ack {
+            status,
+            offset,
+            lot,
+        })
+    }
+}
+
 /// The body type a request declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyKind {

@@ -28,6 +28,8 @@ struct Cli {
 enum Cmd {
     /// Run the service: HTTP API, lot actors, event log, projections.
     Serve(ServeArgs),
+    /// Import historical CSV files (event rows or Birmingham-style counts) into the log.
+    Import(ImportArgs),
     /// Rebuild a projection from offset zero of the log.
     Replay(ReplayArgs),
     /// Fold the log and compare it with the read model; exits 1 on any difference.
@@ -84,6 +86,27 @@ struct ReplayArgs {
     #[arg(long, default_value = "occupancy")]
     projection: String,
     /// Ask a running server to rebuild (POST /v1/admin/replay) instead of doing it here.
+    #[arg(long)]
+    url: Option<String>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    common: Common,
+    /// CSV files to import, in order.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Layout of the files; recognised from the header when not given.
+    #[arg(long, value_enum)]
+    format: Option<crate::import::Format>,
+    /// Time zone of local times in count files.
+    #[arg(long, default_value = "Europe/London")]
+    timezone: String,
+    /// Write every rejected row to this CSV file (appended).
+    #[arg(long)]
+    rejects: Option<PathBuf>,
+    /// Send to a running server instead of writing the data directory.
     #[arg(long)]
     url: Option<String>,
 }
@@ -156,6 +179,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 app.run_until_stopped().await
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Import(a) => {
+            let c = a.common.config()?;
+            crate::telemetry::init(c.log_format);
+            import(&c, a)
         }
         Cmd::Replay(a) => {
             let c = a.common.config()?;
@@ -288,4 +316,85 @@ fn verify_local(c: &Config) -> anyhow::Result<ExitCode> {
         println!("{} differences", report.differences.len());
         Ok(ExitCode::from(1))
     }
+}
+
+fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
+    use crate::import::{import_file, HttpSink, LocalSink, Options};
+    let timezone: chrono_tz::Tz = a.timezone.parse().map_err(|e| {
+        anyhow::anyhow!("--timezone {:?} is not an IANA time zone: {e}", a.timezone)
+    })?;
+    let opts = Options {
+        format: a.format,
+        timezone,
+        rejects: a.rejects.clone(),
+    };
+    for f in &a.files {
+        if !f.is_file() {
+            bail!("{} is not a readable file", f.display());
+        }
+    }
+    let files = a.files.clone();
+    let url = a.url.clone();
+    let config = c.clone();
+    actix_web::rt::System::new().block_on(async move {
+        let bar = |path: &std::path::Path| {
+            let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let bar = indicatif::ProgressBar::new(len);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_message(format!("importing {}", path.display()));
+            bar
+        };
+        let mut summaries = Vec::new();
+        match url {
+            Some(url) => {
+                let mut sink = HttpSink::new(&url);
+                for f in &files {
+                    let pb = bar(f);
+                    let s = import_file(&mut sink, f, &opts, &|n| pb.set_position(n)).await?;
+                    pb.finish_and_clear();
+                    println!("{s}");
+                    summaries.push(s);
+                }
+            }
+            None => {
+                let dir = config.log_dir();
+                let log = match FileLog::open(&dir, LogOptions { segment_bytes: config.log.segment_bytes, ..LogOptions::default() }) {
+                    Err(crate::log::LogError::Locked(d)) => bail!(
+                        "the event log in {} is in use by a running parkade server; import through it with --url http://HOST:PORT",
+                        d.display()
+                    ),
+                    other => Arc::new(other.with_context(|| format!("opening the event log in {}", dir.display()))?),
+                };
+                let dyn_log: Arc<dyn EventLog> = log.clone();
+                let lots = crate::actors::Lots::recover(
+                    dyn_log.clone(),
+                    crate::actors::LotOptions { dedupe_window: config.lots.dedupe_window, ..Default::default() },
+                )?;
+                let mut sink = LocalSink::new(lots, dyn_log.as_ref())?;
+                for f in &files {
+                    let pb = bar(f);
+                    let s = import_file(&mut sink, f, &opts, &|n| pb.set_position(n)).await?;
+                    pb.finish_and_clear();
+                    println!("{s}");
+                    summaries.push(s);
+                }
+                if let Some(db_url) = &config.database_url {
+                    let pool = db::connect(db_url).await?;
+                    let at = occupancy::catch_up(&pool, dyn_log.as_ref(), config.projections.batch_events.max(1)).await?;
+                    println!("occupancy read model caught up to offset {at}");
+                }
+                log.close();
+            }
+        }
+        if let Some(r) = &opts.rejects {
+            if summaries.iter().any(|s| s.rejected_total() > 0) {
+                println!("rejected rows written to {}", r.display());
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }

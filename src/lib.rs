@@ -8,7 +8,7 @@
 //!
 //! # Module map
 //!
-//! Data flows one way: `api` → `actors` → `log` → `projections`. No module reaches back
+//! Data flows one way: `api`/`import` → `actors` → `log` → `projections`. No module reaches back
 //! up the chain: projections read the log and never talk to actors; actors never know
 //! about HTTP.
 //!
@@ -18,10 +18,12 @@
 //! | [`log`] | The event log: the [`EventLog`] trait and the embedded segment-file backend with group commit, recovery of torn tails, reads and subscriptions from any offset. |
 //! | [`actors`] | One actix actor per lot, reached through a typed [`LotHandle`]; the [`Lots`] registry that rebuilds every lot from the log at start. |
 //! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the runner that keeps it caught up, `replay` and `verify`. |
+//! | [`ingest`] | Edge standardisation of incoming events (JSON, NDJSON, CSV rows): lot ids, event types, timestamps, event ids, each problem named by field. |
+//! | [`import`] | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server. |
 //! | [`api`] | The actix-web HTTP API under `/v1`: edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness. |
 //! | [`config`] | Typed configuration: defaults, a TOML file, `PARKADE_*` environment variables and flags. |
 //! | [`app`] | Startup: opens the log, rebuilds the lots, starts projections and the HTTP server. |
-//! | [`cli`] | The command line of the single `parkade` binary (`serve`, `replay`, `verify`). |
+//! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`). |
 //! | [`telemetry`] | `tracing` subscriber set-up. |
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls [`cli::run`].
@@ -32,6 +34,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod import;
+pub mod ingest;
 pub mod log;
 pub mod projections;
 pub mod telemetry;

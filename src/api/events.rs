@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use super::ingest::{self, BodyError, EdgeRules, FieldError, Shape};
 use super::{body_kind, read_body, Ack, ApiError, ApiState, BodyKind};
 use crate::actors::{LotHandle, Outcome, Request};
 use crate::domain::{LotId, Rejection, Timestamp};
+use crate::ingest::{self, BodyError, EdgeRules, FieldError, Shape};
 
 /// One event's result in a batch reply.
 #[derive(Debug, Serialize)]

@@ -4,10 +4,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::ingest::{parse_event_id, parse_timestamp_millis, parse_timestamp_text};
 use super::{body_kind, read_body, Ack, ApiError, ApiState};
 use crate::actors::{LotHandle, LotView, Outcome, Request};
 use crate::domain::{Capacity, Command, LotId, Rejection, Timestamp};
+use crate::ingest::{parse_event_id, parse_timestamp_millis, parse_timestamp_text};
 
 /// Small bodies of the lot endpoints, checked field by field.
 const SMALL_BODY: usize = 16 * 1024;
@@ -86,7 +86,7 @@ impl Fields {
     }
 }
 
-fn field_err(e: super::ingest::FieldError) -> ApiError {
+fn field_err(e: crate::ingest::FieldError) -> ApiError {
     ApiError::BadRequest {
         field: e.field,
         message: e.message,

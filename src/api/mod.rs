@@ -13,7 +13,6 @@
 mod admin;
 mod error;
 mod events;
-pub mod ingest;
 mod lots;
 
 use std::sync::Arc;

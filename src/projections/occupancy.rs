@@ -220,6 +220,41 @@ pub async fn write_batch(
     Ok(Written::Committed)
 }
 
+/// Fold everything the log holds beyond the checkpoint, then return the new
+/// checkpoint. Used by commands that write the log without a running server (import).
+pub async fn catch_up(
+    pool: &PgPool,
+    log: &dyn EventLog,
+    batch_events: usize,
+) -> Result<u64, ProjectionError> {
+    let log_id = log.log_id();
+    let cp = ensure_checkpoint(pool, log_id).await?;
+    let end = log.durable_end();
+    if cp.next_offset > end {
+        return Err(ProjectionError::AheadOfLog {
+            checkpoint: cp.next_offset,
+            log_end: end,
+        });
+    }
+    let mut cursor = log.cursor(cp.next_offset);
+    let no_fault = FaultPoint::default();
+    while cursor.position() < end {
+        let batch = cursor.next_batch(batch_events)?;
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            break;
+        };
+        let (from, to) = (first.offset, last.offset + 1);
+        let mut fold = Fold::default();
+        for e in &batch {
+            fold.add(e);
+        }
+        if let Written::Moved(next) = write_batch(pool, log_id, from, to, &fold, &no_fault).await? {
+            cursor = log.cursor(next);
+        }
+    }
+    Ok(cursor.position())
+}
+
 /// Figures of a rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct RebuildStats {

@@ -2,8 +2,9 @@
 //! simulator, turned into typed lot requests, with a specific error for every problem.
 //!
 //! Accepted per event: `lot_id` (string, trimmed and normalised, see
-//! [`LotId::parse`](crate::domain::LotId::parse)), `event_type` (`ARRIVAL` or
-//! `DEPARTURE`, any case), `timestamp` (optional; RFC 3339 with an offset, or integer
+//! [`LotId::parse`](crate::domain::LotId::parse)), `event_type` (`ARRIVAL`,
+//! `DEPARTURE`, or `COUNT` with an integer `count` ≥ 0 for an absolute count; any
+//! case), `timestamp` (optional; RFC 3339 with an offset, or integer
 //! epoch milliseconds; missing means the time of receipt; stored in UTC), `event_id`
 //! (optional UUID for idempotent retries). Unknown fields are refused, so a typo such
 //! as `timestmap` is reported rather than silently replaced by the receipt time.
@@ -19,7 +20,7 @@ use uuid::Uuid;
 use crate::actors::Request;
 use crate::domain::{Command, LotId, Timestamp};
 
-const FIELDS: &str = "event_id, lot_id, event_type, timestamp";
+const FIELDS: &str = "event_id, lot_id, event_type, timestamp, count";
 /// Latest epoch-milliseconds timestamp accepted (9999-12-31T23:59:59.999Z).
 const MAX_MILLIS: i64 = 253_402_300_799_999;
 
@@ -129,6 +130,8 @@ struct WireEvent<'a> {
     event_type: Cow<'a, str>,
     #[serde(default, borrow)]
     timestamp: Option<WireTime<'a>>,
+    #[serde(default)]
+    count: Option<i64>,
 }
 
 enum WireTime<'a> {
@@ -166,40 +169,88 @@ impl<'de: 'a, 'a> Deserialize<'de> for WireTime<'a> {
 /// Parse and standardise one event given as JSON text.
 pub fn parse_event(json: &str, rules: &EdgeRules) -> Result<Standardised, FieldError> {
     match serde_json::from_str::<WireEvent>(json) {
-        Ok(w) => standardise(
-            &w.lot_id,
-            &w.event_type,
-            w.timestamp.as_ref(),
-            w.event_id.as_deref(),
-            rules,
-        ),
+        Ok(w) => {
+            let time = match &w.timestamp {
+                None => TimeInput::Missing,
+                Some(WireTime::Text(t)) => TimeInput::Text(t),
+                Some(WireTime::Millis(ms)) => TimeInput::Millis(*ms),
+            };
+            standardise(
+                &w.lot_id,
+                &w.event_type,
+                w.count,
+                time,
+                w.event_id.as_deref(),
+                rules,
+            )
+        }
         // The fast path failed: look again, field by field, to say exactly what is wrong.
         Err(e) => Err(explain(json, e)),
     }
 }
 
-fn standardise(
+/// A timestamp as it came in.
+#[derive(Debug, Clone, Copy)]
+pub enum TimeInput<'a> {
+    /// Not given: the time of receipt.
+    Missing,
+    /// RFC 3339 text (or, from CSV, digits meaning epoch milliseconds).
+    Text(&'a str),
+    Millis(i64),
+}
+
+/// Standardise one event given as separate fields (JSON or a CSV row).
+pub fn standardise(
     lot_id: &str,
     event_type: &str,
-    timestamp: Option<&WireTime>,
+    count: Option<i64>,
+    timestamp: TimeInput,
     event_id: Option<&str>,
     rules: &EdgeRules,
 ) -> Result<Standardised, FieldError> {
     let lot_id = LotId::parse(lot_id).map_err(|e| FieldError::new("lot_id", e.to_string()))?;
-    let command = if event_type.eq_ignore_ascii_case("ARRIVAL") {
+    let kind = event_type.trim();
+    let command = if kind.eq_ignore_ascii_case("ARRIVAL") {
         Command::Arrive
-    } else if event_type.eq_ignore_ascii_case("DEPARTURE") {
+    } else if kind.eq_ignore_ascii_case("DEPARTURE") {
         Command::Depart
+    } else if kind.eq_ignore_ascii_case("COUNT") {
+        let count = count
+            .ok_or_else(|| FieldError::new("count", "a COUNT event needs an integer count"))?;
+        let count = u32::try_from(count).map_err(|_| {
+            FieldError::new(
+                "count",
+                format!("count must be between 0 and {} (got {count})", u32::MAX),
+            )
+        })?;
+        Command::Count { count }
     } else {
         return Err(FieldError::new(
             "event_type",
-            format!("event_type must be ARRIVAL or DEPARTURE (got {event_type:?})"),
+            format!("event_type must be ARRIVAL, DEPARTURE or COUNT (got {event_type:?})"),
         ));
     };
+    if count.is_some() && !matches!(command, Command::Count { .. }) {
+        return Err(FieldError::new(
+            "count",
+            "count is only allowed with event_type COUNT",
+        ));
+    }
     let occurred_at = match timestamp {
-        None => rules.now,
-        Some(WireTime::Text(s)) => parse_timestamp_text(s)?,
-        Some(WireTime::Millis(ms)) => parse_timestamp_millis(*ms)?,
+        TimeInput::Missing => rules.now,
+        TimeInput::Text(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            match s.parse::<i64>() {
+                Ok(ms) => parse_timestamp_millis(ms)?,
+                Err(_) => {
+                    return Err(FieldError::new(
+                        "timestamp",
+                        format!("timestamp {s} is out of range"),
+                    ))
+                }
+            }
+        }
+        TimeInput::Text(s) => parse_timestamp_text(s)?,
+        TimeInput::Millis(ms) => parse_timestamp_millis(ms)?,
     };
     if occurred_at.micros() > rules.now.micros().saturating_add(rules.max_future_micros) {
         return Err(FieldError::new(
@@ -211,7 +262,10 @@ fn standardise(
             ),
         ));
     }
-    let event_id = event_id.map(parse_event_id).transpose()?;
+    let event_id = event_id
+        .filter(|s| !s.trim().is_empty())
+        .map(parse_event_id)
+        .transpose()?;
     Ok(Standardised {
         lot_id,
         request: Request {
@@ -288,6 +342,13 @@ fn explain(json: &str, fallback: serde_json::Error) -> FieldError {
             }
         }
     }
+    match obj.get("count") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Number(n)) if n.is_i64() => {}
+        Some(other) => {
+            return FieldError::new("count", format!("count must be an integer (got {other})"))
+        }
+    }
     match obj.get("timestamp") {
         None | Some(serde_json::Value::Null | serde_json::Value::String(_)) => {}
         Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => {}
@@ -337,6 +398,8 @@ mod tests {
         assert_eq!(e.request.occurred_at.micros(), 1_764_234_000_000_000);
         let e = one(r#"{"lot_id":"a","event_type":"Arrival"}"#).unwrap();
         assert_eq!(e.request.occurred_at, rules().now);
+        let e = one(r#"{"lot_id":"a","event_type":"count","count":12}"#).unwrap();
+        assert_eq!(e.request.command, Command::Count { count: 12 });
         assert_eq!(e.request.event_id, None);
     }
 
@@ -358,6 +421,18 @@ mod tests {
         assert_eq!(
             field(r#"{"lot_id":"a","event_type":"PARKED"}"#).as_deref(),
             Some("event_type")
+        );
+        assert_eq!(
+            field(r#"{"lot_id":"a","event_type":"COUNT"}"#).as_deref(),
+            Some("count")
+        );
+        assert_eq!(
+            field(r#"{"lot_id":"a","event_type":"COUNT","count":-1}"#).as_deref(),
+            Some("count")
+        );
+        assert_eq!(
+            field(r#"{"lot_id":"a","event_type":"ARRIVAL","count":3}"#).as_deref(),
+            Some("count")
         );
         assert_eq!(
             field(r#"{"lot_id":"a","event_type":"ARRIVAL","timestamp":"yesterday"}"#).as_deref(),

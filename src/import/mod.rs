@@ -1,0 +1,801 @@
+//! `parkade import`: historical CSV files appended to the log through the lot actors,
+//! so the same rules apply as to live events.
+//!
+//! Two layouts, recognised by their header:
+//!
+//! - event rows, the old pipeline's historical files: `lot_id,event_type,timestamp[,event_id]`
+//!   (`event_type` ARRIVAL/DEPARTURE/COUNT, then a `count` column is needed; timestamps
+//!   RFC 3339 or epoch milliseconds);
+//! - occupancy counts in the Birmingham layout: `SystemCodeNumber,Capacity,Occupancy,LastUpdated`
+//!   with local times (`--timezone`, default Europe/London). A lot seen for the first
+//!   time is registered with the row's capacity (its name is the code as written); a
+//!   new capacity appends `LotCapacityChanged`; every row appends `OccupancyCounted`.
+//!
+//! Every row ends up in exactly one bucket of the [`Summary`]: accepted, already
+//! imported (its event id is in the log), or rejected with a reason. Nothing is
+//! clamped. Re-importing a file appends nothing: each row's event id is its
+//! `event_id` column or a UUIDv5 derived from the row (for event rows: lot, type,
+//! timestamp and the how-many-th identical row it is; for counts: lot and local time,
+//! so a repeated reading is a `duplicate`).
+//!
+//! Rows go to a [`Sink`]: the lot actors of a data directory ([`LocalSink`], when no
+//! server runs) or a running server over HTTP ([`HttpSink`], `--url`). Through HTTP,
+//! "already imported" relies on the server's idempotency window (see
+//! [`actors`](crate::actors)); on a data directory the whole log is consulted.
+
+mod sink;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use chrono::{NaiveDateTime, TimeZone};
+use chrono_tz::Tz;
+use rustc_hash::FxHashSet;
+use uuid::Uuid;
+
+use crate::actors::Request;
+use crate::domain::{Capacity, Command, LotId, Timestamp};
+use crate::ingest::{self, EdgeRules, TimeInput};
+
+pub use sink::{HttpSink, LocalSink, RowOutcome, Sink};
+
+/// Namespace of the UUIDv5 event ids derived from imported rows.
+const NAMESPACE: Uuid = Uuid::from_u128(0x6d2c_9a4e_51b7_4f0a_9c3e_8e1f_0a7b_2d55);
+/// Rows folded into one round of appends (and one wait for durability).
+const CHUNK_ROWS: usize = 50_000;
+
+/// The layout of a CSV file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `lot_id,event_type,timestamp[,event_id][,count]`
+    Events,
+    /// `SystemCodeNumber,Capacity,Occupancy,LastUpdated`
+    Birmingham,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Layout { path: PathBuf, message: String },
+    #[error("CSV error in {path}: {source}")]
+    Csv {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    #[error("cannot write the rejects file {path}: {source}")]
+    Rejects {
+        path: PathBuf,
+        #[source]
+        source: csv::Error,
+    },
+    #[error("the import stopped: {0}")]
+    Sink(String),
+}
+
+/// Settings of one import run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `None`: recognise the layout from the header.
+    pub format: Option<Format>,
+    /// Zone of local times in count files.
+    pub timezone: Tz,
+    /// Write every rejected row here (CSV: file, line, reason, detail, row).
+    pub rejects: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            format: None,
+            timezone: chrono_tz::Europe::London,
+            rejects: None,
+        }
+    }
+}
+
+/// What became of a file's rows.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Summary {
+    pub file: String,
+    pub format: Option<Format>,
+    /// Data rows read (the header excluded).
+    pub rows: u64,
+    pub accepted: u64,
+    /// Rows whose event is in the log already (an earlier import of the same rows).
+    pub already_imported: u64,
+    /// Rejected rows by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Rows accepted with a remark (e.g. an ambiguous local time), by remark.
+    pub notes: BTreeMap<String, u64>,
+    pub lots_registered: u64,
+    pub capacity_changes: u64,
+    pub seconds: f64,
+}
+
+impl Summary {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rate = if self.seconds > 0.0 {
+            self.rows as f64 / self.seconds
+        } else {
+            0.0
+        };
+        write!(
+            f,
+            "{}: {} rows in {:.2} s ({:.0} rows/s): {} accepted, {} already imported, {} rejected",
+            self.file,
+            self.rows,
+            self.seconds,
+            rate,
+            self.accepted,
+            self.already_imported,
+            self.rejected_total()
+        )?;
+        if !self.rejected.is_empty() {
+            let parts: Vec<String> = self
+                .rejected
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            write!(f, " ({})", parts.join(", "))?;
+        }
+        if self.lots_registered + self.capacity_changes > 0 {
+            write!(
+                f,
+                "; {} lots registered, {} capacity changes",
+                self.lots_registered, self.capacity_changes
+            )?;
+        }
+        for (k, v) in &self.notes {
+            write!(f, "; note: {v} rows with {k}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// The row on this line of the file.
+    Row(u64),
+    /// A registration the import added for a new lot of a count file.
+    Register,
+    /// A capacity change the import added for a count file.
+    CapacityChange,
+}
+
+struct Item {
+    origin: Origin,
+    lot: LotId,
+    request: Request,
+}
+
+/// Reads, standardises and sends rows; counts what became of them.
+struct Run<'a, S: Sink> {
+    sink: &'a mut S,
+    summary: Summary,
+    rejects: Option<csv::Writer<std::fs::File>>,
+    rejects_path: Option<PathBuf>,
+    pending: Vec<Item>,
+    /// Raw rows of pending items, for the rejects file.
+    raw: HashMap<u64, String>,
+    /// Event ids seen in this run (a repeat is a duplicate row).
+    seen: FxHashSet<u128>,
+    /// Capacity of each lot as this run knows it (for count files).
+    capacity: HashMap<LotId, Option<u32>>,
+    lot_cache: HashMap<String, LotId>,
+}
+
+/// Import one file into `sink`. `progress(bytes_read)` is called as the file is read.
+pub async fn import_file<S: Sink>(
+    sink: &mut S,
+    path: &Path,
+    opts: &Options,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Summary, ImportError> {
+    let started = std::time::Instant::now();
+    let file = std::fs::File::open(path).map_err(|source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let counted = CountingReader {
+        inner: std::io::BufReader::with_capacity(1 << 20, file),
+        read: 0,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(counted);
+    let headers = reader
+        .headers()
+        .map_err(|source| ImportError::Csv {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .clone();
+    let format = match opts.format {
+        Some(f) => f,
+        None => detect(&headers).ok_or_else(|| ImportError::Layout {
+            path: path.to_path_buf(),
+            message: format!(
+                "unrecognised header {:?}: expected lot_id,event_type,timestamp[,event_id][,count] or SystemCodeNumber,Capacity,Occupancy,LastUpdated",
+                headers.iter().collect::<Vec<_>>()
+            ),
+        })?,
+    };
+    let columns = Columns::find(&headers, format).map_err(|message| ImportError::Layout {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    let rejects = match &opts.rejects {
+        None => None,
+        Some(p) => {
+            let exists = p.exists() && std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false);
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|source| ImportError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+            let mut w = csv::Writer::from_writer(f);
+            if !exists {
+                w.write_record(["file", "line", "reason", "detail", "row"])
+                    .map_err(|source| ImportError::Rejects {
+                        path: p.clone(),
+                        source,
+                    })?;
+            }
+            Some(w)
+        }
+    };
+    let mut run = Run {
+        sink,
+        summary: Summary {
+            file: path.display().to_string(),
+            format: Some(format),
+            ..Summary::default()
+        },
+        rejects,
+        rejects_path: opts.rejects.clone(),
+        pending: Vec::with_capacity(CHUNK_ROWS),
+        raw: HashMap::new(),
+        seen: FxHashSet::default(),
+        capacity: HashMap::new(),
+        lot_cache: HashMap::new(),
+    };
+    let mut occurrences: HashMap<(LotId, u8, i64), u32> = HashMap::new();
+    let mut record = csv::StringRecord::new();
+    let rules = EdgeRules {
+        now: Timestamp::now(),
+        max_future_micros: 86_400_000_000,
+        max_events: usize::MAX,
+    };
+    loop {
+        let more = reader
+            .read_record(&mut record)
+            .map_err(|source| ImportError::Csv {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if !more {
+            break;
+        }
+        run.summary.rows += 1;
+        let line = record.position().map_or(run.summary.rows + 1, |p| p.line());
+        match format {
+            Format::Events => run.event_row(&record, line, &columns, &rules, &mut occurrences)?,
+            Format::Birmingham => {
+                run.count_row(&record, line, &columns, opts.timezone)
+                    .await?
+            }
+        }
+        if run.pending.len() >= CHUNK_ROWS {
+            run.flush().await?;
+            progress(reader.get_ref().read);
+        }
+    }
+    run.flush().await?;
+    progress(reader.get_ref().read);
+    if let Some(w) = &mut run.rejects {
+        w.flush().map_err(|e| ImportError::Rejects {
+            path: run.rejects_path.clone().unwrap_or_default(),
+            source: e.into(),
+        })?;
+    }
+    run.summary.seconds = started.elapsed().as_secs_f64();
+    Ok(run.summary)
+}
+
+struct CountingReader<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+fn detect(headers: &csv::StringRecord) -> Option<Format> {
+    let names: Vec<String> = headers
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    let has = |n: &str| names.iter().any(|h| h == n);
+    if has("systemcodenumber") && has("occupancy") && has("lastupdated") && has("capacity") {
+        Some(Format::Birmingham)
+    } else if has("lot_id") && has("event_type") {
+        Some(Format::Events)
+    } else {
+        None
+    }
+}
+
+/// Column positions, found by header name.
+struct Columns {
+    a: usize,
+    b: usize,
+    c: Option<usize>,
+    d: Option<usize>,
+    e: Option<usize>,
+}
+
+impl Columns {
+    fn find(headers: &csv::StringRecord, format: Format) -> Result<Columns, String> {
+        let pos = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h.trim().eq_ignore_ascii_case(name))
+        };
+        let need = |name: &str| pos(name).ok_or_else(|| format!("missing column {name:?}"));
+        Ok(match format {
+            Format::Events => Columns {
+                a: need("lot_id")?,
+                b: need("event_type")?,
+                c: pos("timestamp"),
+                d: pos("event_id"),
+                e: pos("count"),
+            },
+            Format::Birmingham => Columns {
+                a: need("SystemCodeNumber")?,
+                b: need("Capacity")?,
+                c: Some(need("Occupancy")?),
+                d: Some(need("LastUpdated")?),
+                e: None,
+            },
+        })
+    }
+}
+
+fn derived_id(parts: &[&[u8]]) -> Uuid {
+    let mut key = Vec::with_capacity(96);
+    for p in parts {
+        key.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        key.extend_from_slice(p);
+    }
+    Uuid::new_v5(&NAMESPACE, &key)
+}
+
+impl<S: Sink> Run<'_, S> {
+    fn reject(
+        &mut self,
+        line: u64,
+        reason: &str,
+        detail: &str,
+        raw: &str,
+    ) -> Result<(), ImportError> {
+        *self.summary.rejected.entry(reason.to_owned()).or_default() += 1;
+        if let Some(w) = &mut self.rejects {
+            w.write_record([
+                self.summary.file.as_str(),
+                &line.to_string(),
+                reason,
+                detail,
+                raw,
+            ])
+            .map_err(|source| ImportError::Rejects {
+                path: self.rejects_path.clone().unwrap_or_default(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn raw(record: &csv::StringRecord) -> String {
+        record.iter().collect::<Vec<_>>().join(",")
+    }
+
+    fn push(&mut self, line: u64, lot: LotId, request: Request, record: &csv::StringRecord) {
+        if self.rejects.is_some() {
+            self.raw.insert(line, Self::raw(record));
+        }
+        self.pending.push(Item {
+            origin: Origin::Row(line),
+            lot,
+            request,
+        });
+    }
+
+    fn lot(&mut self, raw: &str) -> Result<LotId, String> {
+        if let Some(id) = self.lot_cache.get(raw) {
+            return Ok(id.clone());
+        }
+        let id = LotId::parse(raw).map_err(|e| e.to_string())?;
+        self.lot_cache.insert(raw.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    /// Check a derived or given event id against this run and the log.
+    fn fresh(&mut self, id: Uuid) -> Result<(), &'static str> {
+        if !self.seen.insert(id.as_u128()) {
+            return Err("duplicate");
+        }
+        if self.sink.already_in_log(&id) {
+            return Err("already_imported");
+        }
+        Ok(())
+    }
+
+    fn event_row(
+        &mut self,
+        record: &csv::StringRecord,
+        line: u64,
+        cols: &Columns,
+        rules: &EdgeRules,
+        occurrences: &mut HashMap<(LotId, u8, i64), u32>,
+    ) -> Result<(), ImportError> {
+        let field = |i: Option<usize>| i.and_then(|i| record.get(i)).map(str::trim);
+        let lot_raw = field(Some(cols.a)).unwrap_or("");
+        let kind = field(Some(cols.b)).unwrap_or("");
+        let time = match field(cols.c) {
+            None | Some("") => {
+                return self.reject(
+                    line,
+                    "unparsable",
+                    "timestamp: a historical row needs a timestamp",
+                    &Self::raw(record),
+                )
+            }
+            Some(t) => TimeInput::Text(t),
+        };
+        let count = match field(cols.e) {
+            None | Some("") => None,
+            Some(c) => match c.parse::<i64>() {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    return self.reject(
+                        line,
+                        "unparsable",
+                        &format!("count {c:?} is not an integer"),
+                        &Self::raw(record),
+                    )
+                }
+            },
+        };
+        let lot = match self.lot(lot_raw) {
+            Ok(l) => l,
+            Err(e) => {
+                return self.reject(
+                    line,
+                    "unparsable",
+                    &format!("lot_id: {e}"),
+                    &Self::raw(record),
+                )
+            }
+        };
+        let mut s = match ingest::standardise(lot.as_str(), kind, count, time, field(cols.d), rules)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let detail = match &e.field {
+                    Some(f) => format!("{f}: {}", e.message),
+                    None => e.message.clone(),
+                };
+                let reason = if count.is_some_and(|c| c < 0) {
+                    "negative"
+                } else {
+                    "unparsable"
+                };
+                return self.reject(line, reason, &detail, &Self::raw(record));
+            }
+        };
+        let id = match s.request.event_id {
+            Some(id) => id,
+            None => {
+                let (tag, extra) = match s.request.command {
+                    Command::Arrive => (1u8, 0u32),
+                    Command::Depart => (2, 0),
+                    Command::Count { count } => (3, count),
+                    _ => (0, 0),
+                };
+                let key = (lot.clone(), tag, s.request.occurred_at.micros());
+                let n = occurrences.entry(key).or_default();
+                *n += 1;
+                let id = derived_id(&[
+                    b"events",
+                    lot.as_str().as_bytes(),
+                    &[tag],
+                    &s.request.occurred_at.micros().to_le_bytes(),
+                    &extra.to_le_bytes(),
+                    &n.to_le_bytes(),
+                ]);
+                s.request.event_id = Some(id);
+                id
+            }
+        };
+        if let Err(reason) = self.fresh(id) {
+            if reason == "already_imported" {
+                self.summary.already_imported += 1;
+                return Ok(());
+            }
+            return self.reject(
+                line,
+                reason,
+                "the same event_id appears earlier in this file",
+                &Self::raw(record),
+            );
+        }
+        self.push(line, lot, s.request, record);
+        Ok(())
+    }
+
+    async fn count_row(
+        &mut self,
+        record: &csv::StringRecord,
+        line: u64,
+        cols: &Columns,
+        tz: Tz,
+    ) -> Result<(), ImportError> {
+        let field = |i: usize| record.get(i).map(str::trim).unwrap_or("");
+        let code = field(cols.a);
+        let lot = match self.lot(code) {
+            Ok(l) => l,
+            Err(e) => {
+                return self.reject(
+                    line,
+                    "unparsable",
+                    &format!("SystemCodeNumber: {e}"),
+                    &Self::raw(record),
+                )
+            }
+        };
+        let capacity = match field(cols.b)
+            .parse::<i64>()
+            .ok()
+            .and_then(|c| Capacity::new(c).ok())
+        {
+            Some(c) => c,
+            None => {
+                let detail = format!(
+                    "Capacity {:?} is not a whole number between 1 and {}",
+                    field(cols.b),
+                    crate::domain::MAX_CAPACITY
+                );
+                return self.reject(line, "unparsable", &detail, &Self::raw(record));
+            }
+        };
+        let occupancy_raw = field(cols.c.expect("birmingham has occupancy"));
+        let occupancy = match occupancy_raw.parse::<i64>() {
+            Ok(o) => o,
+            Err(_) => {
+                return self.reject(
+                    line,
+                    "unparsable",
+                    &format!("Occupancy {occupancy_raw:?} is not a whole number"),
+                    &Self::raw(record),
+                )
+            }
+        };
+        let when_raw = field(cols.d.expect("birmingham has a time"));
+        let naive = match NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M:%S")
+            .or_else(|_| NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M"))
+        {
+            Ok(n) => n,
+            Err(e) => {
+                return self.reject(
+                    line,
+                    "unparsable",
+                    &format!("LastUpdated {when_raw:?}: {e} (expected YYYY-MM-DD HH:MM:SS)"),
+                    &Self::raw(record),
+                )
+            }
+        };
+        let occurred_at = match tz.from_local_datetime(&naive) {
+            chrono::LocalResult::Single(t) => Timestamp::from_datetime(t.to_utc()),
+            chrono::LocalResult::Ambiguous(early, _) => {
+                *self
+                    .summary
+                    .notes
+                    .entry(
+                        "an ambiguous local time (clocks went back; the earlier instant was used)"
+                            .into(),
+                    )
+                    .or_default() += 1;
+                Timestamp::from_datetime(early.to_utc())
+            }
+            chrono::LocalResult::None => {
+                return self.reject(
+                    line,
+                    "nonexistent_local_time",
+                    &format!("{when_raw} does not exist in {tz} (clocks went forward)"),
+                    &Self::raw(record),
+                )
+            }
+        };
+        let id = derived_id(&[
+            b"birmingham",
+            lot.as_str().as_bytes(),
+            &occurred_at.micros().to_le_bytes(),
+        ]);
+        if let Err(reason) = self.fresh(id) {
+            if reason == "already_imported" {
+                self.summary.already_imported += 1;
+                return Ok(());
+            }
+            return self.reject(
+                line,
+                "duplicate",
+                &format!("{code} at {when_raw} was already read from this file"),
+                &Self::raw(record),
+            );
+        }
+        if occupancy < 0 {
+            return self.reject(
+                line,
+                "negative",
+                &format!("Occupancy {occupancy} is below zero"),
+                &Self::raw(record),
+            );
+        }
+        // Register the lot, or change its capacity, before its first count that needs it.
+        let known = match self.capacity.get(&lot) {
+            Some(c) => *c,
+            None => {
+                let c = self.sink.capacity(&lot).await.map_err(ImportError::Sink)?;
+                self.capacity.insert(lot.clone(), c);
+                c
+            }
+        };
+        match known {
+            None => {
+                self.pending.push(Item {
+                    origin: Origin::Register,
+                    lot: lot.clone(),
+                    request: Request {
+                        command: Command::Register {
+                            name: code.to_owned(),
+                            capacity,
+                        },
+                        event_id: Some(derived_id(&[
+                            b"birmingham-register",
+                            lot.as_str().as_bytes(),
+                        ])),
+                        occurred_at,
+                    },
+                });
+                self.capacity.insert(lot.clone(), Some(capacity.get()));
+            }
+            Some(c) if c != capacity.get() => {
+                self.pending.push(Item {
+                    origin: Origin::CapacityChange,
+                    lot: lot.clone(),
+                    request: Request {
+                        command: Command::ChangeCapacity { capacity },
+                        event_id: Some(derived_id(&[
+                            b"birmingham-capacity",
+                            lot.as_str().as_bytes(),
+                            &capacity.get().to_le_bytes(),
+                            &occurred_at.micros().to_le_bytes(),
+                        ])),
+                        occurred_at,
+                    },
+                });
+                self.capacity.insert(lot.clone(), Some(capacity.get()));
+            }
+            Some(_) => {}
+        }
+        let request = Request {
+            command: Command::Count {
+                count: u32::try_from(occupancy).unwrap_or(u32::MAX),
+            },
+            event_id: Some(id),
+            occurred_at,
+        };
+        self.push(line, lot, request, record);
+        Ok(())
+    }
+
+    /// Send the pending items, one batch per lot in file order, and count the outcomes.
+    async fn flush(&mut self) -> Result<(), ImportError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let items = std::mem::take(&mut self.pending);
+        let mut order: Vec<LotId> = Vec::new();
+        let mut groups: HashMap<LotId, (Vec<Origin>, Vec<Request>)> = HashMap::new();
+        for item in items {
+            let g = groups.entry(item.lot.clone()).or_insert_with(|| {
+                order.push(item.lot.clone());
+                (Vec::new(), Vec::new())
+            });
+            g.0.push(item.origin);
+            g.1.push(item.request);
+        }
+        let batches: Vec<(LotId, Vec<Origin>, Vec<Request>)> = order
+            .into_iter()
+            .map(|lot| {
+                let (o, r) = groups.remove(&lot).expect("grouped");
+                (lot, o, r)
+            })
+            .collect();
+        let results = self
+            .sink
+            .execute_all(
+                batches
+                    .iter()
+                    .map(|(l, _, r)| (l.clone(), r.clone()))
+                    .collect(),
+            )
+            .await;
+        for ((lot, origins, _), result) in batches.into_iter().zip(results) {
+            let outcomes = result.map_err(ImportError::Sink)?;
+            for (origin, outcome) in origins.into_iter().zip(outcomes) {
+                self.count(&lot, origin, outcome)?;
+            }
+        }
+        self.raw.clear();
+        Ok(())
+    }
+
+    fn count(
+        &mut self,
+        lot: &LotId,
+        origin: Origin,
+        outcome: RowOutcome,
+    ) -> Result<(), ImportError> {
+        match (origin, outcome) {
+            (Origin::Register, RowOutcome::Accepted) => self.summary.lots_registered += 1,
+            (Origin::CapacityChange, RowOutcome::Accepted) => self.summary.capacity_changes += 1,
+            (Origin::Register | Origin::CapacityChange, RowOutcome::Duplicate) => {}
+            (Origin::Register | Origin::CapacityChange, RowOutcome::Rejected { code, detail }) => {
+                if code != "lot_already_registered" {
+                    let note = format!("a lot change refused ({code}: {detail})");
+                    *self.summary.notes.entry(note).or_default() += 1;
+                }
+            }
+            (Origin::Row(_), RowOutcome::Accepted) => self.summary.accepted += 1,
+            (Origin::Row(_), RowOutcome::Duplicate) => self.summary.already_imported += 1,
+            (Origin::Row(line), RowOutcome::Rejected { code, detail }) => {
+                let reason = match code.as_str() {
+                    "lot_not_found" => "unknown_lot",
+                    "count_above_capacity" => "above_capacity",
+                    "invalid_event" | "invalid_request" => "unparsable",
+                    other => other,
+                }
+                .to_owned();
+                let raw = self.raw.remove(&line).unwrap_or_default();
+                self.reject(line, &reason, &format!("lot {lot}: {detail}"), &raw)?;
+            }
+        }
+        Ok(())
+    }
+}

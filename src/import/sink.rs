@@ -1,0 +1,343 @@
+//! Where imported rows go: the lot actors of a data directory, or a running server.
+
+use std::collections::HashMap;
+
+use rustc_hash::FxHashSet;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::actors::{Lots, Outcome, Request};
+use crate::domain::{Command, LotId, Rejection};
+use crate::log::{EventLog, LogError};
+
+/// What became of one request, as the import counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowOutcome {
+    Accepted,
+    Duplicate,
+    Rejected { code: String, detail: String },
+}
+
+impl From<Outcome> for RowOutcome {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Accepted { .. } => RowOutcome::Accepted,
+            Outcome::Duplicate { .. } => RowOutcome::Duplicate,
+            Outcome::Rejected(r) => RowOutcome::Rejected {
+                code: r.code().to_owned(),
+                detail: r.to_string(),
+            },
+        }
+    }
+}
+
+/// A destination for imported requests.
+#[allow(async_fn_in_trait)]
+pub trait Sink {
+    /// The capacity of a registered lot; `None` when the lot is unknown.
+    async fn capacity(&mut self, lot: &LotId) -> Result<Option<u32>, String>;
+    /// True when an event with this id is in the log already.
+    fn already_in_log(&self, id: &Uuid) -> bool;
+    /// Run one ordered batch per lot (lots concurrently); one result per batch, in order,
+    /// each holding one outcome per request.
+    async fn execute_all(
+        &mut self,
+        batches: Vec<(LotId, Vec<Request>)>,
+    ) -> Vec<Result<Vec<RowOutcome>, String>>;
+}
+
+/// The lot actors of a data directory opened by this process.
+pub struct LocalSink {
+    lots: Lots,
+    in_log: FxHashSet<u128>,
+}
+
+impl LocalSink {
+    /// Remember every client-supplied event id of the log, so that a re-import is
+    /// recognised however far back the first import was.
+    pub fn new(lots: Lots, log: &dyn EventLog) -> Result<LocalSink, LogError> {
+        let mut in_log = FxHashSet::default();
+        let mut cursor = log.cursor(0);
+        loop {
+            let batch = cursor.next_batch(65_536)?;
+            if batch.is_empty() {
+                break;
+            }
+            in_log.extend(
+                batch
+                    .iter()
+                    .filter(|e| e.event.client_event_id)
+                    .map(|e| e.event.event_id.as_u128()),
+            );
+        }
+        Ok(LocalSink { lots, in_log })
+    }
+}
+
+async fn run_lot(
+    lots: &Lots,
+    lot: LotId,
+    requests: Vec<Request>,
+) -> Result<Vec<RowOutcome>, String> {
+    let mut out = Vec::with_capacity(requests.len());
+    let mut rest = requests.into_iter().peekable();
+    // A new lot is registered through the registry, which starts its actor.
+    while let Some(r) = rest.peek() {
+        let Command::Register { name, capacity } = &r.command else {
+            break;
+        };
+        if lots.get(&lot).is_some() {
+            break;
+        }
+        let (name, capacity, event_id, at) = (name.clone(), *capacity, r.event_id, r.occurred_at);
+        rest.next();
+        let (o, _) = lots
+            .register(lot.clone(), name, capacity, event_id, at)
+            .await
+            .map_err(|e| e.to_string())?;
+        out.push(o.into());
+    }
+    let remaining: Vec<Request> = rest.collect();
+    if remaining.is_empty() {
+        return Ok(out);
+    }
+    match lots.get(&lot) {
+        None => out.extend(
+            remaining
+                .iter()
+                .map(|_| Outcome::Rejected(Rejection::NotRegistered).into()),
+        ),
+        Some(h) => out.extend(
+            h.execute(remaining)
+                .await
+                .map_err(|e| e.to_string())?
+                .outcomes
+                .into_iter()
+                .map(RowOutcome::from),
+        ),
+    }
+    Ok(out)
+}
+
+impl Sink for LocalSink {
+    async fn capacity(&mut self, lot: &LotId) -> Result<Option<u32>, String> {
+        match self.lots.get(lot) {
+            None => Ok(None),
+            Some(h) => Ok(Some(h.view().await.map_err(|e| e.to_string())?.capacity)),
+        }
+    }
+
+    fn already_in_log(&self, id: &Uuid) -> bool {
+        self.in_log.contains(&id.as_u128())
+    }
+
+    async fn execute_all(
+        &mut self,
+        batches: Vec<(LotId, Vec<Request>)>,
+    ) -> Vec<Result<Vec<RowOutcome>, String>> {
+        let lots = &self.lots;
+        futures_util::future::join_all(
+            batches
+                .into_iter()
+                .map(|(lot, reqs)| run_lot(lots, lot, reqs)),
+        )
+        .await
+    }
+}
+
+/// A running parkade server, through its HTTP API.
+pub struct HttpSink {
+    client: awc::Client,
+    base: String,
+}
+
+/// Events per NDJSON request (below the server's default limit of 10,000).
+const HTTP_BATCH: usize = 5_000;
+
+impl HttpSink {
+    pub fn new(base: &str) -> HttpSink {
+        HttpSink {
+            client: awc::Client::builder()
+                .timeout(std::time::Duration::from_secs(120))
+                .finish(),
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        ct: &str,
+        body: String,
+    ) -> Result<(u16, Value), String> {
+        let url = format!("{}{}", self.base, path);
+        let req = match method {
+            "GET" => self.client.get(&url),
+            "PATCH" => self.client.patch(&url),
+            _ => self.client.post(&url),
+        };
+        let mut resp = req
+            .insert_header(("content-type", ct))
+            .send_body(body)
+            .await
+            .map_err(|e| format!("{method} {url}: {e}"))?;
+        let bytes = resp
+            .body()
+            .limit(64 << 20)
+            .await
+            .map_err(|e| format!("{method} {url}: {e}"))?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok((resp.status().as_u16(), value))
+    }
+
+    async fn run_lot(&self, lot: LotId, requests: Vec<Request>) -> Result<Vec<RowOutcome>, String> {
+        let mut out = Vec::with_capacity(requests.len());
+        let mut events: Vec<String> = Vec::new();
+        for r in requests {
+            let ts = r
+                .occurred_at
+                .to_datetime()
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+            let id = r.event_id.map(|i| i.to_string());
+            match &r.command {
+                Command::Arrive | Command::Depart | Command::Count { .. } => {
+                    let mut v = serde_json::json!({"lot_id": lot.as_str(), "timestamp": ts, "event_id": id});
+                    match r.command {
+                        Command::Arrive => v["event_type"] = "ARRIVAL".into(),
+                        Command::Depart => v["event_type"] = "DEPARTURE".into(),
+                        Command::Count { count } => {
+                            v["event_type"] = "COUNT".into();
+                            v["count"] = count.into();
+                        }
+                        _ => unreachable!("matched above"),
+                    }
+                    events.push(v.to_string());
+                    if events.len() >= HTTP_BATCH {
+                        out.extend(self.send_events(std::mem::take(&mut events)).await?);
+                    }
+                }
+                Command::Register { name, capacity } => {
+                    out.extend(self.send_events(std::mem::take(&mut events)).await?);
+                    let body = serde_json::json!({"lot_id": lot.as_str(), "name": name, "capacity": capacity.get(), "event_id": id, "timestamp": ts});
+                    out.push(single(
+                        self.call("POST", "/v1/lots", "application/json", body.to_string())
+                            .await?,
+                    )?);
+                }
+                Command::ChangeCapacity { capacity } => {
+                    out.extend(self.send_events(std::mem::take(&mut events)).await?);
+                    let body = serde_json::json!({"capacity": capacity.get(), "event_id": id, "timestamp": ts});
+                    let path = format!("/v1/lots/{}", lot.as_str());
+                    out.push(single(
+                        self.call("PATCH", &path, "application/json", body.to_string())
+                            .await?,
+                    )?);
+                }
+            }
+        }
+        out.extend(self.send_events(events).await?);
+        Ok(out)
+    }
+
+    async fn send_events(&self, events: Vec<String>) -> Result<Vec<RowOutcome>, String> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = events.len();
+        let (status, reply) = self
+            .call(
+                "POST",
+                "/v1/events",
+                "application/x-ndjson",
+                events.join("\n"),
+            )
+            .await?;
+        if status != 200 {
+            return Err(format!("the server answered {status}: {reply}"));
+        }
+        let results = reply["results"]
+            .as_array()
+            .ok_or("the server's reply has no results")?;
+        if results.len() != n {
+            return Err(format!(
+                "sent {n} events, the server answered for {}",
+                results.len()
+            ));
+        }
+        Ok(results
+            .iter()
+            .map(|r| match r["status"].as_str() {
+                Some("accepted") => RowOutcome::Accepted,
+                Some("duplicate") => RowOutcome::Duplicate,
+                _ => RowOutcome::Rejected {
+                    code: r["code"].as_str().unwrap_or("rejected").to_owned(),
+                    detail: r["message"].as_str().unwrap_or("").to_owned(),
+                },
+            })
+            .collect())
+    }
+}
+
+/// The outcome of a one-command request (`POST /v1/lots`, `PATCH /v1/lots/{id}`).
+fn single((status, reply): (u16, Value)) -> Result<RowOutcome, String> {
+    match (status, reply["status"].as_str()) {
+        (200 | 201, Some("accepted")) => Ok(RowOutcome::Accepted),
+        (200, Some("duplicate" | "unchanged")) => Ok(RowOutcome::Duplicate),
+        (400 | 404 | 409, _) => Ok(RowOutcome::Rejected {
+            code: reply["error"].as_str().unwrap_or("rejected").to_owned(),
+            detail: reply["message"].as_str().unwrap_or("").to_owned(),
+        }),
+        _ => Err(format!("the server answered {status}: {reply}")),
+    }
+}
+
+impl Sink for HttpSink {
+    async fn capacity(&mut self, lot: &LotId) -> Result<Option<u32>, String> {
+        let (status, v) = self
+            .call(
+                "GET",
+                &format!("/v1/lots/{}", lot.as_str()),
+                "application/json",
+                String::new(),
+            )
+            .await?;
+        match status {
+            200 => Ok(v["capacity"].as_u64().and_then(|c| u32::try_from(c).ok())),
+            404 => Ok(None),
+            _ => Err(format!(
+                "GET /v1/lots/{lot}: the server answered {status}: {v}"
+            )),
+        }
+    }
+
+    fn already_in_log(&self, _id: &Uuid) -> bool {
+        false
+    }
+
+    async fn execute_all(
+        &mut self,
+        batches: Vec<(LotId, Vec<Request>)>,
+    ) -> Vec<Result<Vec<RowOutcome>, String>> {
+        let this = &*self;
+        let mut results: HashMap<usize, Result<Vec<RowOutcome>, String>> = HashMap::new();
+        // A few lots at a time keeps the server busy without flooding it.
+        let indexed: Vec<(usize, (LotId, Vec<Request>))> =
+            batches.into_iter().enumerate().collect();
+        for chunk in indexed.chunks(8) {
+            let done = futures_util::future::join_all(
+                chunk
+                    .iter()
+                    .cloned()
+                    .map(|(i, (lot, reqs))| async move { (i, this.run_lot(lot, reqs).await) }),
+            )
+            .await;
+            results.extend(done);
+        }
+        let mut keys: Vec<usize> = results.keys().copied().collect();
+        keys.sort_unstable();
+        keys.into_iter()
+            .map(|k| results.remove(&k).expect("present"))
+            .collect()
+    }
+}

@@ -253,6 +253,14 @@ impl HttpSink {
                 events.join("\n"),
             )
             .await?;
+        if status == 413 && n > 1 {
+            // The server's limits are smaller than our batch: send it in halves.
+            let mut first = events;
+            let second = first.split_off(n / 2);
+            let mut out = Box::pin(self.send_events(first)).await?;
+            out.extend(Box::pin(self.send_events(second)).await?);
+            return Ok(out);
+        }
         if status != 200 {
             return Err(format!("the server answered {status}: {reply}"));
         }

@@ -1,0 +1,256 @@
+//! `parkade import` as a user runs it: the real Birmingham file, counted independently;
+//! re-import; event CSVs with bad rows; import through a running server.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use parkade::app::Hooks;
+use serde_json::json;
+
+mod common;
+use common::{test_config, TestApp, TestDb};
+
+fn birmingham() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for candidate in [
+        here.join("../shared/data/birmingham/train.csv"),
+        here.join("../../shared/data/birmingham/train.csv"),
+    ] {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!("../shared/data/birmingham/train.csv not found beside the checkout");
+}
+
+/// Outcome counts computed straight from the CSV, without parkade's code: a repeated
+/// (car park, time) is a duplicate; else a negative count; else a count above capacity.
+fn expected_counts(path: &Path) -> (u64, BTreeMap<&'static str, u64>, usize) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut seen = HashSet::new();
+    let mut lots = HashSet::new();
+    let mut accepted = 0;
+    let mut rejected = BTreeMap::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (code, cap, occ, time) = (
+            f[0],
+            f[1].parse::<i64>().unwrap(),
+            f[2].parse::<i64>().unwrap(),
+            f[3],
+        );
+        lots.insert(code.to_owned());
+        let reason = if !seen.insert((code.to_owned(), time.to_owned())) {
+            Some("duplicate")
+        } else if occ < 0 {
+            Some("negative")
+        } else if occ > cap {
+            Some("above_capacity")
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => *rejected.entry(r).or_default() += 1,
+            None => accepted += 1,
+        }
+    }
+    (accepted, rejected, lots.len())
+}
+
+fn parkade(args: &[&str], dir: &Path, db: Option<&TestDb>) -> (i32, String) {
+    let mut cmd = Command::new(common::binary());
+    cmd.args(args)
+        .env("PARKADE_DATA_DIR", dir)
+        .env("RUST_LOG", "warn");
+    match db {
+        Some(db) => cmd.env("PARKADE_DATABASE_URL", &db.url),
+        None => cmd.env_remove("PARKADE_DATABASE_URL"),
+    };
+    let out = cmd.output().expect("run parkade");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn reasons(counts: &BTreeMap<&str, u64>) -> String {
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[test]
+fn the_birmingham_file_imports_with_every_quirk_counted_and_reimports_as_nothing() {
+    let file = birmingham();
+    let (accepted, rejected, lots) = expected_counts(&file);
+    // The data's own README lists these quirks; the independent count must agree.
+    assert_eq!(
+        (
+            rejected["duplicate"],
+            rejected["negative"],
+            rejected["above_capacity"]
+        ),
+        (216, 12, 300)
+    );
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let rejects = dir.path().join("rejects.csv");
+    let (code, out) = parkade(
+        &[
+            "import",
+            file.to_str().unwrap(),
+            "--rejects",
+            rejects.to_str().unwrap(),
+        ],
+        dir.path(),
+        Some(&db),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{} rows",
+            accepted + rejected.values().sum::<u64>()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{accepted} accepted, 0 already imported")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("({})", reasons(&rejected))), "{out}");
+    assert!(out.contains(&format!("{lots} lots registered")), "{out}");
+    assert!(out.contains("occupancy read model caught up"), "{out}");
+    let rejects_text = std::fs::read_to_string(&rejects).unwrap();
+    assert_eq!(
+        rejects_text.lines().count() as u64,
+        1 + rejected.values().sum::<u64>()
+    );
+    assert!(
+        rejects_text
+            .lines()
+            .any(|l| l.contains(",negative,") && l.contains("NIA North")),
+        "{rejects_text}"
+    );
+
+    let (code, out) = parkade(&["import", file.to_str().unwrap()], dir.path(), Some(&db));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("0 accepted, {accepted} already imported")),
+        "{out}"
+    );
+    let (code, out) = parkade(&["verify"], dir.path(), Some(&db));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("verified {lots} lots")), "{out}");
+}
+
+#[actix_web::test]
+async fn event_rows_follow_the_lot_rules_and_bad_rows_are_reported() {
+    let dir = common::data_dir();
+    let csv = dir.path().join("events.csv");
+    std::fs::write(
+        &csv,
+        "lot_id,event_type,timestamp,event_id\n\
+         east,ARRIVAL,2016-10-04T08:00:00Z,\n\
+         east,ARRIVAL,2016-10-04T08:00:00Z,\n\
+         east,departure,1475568060000,\n\
+         East ,DEPARTURE,2016-10-04T08:02:00+01:00,\n\
+         nowhere,ARRIVAL,2016-10-04T08:00:00Z,\n\
+         east,PARK,2016-10-04T08:00:00Z,\n\
+         east,ARRIVAL,yesterday,\n\
+         east,ARRIVAL,2016-10-04T09:00:00Z,9a3c7a52-6e1f-4d7e-9d56-1d1b3f1b0c01\n\
+         east,ARRIVAL,2016-10-04T09:01:00Z,9a3c7a52-6e1f-4d7e-9d56-1d1b3f1b0c01\n\
+         east,DEPARTURE,2016-10-04T09:02:00Z,\n\
+         east,DEPARTURE,2016-10-04T09:03:00Z,\n",
+    )
+    .unwrap();
+    // Register the lot through a server, then stop it: the import runs on the data dir.
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    let (status, _) = app
+        .post(
+            "/v1/lots",
+            json!({"lot_id": "east", "name": "East", "capacity": 5}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // While the server runs, a direct import is refused with a pointer to --url.
+    let (code, out) = parkade(&["import", csv.to_str().unwrap()], dir.path(), None);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("--url"), "{out}");
+    app.stop().await;
+    let (code, out) = parkade(&["import", csv.to_str().unwrap()], dir.path(), None);
+    assert_eq!(code, 0, "{out}");
+    // Two identical arrivals are two vehicles; the last departure finds the lot empty.
+    assert!(out.contains("11 rows"), "{out}");
+    let rejected = "5 rejected (duplicate 1, lot_empty 1, unknown_lot 1, unparsable 2)";
+    assert!(
+        out.contains(&format!("6 accepted, 0 already imported, {rejected}")),
+        "{out}"
+    );
+    let (code, out) = parkade(&["import", csv.to_str().unwrap()], dir.path(), None);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("0 accepted, 6 already imported, {rejected}")),
+        "{out}"
+    );
+}
+
+#[actix_web::test]
+async fn an_import_through_a_running_server_counts_the_same() {
+    let file = birmingham();
+    let (accepted, rejected, lots) = expected_counts(&file);
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    let url = app.base.clone();
+    let f = file.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        parkade(
+            &["import", f.to_str().unwrap(), "--url", &url],
+            Path::new("/nonexistent"),
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.0, 0, "{}", out.1);
+    assert!(
+        out.1
+            .contains(&format!("{accepted} accepted, 0 already imported")),
+        "{}",
+        out.1
+    );
+    assert!(
+        out.1.contains(&format!("({})", reasons(&rejected))),
+        "{}",
+        out.1
+    );
+    let (_, list) = app.get("/v1/lots").await;
+    assert_eq!(list["lots"].as_array().unwrap().len(), lots);
+    let end = app.log_end().await;
+    let url = app.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        parkade(
+            &["import", file.to_str().unwrap(), "--url", &url],
+            Path::new("/nonexistent"),
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.1
+            .contains(&format!("0 accepted, {accepted} already imported")),
+        "{}",
+        out.1
+    );
+    assert_eq!(
+        app.log_end().await,
+        end,
+        "re-import through the server appended nothing"
+    );
+    app.stop().await;
+}

@@ -156,8 +156,15 @@ async fn run() {
             Err(e) => println!("replay: skipped ({e})"),
         }
     }
+    // 5. Archive replay to the local folder (no PostgreSQL needed).
+    let dir = work.path().join("replay");
+    if !dir.join("log").exists() {
+        write_log(&dir.join("log"), replay_events).await;
+    }
+    let archive = archive_runs(&dir, replay_events, runs);
+    println!("replay --projection archive (local Parquet), {replay_events} events: {archive:>10.0} events/s (whole process)");
     println!();
-    println!("summary (events/s): batch {batch:.0} | single {single:.0} | upsert-per-event {} | replay {}",
+    println!("summary (events/s): batch {batch:.0} | single {single:.0} | upsert-per-event {} | replay {} | archive replay {archive:.0}",
         upsert.map_or("skipped".into(), |v| format!("{v:.0}")),
         replay.map_or("skipped".into(), |v| format!("{v:.0}")));
 }
@@ -564,4 +571,30 @@ async fn replay_runs(admin: &str, data: &PathBuf, events: u64, runs: usize) -> R
     }
     db.drop_db().await;
     Ok(median(&mut rates))
+}
+
+fn archive_runs(data: &Path, events: u64, runs: usize) -> f64 {
+    let mut rates = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_parkade"))
+            .args(["replay", "--projection", "archive"])
+            .env("PARKADE_DATA_DIR", data)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .output()
+            .expect("run parkade replay");
+        let secs = started.elapsed().as_secs_f64();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(&format!("from {events} events")),
+            "{text}"
+        );
+        println!(
+            "  archive replay run: {secs:.2} s whole process ({})",
+            text.trim()
+        );
+        rates.push(events as f64 / secs);
+    }
+    median(&mut rates)
 }

@@ -37,6 +37,16 @@ if ! pg_up; then
 fi
 echo "test.sh: PostgreSQL is up at $PARKADE_TEST_DATABASE_URL"
 
+# An independent Parquet reader for the archive tests: pyarrow from PyPI, in a
+# virtualenv kept in the build cache when there is one.
+if [ -d "$cache" ]; then venv="$cache/venv"; else venv="$PWD/target/py-venv"; fi
+if ! "$venv/bin/python" -c "import pyarrow" >/dev/null 2>&1; then
+  echo "test.sh: installing pyarrow into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q pyarrow
+fi
+export PARKADE_TEST_PYTHON="$venv/bin/python"
+
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --all-targets --no-fail-fast "$@"
 else

@@ -34,6 +34,7 @@ pub struct Application {
     board: StatusBoard,
     shutdown: watch::Sender<bool>,
     projection: Option<JoinHandle<()>>,
+    archive_thread: Option<JoinHandle<()>>,
 }
 
 impl Application {
@@ -93,12 +94,25 @@ impl Application {
             tracing::info!("no PARKADE_DATABASE_URL: running without the PostgreSQL read model");
         }
 
+        let mut archive_thread = None;
+        let archive = config.archive.enabled.then(|| config.archive());
+        if let Some(archive) = archive.clone() {
+            archive_thread = Some(spawn_archive(
+                archive,
+                dyn_log.clone(),
+                board.clone(),
+                &config,
+                shutdown.subscribe(),
+            )?);
+        }
+
         let state = web::Data::new(ApiState {
             lots: lots.clone(),
             log: dyn_log,
             limits: config.limits.clone(),
             board: board.clone(),
             db: db_pool,
+            archive,
             replay: Arc::new(tokio::sync::Mutex::new(())),
         });
         let listener =
@@ -129,6 +143,7 @@ impl Application {
             board,
             shutdown,
             projection,
+            archive_thread,
         })
     }
 
@@ -154,7 +169,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let result = self.server.await;
         let _receivers_gone = self.shutdown.send(true);
-        if let Some(p) = self.projection {
+        for p in [self.projection, self.archive_thread].into_iter().flatten() {
             let _ = tokio::task::spawn_blocking(move || p.join()).await;
         }
         self.log.close();
@@ -201,6 +216,35 @@ fn spawn_projection(
                 };
                 Runner { pool, log, board, batch_events, max_backoff, fault }.run(shutdown).await;
             });
+        })?;
+    Ok(handle)
+}
+
+/// Run the archive projection on its own thread and runtime.
+fn spawn_archive(
+    archive: crate::projections::archive::Archive,
+    log: Arc<dyn EventLog>,
+    board: StatusBoard,
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let max_backoff = Duration::from_secs(config.projections.max_backoff_secs.max(1));
+    let handle = std::thread::Builder::new()
+        .name("parkade-archive".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime for the archive");
+            rt.block_on(
+                crate::projections::archive::ArchiveRunner {
+                    archive,
+                    log,
+                    board,
+                    max_backoff,
+                }
+                .run(shutdown),
+            );
         })?;
     Ok(handle)
 }

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::{Application, Hooks};
 use crate::config::{Config, LogFormat};
 use crate::log::{EventLog, FileLog, LogOptions, OpenMode};
-use crate::projections::{db, occupancy, verify};
+use crate::projections::{archive, db, occupancy, verify};
 
 #[derive(Parser)]
 #[command(
@@ -82,7 +82,7 @@ struct ServeArgs {
 struct ReplayArgs {
     #[command(flatten)]
     common: Common,
-    /// The projection to rebuild.
+    /// The projection to rebuild: occupancy (PostgreSQL) or archive (Parquet lake).
     #[arg(long, default_value = "occupancy")]
     projection: String,
     /// Ask a running server to rebuild (POST /v1/admin/replay) instead of doing it here.
@@ -188,12 +188,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Replay(a) => {
             let c = a.common.config()?;
             crate::telemetry::init(c.log_format);
-            if a.projection != occupancy::NAME {
-                bail!("unknown projection {:?} (known: occupancy)", a.projection);
-            }
-            match a.url {
-                Some(url) => replay_remote(&url, &a.projection),
-                None => replay_local(&c),
+            match (a.url, a.projection.as_str()) {
+                (Some(url), _) => replay_remote(&url, &a.projection),
+                (None, occupancy::NAME) => replay_local(&c),
+                (None, archive::NAME) => replay_archive(&c),
+                (None, other) => bail!("unknown projection {other:?} (known: occupancy, archive)"),
             }
         }
         Cmd::Verify(a) => {
@@ -239,16 +238,7 @@ fn database_url(c: &Config) -> anyhow::Result<&str> {
 fn replay_local(c: &Config) -> anyhow::Result<ExitCode> {
     let log = open_read_only(c)?;
     let url = database_url(c)?.to_owned();
-    let total = log.durable_end();
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_message("replaying occupancy");
+    let bar = progress_bar(log.durable_end(), "occupancy");
     let progress = bar.clone();
     let stats = runtime()?.block_on(async move {
         let pool = db::connect(&url).await?;
@@ -263,6 +253,42 @@ fn replay_local(c: &Config) -> anyhow::Result<ExitCode> {
     println!(
         "rebuilt occupancy from {} events ({} lots) in {:.3} s: fold {:.3} s ({:.0} events/s), table swapped in",
         stats.events, stats.lots, stats.total_seconds, stats.fold_seconds, rate
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("replaying {what}"));
+    bar
+}
+
+fn replay_archive(c: &Config) -> anyhow::Result<ExitCode> {
+    let log = open_read_only(c)?;
+    let archive = c.archive();
+    let bar = progress_bar(log.durable_end(), "archive");
+    let progress = bar.clone();
+    let stats = runtime()?.block_on(async move {
+        archive
+            .rebuild(log, move |done, _| progress.set_position(done))
+            .await
+    })?;
+    bar.finish_and_clear();
+    let rate = if stats.seconds > 0.0 {
+        stats.events as f64 / stats.seconds
+    } else {
+        0.0
+    };
+    println!(
+        "rebuilt the archive from {} events into {} ({} files) in {:.3} s ({:.0} events/s); it is now the current generation",
+        stats.events, stats.generation, stats.files, stats.seconds, rate
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -386,6 +412,10 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                     let pool = db::connect(db_url).await?;
                     let at = occupancy::catch_up(&pool, dyn_log.as_ref(), config.projections.batch_events.max(1)).await?;
                     println!("occupancy read model caught up to offset {at}");
+                }
+                if config.archive.enabled {
+                    let at = config.archive().catch_up(dyn_log.clone()).await?;
+                    println!("archive caught up to offset {at} in {}", config.archive().store().describe());
                 }
                 log.close();
             }

@@ -27,6 +27,36 @@ pub struct Config {
     pub lots: LotsConfig,
     pub log: LogConfig,
     pub projections: ProjectionsConfig,
+    pub archive: ArchiveConfig,
+}
+
+/// Settings of the Parquet archive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Run the archive projection. Default true.
+    pub enabled: bool,
+    /// Local folder of the lake. Default `{data_dir}/archive`.
+    pub dir: Option<PathBuf>,
+    /// Events per file before it is written. Default 1,000,000.
+    pub roll_events: usize,
+    /// Longest wait before buffered events are written, in seconds. Default 300.
+    pub roll_secs: u64,
+    /// Rows per Parquet row group. Default 131,072.
+    pub row_group_rows: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        let o = crate::projections::archive::ArchiveOptions::default();
+        ArchiveConfig {
+            enabled: true,
+            dir: None,
+            roll_events: o.roll_events,
+            roll_secs: o.roll_secs,
+            row_group_rows: o.row_group_rows,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -88,6 +118,7 @@ impl Default for Config {
             lots: LotsConfig::default(),
             log: LogConfig::default(),
             projections: ProjectionsConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }
@@ -163,6 +194,24 @@ impl Config {
     /// Directory of the embedded event log.
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("log")
+    }
+
+    /// The archive as configured.
+    pub fn archive(&self) -> crate::projections::archive::Archive {
+        use crate::projections::archive::{Archive, ArchiveOptions, Store};
+        let dir = self
+            .archive
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("archive"));
+        Archive::new(
+            Store::local(dir),
+            ArchiveOptions {
+                roll_events: self.archive.roll_events,
+                roll_secs: self.archive.roll_secs,
+                row_group_rows: self.archive.row_group_rows,
+            },
+        )
     }
 
     /// The database URL with any password replaced, for logs.

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::{ApiError, ApiState};
-use crate::projections::occupancy;
+use crate::projections::{archive, occupancy};
 
 /// `GET /healthz`: the process can serve; 503 once the log has stopped accepting writes
 /// (a supervisor should restart the process so recovery runs).
@@ -66,30 +66,39 @@ pub(super) async fn replay(
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = q.projection.as_deref().unwrap_or(occupancy::NAME);
-    if name != occupancy::NAME {
+    if name != occupancy::NAME && name != archive::NAME {
         return Err(ApiError::bad(
             Some("projection".into()),
-            format!("unknown projection {name:?} (known: occupancy)"),
+            format!("unknown projection {name:?} (known: occupancy, archive)"),
         ));
     }
-    let Some(pool) = st.db.clone() else {
-        return Err(ApiError::Unavailable(
-            "no database is configured (PARKADE_DATABASE_URL), so there is no occupancy read model to rebuild".into(),
-        ));
-    };
     let Ok(_guard) = st.replay.try_lock() else {
         return Ok(HttpResponse::Conflict()
             .json(json!({"error": "replay_running", "message": "a replay is already running"})));
     };
     tracing::info!(projection = name, "replay requested over HTTP");
-    let stats = occupancy::rebuild(&pool, st.log.clone(), |_, _| {})
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    tracing::info!(
-        projection = name,
-        events = stats.events,
-        seconds = stats.total_seconds,
-        "replay finished"
-    );
+    let stats = if name == archive::NAME {
+        let Some(a) = st.archive.clone() else {
+            return Err(ApiError::Unavailable(
+                "the archive is disabled ([archive] enabled = false)".into(),
+            ));
+        };
+        let stats = a
+            .rebuild(st.log.clone(), |_, _| {})
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?
+    } else {
+        let Some(pool) = st.db.clone() else {
+            return Err(ApiError::Unavailable(
+                "no database is configured (PARKADE_DATABASE_URL), so there is no occupancy read model to rebuild".into(),
+            ));
+        };
+        let stats = occupancy::rebuild(&pool, st.log.clone(), |_, _| {})
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?
+    };
+    tracing::info!(projection = name, "replay finished");
     Ok(HttpResponse::Ok().json(json!({"projection": name, "stats": stats})))
 }

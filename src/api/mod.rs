@@ -38,6 +38,8 @@ pub struct ApiState {
     pub board: StatusBoard,
     /// `None` when no database is configured.
     pub db: Option<PgPool>,
+    /// `None` when the archive is disabled.
+    pub archive: Option<crate::projections::archive::Archive>,
     /// Held while a rebuild runs, so two never overlap.
     pub replay: Arc<tokio::sync::Mutex<()>>,
 }

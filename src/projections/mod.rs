@@ -9,11 +9,13 @@
 //!
 //! | file | what |
 //! |---|---|
+//! | `archive/` | the Parquet lake (local folder or S3): flushes, resume, rebuild into a new generation |
 //! | `db.rs` | connecting to PostgreSQL, migrations, SQLSTATE classification |
 //! | `occupancy.rs` | the `current_lot_occupancy` read model: batch fold, write, rebuild |
 //! | `runner.rs` | the loop that keeps a projection caught up, with retries and status |
 //! | `verify.rs` | an independent fold of the log compared with the read model |
 
+pub mod archive;
 pub mod db;
 pub mod occupancy;
 mod runner;
@@ -43,7 +45,7 @@ pub enum ProjectionError {
     AheadOfLog { checkpoint: u64, log_end: u64 },
     #[error("injected fault: {0}")]
     Injected(&'static str),
-    #[error("unknown projection {0:?} (known: occupancy)")]
+    #[error("unknown projection {0:?} (known: occupancy, archive)")]
     Unknown(String),
 }
 

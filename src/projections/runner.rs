@@ -42,7 +42,7 @@ pub struct ProjectionStatus {
 pub struct StatusBoard(Arc<Mutex<BTreeMap<&'static str, ProjectionStatus>>>);
 
 impl StatusBoard {
-    fn update(&self, name: &'static str, f: impl FnOnce(&mut ProjectionStatus)) {
+    pub(crate) fn set(&self, name: &'static str, f: impl FnOnce(&mut ProjectionStatus)) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.entry(name).or_insert_with(|| ProjectionStatus {
             name,
@@ -58,8 +58,12 @@ impl StatusBoard {
 
     /// Mark a projection as failing with this error.
     pub fn report_failure(&self, name: &'static str, e: &ProjectionError) {
-        let msg = e.to_string();
-        self.update(name, |s| {
+        self.report_failure_text(name, e.to_string());
+    }
+
+    /// Mark a projection as failing with this message.
+    pub fn report_failure_text(&self, name: &'static str, msg: String) {
+        self.set(name, |s| {
             s.state = ProjectionState::Failing;
             s.last_error = Some(msg);
             s.failures += 1;
@@ -128,7 +132,7 @@ impl Runner {
                     continue 'restart;
                 }
             };
-            self.board.update(name, |s| {
+            self.board.set(name, |s| {
                 s.checkpoint = start;
                 s.state = ProjectionState::Running;
             });
@@ -163,7 +167,7 @@ impl Runner {
                     {
                         Ok(Written::Committed) => {
                             backoff = Duration::from_millis(100);
-                            self.board.update(name, |s| {
+                            self.board.set(name, |s| {
                                 s.checkpoint = to;
                                 s.state = ProjectionState::Running;
                             });
@@ -187,8 +191,7 @@ impl Runner {
                 }
             }
         }
-        self.board
-            .update(name, |s| s.state = ProjectionState::Stopped);
+        self.board.set(name, |s| s.state = ProjectionState::Stopped);
     }
 
     async fn start_position(&self) -> Result<u64, ProjectionError> {

@@ -110,6 +110,7 @@ pub fn test_config(data_dir: &Path, db: Option<&TestDb>) -> Config {
     c.limits.max_body_bytes = 64 * 1024;
     c.limits.max_batch_events = 500;
     c.projections.max_backoff_secs = 1;
+    c.archive.roll_secs = 1;
     c
 }
 
@@ -196,12 +197,23 @@ impl TestApp {
 
     /// Wait until the occupancy projection has folded everything in the log.
     pub async fn wait_projection_caught_up(&self) {
+        self.wait_caught_up("occupancy").await
+    }
+
+    /// Wait until projection `name` has everything in the log.
+    pub async fn wait_caught_up(&self, name: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             let (_, v) = self.get("/v1/admin/projections").await;
             let end = v["log_end"].as_u64().unwrap();
-            let cp = v["projections"][0]["checkpoint"].as_u64();
-            if cp == Some(end) && v["projections"][0]["state"] == "running" {
+            let p = v["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .cloned()
+                .unwrap_or_default();
+            if p["checkpoint"].as_u64() == Some(end) && p["state"] == "running" {
                 return;
             }
             assert!(
@@ -249,4 +261,26 @@ pub fn data_dir() -> tempfile::TempDir {
 /// Path of the built `parkade` binary.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_parkade"))
+}
+
+/// The Python with pyarrow that scripts/test.sh prepares (an independent Parquet reader).
+pub fn python() -> String {
+    std::env::var("PARKADE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Read a Parquet lake with pyarrow; returns its JSON description (see tests/py/read_lake.py).
+pub fn read_lake(path: &Path) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/read_lake.py");
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .arg(path)
+        .output()
+        .expect("run python (scripts/test.sh installs pyarrow into a virtualenv)");
+    assert!(
+        out.status.success(),
+        "pyarrow could not read {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from read_lake.py")
 }

@@ -1,0 +1,406 @@
+//! The archive projection: every event of the log as Parquet, in a Hive-style
+//! partitioned lake that DuckDB, Spark, Athena and pyarrow read as it is.
+//!
+//! # Layout
+//!
+//! ```text
+//! {root}/_current                                   name of the live generation, e.g. gen-20261127T120000123Z
+//! {root}/current -> gen-…                           (local folder only) symlink to it
+//! {root}/{gen}/events/date=YYYY-MM-DD/{first:020}-{last:020}.parquet
+//! {root}/{gen}/_progress/{first:020}-{last:020}      written after all files of that offset range
+//! ```
+//!
+//! A flush covers a contiguous offset range `[first, last]` of the log and writes one
+//! file per event date (UTC) in it, then the `_progress` marker. A file's name is its
+//! range, so a retry of the same range replaces the same objects. On start the
+//! projection resumes after the highest range with a marker and deletes files of
+//! ranges without one (a flush a crash cut short), so every event is in the lake
+//! exactly once. `parkade replay --projection archive` writes a whole new generation
+//! and moves `_current` to it only when it is complete.
+//!
+//! Files roll after `roll_events` events or `roll_secs` seconds, whichever comes first.
+//!
+//! # Schema (for Athena/Glue: partition column `date string`)
+//!
+//! | column | Parquet / Arrow type | Athena type | notes |
+//! |---|---|---|---|
+//! | `offset` | INT64 | bigint | global log offset |
+//! | `event_id` | UTF8 | string | UUID |
+//! | `lot_id` | UTF8 | string | normalised lot id |
+//! | `lot_seq` | INT64 | bigint | per-lot version |
+//! | `event_type` | UTF8 | string | `LotRegistered`, `LotCapacityChanged`, `VehicleArrived`, `VehicleDeparted`, `OccupancyCounted` |
+//! | `schema_version` | INT32 | int | event schema version |
+//! | `occurred_at` | TIMESTAMP(MICROS, UTC) | timestamp | event time |
+//! | `recorded_at` | TIMESTAMP(MICROS, UTC) | timestamp | log time |
+//! | `occupancy` | INT32 | int | lot occupancy after the event |
+//! | `capacity` | INT32 | int | lot capacity after the event |
+//! | `count` | INT32, nullable | int | the count of `OccupancyCounted` |
+//! | `name` | UTF8, nullable | string | the name of `LotRegistered` |
+//!
+//! Rows are sorted by `(lot_id, occurred_at, offset)` within a file; snappy
+//! compression; statistics per row group and page.
+
+pub mod parquet;
+mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::{ProjectionState, StatusBoard};
+use crate::domain::RecordedEvent;
+use crate::log::{EventLog, LogError, Subscription};
+
+pub use store::{LocalStore, Store, StoreError};
+
+/// The projection's name on the status board and in `parkade replay`.
+pub const NAME: &str = "archive";
+const CURRENT: &str = "_current";
+
+/// Settings of the archive.
+#[derive(Debug, Clone)]
+pub struct ArchiveOptions {
+    /// A file is written after this many events...
+    pub roll_events: usize,
+    /// ...or once the oldest unwritten event has waited this long.
+    pub roll_secs: u64,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+}
+
+impl Default for ArchiveOptions {
+    fn default() -> Self {
+        ArchiveOptions {
+            roll_events: 1_000_000,
+            roll_secs: 300,
+            row_group_rows: 131_072,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot encode Parquet: {0}")]
+    Parquet(#[from] ::parquet::errors::ParquetError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the archive is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// Figures of an archive rebuild.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RebuildStats {
+    pub generation: String,
+    pub events: u64,
+    pub files: usize,
+    pub seconds: f64,
+}
+
+/// The archive in a store.
+#[derive(Clone)]
+pub struct Archive {
+    store: Store,
+    opts: ArchiveOptions,
+}
+
+fn range_name(first: u64, last: u64) -> String {
+    format!("{first:020}-{last:020}")
+}
+
+fn parse_range(name: &str) -> Option<(u64, u64)> {
+    let stem = name.rsplit('/').next()?.trim_end_matches(".parquet");
+    let (a, b) = stem.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+fn new_generation() -> String {
+    format!("gen-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"))
+}
+
+impl Archive {
+    pub fn new(store: Store, opts: ArchiveOptions) -> Archive {
+        Archive { store, opts }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The live generation, created on first use.
+    pub async fn current_generation(&self) -> Result<String, ArchiveError> {
+        if let Some(bytes) = self.store.get(CURRENT).await? {
+            let gen = String::from_utf8_lossy(&bytes).trim().to_owned();
+            if !gen.starts_with("gen-") || gen.contains('/') {
+                return Err(ArchiveError::Inconsistent(format!(
+                    "{CURRENT} names {gen:?}, not a generation"
+                )));
+            }
+            return Ok(gen);
+        }
+        let gen = new_generation();
+        self.point_current(&gen).await?;
+        Ok(gen)
+    }
+
+    async fn point_current(&self, gen: &str) -> Result<(), ArchiveError> {
+        self.store
+            .put(CURRENT, format!("{gen}\n").into_bytes())
+            .await?;
+        self.store.link_current(gen)?;
+        Ok(())
+    }
+
+    /// The next offset to archive in `gen`; removes files of unfinished flushes.
+    pub async fn resume(&self, gen: &str) -> Result<u64, ArchiveError> {
+        let marks = self.store.list(&format!("{gen}/_progress/")).await?;
+        let next = marks
+            .iter()
+            .filter_map(|k| parse_range(k))
+            .map(|(_, last)| last + 1)
+            .max()
+            .unwrap_or(0);
+        for key in self.store.list(&format!("{gen}/events/")).await? {
+            match parse_range(&key) {
+                Some((first, _)) if first >= next => {
+                    tracing::warn!(key = %key, "removing a file of an unfinished flush; it will be written again");
+                    self.store.delete(&key).await?;
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(key = %key, "ignoring an object that is not an archive file")
+                }
+            }
+        }
+        Ok(next)
+    }
+
+    /// Write `events` (a contiguous offset range) as one file per date, then its marker.
+    /// Returns the number of files written.
+    pub async fn flush(
+        &self,
+        gen: &str,
+        events: Arc<Vec<RecordedEvent>>,
+    ) -> Result<usize, ArchiveError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(0);
+        };
+        let range = range_name(first.offset, last.offset);
+        let row_group = self.opts.row_group_rows;
+        let files =
+            tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
+                let mut by_date: BTreeMap<String, Vec<&RecordedEvent>> = BTreeMap::new();
+                for e in events.iter() {
+                    let date = e
+                        .event
+                        .occurred_at
+                        .to_datetime()
+                        .format("%Y-%m-%d")
+                        .to_string();
+                    by_date.entry(date).or_default().push(e);
+                }
+                let mut out = Vec::with_capacity(by_date.len());
+                for (date, mut rows) in by_date {
+                    out.push((date, parquet::encode(&mut rows, row_group)?));
+                }
+                Ok(out)
+            })
+            .await
+            .expect("the encoder does not panic")?;
+        let mut keys = Vec::with_capacity(files.len());
+        for (date, bytes) in files {
+            let key = format!("{gen}/events/date={date}/{range}.parquet");
+            self.store.put(&key, bytes).await?;
+            keys.push(key);
+        }
+        let n = keys.len();
+        let mut manifest = keys.join("\n");
+        manifest.push('\n');
+        self.store
+            .put(&format!("{gen}/_progress/{range}"), manifest.into_bytes())
+            .await?;
+        Ok(n)
+    }
+
+    /// Archive everything the log holds beyond what the live generation has; returns
+    /// the next offset. Used by commands that write the log without a server (import).
+    pub async fn catch_up(&self, log: Arc<dyn EventLog>) -> Result<u64, ArchiveError> {
+        let gen = self.current_generation().await?;
+        let next = self.resume(&gen).await?;
+        let end = log.durable_end();
+        let chunk = self.opts.roll_events.max(1);
+        let mut cursor = log.cursor(next);
+        while cursor.position() < end {
+            let mut buf = Vec::new();
+            while buf.len() < chunk && cursor.position() < end {
+                let b = cursor.next_batch((chunk - buf.len()).min(65_536))?;
+                if b.is_empty() {
+                    break;
+                }
+                buf.extend(b.into_iter().filter(|e| e.offset < end));
+            }
+            if buf.is_empty() {
+                break;
+            }
+            self.flush(&gen, Arc::new(buf)).await?;
+        }
+        Ok(cursor.position().min(end))
+    }
+
+    /// Write the whole durable log into a new generation and make it the live one.
+    pub async fn rebuild(
+        &self,
+        log: Arc<dyn EventLog>,
+        progress: impl Fn(u64, u64) + Send + 'static,
+    ) -> Result<RebuildStats, ArchiveError> {
+        let started = Instant::now();
+        let gen = new_generation();
+        let end = log.durable_end();
+        let chunk = self.opts.roll_events.max(1);
+        // Read on a blocking thread while the previous chunk is encoded and written.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, LogError>>(1);
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut cursor = log.cursor(0);
+            let mut buf = Vec::with_capacity(chunk);
+            while cursor.position() < end {
+                match cursor.next_batch((chunk - buf.len()).min(65_536)) {
+                    Ok(b) if b.is_empty() => break,
+                    Ok(b) => buf.extend(b.into_iter().filter(|e| e.offset < end)),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+                if buf.len() >= chunk {
+                    if tx.blocking_send(Ok(std::mem::take(&mut buf))).is_err() {
+                        return;
+                    }
+                    buf.reserve(chunk);
+                }
+            }
+            if !buf.is_empty() {
+                let _ = tx.blocking_send(Ok(buf));
+            }
+        });
+        let mut files = 0;
+        let mut done = 0u64;
+        while let Some(batch) = rx.recv().await {
+            let batch = batch?;
+            done += batch.len() as u64;
+            files += self.flush(&gen, Arc::new(batch)).await?;
+            progress(done, end);
+        }
+        reader.await.expect("the reader does not panic");
+        if done != end {
+            return Err(ArchiveError::Inconsistent(format!(
+                "read {done} events of {end}"
+            )));
+        }
+        self.point_current(&gen).await?;
+        Ok(RebuildStats {
+            generation: gen,
+            events: end,
+            files,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Keeps the archive caught up with the log until shut down.
+pub struct ArchiveRunner {
+    pub archive: Archive,
+    pub log: Arc<dyn EventLog>,
+    pub board: StatusBoard,
+    pub max_backoff: Duration,
+}
+
+impl ArchiveRunner {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            match self.follow(&mut shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(projection = NAME, error = %e, retry_in_ms = backoff.as_millis() as u64, "archive failed; retrying");
+                    self.board.report_failure_text(NAME, e.to_string());
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+        self.board.set(NAME, |s| s.state = ProjectionState::Stopped);
+    }
+
+    /// Follow the log; returns Ok on shutdown, Err to be retried.
+    async fn follow(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), ArchiveError> {
+        let gen = self.archive.current_generation().await?;
+        let next = self.archive.resume(&gen).await?;
+        let end = self.log.durable_end();
+        if next > end {
+            return Err(ArchiveError::Inconsistent(format!(
+                "generation {gen} holds events up to offset {} but the log ends at {end}; rebuild with `parkade replay --projection archive`",
+                next - 1
+            )));
+        }
+        tracing::info!(projection = NAME, generation = %gen, from = next, store = %self.archive.store.describe(), "archive following the log");
+        self.board.set(NAME, |s| {
+            s.state = ProjectionState::Running;
+            s.checkpoint = next;
+        });
+        let mut sub = Subscription::new(self.log.clone(), next);
+        let roll = self.archive.opts.roll_events.max(1);
+        let max_wait = Duration::from_secs(self.archive.opts.roll_secs.max(1));
+        let mut buf: Vec<RecordedEvent> = Vec::new();
+        let mut oldest: Option<Instant> = None;
+        loop {
+            let deadline = oldest.map(|t| t + max_wait);
+            let due = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut stop = false;
+            tokio::select! {
+                batch = sub.next_batch((roll - buf.len()).clamp(1, 65_536)) => {
+                    buf.extend(batch?);
+                    oldest.get_or_insert_with(Instant::now);
+                }
+                _ = due => {}
+                _ = shutdown.changed() => stop = true,
+            }
+            let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+            if !buf.is_empty() && (buf.len() >= roll || timed_out || stop) {
+                let batch = Arc::new(std::mem::take(&mut buf));
+                let to = batch.last().map_or(0, |e| e.offset + 1);
+                self.archive.flush(&gen, batch).await?;
+                oldest = None;
+                self.board.set(NAME, |s| {
+                    s.state = ProjectionState::Running;
+                    s.checkpoint = to;
+                });
+                // A rebuild may have switched generations: follow the new one.
+                if self.archive.current_generation().await? != gen {
+                    tracing::info!(
+                        projection = NAME,
+                        "the archive generation changed; resuming in the new one"
+                    );
+                    return Box::pin(self.follow(shutdown)).await;
+                }
+            }
+            if stop {
+                return Ok(());
+            }
+        }
+    }
+}

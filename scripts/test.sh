@@ -47,8 +47,14 @@ if ! "$venv/bin/python" -c "import pyarrow" >/dev/null 2>&1; then
 fi
 export PARKADE_TEST_PYTHON="$venv/bin/python"
 
+# A real S3-compatible object store (Garage) for the archive's S3 tests.
+eval "$(./scripts/garage.sh)"
+trap 'kill "$(cat "$GARAGE_DIR/pid")" 2>/dev/null || true; rm -rf "$GARAGE_DIR"' EXIT
+
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --all-targets --no-fail-fast "$@"
+  cargo nextest run --all-targets --no-fail-fast "$@" || status=$?
 else
-  cargo test --all-targets --no-fail-fast "$@"
+  cargo test --all-targets --no-fail-fast "$@" || status=$?
 fi
+exit $status

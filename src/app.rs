@@ -95,7 +95,10 @@ impl Application {
         }
 
         let mut archive_thread = None;
-        let archive = config.archive.enabled.then(|| config.archive());
+        let archive = match config.archive.enabled {
+            true => Some(config.archive().await),
+            false => None,
+        };
         if let Some(archive) = archive.clone() {
             archive_thread = Some(spawn_archive(
                 archive,

@@ -272,11 +272,11 @@ fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
 
 fn replay_archive(c: &Config) -> anyhow::Result<ExitCode> {
     let log = open_read_only(c)?;
-    let archive = c.archive();
     let bar = progress_bar(log.durable_end(), "archive");
     let progress = bar.clone();
     let stats = runtime()?.block_on(async move {
-        archive
+        c.archive()
+            .await
             .rebuild(log, move |done, _| progress.set_position(done))
             .await
     })?;
@@ -414,8 +414,9 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                     println!("occupancy read model caught up to offset {at}");
                 }
                 if config.archive.enabled {
-                    let at = config.archive().catch_up(dyn_log.clone()).await?;
-                    println!("archive caught up to offset {at} in {}", config.archive().store().describe());
+                    let archive = config.archive().await;
+                    let at = archive.catch_up(dyn_log.clone()).await?;
+                    println!("archive caught up to offset {at} in {}", archive.store().describe());
                 }
                 log.close();
             }

@@ -44,6 +44,8 @@ pub struct ArchiveConfig {
     pub roll_secs: u64,
     /// Rows per Parquet row group. Default 131,072.
     pub row_group_rows: usize,
+    /// Write the lake to S3 (or an S3-compatible store) instead of the local folder.
+    pub s3: Option<crate::projections::archive::S3Config>,
 }
 
 impl Default for ArchiveConfig {
@@ -55,6 +57,7 @@ impl Default for ArchiveConfig {
             roll_events: o.roll_events,
             roll_secs: o.roll_secs,
             row_group_rows: o.row_group_rows,
+            s3: None,
         }
     }
 }
@@ -196,16 +199,20 @@ impl Config {
         self.data_dir.join("log")
     }
 
-    /// The archive as configured.
-    pub fn archive(&self) -> crate::projections::archive::Archive {
-        use crate::projections::archive::{Archive, ArchiveOptions, Store};
-        let dir = self
-            .archive
-            .dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("archive"));
+    /// The archive as configured: S3 when `[archive.s3]` is set, else the local folder.
+    pub async fn archive(&self) -> crate::projections::archive::Archive {
+        use crate::projections::archive::{Archive, ArchiveOptions, S3Store, Store};
+        let store = match &self.archive.s3 {
+            Some(s3) => Store::S3(S3Store::connect(s3).await),
+            None => Store::local(
+                self.archive
+                    .dir
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("archive")),
+            ),
+        };
         Archive::new(
-            Store::local(dir),
+            store,
             ArchiveOptions {
                 roll_events: self.archive.roll_events,
                 roll_secs: self.archive.roll_secs,

@@ -270,6 +270,11 @@ pub fn python() -> String {
 
 /// Read a Parquet lake with pyarrow; returns its JSON description (see tests/py/read_lake.py).
 pub fn read_lake(path: &Path) -> serde_json::Value {
+    read_lake_at(&path.to_string_lossy())
+}
+
+/// Like [`read_lake`], for a local path or an `s3://bucket/key` location.
+pub fn read_lake_at(path: &str) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/read_lake.py");
     let out = std::process::Command::new(python())
         .arg(script)
@@ -278,8 +283,7 @@ pub fn read_lake(path: &Path) -> serde_json::Value {
         .expect("run python (scripts/test.sh installs pyarrow into a virtualenv)");
     assert!(
         out.status.success(),
-        "pyarrow could not read {}: {}",
-        path.display(),
+        "pyarrow could not read {path}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON from read_lake.py")

@@ -1,16 +1,32 @@
 """Read a parkade Parquet lake with pyarrow, independently of parkade's own code.
 
-Usage: read_lake.py PATH   (PATH: a generation's `events` folder, local)
+Usage: read_lake.py PATH   (PATH: a generation's `events` folder, local or s3://bucket/key;
+for s3 the endpoint and keys come from PARKADE_TEST_S3_ENDPOINT and AWS_* variables)
 Prints JSON: the row count, the schema, the partition values, and every row's main
 fields sorted by offset.
 """
 import json
+import os
 import sys
 
 import pyarrow.dataset as ds
 
 path = sys.argv[1]
-dataset = ds.dataset(path, format="parquet", partitioning="hive")
+filesystem = None
+if path.startswith("s3://"):
+    from pyarrow import fs
+
+    endpoint = os.environ["PARKADE_TEST_S3_ENDPOINT"]
+    scheme, _, host = endpoint.partition("://")
+    filesystem = fs.S3FileSystem(
+        endpoint_override=host,
+        scheme=scheme,
+        access_key=os.environ["AWS_ACCESS_KEY_ID"],
+        secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+        region=os.environ.get("AWS_REGION", "us-east-1"),
+    )
+    path = path[len("s3://"):]
+dataset = ds.dataset(path, format="parquet", partitioning="hive", filesystem=filesystem)
 table = dataset.to_table().sort_by("offset")
 rows = []
 cols = table.to_pydict()

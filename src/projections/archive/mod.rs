@@ -41,6 +41,7 @@
 //! compression; statistics per row group and page.
 
 pub mod parquet;
+mod s3;
 mod store;
 
 use std::collections::BTreeMap;
@@ -53,6 +54,7 @@ use super::{ProjectionState, StatusBoard};
 use crate::domain::RecordedEvent;
 use crate::log::{EventLog, LogError, Subscription};
 
+pub use s3::{S3Config, S3Store, MULTIPART_THRESHOLD};
 pub use store::{LocalStore, Store, StoreError};
 
 /// The projection's name on the status board and in `parkade replay`.

@@ -28,6 +28,7 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub enum Store {
     Local(LocalStore),
+    S3(super::s3::S3Store),
 }
 
 impl Store {
@@ -39,6 +40,7 @@ impl Store {
     pub fn describe(&self) -> String {
         match self {
             Store::Local(l) => l.root.display().to_string(),
+            Store::S3(s) => s.describe(),
         }
     }
 
@@ -51,12 +53,14 @@ impl Store {
                     .await
                     .expect("the store task does not panic")
             }
+            Store::S3(s) => s.put(key, body).await,
         }
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             Store::Local(l) => l.get(key),
+            Store::S3(s) => s.get(key).await,
         }
     }
 
@@ -70,6 +74,7 @@ impl Store {
                     .await
                     .expect("the store task does not panic")
             }
+            Store::S3(s) => s.list(prefix).await,
         }
     }
 
@@ -78,12 +83,14 @@ impl Store {
     pub(super) fn link_current(&self, gen: &str) -> Result<(), StoreError> {
         match self {
             Store::Local(l) => l.link_current(gen),
+            Store::S3(_) => Ok(()),
         }
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self {
             Store::Local(l) => l.delete(key),
+            Store::S3(s) => s.delete(key).await,
         }
     }
 }

@@ -1,0 +1,221 @@
+//! The archive on a real S3-compatible object store (Garage, started by
+//! scripts/test.sh): multipart uploads, a server killed while archiving, and pyarrow
+//! reading the lake from S3.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use parkade::projections::archive::{S3Config, S3Store};
+
+mod common;
+
+/// The bucket given by scripts/test.sh, or `None` (the test then says it is skipped).
+fn s3(prefix: &str) -> Option<S3Config> {
+    let Ok(endpoint) = std::env::var("PARKADE_TEST_S3_ENDPOINT") else {
+        eprintln!("SKIPPED: PARKADE_TEST_S3_ENDPOINT is not set; scripts/test.sh starts Garage and sets it");
+        return None;
+    };
+    Some(S3Config {
+        bucket: std::env::var("PARKADE_TEST_S3_BUCKET").unwrap_or_else(|_| "parkade-test".into()),
+        prefix: prefix.to_owned(),
+        region: std::env::var("PARKADE_TEST_S3_REGION").unwrap_or_else(|_| "garage".into()),
+        endpoint: Some(endpoint),
+        path_style: true,
+    })
+}
+
+fn config_file(dir: &Path, cfg: &S3Config, roll_events: usize) -> std::path::PathBuf {
+    let path = dir.join("parkade.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[archive]\nroll_events = {roll_events}\nroll_secs = 1\n[archive.s3]\nbucket = \"{}\"\nprefix = \"{}\"\nregion = \"{}\"\nendpoint = \"{}\"\npath_style = true\n",
+            cfg.bucket,
+            cfg.prefix,
+            cfg.region,
+            cfg.endpoint.as_deref().unwrap()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn parkade(args: &[&str], dir: &Path, config: &Path) -> Command {
+    let mut cmd = Command::new(common::binary());
+    cmd.args(args)
+        .env("PARKADE_DATA_DIR", dir)
+        .env("PARKADE_CONFIG", config)
+        .env_remove("PARKADE_DATABASE_URL")
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+fn birmingham() -> std::path::PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    [
+        here.join("../shared/data/birmingham/train.csv"),
+        here.join("../../shared/data/birmingham/train.csv"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .expect("../shared/data/birmingham/train.csv beside the checkout")
+}
+
+async fn current_generation(store: &S3Store) -> String {
+    let raw = store
+        .get("_current")
+        .await
+        .unwrap()
+        .expect("_current exists");
+    String::from_utf8(raw).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn large_objects_go_up_in_parts_and_come_back_whole() {
+    let Some(cfg) = s3(&format!("multipart-{}", uuid::Uuid::new_v4().simple())) else {
+        return;
+    };
+    let store = S3Store::connect(&cfg).await;
+    let body: Vec<u8> = (0..(20u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    assert!(body.len() > parkade::projections::archive::MULTIPART_THRESHOLD);
+    store.put("big/object.bin", body.clone()).await.unwrap();
+    assert_eq!(
+        store.get("big/object.bin").await.unwrap().as_deref(),
+        Some(&body[..])
+    );
+    assert_eq!(
+        store.list("big/").await.unwrap(),
+        vec!["big/object.bin".to_owned()]
+    );
+    store.delete("big/object.bin").await.unwrap();
+    assert_eq!(store.get("big/object.bin").await.unwrap(), None);
+}
+
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn killed_while_archiving_to_s3_then_restarted_every_event_is_there_once() {
+    let prefix = format!("lake-{}", uuid::Uuid::new_v4().simple());
+    let Some(cfg) = s3(&prefix) else { return };
+    let dir = common::data_dir();
+    // Import with the archive off, so the server has the whole backlog to upload.
+    let off = dir.path().join("off.toml");
+    std::fs::write(&off, "[archive]\nenabled = false\n").unwrap();
+    let out = parkade(
+        &["import", birmingham().to_str().unwrap()],
+        dir.path(),
+        &off,
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let config = config_file(dir.path(), &cfg, 1_000);
+    let store = S3Store::connect(&cfg).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let serve = || {
+        parkade(&["serve"], dir.path(), &config)
+            .env("PARKADE_BIND", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let child = serve();
+    // Kill it once a few flushes are done, somewhere in the middle of the backlog.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let gen = store.get("_current").await.unwrap();
+        if let Some(gen) = gen {
+            let gen = String::from_utf8(gen).unwrap();
+            let marks = store
+                .list(&format!("{}/_progress/", gen.trim()))
+                .await
+                .unwrap();
+            if marks.len() >= 3 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the archive made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kill(child);
+    let gen = current_generation(&store).await;
+    let marks = store.list(&format!("{gen}/_progress/")).await.unwrap();
+    assert!(
+        marks.len() < 32,
+        "killed before the end: {} flushes done",
+        marks.len()
+    );
+
+    // A flush cut short after its first file: an object without a progress marker.
+    let next_first = marks.len() as u64 * 1_000;
+    let orphan = format!(
+        "{gen}/events/date=2016-10-04/{next_first:020}-{:020}.parquet",
+        next_first + 999
+    );
+    let some_file = store
+        .list(&format!("{gen}/events/"))
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .put(&orphan, store.get(&some_file).await.unwrap().unwrap())
+        .await
+        .unwrap();
+
+    let child = serve();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let end = loop {
+        if let Ok(out) = Command::new("curl")
+            .args(["-s", &format!("{base}/v1/admin/projections")])
+            .output()
+        {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                let a = v["projections"]
+                    .as_array()
+                    .and_then(|p| p.iter().find(|p| p["name"] == "archive").cloned());
+                if let Some(a) = a {
+                    if a["checkpoint"] == v["log_end"] && a["state"] == "running" {
+                        break v["log_end"].as_u64().unwrap();
+                    }
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archive did not catch up after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    kill(child);
+    let lake = common::read_lake_at(&format!("s3://{}/{prefix}/{gen}/events", cfg.bucket));
+    let offsets: Vec<u64> = lake["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets.len() as u64, end);
+    assert_eq!(
+        offsets,
+        (0..end).collect::<Vec<_>>(),
+        "every event exactly once"
+    );
+    assert_eq!(lake["records"][0]["event_type"], "LotRegistered");
+}

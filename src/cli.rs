@@ -245,16 +245,20 @@ fn replay_local(c: &Config) -> anyhow::Result<ExitCode> {
         occupancy::rebuild(&pool, log, move |done, _| progress.set_position(done)).await
     })?;
     bar.finish_and_clear();
-    let rate = if stats.fold_seconds > 0.0 {
-        stats.events as f64 / stats.fold_seconds
-    } else {
-        0.0
-    };
+    let rate = per_second(stats.events, stats.fold_seconds);
     println!(
         "rebuilt occupancy from {} events ({} lots) in {:.3} s: fold {:.3} s ({:.0} events/s), table swapped in",
         stats.events, stats.lots, stats.total_seconds, stats.fold_seconds, rate
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn per_second(n: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        n as f64 / seconds
+    } else {
+        0.0
+    }
 }
 
 fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
@@ -281,11 +285,7 @@ fn replay_archive(c: &Config) -> anyhow::Result<ExitCode> {
             .await
     })?;
     bar.finish_and_clear();
-    let rate = if stats.seconds > 0.0 {
-        stats.events as f64 / stats.seconds
-    } else {
-        0.0
-    };
+    let rate = per_second(stats.events, stats.seconds);
     println!(
         "rebuilt the archive from {} events into {} ({} files) in {:.3} s ({:.0} events/s); it is now the current generation",
         stats.events, stats.generation, stats.files, stats.seconds, rate

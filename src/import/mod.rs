@@ -178,6 +178,28 @@ enum Origin {
     CapacityChange,
 }
 
+/// What a row comes to before it is sent.
+enum Row {
+    Send(LotId, Request),
+    /// Its event is in the log already.
+    AlreadyImported,
+}
+
+/// Why a row is refused before it reaches a lot.
+struct Reject {
+    reason: &'static str,
+    detail: String,
+}
+
+impl Reject {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Reject {
+        Reject {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
 struct Item {
     origin: Origin,
     lot: LotId,
@@ -298,12 +320,14 @@ pub async fn import_file<S: Sink>(
         }
         run.summary.rows += 1;
         let line = record.position().map_or(run.summary.rows + 1, |p| p.line());
-        match format {
-            Format::Events => run.event_row(&record, line, &columns, &rules, &mut occurrences)?,
-            Format::Birmingham => {
-                run.count_row(&record, line, &columns, opts.timezone)
-                    .await?
-            }
+        let row = match format {
+            Format::Events => run.event_row(&record, &columns, &rules, &mut occurrences),
+            Format::Birmingham => run.count_row(&record, &columns, opts.timezone).await?,
+        };
+        match row {
+            Ok(Row::Send(lot, request)) => run.push(line, lot, request, &record),
+            Ok(Row::AlreadyImported) => run.summary.already_imported += 1,
+            Err(r) => run.reject(line, r.reason, &r.detail, &Run::<S>::raw(&record))?,
         }
         if run.pending.len() >= CHUNK_ROWS {
             run.flush().await?;
@@ -445,90 +469,69 @@ impl<S: Sink> Run<'_, S> {
     }
 
     /// Check a derived or given event id against this run and the log.
-    fn fresh(&mut self, id: Uuid) -> Result<(), &'static str> {
+    fn fresh(&mut self, id: Uuid, repeat: &str) -> Result<Option<()>, Reject> {
         if !self.seen.insert(id.as_u128()) {
-            return Err("duplicate");
+            return Err(Reject::new("duplicate", repeat));
         }
         if self.sink.already_in_log(&id) {
-            return Err("already_imported");
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(()))
     }
 
+    /// An event row: `lot_id,event_type,timestamp[,event_id][,count]`.
     fn event_row(
         &mut self,
         record: &csv::StringRecord,
-        line: u64,
         cols: &Columns,
         rules: &EdgeRules,
         occurrences: &mut HashMap<(LotId, u8, i64), u32>,
-    ) -> Result<(), ImportError> {
+    ) -> Result<Row, Reject> {
         let field = |i: Option<usize>| i.and_then(|i| record.get(i)).map(str::trim);
-        let lot_raw = field(Some(cols.a)).unwrap_or("");
-        let kind = field(Some(cols.b)).unwrap_or("");
         let time = match field(cols.c) {
             None | Some("") => {
-                return self.reject(
-                    line,
+                return Err(Reject::new(
                     "unparsable",
                     "timestamp: a historical row needs a timestamp",
-                    &Self::raw(record),
-                )
+                ))
             }
             Some(t) => TimeInput::Text(t),
         };
         let count = match field(cols.e) {
             None | Some("") => None,
-            Some(c) => match c.parse::<i64>() {
-                Ok(c) => Some(c),
-                Err(_) => {
-                    return self.reject(
-                        line,
-                        "unparsable",
-                        &format!("count {c:?} is not an integer"),
-                        &Self::raw(record),
-                    )
-                }
-            },
+            Some(c) => Some(c.parse::<i64>().map_err(|_| {
+                Reject::new("unparsable", format!("count {c:?} is not an integer"))
+            })?),
         };
-        let lot = match self.lot(lot_raw) {
-            Ok(l) => l,
-            Err(e) => {
-                return self.reject(
-                    line,
-                    "unparsable",
-                    &format!("lot_id: {e}"),
-                    &Self::raw(record),
-                )
-            }
-        };
-        let mut s = match ingest::standardise(lot.as_str(), kind, count, time, field(cols.d), rules)
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let detail = match &e.field {
-                    Some(f) => format!("{f}: {}", e.message),
-                    None => e.message.clone(),
-                };
+        let lot = self
+            .lot(field(Some(cols.a)).unwrap_or(""))
+            .map_err(|e| Reject::new("unparsable", format!("lot_id: {e}")))?;
+        let kind = field(Some(cols.b)).unwrap_or("");
+        let mut s = ingest::standardise(lot.as_str(), kind, count, time, field(cols.d), rules)
+            .map_err(|e| {
                 let reason = if count.is_some_and(|c| c < 0) {
                     "negative"
                 } else {
                     "unparsable"
                 };
-                return self.reject(line, reason, &detail, &Self::raw(record));
-            }
-        };
+                match &e.field {
+                    Some(f) => Reject::new(reason, format!("{f}: {}", e.message)),
+                    None => Reject::new(reason, e.message),
+                }
+            })?;
         let id = match s.request.event_id {
             Some(id) => id,
             None => {
+                // Identical rows are distinct vehicles: number them within the file.
                 let (tag, extra) = match s.request.command {
                     Command::Arrive => (1u8, 0u32),
                     Command::Depart => (2, 0),
                     Command::Count { count } => (3, count),
                     _ => (0, 0),
                 };
-                let key = (lot.clone(), tag, s.request.occurred_at.micros());
-                let n = occurrences.entry(key).or_default();
+                let n = occurrences
+                    .entry((lot.clone(), tag, s.request.occurred_at.micros()))
+                    .or_default();
                 *n += 1;
                 let id = derived_id(&[
                     b"events",
@@ -542,131 +545,98 @@ impl<S: Sink> Run<'_, S> {
                 id
             }
         };
-        if let Err(reason) = self.fresh(id) {
-            if reason == "already_imported" {
-                self.summary.already_imported += 1;
-                return Ok(());
-            }
-            return self.reject(
-                line,
-                reason,
-                "the same event_id appears earlier in this file",
-                &Self::raw(record),
-            );
+        match self.fresh(id, "the same event_id appears earlier in this file")? {
+            None => Ok(Row::AlreadyImported),
+            Some(()) => Ok(Row::Send(lot, s.request)),
         }
-        self.push(line, lot, s.request, record);
-        Ok(())
     }
 
+    /// A count row in the Birmingham layout; registers the lot or changes its capacity
+    /// first when needed.
     async fn count_row(
         &mut self,
         record: &csv::StringRecord,
-        line: u64,
         cols: &Columns,
         tz: Tz,
-    ) -> Result<(), ImportError> {
+    ) -> Result<Result<Row, Reject>, ImportError> {
         let field = |i: usize| record.get(i).map(str::trim).unwrap_or("");
         let code = field(cols.a);
-        let lot = match self.lot(code) {
-            Ok(l) => l,
-            Err(e) => {
-                return self.reject(
-                    line,
-                    "unparsable",
-                    &format!("SystemCodeNumber: {e}"),
-                    &Self::raw(record),
-                )
-            }
-        };
-        let capacity = match field(cols.b)
-            .parse::<i64>()
-            .ok()
-            .and_then(|c| Capacity::new(c).ok())
-        {
-            Some(c) => c,
-            None => {
-                let detail = format!(
-                    "Capacity {:?} is not a whole number between 1 and {}",
-                    field(cols.b),
-                    crate::domain::MAX_CAPACITY
-                );
-                return self.reject(line, "unparsable", &detail, &Self::raw(record));
-            }
-        };
-        let occupancy_raw = field(cols.c.expect("birmingham has occupancy"));
-        let occupancy = match occupancy_raw.parse::<i64>() {
-            Ok(o) => o,
-            Err(_) => {
-                return self.reject(
-                    line,
-                    "unparsable",
-                    &format!("Occupancy {occupancy_raw:?} is not a whole number"),
-                    &Self::raw(record),
-                )
-            }
-        };
-        let when_raw = field(cols.d.expect("birmingham has a time"));
-        let naive = match NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M:%S")
-            .or_else(|_| NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M"))
-        {
-            Ok(n) => n,
-            Err(e) => {
-                return self.reject(
-                    line,
-                    "unparsable",
-                    &format!("LastUpdated {when_raw:?}: {e} (expected YYYY-MM-DD HH:MM:SS)"),
-                    &Self::raw(record),
-                )
-            }
-        };
-        let occurred_at = match tz.from_local_datetime(&naive) {
-            chrono::LocalResult::Single(t) => Timestamp::from_datetime(t.to_utc()),
-            chrono::LocalResult::Ambiguous(early, _) => {
-                *self
-                    .summary
-                    .notes
-                    .entry(
-                        "an ambiguous local time (clocks went back; the earlier instant was used)"
-                            .into(),
+        let parsed = (|| -> Result<(LotId, Capacity, i64, Timestamp, &str), Reject> {
+            let lot = self
+                .lot(code)
+                .map_err(|e| Reject::new("unparsable", format!("SystemCodeNumber: {e}")))?;
+            let capacity = field(cols.b)
+                .parse::<i64>()
+                .ok()
+                .and_then(|c| Capacity::new(c).ok())
+                .ok_or_else(|| {
+                    Reject::new(
+                        "unparsable",
+                        format!(
+                            "Capacity {:?} is not a whole number between 1 and {}",
+                            field(cols.b),
+                            crate::domain::MAX_CAPACITY
+                        ),
                     )
-                    .or_default() += 1;
-                Timestamp::from_datetime(early.to_utc())
-            }
-            chrono::LocalResult::None => {
-                return self.reject(
-                    line,
-                    "nonexistent_local_time",
-                    &format!("{when_raw} does not exist in {tz} (clocks went forward)"),
-                    &Self::raw(record),
+                })?;
+            let occupancy_raw = field(cols.c.expect("birmingham has occupancy"));
+            let occupancy = occupancy_raw.parse::<i64>().map_err(|_| {
+                Reject::new(
+                    "unparsable",
+                    format!("Occupancy {occupancy_raw:?} is not a whole number"),
                 )
-            }
+            })?;
+            let when_raw = field(cols.d.expect("birmingham has a time"));
+            let naive = NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M:%S")
+                .or_else(|_| NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M"))
+                .map_err(|e| {
+                    Reject::new(
+                        "unparsable",
+                        format!("LastUpdated {when_raw:?}: {e} (expected YYYY-MM-DD HH:MM:SS)"),
+                    )
+                })?;
+            let at = match tz.from_local_datetime(&naive) {
+                chrono::LocalResult::Single(t) => Timestamp::from_datetime(t.to_utc()),
+                chrono::LocalResult::Ambiguous(early, _) => {
+                    *self
+                        .summary
+                        .notes
+                        .entry("an ambiguous local time (clocks went back; the earlier instant was used)".into())
+                        .or_default() += 1;
+                    Timestamp::from_datetime(early.to_utc())
+                }
+                chrono::LocalResult::None => {
+                    return Err(Reject::new(
+                        "nonexistent_local_time",
+                        format!("{when_raw} does not exist in {tz} (clocks went forward)"),
+                    ))
+                }
+            };
+            Ok((lot, capacity, occupancy, at, when_raw))
+        })();
+        let (lot, capacity, occupancy, occurred_at, when_raw) = match parsed {
+            Ok(p) => p,
+            Err(r) => return Ok(Err(r)),
         };
         let id = derived_id(&[
             b"birmingham",
             lot.as_str().as_bytes(),
             &occurred_at.micros().to_le_bytes(),
         ]);
-        if let Err(reason) = self.fresh(id) {
-            if reason == "already_imported" {
-                self.summary.already_imported += 1;
-                return Ok(());
-            }
-            return self.reject(
-                line,
-                "duplicate",
-                &format!("{code} at {when_raw} was already read from this file"),
-                &Self::raw(record),
-            );
+        match self.fresh(
+            id,
+            &format!("{code} at {when_raw} was already read from this file"),
+        ) {
+            Err(r) => return Ok(Err(r)),
+            Ok(None) => return Ok(Ok(Row::AlreadyImported)),
+            Ok(Some(())) => {}
         }
         if occupancy < 0 {
-            return self.reject(
-                line,
+            return Ok(Err(Reject::new(
                 "negative",
-                &format!("Occupancy {occupancy} is below zero"),
-                &Self::raw(record),
-            );
+                format!("Occupancy {occupancy} is below zero"),
+            )));
         }
-        // Register the lot, or change its capacity, before its first count that needs it.
         let known = match self.capacity.get(&lot) {
             Some(c) => *c,
             None => {
@@ -675,43 +645,38 @@ impl<S: Sink> Run<'_, S> {
                 c
             }
         };
-        match known {
-            None => {
-                self.pending.push(Item {
-                    origin: Origin::Register,
-                    lot: lot.clone(),
-                    request: Request {
-                        command: Command::Register {
-                            name: code.to_owned(),
-                            capacity,
-                        },
-                        event_id: Some(derived_id(&[
-                            b"birmingham-register",
-                            lot.as_str().as_bytes(),
-                        ])),
-                        occurred_at,
-                    },
-                });
-                self.capacity.insert(lot.clone(), Some(capacity.get()));
-            }
-            Some(c) if c != capacity.get() => {
-                self.pending.push(Item {
-                    origin: Origin::CapacityChange,
-                    lot: lot.clone(),
-                    request: Request {
-                        command: Command::ChangeCapacity { capacity },
-                        event_id: Some(derived_id(&[
-                            b"birmingham-capacity",
-                            lot.as_str().as_bytes(),
-                            &capacity.get().to_le_bytes(),
-                            &occurred_at.micros().to_le_bytes(),
-                        ])),
-                        occurred_at,
-                    },
-                });
-                self.capacity.insert(lot.clone(), Some(capacity.get()));
-            }
-            Some(_) => {}
+        let setup = match known {
+            None => Some((
+                Origin::Register,
+                Command::Register {
+                    name: code.to_owned(),
+                    capacity,
+                },
+                derived_id(&[b"birmingham-register", lot.as_str().as_bytes()]),
+            )),
+            Some(c) if c != capacity.get() => Some((
+                Origin::CapacityChange,
+                Command::ChangeCapacity { capacity },
+                derived_id(&[
+                    b"birmingham-capacity",
+                    lot.as_str().as_bytes(),
+                    &capacity.get().to_le_bytes(),
+                    &occurred_at.micros().to_le_bytes(),
+                ]),
+            )),
+            Some(_) => None,
+        };
+        if let Some((origin, command, event_id)) = setup {
+            self.pending.push(Item {
+                origin,
+                lot: lot.clone(),
+                request: Request {
+                    command,
+                    event_id: Some(event_id),
+                    occurred_at,
+                },
+            });
+            self.capacity.insert(lot.clone(), Some(capacity.get()));
         }
         let request = Request {
             command: Command::Count {
@@ -720,8 +685,7 @@ impl<S: Sink> Run<'_, S> {
             event_id: Some(id),
             occurred_at,
         };
-        self.push(line, lot, request, record);
-        Ok(())
+        Ok(Ok(Row::Send(lot, request)))
     }
 
     /// Send the pending items, one batch per lot in file order, and count the outcomes.

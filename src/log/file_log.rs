@@ -7,7 +7,6 @@
 //! Everything appended while a sync is running goes out in the next one, so a single
 //! sync covers every writer that was waiting for it.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -757,7 +756,7 @@ impl EventLog for FileLog {
             seg: None,
             pos: 0,
             buf: Vec::new(),
-            lots: HashMap::new(),
+            lots: rustc_hash::FxHashMap::default(),
         })
     }
 
@@ -778,7 +777,7 @@ struct FileCursor {
     /// File position of the record with offset `next` in `seg` (or of an earlier one).
     pos: u64,
     buf: Vec<u8>,
-    lots: HashMap<Box<str>, LotId>,
+    lots: rustc_hash::FxHashMap<Box<str>, LotId>,
 }
 
 impl FileCursor {

@@ -94,6 +94,12 @@ pub enum ArchiveError {
     Inconsistent(String),
 }
 
+/// A range encoded as Parquet: one `(date, file)` per event date.
+struct Encoded {
+    range: String,
+    files: Vec<(String, Vec<u8>)>,
+}
+
 /// Figures of an archive rebuild.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RebuildStats {
@@ -188,31 +194,49 @@ impl Archive {
         gen: &str,
         events: Arc<Vec<RecordedEvent>>,
     ) -> Result<usize, ArchiveError> {
-        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        let encoded = self.encode(events).await?;
+        self.write(gen, encoded).await
+    }
+
+    /// Encode a contiguous offset range as one Parquet file per date, on a blocking
+    /// thread. `None` for an empty range.
+    async fn encode(
+        &self,
+        events: Arc<Vec<RecordedEvent>>,
+    ) -> Result<Option<Encoded>, ArchiveError> {
+        let row_group = self.opts.row_group_rows;
+        tokio::task::spawn_blocking(move || -> Result<Option<Encoded>, ArchiveError> {
+            let (Some(first), Some(last)) = (events.first(), events.last()) else {
+                return Ok(None);
+            };
+            let range = range_name(first.offset, last.offset);
+            // Group by UTC day number; format a date once per group, not per event.
+            let mut by_day: BTreeMap<i64, Vec<&RecordedEvent>> = BTreeMap::new();
+            for e in events.iter() {
+                let day = e.event.occurred_at.micros().div_euclid(86_400_000_000);
+                by_day.entry(day).or_default().push(e);
+            }
+            let mut files = Vec::with_capacity(by_day.len());
+            for (_, mut rows) in by_day {
+                let date = rows[0]
+                    .event
+                    .occurred_at
+                    .to_datetime()
+                    .format("%Y-%m-%d")
+                    .to_string();
+                files.push((date, parquet::encode(&mut rows, row_group)?));
+            }
+            Ok(Some(Encoded { range, files }))
+        })
+        .await
+        .expect("the encoder does not panic")
+    }
+
+    /// Store an encoded range's files, then its progress marker.
+    async fn write(&self, gen: &str, encoded: Option<Encoded>) -> Result<usize, ArchiveError> {
+        let Some(Encoded { range, files }) = encoded else {
             return Ok(0);
         };
-        let range = range_name(first.offset, last.offset);
-        let row_group = self.opts.row_group_rows;
-        let files =
-            tokio::task::spawn_blocking(move || -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
-                let mut by_date: BTreeMap<String, Vec<&RecordedEvent>> = BTreeMap::new();
-                for e in events.iter() {
-                    let date = e
-                        .event
-                        .occurred_at
-                        .to_datetime()
-                        .format("%Y-%m-%d")
-                        .to_string();
-                    by_date.entry(date).or_default().push(e);
-                }
-                let mut out = Vec::with_capacity(by_date.len());
-                for (date, mut rows) in by_date {
-                    out.push((date, parquet::encode(&mut rows, row_group)?));
-                }
-                Ok(out)
-            })
-            .await
-            .expect("the encoder does not panic")?;
         let mut keys = Vec::with_capacity(files.len());
         for (date, bytes) in files {
             let key = format!("{gen}/events/date={date}/{range}.parquet");
@@ -288,14 +312,34 @@ impl Archive {
                 let _ = tx.blocking_send(Ok(buf));
             }
         });
+        // Encode two ranges at a time (one per core) but store them, and their
+        // progress markers, strictly in offset order.
         let mut files = 0;
         let mut done = 0u64;
+        let mut in_flight = std::collections::VecDeque::new();
         while let Some(batch) = rx.recv().await {
             let batch = batch?;
             done += batch.len() as u64;
-            files += self.flush(&gen, Arc::new(batch)).await?;
-            progress(done, end);
+            let me = self.clone();
+            in_flight.push_back(tokio::spawn(
+                async move { me.encode(Arc::new(batch)).await },
+            ));
+            if in_flight.len() >= 2 {
+                let encoded = in_flight
+                    .pop_front()
+                    .expect("two in flight")
+                    .await
+                    .expect("the encoder does not panic")?;
+                files += self.write(&gen, encoded).await?;
+                progress(done, end);
+            }
         }
+        while let Some(task) = in_flight.pop_front() {
+            files += self
+                .write(&gen, task.await.expect("the encoder does not panic")?)
+                .await?;
+        }
+        progress(done, end);
         reader.await.expect("the reader does not panic");
         if done != end {
             return Err(ArchiveError::Inconsistent(format!(

@@ -41,7 +41,7 @@ pub fn encode(
     events: &mut [&RecordedEvent],
     row_group_rows: usize,
 ) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    events.sort_by(|a, b| {
+    events.sort_unstable_by(|a, b| {
         (a.event.lot_id.as_str(), a.event.occurred_at, a.offset).cmp(&(
             b.event.lot_id.as_str(),
             b.event.occurred_at,
@@ -101,6 +101,12 @@ pub fn encode(
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Dictionaries pay off for repeated values (lot ids, event types, names), not
+        // for unique ids, offsets and times: skip the attempt there.
+        .set_dictionary_enabled(false)
+        .set_column_dictionary_enabled("lot_id".into(), true)
+        .set_column_dictionary_enabled("event_type".into(), true)
+        .set_column_dictionary_enabled("name".into(), true)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .set_created_by(format!("parkade {}", env!("CARGO_PKG_VERSION")))
         .build();

@@ -254,3 +254,39 @@ async fn an_import_through_a_running_server_counts_the_same() {
     );
     app.stop().await;
 }
+
+#[test]
+fn a_row_refused_by_the_first_import_is_refused_again_not_judged_against_todays_state() {
+    let dir = common::data_dir();
+    let lots = dir.path().join("lots.csv");
+    std::fs::write(
+        &lots,
+        "SystemCodeNumber,Capacity,Occupancy,LastUpdated\nwest,5,0,2016-10-04 07:00:00\n",
+    )
+    .unwrap();
+    let events = dir.path().join("events.csv");
+    // The departure comes first, while the lot is empty; the arrival after it is fine.
+    std::fs::write(
+        &events,
+        "lot_id,event_type,timestamp\nwest,DEPARTURE,2016-10-04T08:00:00Z\nwest,ARRIVAL,2016-10-04T08:01:00Z\n",
+    )
+    .unwrap();
+    let (code, out) = parkade(
+        &["import", lots.to_str().unwrap(), events.to_str().unwrap()],
+        dir.path(),
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("1 accepted, 0 already imported, 1 rejected (lot_empty 1)"),
+        "{out}"
+    );
+    // Today the lot holds one vehicle, so the departure alone would now be allowed:
+    // the re-import must still refuse it and append nothing.
+    let (code, out) = parkade(&["import", events.to_str().unwrap()], dir.path(), None);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("0 accepted, 1 already imported, 1 rejected (previously_rejected 1)"),
+        "{out}"
+    );
+}

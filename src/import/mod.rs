@@ -182,7 +182,7 @@ enum Origin {
 enum Row {
     Send(LotId, Request),
     /// Its event is in the log already.
-    AlreadyImported,
+    AlreadyImported(LotId),
 }
 
 /// Why a row is refused before it reaches a lot.
@@ -220,6 +220,8 @@ struct Run<'a, S: Sink> {
     /// Capacity of each lot as this run knows it (for count files).
     capacity: HashMap<LotId, Option<u32>>,
     lot_cache: HashMap<String, LotId>,
+    /// Per lot, the last line of this file an earlier import appended (event files).
+    prior: HashMap<LotId, u64>,
 }
 
 /// Import one file into `sink`. `progress(bytes_read)` is called as the file is read.
@@ -230,18 +232,7 @@ pub async fn import_file<S: Sink>(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Summary, ImportError> {
     let started = std::time::Instant::now();
-    let file = std::fs::File::open(path).map_err(|source| ImportError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let counted = CountingReader {
-        inner: std::io::BufReader::with_capacity(1 << 20, file),
-        read: 0,
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .from_reader(counted);
+    let mut reader = open_csv(path)?;
     let headers = reader
         .headers()
         .map_err(|source| ImportError::Csv {
@@ -300,6 +291,7 @@ pub async fn import_file<S: Sink>(
         seen: FxHashSet::default(),
         capacity: HashMap::new(),
         lot_cache: HashMap::new(),
+        prior: HashMap::new(),
     };
     let mut occurrences: HashMap<(LotId, u8, i64), u32> = HashMap::new();
     let mut record = csv::StringRecord::new();
@@ -308,6 +300,29 @@ pub async fn import_file<S: Sink>(
         max_future_micros: 86_400_000_000,
         max_events: usize::MAX,
     };
+    if format == Format::Events && run.sink.sees_log() {
+        // A first pass finds, per lot, the last row an earlier import appended. A row
+        // before it that is not in the log was refused then (say, a departure from an
+        // empty lot); it must be refused again, not judged against today's state.
+        let mut pre = open_csv(path)?;
+        let mut pre_occurrences = HashMap::new();
+        while pre
+            .read_record(&mut record)
+            .map_err(|source| ImportError::Csv {
+                path: path.to_path_buf(),
+                source,
+            })?
+        {
+            let line = record.position().map_or(0, |p| p.line());
+            if let Ok(Row::AlreadyImported(lot)) =
+                run.event_row(&record, &columns, &rules, &mut pre_occurrences, line)
+            {
+                let last = run.prior.entry(lot).or_default();
+                *last = (*last).max(line);
+            }
+        }
+        run.seen.clear();
+    }
     loop {
         let more = reader
             .read_record(&mut record)
@@ -321,12 +336,12 @@ pub async fn import_file<S: Sink>(
         run.summary.rows += 1;
         let line = record.position().map_or(run.summary.rows + 1, |p| p.line());
         let row = match format {
-            Format::Events => run.event_row(&record, &columns, &rules, &mut occurrences),
+            Format::Events => run.event_row(&record, &columns, &rules, &mut occurrences, line),
             Format::Birmingham => run.count_row(&record, &columns, opts.timezone).await?,
         };
         match row {
             Ok(Row::Send(lot, request)) => run.push(line, lot, request, &record),
-            Ok(Row::AlreadyImported) => run.summary.already_imported += 1,
+            Ok(Row::AlreadyImported(_)) => run.summary.already_imported += 1,
             Err(r) => run.reject(line, r.reason, &r.detail, &Run::<S>::raw(&record))?,
         }
         if run.pending.len() >= CHUNK_ROWS {
@@ -344,6 +359,23 @@ pub async fn import_file<S: Sink>(
     }
     run.summary.seconds = started.elapsed().as_secs_f64();
     Ok(run.summary)
+}
+
+type CsvReader = csv::Reader<CountingReader<std::io::BufReader<std::fs::File>>>;
+
+fn open_csv(path: &Path) -> Result<CsvReader, ImportError> {
+    let file = std::fs::File::open(path).map_err(|source| ImportError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let counted = CountingReader {
+        inner: std::io::BufReader::with_capacity(1 << 20, file),
+        read: 0,
+    };
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(counted))
 }
 
 struct CountingReader<R> {
@@ -486,6 +518,7 @@ impl<S: Sink> Run<'_, S> {
         cols: &Columns,
         rules: &EdgeRules,
         occurrences: &mut HashMap<(LotId, u8, i64), u32>,
+        line: u64,
     ) -> Result<Row, Reject> {
         let field = |i: Option<usize>| i.and_then(|i| record.get(i)).map(str::trim);
         let time = match field(cols.c) {
@@ -546,7 +579,11 @@ impl<S: Sink> Run<'_, S> {
             }
         };
         match self.fresh(id, "the same event_id appears earlier in this file")? {
-            None => Ok(Row::AlreadyImported),
+            None => Ok(Row::AlreadyImported(lot)),
+            Some(()) if self.prior.get(&lot).is_some_and(|last| line < *last) => Err(Reject::new(
+                "previously_rejected",
+                "an earlier import of this file refused this row (later rows of the lot are in the log)",
+            )),
             Some(()) => Ok(Row::Send(lot, s.request)),
         }
     }
@@ -628,7 +665,7 @@ impl<S: Sink> Run<'_, S> {
             &format!("{code} at {when_raw} was already read from this file"),
         ) {
             Err(r) => return Ok(Err(r)),
-            Ok(None) => return Ok(Ok(Row::AlreadyImported)),
+            Ok(None) => return Ok(Ok(Row::AlreadyImported(lot))),
             Ok(Some(())) => {}
         }
         if occupancy < 0 {

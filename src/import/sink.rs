@@ -38,6 +38,9 @@ pub trait Sink {
     async fn capacity(&mut self, lot: &LotId) -> Result<Option<u32>, String>;
     /// True when an event with this id is in the log already.
     fn already_in_log(&self, id: &Uuid) -> bool;
+    /// True when [`Sink::already_in_log`] knows the whole log (not only the server's
+    /// idempotency window) and it holds client event ids.
+    fn sees_log(&self) -> bool;
     /// Run one ordered batch per lot (lots concurrently); one result per batch, in order,
     /// each holding one outcome per request.
     async fn execute_all(
@@ -129,6 +132,11 @@ impl Sink for LocalSink {
 
     fn already_in_log(&self, id: &Uuid) -> bool {
         self.in_log.contains(&id.as_u128())
+    }
+
+    fn sees_log(&self) -> bool {
+        // Nothing imported before: no earlier rows to look for.
+        !self.in_log.is_empty()
     }
 
     async fn execute_all(
@@ -320,6 +328,10 @@ impl Sink for HttpSink {
     }
 
     fn already_in_log(&self, _id: &Uuid) -> bool {
+        false
+    }
+
+    fn sees_log(&self) -> bool {
         false
     }
 

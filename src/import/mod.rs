@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{NaiveDateTime, TimeZone};
 use chrono_tz::Tz;
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
 
 use crate::actors::Request;
@@ -219,7 +219,7 @@ struct Run<'a, S: Sink> {
     seen: FxHashSet<u128>,
     /// Capacity of each lot as this run knows it (for count files).
     capacity: HashMap<LotId, Option<u32>>,
-    lot_cache: HashMap<String, LotId>,
+    lot_cache: FxHashMap<String, LotId>,
     /// Per lot, the last line of this file an earlier import appended (event files).
     prior: HashMap<LotId, u64>,
 }
@@ -290,10 +290,10 @@ pub async fn import_file<S: Sink>(
         raw: HashMap::new(),
         seen: FxHashSet::default(),
         capacity: HashMap::new(),
-        lot_cache: HashMap::new(),
+        lot_cache: FxHashMap::default(),
         prior: HashMap::new(),
     };
-    let mut occurrences: HashMap<(LotId, u8, i64), u32> = HashMap::new();
+    let mut occurrences: FxHashMap<(LotId, u8, i64), u32> = FxHashMap::default();
     let mut record = csv::StringRecord::new();
     let rules = EdgeRules {
         now: Timestamp::now(),
@@ -304,8 +304,12 @@ pub async fn import_file<S: Sink>(
         // A first pass finds, per lot, the last row an earlier import appended. A row
         // before it that is not in the log was refused then (say, a departure from an
         // empty lot); it must be refused again, not judged against today's state.
+        // A file none of whose first SAMPLE_ROWS rows is in the log is taken as new:
+        // the pass stops there, so a first import does not parse the file twice.
+        const SAMPLE_ROWS: u64 = 10_000;
         let mut pre = open_csv(path)?;
-        let mut pre_occurrences = HashMap::new();
+        let mut pre_occurrences = FxHashMap::default();
+        let mut read = 0u64;
         while pre
             .read_record(&mut record)
             .map_err(|source| ImportError::Csv {
@@ -313,6 +317,10 @@ pub async fn import_file<S: Sink>(
                 source,
             })?
         {
+            read += 1;
+            if read > SAMPLE_ROWS && run.prior.is_empty() {
+                break;
+            }
             let line = record.position().map_or(0, |p| p.line());
             if let Ok(Row::AlreadyImported(lot)) =
                 run.event_row(&record, &columns, &rules, &mut pre_occurrences, line)
@@ -517,7 +525,7 @@ impl<S: Sink> Run<'_, S> {
         record: &csv::StringRecord,
         cols: &Columns,
         rules: &EdgeRules,
-        occurrences: &mut HashMap<(LotId, u8, i64), u32>,
+        occurrences: &mut FxHashMap<(LotId, u8, i64), u32>,
         line: u64,
     ) -> Result<Row, Reject> {
         let field = |i: Option<usize>| i.and_then(|i| record.get(i)).map(str::trim);

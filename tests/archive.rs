@@ -65,10 +65,7 @@ async fn the_lake_holds_every_event_once_and_pyarrow_reads_what_the_log_says() {
     let lake = read_lake(&current_events(dir.path()));
     assert_eq!(lake["rows"].as_u64(), Some(end));
     let records = lake["records"].as_array().unwrap();
-    let got: Vec<u64> = records
-        .iter()
-        .map(|r| r["offset"].as_u64().unwrap())
-        .collect();
+    let got = common::lake_offsets(&lake);
     assert_eq!(
         got,
         (0..end).collect::<Vec<_>>(),
@@ -160,12 +157,7 @@ async fn a_flush_cut_short_is_written_again_without_duplicates() {
     app.wait_caught_up("archive").await;
     app.stop().await;
     let lake = read_lake(&events);
-    let got: Vec<u64> = lake["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["offset"].as_u64().unwrap())
-        .collect();
+    let got = common::lake_offsets(&lake);
     assert_eq!(
         got,
         (0..end).collect::<Vec<_>>(),

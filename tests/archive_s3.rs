@@ -205,12 +205,7 @@ async fn killed_while_archiving_to_s3_then_restarted_every_event_is_there_once()
     };
     kill(child);
     let lake = common::read_lake_at(&format!("s3://{}/{prefix}/{gen}/events", cfg.bucket));
-    let offsets: Vec<u64> = lake["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["offset"].as_u64().unwrap())
-        .collect();
+    let offsets = common::lake_offsets(&lake);
     assert_eq!(offsets.len() as u64, end);
     assert_eq!(
         offsets,

@@ -288,3 +288,13 @@ pub fn read_lake_at(path: &str) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("JSON from read_lake.py")
 }
+
+/// The `offset` of every record of a lake read by [`read_lake`], in order.
+pub fn lake_offsets(lake: &serde_json::Value) -> Vec<u64> {
+    lake["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| r["offset"].as_u64().expect("an offset"))
+        .collect()
+}

@@ -193,34 +193,34 @@ fn spawn_projection(
 ) -> anyhow::Result<JoinHandle<()>> {
     let batch_events = config.projections.batch_events.max(1);
     let max_backoff = Duration::from_secs(config.projections.max_backoff_secs.max(1));
-    let handle = std::thread::Builder::new()
-        .name("parkade-projection".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime for the projection");
-            rt.block_on(async move {
-                let mut backoff = Duration::from_millis(200);
-                let pool = loop {
-                    match db::connect(&url).await {
-                        Ok(pool) => break pool,
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot reach PostgreSQL or migrate it; retrying");
-                            board.report_failure(crate::projections::occupancy::NAME, &e);
-                            let mut rx = shutdown.clone();
-                            tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {},
-                                _ = rx.changed() => return,
-                            }
-                            backoff = (backoff * 2).min(max_backoff);
-                        }
+    on_own_thread("parkade-projection", async move {
+        let mut backoff = Duration::from_millis(200);
+        let pool = loop {
+            match db::connect(&url).await {
+                Ok(pool) => break pool,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reach PostgreSQL or migrate it; retrying");
+                    board.report_failure(crate::projections::occupancy::NAME, &e);
+                    let mut rx = shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {},
+                        _ = rx.changed() => return,
                     }
-                };
-                Runner { pool, log, board, batch_events, max_backoff, fault }.run(shutdown).await;
-            });
-        })?;
-    Ok(handle)
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        };
+        Runner {
+            pool,
+            log,
+            board,
+            batch_events,
+            max_backoff,
+            fault,
+        }
+        .run(shutdown)
+        .await;
+    })
 }
 
 /// Run the archive projection on its own thread and runtime.
@@ -232,22 +232,31 @@ fn spawn_archive(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let max_backoff = Duration::from_secs(config.projections.max_backoff_secs.max(1));
-    let handle = std::thread::Builder::new()
-        .name("parkade-archive".into())
+    on_own_thread(
+        "parkade-archive",
+        crate::projections::archive::ArchiveRunner {
+            archive,
+            log,
+            board,
+            max_backoff,
+        }
+        .run(shutdown),
+    )
+}
+
+/// Run a background task on a thread with its own single-threaded runtime, so its
+/// log reads and remote round trips never share a thread with request handling.
+fn on_own_thread(
+    name: &str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<()>> {
+    Ok(std::thread::Builder::new()
+        .name(name.into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("a tokio runtime for the archive");
-            rt.block_on(
-                crate::projections::archive::ArchiveRunner {
-                    archive,
-                    log,
-                    board,
-                    max_backoff,
-                }
-                .run(shutdown),
-            );
-        })?;
-    Ok(handle)
+                .expect("a tokio runtime for a background task")
+                .block_on(task)
+        })?)
 }

@@ -290,3 +290,84 @@ fn a_row_refused_by_the_first_import_is_refused_again_not_judged_against_todays_
         "{out}"
     );
 }
+
+#[actix_web::test]
+async fn a_reimport_through_a_server_appends_nothing_beyond_its_idempotency_window() {
+    let dir = common::data_dir();
+    let mut cfg = test_config(dir.path(), None);
+    // The server remembers only the last two client ids per lot.
+    cfg.lots.dedupe_window = 2;
+    let app = TestApp::spawn(cfg, Hooks::default()).await;
+    let (status, _) = app
+        .post(
+            "/v1/lots",
+            json!({"lot_id": "west", "name": "West", "capacity": 10}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let events = dir.path().join("events.csv");
+    let mut text = "lot_id,event_type,timestamp\nwest,DEPARTURE,2016-10-04T08:00:00Z\n".to_owned();
+    for minute in 1..=5 {
+        text.push_str(&format!("west,ARRIVAL,2016-10-04T08:0{minute}:00Z\n"));
+    }
+    std::fs::write(&events, text).unwrap();
+    let import = |path: PathBuf, url: String| {
+        tokio::task::spawn_blocking(move || {
+            parkade(
+                &["import", path.to_str().unwrap(), "--url", &url],
+                Path::new("/nonexistent"),
+                None,
+            )
+        })
+    };
+    let (code, out) = import(events.clone(), app.base.clone()).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("5 accepted, 0 already imported, 1 rejected (lot_empty 1)"),
+        "{out}"
+    );
+    let end = app.log_end().await;
+    // The lot now holds five vehicles, so the departure alone would be allowed, and the
+    // first arrivals have left the server's window: the server's whole log is asked.
+    let (code, out) = import(events, app.base.clone()).await.unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("0 accepted, 5 already imported, 1 rejected (previously_rejected 1)"),
+        "{out}"
+    );
+    assert_eq!(app.log_end().await, end, "the re-import appended nothing");
+    let (_, lot) = app.get("/v1/lots/west").await;
+    assert_eq!(lot["occupancy"], 5);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn known_events_names_the_bad_id_and_finds_only_client_ids() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    let id = "2d1f7a52-8c1e-4a57-9a0e-3f1b6c7d8e90";
+    app.post(
+        "/v1/lots",
+        json!({"lot_id": "east", "name": "East", "capacity": 3}),
+    )
+    .await;
+    let (status, _) = app
+        .post(
+            "/v1/events",
+            json!({"lot_id": "east", "event_type": "ARRIVAL", "event_id": id}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let other = "7b0c2e11-5d3a-4f6e-8b9c-1a2b3c4d5e6f";
+    let (status, reply) = app
+        .post("/v1/admin/known-events", json!({"event_ids": [id, other]}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["known"], json!([id]));
+    let (status, reply) = app
+        .post("/v1/admin/known-events", json!({"event_ids": [id, "nope"]}))
+        .await;
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["field"], "event_ids[1]", "{reply}");
+    app.stop().await;
+}

@@ -102,3 +102,69 @@ pub(super) async fn replay(
     tracing::info!(projection = name, "replay finished");
     Ok(HttpResponse::Ok().json(json!({"projection": name, "stats": stats})))
 }
+
+/// Most ids one `known-events` request may ask about (about 40 MB of JSON).
+pub const KNOWN_EVENTS_MAX: usize = 1_000_000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KnownEventsBody {
+    event_ids: Vec<String>,
+}
+
+/// `POST /v1/admin/known-events` with `{"event_ids": [...]}`: which of these client event
+/// ids the whole log holds, however old (the idempotency window only covers recent
+/// ones). One read of the log per request; `parkade import --url` asks once per
+/// re-imported file chunk.
+pub(super) async fn known_events(
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+    st: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    super::body_kind(&req, false)?;
+    let body = super::read_body(&req, payload, KNOWN_EVENTS_MAX * 40 + 1024).await?;
+    let parsed: KnownEventsBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(
+            None,
+            format!("expected {{\"event_ids\": [\"<uuid>\", ...]}}: {e}"),
+        )
+    })?;
+    if parsed.event_ids.len() > KNOWN_EVENTS_MAX {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{} event ids in one request; the limit is {KNOWN_EVENTS_MAX}",
+            parsed.event_ids.len()
+        )));
+    }
+    let mut wanted = rustc_hash::FxHashSet::default();
+    for (i, s) in parsed.event_ids.iter().enumerate() {
+        let id = uuid::Uuid::parse_str(s).map_err(|e| {
+            ApiError::bad(
+                Some(format!("event_ids[{i}]")),
+                format!("{s:?} is not a UUID: {e}"),
+            )
+        })?;
+        wanted.insert(id.as_u128());
+    }
+    let log = st.log.clone();
+    let (found, end) = web::block(move || -> Result<_, crate::log::LogError> {
+        let end = log.durable_end();
+        let mut found = Vec::new();
+        let mut cursor = log.cursor(0);
+        while !wanted.is_empty() {
+            let batch = cursor.next_batch(65_536)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in batch.iter().filter(|e| e.event.client_event_id) {
+                if wanted.remove(&e.event.event_id.as_u128()) {
+                    found.push(e.event.event_id.to_string());
+                }
+            }
+        }
+        Ok((found, end))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(HttpResponse::Ok().json(json!({"known": found, "log_end": end})))
+}

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /v1/events` | [`events`]: one JSON event, a JSON array, or NDJSON |
 //! | `POST /v1/lots`, `GET /v1/lots`, `GET /v1/lots/{id}`, `PATCH /v1/lots/{id}`, `POST /v1/lots/{id}/count` | [`lots`] |
-//! | `POST /v1/admin/replay`, `GET /v1/admin/projections` | [`admin`] |
+//! | `POST /v1/admin/replay`, `GET /v1/admin/projections`, `POST /v1/admin/known-events` | [`admin`] |
 //! | `GET /healthz`, `GET /readyz` | [`admin`] |
 //!
 //! Every reply that shows lot state carries the log offset it reflects, and is sent only
@@ -57,7 +57,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/lots/{id}", web::patch().to(lots::change_capacity))
                 .route("/lots/{id}/count", web::post().to(lots::count))
                 .route("/admin/replay", web::post().to(admin::replay))
-                .route("/admin/projections", web::get().to(admin::projections)),
+                .route("/admin/projections", web::get().to(admin::projections))
+                .route("/admin/known-events", web::post().to(admin::known_events)),
         )
         .default_service(web::to(|| async {
             ApiError::bad(

@@ -19,9 +19,11 @@
 //! so a repeated reading is a `duplicate`).
 //!
 //! Rows go to a [`Sink`]: the lot actors of a data directory ([`LocalSink`], when no
-//! server runs) or a running server over HTTP ([`HttpSink`], `--url`). Through HTTP,
-//! "already imported" relies on the server's idempotency window (see
-//! [`actors`](crate::actors)); on a data directory the whole log is consulted.
+//! server runs) or a running server over HTTP ([`HttpSink`], `--url`). Either way the
+//! whole log is consulted, not only the server's idempotency window (see
+//! [`actors`](crate::actors)): offline from the log itself, through HTTP with
+//! `POST /v1/admin/known-events`. A row an earlier import refused for the lot's state
+//! is refused again (`previously_rejected`), see `Run::find_prior`.
 
 mod sink;
 
@@ -182,7 +184,7 @@ enum Origin {
 enum Row {
     Send(LotId, Request),
     /// Its event is in the log already.
-    AlreadyImported(LotId),
+    AlreadyImported,
 }
 
 /// Why a row is refused before it reaches a lot.
@@ -206,6 +208,86 @@ struct Item {
     request: Request,
 }
 
+/// A count row's fields and derived event id.
+struct Count<'r> {
+    lot: LotId,
+    capacity: Capacity,
+    occupancy: i64,
+    at: Timestamp,
+    when_raw: &'r str,
+    /// The local time occurs twice (clocks went back); the earlier instant was taken.
+    ambiguous: bool,
+    id: Uuid,
+}
+
+/// Read a count row in the Birmingham layout.
+fn parse_count<'r>(
+    record: &'r csv::StringRecord,
+    cols: &Columns,
+    tz: Tz,
+) -> Result<Count<'r>, Reject> {
+    let field = |i: usize| record.get(i).map(str::trim).unwrap_or("");
+    let code = field(cols.a);
+    let lot = LotId::parse(code)
+        .map_err(|e| Reject::new("unparsable", format!("SystemCodeNumber: {e}")))?;
+    let capacity = field(cols.b)
+        .parse::<i64>()
+        .ok()
+        .and_then(|c| Capacity::new(c).ok())
+        .ok_or_else(|| {
+            Reject::new(
+                "unparsable",
+                format!(
+                    "Capacity {:?} is not a whole number between 1 and {}",
+                    field(cols.b),
+                    crate::domain::MAX_CAPACITY
+                ),
+            )
+        })?;
+    let occupancy_raw = field(cols.c.expect("birmingham has occupancy"));
+    let occupancy = occupancy_raw.parse::<i64>().map_err(|_| {
+        Reject::new(
+            "unparsable",
+            format!("Occupancy {occupancy_raw:?} is not a whole number"),
+        )
+    })?;
+    let when_raw = field(cols.d.expect("birmingham has a time"));
+    let naive = NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M:%S")
+        .or_else(|_| NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M"))
+        .map_err(|e| {
+            Reject::new(
+                "unparsable",
+                format!("LastUpdated {when_raw:?}: {e} (expected YYYY-MM-DD HH:MM:SS)"),
+            )
+        })?;
+    let (at, ambiguous) = match tz.from_local_datetime(&naive) {
+        chrono::LocalResult::Single(t) => (Timestamp::from_datetime(t.to_utc()), false),
+        chrono::LocalResult::Ambiguous(early, _) => {
+            (Timestamp::from_datetime(early.to_utc()), true)
+        }
+        chrono::LocalResult::None => {
+            return Err(Reject::new(
+                "nonexistent_local_time",
+                format!("{when_raw} does not exist in {tz} (clocks went forward)"),
+            ))
+        }
+    };
+    let id = derived_id(&[
+        b"birmingham",
+        lot.as_str().as_bytes(),
+        &at.micros().to_le_bytes(),
+    ]);
+    Ok(Count {
+        lot,
+        capacity,
+        occupancy,
+        at,
+        when_raw,
+        ambiguous,
+        id,
+    })
+}
+
 /// Reads, standardises and sends rows; counts what became of them.
 struct Run<'a, S: Sink> {
     sink: &'a mut S,
@@ -220,8 +302,10 @@ struct Run<'a, S: Sink> {
     /// Capacity of each lot as this run knows it (for count files).
     capacity: HashMap<LotId, Option<u32>>,
     lot_cache: FxHashMap<String, LotId>,
-    /// Per lot, the last line of this file an earlier import appended (event files).
+    /// Per lot, the last line of this file an earlier import appended.
     prior: HashMap<LotId, u64>,
+    /// True during [`Run::find_prior`]: rows are only given their ids.
+    prepass: bool,
 }
 
 /// Import one file into `sink`. `progress(bytes_read)` is called as the file is read.
@@ -292,6 +376,7 @@ pub async fn import_file<S: Sink>(
         capacity: HashMap::new(),
         lot_cache: FxHashMap::default(),
         prior: HashMap::new(),
+        prepass: false,
     };
     let mut occurrences: FxHashMap<(LotId, u8, i64), u32> = FxHashMap::default();
     let mut record = csv::StringRecord::new();
@@ -300,36 +385,9 @@ pub async fn import_file<S: Sink>(
         max_future_micros: 86_400_000_000,
         max_events: usize::MAX,
     };
-    if format == Format::Events && run.sink.sees_log() {
-        // A first pass finds, per lot, the last row an earlier import appended. A row
-        // before it that is not in the log was refused then (say, a departure from an
-        // empty lot); it must be refused again, not judged against today's state.
-        // A file none of whose first SAMPLE_ROWS rows is in the log is taken as new:
-        // the pass stops there, so a first import does not parse the file twice.
-        const SAMPLE_ROWS: u64 = 10_000;
-        let mut pre = open_csv(path)?;
-        let mut pre_occurrences = FxHashMap::default();
-        let mut read = 0u64;
-        while pre
-            .read_record(&mut record)
-            .map_err(|source| ImportError::Csv {
-                path: path.to_path_buf(),
-                source,
-            })?
-        {
-            read += 1;
-            if read > SAMPLE_ROWS && run.prior.is_empty() {
-                break;
-            }
-            let line = record.position().map_or(0, |p| p.line());
-            if let Ok(Row::AlreadyImported(lot)) =
-                run.event_row(&record, &columns, &rules, &mut pre_occurrences, line)
-            {
-                let last = run.prior.entry(lot).or_default();
-                *last = (*last).max(line);
-            }
-        }
-        run.seen.clear();
+    if run.sink.sees_log() {
+        run.find_prior(path, format, &columns, &rules, opts.timezone)
+            .await?;
     }
     loop {
         let more = reader
@@ -345,11 +403,14 @@ pub async fn import_file<S: Sink>(
         let line = record.position().map_or(run.summary.rows + 1, |p| p.line());
         let row = match format {
             Format::Events => run.event_row(&record, &columns, &rules, &mut occurrences, line),
-            Format::Birmingham => run.count_row(&record, &columns, opts.timezone).await?,
+            Format::Birmingham => {
+                run.count_row(&record, &columns, opts.timezone, line)
+                    .await?
+            }
         };
         match row {
             Ok(Row::Send(lot, request)) => run.push(line, lot, request, &record),
-            Ok(Row::AlreadyImported(_)) => run.summary.already_imported += 1,
+            Ok(Row::AlreadyImported) => run.summary.already_imported += 1,
             Err(r) => run.reject(line, r.reason, &r.detail, &Run::<S>::raw(&record))?,
         }
         if run.pending.len() >= CHUNK_ROWS {
@@ -513,6 +574,9 @@ impl<S: Sink> Run<'_, S> {
         if !self.seen.insert(id.as_u128()) {
             return Err(Reject::new("duplicate", repeat));
         }
+        if self.prepass {
+            return Ok(Some(()));
+        }
         if self.sink.already_in_log(&id) {
             return Ok(None);
         }
@@ -587,13 +651,99 @@ impl<S: Sink> Run<'_, S> {
             }
         };
         match self.fresh(id, "the same event_id appears earlier in this file")? {
-            None => Ok(Row::AlreadyImported(lot)),
-            Some(()) if self.prior.get(&lot).is_some_and(|last| line < *last) => Err(Reject::new(
+            None => Ok(Row::AlreadyImported),
+            Some(()) => {
+                self.refused_before(&lot, line)?;
+                Ok(Row::Send(lot, s.request))
+            }
+        }
+    }
+
+    /// A row that is not in the log although a later row of its lot is: an earlier
+    /// import refused it (say, a departure from an empty lot), so it is refused again
+    /// rather than judged against today's state.
+    fn refused_before(&self, lot: &LotId, line: u64) -> Result<(), Reject> {
+        if !self.prepass && self.prior.get(lot).is_some_and(|last| line < *last) {
+            return Err(Reject::new(
                 "previously_rejected",
                 "an earlier import of this file refused this row (later rows of the lot are in the log)",
-            )),
-            Some(()) => Ok(Row::Send(lot, s.request)),
+            ));
         }
+        Ok(())
+    }
+
+    /// The first pass of a file the log may already hold rows of: find, per lot, the
+    /// last row an earlier import appended (see [`Run::refused_before`]). Ids are looked
+    /// up a chunk at a time (one read of the server's log per chunk through `--url`). A
+    /// file none of whose first `SAMPLE_ROWS` rows is in the log is taken as new and the
+    /// pass stops there, so a first import does not read the file twice; a file whose
+    /// first rows were all refused before is therefore judged afresh.
+    async fn find_prior(
+        &mut self,
+        path: &Path,
+        format: Format,
+        columns: &Columns,
+        rules: &EdgeRules,
+        tz: Tz,
+    ) -> Result<(), ImportError> {
+        const SAMPLE_ROWS: usize = 10_000;
+        const LOOKUP_ROWS: usize = 500_000;
+        let mut pre = open_csv(path)?;
+        let mut record = csv::StringRecord::new();
+        let mut occurrences = FxHashMap::default();
+        let mut chunk: Vec<(u64, LotId, Uuid)> = Vec::new();
+        let mut sampled = false;
+        self.prepass = true;
+        loop {
+            let more = pre
+                .read_record(&mut record)
+                .map_err(|source| ImportError::Csv {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            if more {
+                let line = record.position().map_or(0, |p| p.line());
+                let derived = match format {
+                    Format::Events => self
+                        .event_row(&record, columns, rules, &mut occurrences, line)
+                        .ok()
+                        .and_then(|row| match row {
+                            Row::Send(lot, r) => r.event_id.map(|id| (lot, id)),
+                            Row::AlreadyImported => None,
+                        }),
+                    Format::Birmingham => parse_count(&record, columns, tz)
+                        .ok()
+                        .filter(|c| self.fresh(c.id, "").is_ok())
+                        .map(|c| (c.lot, c.id)),
+                };
+                if let Some((lot, id)) = derived {
+                    chunk.push((line, lot, id));
+                }
+            }
+            let full = chunk.len() >= if sampled { LOOKUP_ROWS } else { SAMPLE_ROWS };
+            if full || !more {
+                self.sink
+                    .look_up(chunk.iter().map(|c| c.2).collect())
+                    .await
+                    .map_err(ImportError::Sink)?;
+                for (line, lot, id) in chunk.drain(..) {
+                    if self.sink.already_in_log(&id) {
+                        let last = self.prior.entry(lot).or_default();
+                        *last = (*last).max(line);
+                    }
+                }
+                if !sampled && self.prior.is_empty() {
+                    break;
+                }
+                sampled = true;
+            }
+            if !more {
+                break;
+            }
+        }
+        self.prepass = false;
+        self.seen.clear();
+        Ok(())
     }
 
     /// A count row in the Birmingham layout; registers the lot or changes its capacity
@@ -603,79 +753,42 @@ impl<S: Sink> Run<'_, S> {
         record: &csv::StringRecord,
         cols: &Columns,
         tz: Tz,
+        line: u64,
     ) -> Result<Result<Row, Reject>, ImportError> {
-        let field = |i: usize| record.get(i).map(str::trim).unwrap_or("");
-        let code = field(cols.a);
-        let parsed = (|| -> Result<(LotId, Capacity, i64, Timestamp, &str), Reject> {
-            let lot = self
-                .lot(code)
-                .map_err(|e| Reject::new("unparsable", format!("SystemCodeNumber: {e}")))?;
-            let capacity = field(cols.b)
-                .parse::<i64>()
-                .ok()
-                .and_then(|c| Capacity::new(c).ok())
-                .ok_or_else(|| {
-                    Reject::new(
-                        "unparsable",
-                        format!(
-                            "Capacity {:?} is not a whole number between 1 and {}",
-                            field(cols.b),
-                            crate::domain::MAX_CAPACITY
-                        ),
-                    )
-                })?;
-            let occupancy_raw = field(cols.c.expect("birmingham has occupancy"));
-            let occupancy = occupancy_raw.parse::<i64>().map_err(|_| {
-                Reject::new(
-                    "unparsable",
-                    format!("Occupancy {occupancy_raw:?} is not a whole number"),
-                )
-            })?;
-            let when_raw = field(cols.d.expect("birmingham has a time"));
-            let naive = NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M:%S")
-                .or_else(|_| NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M"))
-                .map_err(|e| {
-                    Reject::new(
-                        "unparsable",
-                        format!("LastUpdated {when_raw:?}: {e} (expected YYYY-MM-DD HH:MM:SS)"),
-                    )
-                })?;
-            let at = match tz.from_local_datetime(&naive) {
-                chrono::LocalResult::Single(t) => Timestamp::from_datetime(t.to_utc()),
-                chrono::LocalResult::Ambiguous(early, _) => {
-                    *self
-                        .summary
-                        .notes
-                        .entry("an ambiguous local time (clocks went back; the earlier instant was used)".into())
-                        .or_default() += 1;
-                    Timestamp::from_datetime(early.to_utc())
-                }
-                chrono::LocalResult::None => {
-                    return Err(Reject::new(
-                        "nonexistent_local_time",
-                        format!("{when_raw} does not exist in {tz} (clocks went forward)"),
-                    ))
-                }
-            };
-            Ok((lot, capacity, occupancy, at, when_raw))
-        })();
-        let (lot, capacity, occupancy, occurred_at, when_raw) = match parsed {
-            Ok(p) => p,
+        let c = match parse_count(record, cols, tz) {
+            Ok(c) => c,
             Err(r) => return Ok(Err(r)),
         };
-        let id = derived_id(&[
-            b"birmingham",
-            lot.as_str().as_bytes(),
-            &occurred_at.micros().to_le_bytes(),
-        ]);
+        let code = record.get(cols.a).map(str::trim).unwrap_or("");
         match self.fresh(
-            id,
-            &format!("{code} at {when_raw} was already read from this file"),
+            c.id,
+            &format!("{code} at {} was already read from this file", c.when_raw),
         ) {
             Err(r) => return Ok(Err(r)),
-            Ok(None) => return Ok(Ok(Row::AlreadyImported(lot))),
+            Ok(None) => return Ok(Ok(Row::AlreadyImported)),
             Ok(Some(())) => {}
         }
+        if let Err(r) = self.refused_before(&c.lot, line) {
+            return Ok(Err(r));
+        }
+        if c.ambiguous {
+            *self
+                .summary
+                .notes
+                .entry(
+                    "an ambiguous local time (clocks went back; the earlier instant was used)"
+                        .into(),
+                )
+                .or_default() += 1;
+        }
+        let Count {
+            lot,
+            capacity,
+            occupancy,
+            at: occurred_at,
+            id,
+            ..
+        } = c;
         if occupancy < 0 {
             return Ok(Err(Reject::new(
                 "negative",

@@ -38,9 +38,12 @@ pub trait Sink {
     async fn capacity(&mut self, lot: &LotId) -> Result<Option<u32>, String>;
     /// True when an event with this id is in the log already.
     fn already_in_log(&self, id: &Uuid) -> bool;
-    /// True when [`Sink::already_in_log`] knows the whole log (not only the server's
-    /// idempotency window) and it holds client event ids.
+    /// True when the log may hold rows of this file: a first pass over the file then
+    /// looks its ids up (see [`Sink::look_up`]).
     fn sees_log(&self) -> bool;
+    /// Learn which of these ids the whole log holds, so that [`Sink::already_in_log`]
+    /// answers for them (not only for the server's idempotency window).
+    async fn look_up(&mut self, ids: Vec<Uuid>) -> Result<(), String>;
     /// Run one ordered batch per lot (lots concurrently); one result per batch, in order,
     /// each holding one outcome per request.
     async fn execute_all(
@@ -139,6 +142,11 @@ impl Sink for LocalSink {
         !self.in_log.is_empty()
     }
 
+    async fn look_up(&mut self, _ids: Vec<Uuid>) -> Result<(), String> {
+        // Every client id of the log was read when the sink was made.
+        Ok(())
+    }
+
     async fn execute_all(
         &mut self,
         batches: Vec<(LotId, Vec<Request>)>,
@@ -157,6 +165,8 @@ impl Sink for LocalSink {
 pub struct HttpSink {
     client: awc::Client,
     base: String,
+    /// Ids the server said its log holds (`POST /v1/admin/known-events`).
+    known: FxHashSet<u128>,
 }
 
 /// Events per NDJSON request (below the server's default limit of 10,000).
@@ -169,6 +179,7 @@ impl HttpSink {
                 .timeout(std::time::Duration::from_secs(120))
                 .finish(),
             base: base.trim_end_matches('/').to_owned(),
+            known: FxHashSet::default(),
         }
     }
 
@@ -327,12 +338,39 @@ impl Sink for HttpSink {
         }
     }
 
-    fn already_in_log(&self, _id: &Uuid) -> bool {
-        false
+    fn already_in_log(&self, id: &Uuid) -> bool {
+        self.known.contains(&id.as_u128())
     }
 
     fn sees_log(&self) -> bool {
-        false
+        // The server can be asked about its whole log.
+        true
+    }
+
+    async fn look_up(&mut self, ids: Vec<Uuid>) -> Result<(), String> {
+        // A quarter of the server's per-request limit keeps each body near 10 MB.
+        for chunk in ids.chunks(250_000) {
+            let body = serde_json::json!({ "event_ids": chunk }).to_string();
+            let (status, reply) = self
+                .call("POST", "/v1/admin/known-events", "application/json", body)
+                .await?;
+            if status != 200 {
+                return Err(format!(
+                    "POST /v1/admin/known-events: the server answered {status}: {reply}"
+                ));
+            }
+            let known = reply["known"]
+                .as_array()
+                .ok_or("POST /v1/admin/known-events: the reply has no \"known\" list")?;
+            for v in known {
+                let id = v
+                    .as_str()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .ok_or_else(|| format!("POST /v1/admin/known-events: {v} is not a UUID"))?;
+                self.known.insert(id.as_u128());
+            }
+        }
+        Ok(())
     }
 
     async fn execute_all(

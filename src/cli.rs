@@ -1,4 +1,4 @@
-//! The `parkade` command line: `serve`, `replay`, `verify`.
+//! The `parkade` command line: `serve`, `import`, `replay`, `verify`, `backtest`, `holdout`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +34,43 @@ enum Cmd {
     Replay(ReplayArgs),
     /// Fold the log and compare it with the read model; exits 1 on any difference.
     Verify(VerifyArgs),
+    /// Score the forecasting model against two baselines on Birmingham-layout CSVs
+    /// (rolling origin) and write its predictions.
+    Backtest(BacktestArgs),
+    /// Split a Birmingham-layout CSV into history and its last full week (the actuals of
+    /// a backtest).
+    Holdout(HoldoutArgs),
+}
+
+#[derive(Args)]
+struct BacktestArgs {
+    /// Readings to learn from: SystemCodeNumber,Capacity,Occupancy,LastUpdated.
+    #[arg(long)]
+    history: PathBuf,
+    /// Readings to forecast, same columns; also usable as history before each issue time.
+    #[arg(long)]
+    actuals: PathBuf,
+    /// Predictions: lot_id,target_time,horizon_min,predicted_rate.
+    #[arg(long)]
+    out: PathBuf,
+    /// Horizons in minutes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "30,60,120,1440")]
+    horizons: Vec<u32>,
+    /// Time zone of LastUpdated.
+    #[arg(long, default_value = "Europe/London")]
+    timezone: String,
+}
+
+#[derive(Args)]
+struct HoldoutArgs {
+    /// The file to split.
+    input: PathBuf,
+    /// Where every row outside the last full week goes.
+    #[arg(long)]
+    history: PathBuf,
+    /// Where the rows of the last full week (Monday to Sunday) go.
+    #[arg(long)]
+    actuals: PathBuf,
 }
 
 /// Options every command shares. Flags override `PARKADE_*` variables, which override
@@ -194,6 +231,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, archive::NAME) => replay_archive(&c),
                 (None, other) => bail!("unknown projection {other:?} (known: occupancy, archive)"),
             }
+        }
+        Cmd::Backtest(a) => backtest(a),
+        Cmd::Holdout(a) => {
+            let (monday, h, n) =
+                crate::forecast::backtest::split_last_week(&a.input, &a.history, &a.actuals)?;
+            println!(
+                "{}: the week from {monday} to {} ({n} rows) -> {}; {h} other rows -> {}",
+                a.input.display(),
+                monday + chrono::Days::new(6),
+                a.actuals.display(),
+                a.history.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify(a) => {
             let c = a.common.config()?;
@@ -428,4 +478,29 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn backtest(a: BacktestArgs) -> anyhow::Result<ExitCode> {
+    use crate::forecast::backtest;
+    let timezone: chrono_tz::Tz = a
+        .timezone
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--timezone {:?}: {e}", a.timezone))?;
+    if a.horizons.is_empty() || a.horizons.contains(&0) {
+        bail!("--horizons: give one or more horizons in minutes, each above zero");
+    }
+    let settings = backtest::Settings {
+        horizons: a.horizons,
+        timezone,
+        ..backtest::Settings::default()
+    };
+    let started = std::time::Instant::now();
+    let report = backtest::run(&a.history, &a.actuals, &a.out, &settings)?;
+    println!("{report}");
+    println!(
+        "predictions written to {} in {:.1} s",
+        a.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }

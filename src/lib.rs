@@ -18,6 +18,7 @@
 //! | [`log`] | The event log: the [`EventLog`] trait and the embedded segment-file backend with group commit, recovery of torn tails, reads and subscriptions from any offset. |
 //! | [`actors`] | One actix actor per lot, reached through a typed [`LotHandle`]; the [`Lots`] registry that rebuilds every lot from the log at start. |
 //! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the Parquet archive (local folder or S3), the runners that keep them caught up, `replay` and `verify`. |
+//! | [`forecast`] | The forecasting model (weekly profile + deviation, fitted per horizon), its training and `parkade backtest`. Pure computation over readings bounded by an issue time. |
 //! | [`ingest`] | Edge standardisation of incoming events (JSON, NDJSON, CSV rows): lot ids, event types, timestamps, event ids, each problem named by field. |
 //! | [`import`] | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server. |
 //! | [`api`] | The actix-web HTTP API under `/v1`: edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness. |
@@ -34,6 +35,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod forecast;
 pub mod import;
 pub mod ingest;
 pub mod log;

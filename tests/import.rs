@@ -3,26 +3,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use parkade::app::Hooks;
 use serde_json::json;
 
 mod common;
-use common::{test_config, TestApp, TestDb};
-
-fn birmingham() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for candidate in [
-        here.join("../shared/data/birmingham/train.csv"),
-        here.join("../../shared/data/birmingham/train.csv"),
-    ] {
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!("../shared/data/birmingham/train.csv not found beside the checkout");
-}
+use common::{birmingham, parkade, test_config, TestApp, TestDb};
 
 /// Outcome counts computed straight from the CSV, without parkade's code: a repeated
 /// (car park, time) is a duplicate; else a negative count; else a count above capacity.
@@ -56,24 +42,6 @@ fn expected_counts(path: &Path) -> (u64, BTreeMap<&'static str, u64>, usize) {
         }
     }
     (accepted, rejected, lots.len())
-}
-
-fn parkade(args: &[&str], dir: &Path, db: Option<&TestDb>) -> (i32, String) {
-    let mut cmd = Command::new(common::binary());
-    cmd.args(args)
-        .env("PARKADE_DATA_DIR", dir)
-        .env("RUST_LOG", "warn");
-    match db {
-        Some(db) => cmd.env("PARKADE_DATABASE_URL", &db.url),
-        None => cmd.env_remove("PARKADE_DATABASE_URL"),
-    };
-    let out = cmd.output().expect("run parkade");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
 }
 
 fn reasons(counts: &BTreeMap<&str, u64>) -> String {

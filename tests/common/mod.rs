@@ -298,3 +298,36 @@ pub fn lake_offsets(lake: &serde_json::Value) -> Vec<u64> {
         .map(|r| r["offset"].as_u64().expect("an offset"))
         .collect()
 }
+
+/// The real Birmingham counts in `../shared/data` (beside the checkout).
+pub fn birmingham() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for candidate in [
+        here.join("../shared/data/birmingham/train.csv"),
+        here.join("../../shared/data/birmingham/train.csv"),
+    ] {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!("../shared/data/birmingham/train.csv not found beside the checkout");
+}
+
+/// Run the parkade binary on a data directory (and database); exit code and output.
+pub fn parkade(args: &[&str], dir: &Path, db: Option<&TestDb>) -> (i32, String) {
+    let mut cmd = std::process::Command::new(binary());
+    cmd.args(args)
+        .env("PARKADE_DATA_DIR", dir)
+        .env("RUST_LOG", "warn");
+    match db {
+        Some(db) => cmd.env("PARKADE_DATABASE_URL", &db.url),
+        None => cmd.env_remove("PARKADE_DATABASE_URL"),
+    };
+    let out = cmd.output().expect("run parkade");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}

@@ -10,6 +10,7 @@
 //! | file | what |
 //! |---|---|
 //! | `archive/` | the Parquet lake (local folder or S3): flushes, resume, rebuild into a new generation |
+//! | `features/` | 15-minute features per lot by event time (`lot_features_15m`), late events, rebuild |
 //! | `db.rs` | connecting to PostgreSQL, migrations, SQLSTATE classification |
 //! | `occupancy.rs` | the `current_lot_occupancy` read model: batch fold, write, rebuild |
 //! | `runner.rs` | the loop that keeps a projection caught up, with retries and status |
@@ -17,6 +18,7 @@
 
 pub mod archive;
 pub mod db;
+pub mod features;
 pub mod occupancy;
 mod runner;
 pub mod verify;

@@ -1,0 +1,6 @@
+//! The 15-minute features: `lot_features_15m` in PostgreSQL, folded from the log by
+//! event time (see [`fold`] for the rules, including late events).
+
+pub mod fold;
+
+pub use fold::{bucket_of, FeatureFold, FeatureRow, BUCKET_MICROS};

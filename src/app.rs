@@ -116,6 +116,7 @@ impl Application {
             board: board.clone(),
             db: db_pool,
             archive,
+            features_lateness_secs: config.projections.features_lateness_secs,
             replay: Arc::new(tokio::sync::Mutex::new(())),
         });
         let listener =
@@ -181,8 +182,9 @@ impl Application {
     }
 }
 
-/// Run the occupancy projection on its own thread and runtime, so its log reads and
-/// database round trips never share a thread with request handling.
+/// Run the PostgreSQL projections (occupancy, features) on their own thread and runtime,
+/// so their log reads and database round trips never share a thread with request
+/// handling.
 fn spawn_projection(
     url: String,
     log: Arc<dyn EventLog>,
@@ -193,6 +195,7 @@ fn spawn_projection(
 ) -> anyhow::Result<JoinHandle<()>> {
     let batch_events = config.projections.batch_events.max(1);
     let max_backoff = Duration::from_secs(config.projections.max_backoff_secs.max(1));
+    let lateness_secs = config.projections.features_lateness_secs;
     on_own_thread("parkade-projection", async move {
         let mut backoff = Duration::from_millis(200);
         let pool = loop {
@@ -210,16 +213,23 @@ fn spawn_projection(
                 }
             }
         };
-        Runner {
+        let features = crate::projections::features::FeaturesRunner {
+            pool: pool.clone(),
+            log: log.clone(),
+            board: board.clone(),
+            batch_events,
+            lateness_secs,
+            max_backoff,
+        };
+        let occupancy = Runner {
             pool,
             log,
             board,
             batch_events,
             max_backoff,
             fault,
-        }
-        .run(shutdown)
-        .await;
+        };
+        tokio::join!(occupancy.run(shutdown.clone()), features.run(shutdown));
     })
 }
 

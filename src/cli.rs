@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::{Application, Hooks};
 use crate::config::{Config, LogFormat};
 use crate::log::{EventLog, FileLog, LogOptions, OpenMode};
-use crate::projections::{archive, db, occupancy, verify};
+use crate::projections::{archive, db, features, occupancy, verify};
 
 #[derive(Parser)]
 #[command(
@@ -119,7 +119,8 @@ struct ServeArgs {
 struct ReplayArgs {
     #[command(flatten)]
     common: Common,
-    /// The projection to rebuild: occupancy (PostgreSQL) or archive (Parquet lake).
+    /// The projection to rebuild: occupancy or features (PostgreSQL), or archive (Parquet
+    /// lake).
     #[arg(long, default_value = "occupancy")]
     projection: String,
     /// Ask a running server to rebuild (POST /v1/admin/replay) instead of doing it here.
@@ -229,7 +230,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(url), _) => replay_remote(&url, &a.projection),
                 (None, occupancy::NAME) => replay_local(&c),
                 (None, archive::NAME) => replay_archive(&c),
-                (None, other) => bail!("unknown projection {other:?} (known: occupancy, archive)"),
+                (None, features::NAME) => replay_features(&c),
+                (None, other) => {
+                    bail!("unknown projection {other:?} (known: occupancy, archive, features)")
+                }
             }
         }
         Cmd::Backtest(a) => backtest(a),
@@ -322,6 +326,21 @@ fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     );
     bar.set_message(format!("replaying {what}"));
     bar
+}
+
+fn replay_features(c: &Config) -> anyhow::Result<ExitCode> {
+    let log = open_read_only(c)?;
+    let url = database_url(c)?.to_owned();
+    let lateness = c.projections.features_lateness_secs;
+    let stats = runtime()?.block_on(async move {
+        let pool = db::connect(&url).await?;
+        features::rebuild(&pool, log, lateness).await
+    })?;
+    println!(
+        "rebuilt features from {} events: {} rows of 15 minutes in {:.3} s ({} events too late to fold), table swapped in",
+        stats.events, stats.rows, stats.total_seconds, stats.too_late
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn replay_archive(c: &Config) -> anyhow::Result<ExitCode> {
@@ -462,6 +481,8 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                     let pool = db::connect(db_url).await?;
                     let at = occupancy::catch_up(&pool, dyn_log.as_ref(), config.projections.batch_events.max(1)).await?;
                     println!("occupancy read model caught up to offset {at}");
+                    let at = features::catch_up(&pool, dyn_log.as_ref(), config.projections.features_lateness_secs).await?;
+                    println!("features caught up to offset {at}");
                 }
                 if config.archive.enabled {
                     let archive = config.archive().await;

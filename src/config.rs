@@ -107,6 +107,10 @@ pub struct ProjectionsConfig {
     pub batch_events: usize,
     /// Longest wait between retries of a failing projection, in seconds. Default 30.
     pub max_backoff_secs: u64,
+    /// Features: an event more than this many seconds older than its lot's newest event
+    /// is not folded into `lot_features_15m` (counted as `too_late`). Default 21,600
+    /// (6 hours).
+    pub features_lateness_secs: u64,
 }
 
 impl Default for Config {
@@ -158,6 +162,7 @@ impl Default for ProjectionsConfig {
         ProjectionsConfig {
             batch_events: 10_000,
             max_backoff_secs: 30,
+            features_lateness_secs: 6 * 3600,
         }
     }
 }

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::{ApiError, ApiState};
-use crate::projections::{archive, occupancy};
+use crate::projections::{archive, features, occupancy};
 
 /// `GET /healthz`: the process can serve; 503 once the log has stopped accepting writes
 /// (a supervisor should restart the process so recovery runs).
@@ -48,7 +48,7 @@ pub(super) async fn projections(st: web::Data<ApiState>) -> HttpResponse {
         .map(|s| {
             let lag = log_end.saturating_sub(s.checkpoint);
             json!({"name": s.name, "state": s.state, "checkpoint": s.checkpoint, "lag": lag,
-                   "failures": s.failures, "last_error": s.last_error, "updated_at": s.updated_at})
+                   "failures": s.failures, "too_late": s.too_late, "last_error": s.last_error, "updated_at": s.updated_at})
         })
         .collect();
     HttpResponse::Ok().json(json!({"log_end": log_end, "projections": list}))
@@ -66,10 +66,10 @@ pub(super) async fn replay(
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = q.projection.as_deref().unwrap_or(occupancy::NAME);
-    if name != occupancy::NAME && name != archive::NAME {
+    if ![occupancy::NAME, archive::NAME, features::NAME].contains(&name) {
         return Err(ApiError::bad(
             Some("projection".into()),
-            format!("unknown projection {name:?} (known: occupancy, archive)"),
+            format!("unknown projection {name:?} (known: occupancy, archive, features)"),
         ));
     }
     let Ok(_guard) = st.replay.try_lock() else {
@@ -85,6 +85,16 @@ pub(super) async fn replay(
         };
         let stats = a
             .rebuild(st.log.clone(), |_, _| {})
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?
+    } else if name == features::NAME {
+        let Some(pool) = st.db.clone() else {
+            return Err(ApiError::Unavailable(
+                "no database is configured (PARKADE_DATABASE_URL), so there are no features to rebuild".into(),
+            ));
+        };
+        let stats = features::rebuild(&pool, st.log.clone(), st.features_lateness_secs)
             .await
             .map_err(|e| ApiError::Internal(e.into()))?;
         serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?

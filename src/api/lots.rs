@@ -102,7 +102,7 @@ fn capacity(fields: &Fields) -> Result<Capacity, ApiError> {
         .map_err(|e| ApiError::bad(Some("capacity".into()), e.to_string()))
 }
 
-fn handle(st: &ApiState, raw: &str) -> Result<LotHandle, ApiError> {
+pub(super) fn handle(st: &ApiState, raw: &str) -> Result<LotHandle, ApiError> {
     let id = lot_id(raw)?;
     st.lots.get(&id).ok_or(ApiError::NotFound {
         lot_id: id.to_string(),

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /v1/events` | [`events`]: one JSON event, a JSON array, or NDJSON |
 //! | `POST /v1/lots`, `GET /v1/lots`, `GET /v1/lots/{id}`, `PATCH /v1/lots/{id}`, `POST /v1/lots/{id}/count` | [`lots`] |
+//! | `GET /v1/lots/{id}/history` | [`history`] (from `lot_features_15m`) |
 //! | `POST /v1/admin/replay`, `GET /v1/admin/projections`, `POST /v1/admin/known-events` | [`admin`] |
 //! | `GET /healthz`, `GET /readyz` | [`admin`] |
 //!
@@ -13,6 +14,7 @@
 mod admin;
 mod error;
 mod events;
+mod history;
 mod lots;
 
 use std::sync::Arc;
@@ -40,6 +42,8 @@ pub struct ApiState {
     pub db: Option<PgPool>,
     /// `None` when the archive is disabled.
     pub archive: Option<crate::projections::archive::Archive>,
+    /// Lateness rule of the features projection (for its rebuild).
+    pub features_lateness_secs: u64,
     /// Held while a rebuild runs, so two never overlap.
     pub replay: Arc<tokio::sync::Mutex<()>>,
 }
@@ -56,6 +60,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/lots/{id}", web::get().to(lots::get))
                 .route("/lots/{id}", web::patch().to(lots::change_capacity))
                 .route("/lots/{id}/count", web::post().to(lots::count))
+                .route("/lots/{id}/history", web::get().to(history::history))
                 .route("/admin/replay", web::post().to(admin::replay))
                 .route("/admin/projections", web::get().to(admin::projections))
                 .route("/admin/known-events", web::post().to(admin::known_events)),

@@ -38,3 +38,96 @@ pub fn classify(e: &sqlx::Error) -> &'static str {
         _ => "other",
     }
 }
+
+/// A projection checkpoint: the next offset to fold and the log it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub log_id: uuid::Uuid,
+    pub next_offset: u64,
+}
+
+/// Read projection `name`'s checkpoint, creating it (at offset 0 of `log_id`) when missing.
+pub async fn ensure_checkpoint(
+    pool: &PgPool,
+    name: &str,
+    log_id: uuid::Uuid,
+) -> Result<Checkpoint, ProjectionError> {
+    sqlx::query("INSERT INTO projection_checkpoints (projection, log_id, next_offset) VALUES ($1, $2, 0) ON CONFLICT (projection) DO NOTHING")
+        .bind(name)
+        .bind(log_id)
+        .execute(pool)
+        .await?;
+    let cp = read_checkpoint(pool, name)
+        .await?
+        .expect("checkpoint row was just ensured");
+    if cp.log_id != log_id {
+        return Err(ProjectionError::OtherLog {
+            found: cp.log_id,
+            expected: log_id,
+        });
+    }
+    Ok(cp)
+}
+
+/// Projection `name`'s checkpoint, if it has one.
+pub async fn read_checkpoint<'e, E>(
+    executor: E,
+    name: &str,
+) -> Result<Option<Checkpoint>, ProjectionError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let row: Option<(uuid::Uuid, i64)> = sqlx::query_as(
+        "SELECT log_id, next_offset FROM projection_checkpoints WHERE projection = $1",
+    )
+    .bind(name)
+    .fetch_optional(executor)
+    .await?;
+    Ok(row.map(|(log_id, next)| Checkpoint {
+        log_id,
+        next_offset: u64::try_from(next).unwrap_or(0),
+    }))
+}
+
+/// Lock projection `name`'s checkpoint in `tx`. `Ok(None)` when it is at `from` in
+/// `log_id` (the batch may be written); `Ok(Some(next))` when a rebuild moved it.
+pub async fn lock_checkpoint(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &str,
+    log_id: uuid::Uuid,
+    from: u64,
+) -> Result<Option<u64>, ProjectionError> {
+    let row: Option<(uuid::Uuid, i64)> = sqlx::query_as(
+        "SELECT log_id, next_offset FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+    )
+    .bind(name)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((found_log, next)) = row else {
+        return Ok(Some(0));
+    };
+    if found_log != log_id {
+        return Err(ProjectionError::OtherLog {
+            found: found_log,
+            expected: log_id,
+        });
+    }
+    let next = u64::try_from(next).unwrap_or(0);
+    Ok((next != from).then_some(next))
+}
+
+/// Move projection `name`'s checkpoint to `to` in `tx`.
+pub async fn set_checkpoint(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &str,
+    log_id: uuid::Uuid,
+    to: u64,
+) -> Result<(), ProjectionError> {
+    sqlx::query("INSERT INTO projection_checkpoints (projection, log_id, next_offset) VALUES ($1, $2, $3) ON CONFLICT (projection) DO UPDATE SET log_id = $2, next_offset = $3, updated_at = now()")
+        .bind(name)
+        .bind(log_id)
+        .bind(i64::try_from(to).unwrap_or(i64::MAX))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -32,12 +32,7 @@ pub struct OccupancyRow {
     pub last_offset: i64,
 }
 
-/// A projection checkpoint: the next offset to fold and the log it belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Checkpoint {
-    pub log_id: Uuid,
-    pub next_offset: u64,
-}
+pub use super::db::Checkpoint;
 
 struct Pending {
     name: Option<String>,
@@ -132,37 +127,14 @@ impl Fold {
 
 /// Read the checkpoint, creating it (at offset 0 of `log_id`) when missing.
 pub async fn ensure_checkpoint(pool: &PgPool, log_id: Uuid) -> Result<Checkpoint, ProjectionError> {
-    sqlx::query("INSERT INTO projection_checkpoints (projection, log_id, next_offset) VALUES ($1, $2, 0) ON CONFLICT (projection) DO NOTHING")
-        .bind(NAME)
-        .bind(log_id)
-        .execute(pool)
-        .await?;
-    let cp = read_checkpoint(pool)
-        .await?
-        .expect("checkpoint row was just ensured");
-    if cp.log_id != log_id {
-        return Err(ProjectionError::OtherLog {
-            found: cp.log_id,
-            expected: log_id,
-        });
-    }
-    Ok(cp)
+    super::db::ensure_checkpoint(pool, NAME, log_id).await
 }
 
 pub async fn read_checkpoint<'e, E>(executor: E) -> Result<Option<Checkpoint>, ProjectionError>
 where
     E: sqlx::PgExecutor<'e>,
 {
-    let row: Option<(Uuid, i64)> = sqlx::query_as(
-        "SELECT log_id, next_offset FROM projection_checkpoints WHERE projection = $1",
-    )
-    .bind(NAME)
-    .fetch_optional(executor)
-    .await?;
-    Ok(row.map(|(log_id, next)| Checkpoint {
-        log_id,
-        next_offset: u64::try_from(next).unwrap_or(0),
-    }))
+    super::db::read_checkpoint(executor, NAME).await
 }
 
 /// What happened to a batch write.

@@ -34,6 +34,8 @@ pub struct ProjectionStatus {
     pub checkpoint: u64,
     pub last_error: Option<String>,
     pub failures: u64,
+    /// Events a projection did not fold because they came too late (features).
+    pub too_late: u64,
     pub updated_at: Timestamp,
 }
 
@@ -50,6 +52,7 @@ impl StatusBoard {
             checkpoint: 0,
             last_error: None,
             failures: 0,
+            too_late: 0,
             updated_at: Timestamp::now(),
         });
         f(entry);

@@ -2,5 +2,7 @@
 //! event time (see [`fold`] for the rules, including late events).
 
 pub mod fold;
+mod pg;
 
 pub use fold::{bucket_of, FeatureFold, FeatureRow, BUCKET_MICROS};
+pub use pg::{catch_up, rebuild, write_batch, FeaturesRunner, RebuildStats, NAME};

@@ -1,0 +1,130 @@
+//! The features projection against a real PostgreSQL: live rows with a late event,
+//! replay equal to the live run, and the history endpoint over them.
+
+use parkade::app::Hooks;
+use serde_json::{json, Value};
+
+mod common;
+use common::{test_config, TestApp, TestDb};
+
+const ROWS: &str = "SELECT lot_id, to_char(bucket_start AT TIME ZONE 'UTC', 'HH24:MI'), \
+    occupancy_start::text, occupancy_end::text, occupancy_min::text, occupancy_max::text, \
+    round(occupancy_mean::numeric, 6)::text, arrivals::text, departures::text, counts::text, capacity::text \
+    FROM lot_features_15m ORDER BY lot_id, bucket_start";
+
+fn event(kind: &str, hhmm: &str) -> Value {
+    json!({"lot_id": "north", "event_type": kind, "timestamp": format!("2026-11-20T{hhmm}:00Z")})
+}
+
+async fn post_ok(app: &TestApp, path: &str, body: Value) {
+    let (status, reply) = app.post(path, body).await;
+    assert!(status == 200 || status == 201, "{status} {reply}");
+}
+
+#[actix_web::test]
+async fn features_fold_a_late_event_and_a_replay_gives_the_same_rows() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), Some(&db)), Hooks::default()).await;
+    post_ok(
+        &app,
+        "/v1/lots",
+        json!({"lot_id": "north", "name": "North", "capacity": 10, "timestamp": "2026-11-20T08:00:00Z"}),
+    )
+    .await;
+    post_ok(
+        &app,
+        "/v1/events",
+        json!([
+            event("ARRIVAL", "08:03"),
+            event("ARRIVAL", "08:06"),
+            event("DEPARTURE", "08:12"),
+            event("ARRIVAL", "08:40")
+        ]),
+    )
+    .await;
+    app.wait_caught_up("features").await;
+    // The 08:00 bucket before the late event: 0, 1, 2, 1 -> mean 18/15.
+    let rows = db.query(ROWS).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[0][1..].join(" "), "08:00 0 1 0 2 1.200000 2 1 0 10");
+    // Late: an arrival at 08:10 logged after the one at 08:40; then a recount at 08:50.
+    post_ok(&app, "/v1/events", event("ARRIVAL", "08:10")).await;
+    post_ok(
+        &app,
+        "/v1/lots/north/count",
+        json!({"count": 5, "timestamp": "2026-11-20T08:50:00Z"}),
+    )
+    .await;
+    app.wait_caught_up("features").await;
+    let live = db.query(ROWS).await;
+    let text: Vec<String> = live.iter().map(|r| r[1..].join(" ")).collect();
+    assert_eq!(
+        text,
+        [
+            "08:00 0 2 0 3 1.533333 3 1 0 10",
+            "08:15 2 2 2 2 2.000000 0 0 0 10",
+            "08:30 2 3 2 3 2.333333 1 0 0 10",
+            "08:45 3 5 3 5 4.333333 0 0 1 10",
+        ]
+    );
+    let (status, reply) = app
+        .post("/v1/admin/replay?projection=features", json!({}))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        db.query(ROWS).await,
+        live,
+        "the replay equals the live rows"
+    );
+
+    // History over the same rows.
+    let (status, h) = app
+        .get("/v1/lots/north/history?from=2026-11-20T08:00:00Z&to=2026-11-20T09:00:00Z&bucket=1h")
+        .await;
+    assert_eq!(status, 200, "{h}");
+    let p = &h["points"][0];
+    assert_eq!(h["points"].as_array().unwrap().len(), 1, "{h}");
+    assert_eq!(
+        (
+            &p["occupancy_start"],
+            &p["occupancy_end"],
+            &p["occupancy_max"]
+        ),
+        (&json!(0), &json!(5), &json!(5))
+    );
+    assert_eq!(
+        (
+            &p["arrivals"],
+            &p["departures"],
+            &p["counts"],
+            &p["buckets_15m"]
+        ),
+        (&json!(4), &json!(1), &json!(1), &json!(4))
+    );
+    let (_, h) = app
+        .get("/v1/lots/north/history?from=2026-11-20T08:00:00Z&to=2026-11-20T09:00:00Z")
+        .await;
+    assert_eq!(h["points"].as_array().unwrap().len(), 4, "{h}");
+    let (status, e) = app.get("/v1/lots/north/history?bucket=5m").await;
+    assert_eq!((status, e["field"].as_str()), (400, Some("bucket")), "{e}");
+    let (status, _) = app.get("/v1/lots/nowhere/history").await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn history_without_a_database_says_why() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    post_ok(
+        &app,
+        "/v1/lots",
+        json!({"lot_id": "north", "name": "North", "capacity": 10}),
+    )
+    .await;
+    let (status, e) = app.get("/v1/lots/north/history").await;
+    assert_eq!(status, 503, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("PostgreSQL"), "{e}");
+    app.stop().await;
+}

@@ -117,6 +117,8 @@ impl Application {
             db: db_pool,
             archive,
             features_lateness_secs: config.projections.features_lateness_secs,
+            forecast_tz: config.forecast.tz().map_err(anyhow::Error::msg)?,
+            forecast_interval_secs: config.forecast.interval_secs,
             replay: Arc::new(tokio::sync::Mutex::new(())),
         });
         let listener =
@@ -196,6 +198,13 @@ fn spawn_projection(
     let batch_events = config.projections.batch_events.max(1);
     let max_backoff = Duration::from_secs(config.projections.max_backoff_secs.max(1));
     let lateness_secs = config.projections.features_lateness_secs;
+    let forecast = if config.forecast.enabled {
+        let tz = config.forecast.tz().map_err(anyhow::Error::msg)?;
+        Some((tz, config.forecast.clone()))
+    } else {
+        None
+    };
+    let data_dir = config.data_dir.clone();
     on_own_thread("parkade-projection", async move {
         let mut backoff = Duration::from_millis(200);
         let pool = loop {
@@ -229,7 +238,25 @@ fn spawn_projection(
             max_backoff,
             fault,
         };
-        tokio::join!(occupancy.run(shutdown.clone()), features.run(shutdown));
+        let predictor = forecast.map(|(tz, f)| crate::forecast::service::Predictor {
+            pool: occupancy.pool.clone(),
+            data_dir,
+            tz,
+            interval: Duration::from_secs(f.interval_secs.max(1)),
+            horizon_hours: f.horizon_hours.max(1),
+            keep_hours: f.keep_hours.max(1),
+            board: occupancy.board.clone(),
+        });
+        let predict = async {
+            if let Some(p) = predictor {
+                p.run(shutdown.clone()).await
+            }
+        };
+        tokio::join!(
+            occupancy.run(shutdown.clone()),
+            features.run(shutdown.clone()),
+            predict
+        );
     })
 }
 

@@ -1,4 +1,5 @@
-//! The `parkade` command line: `serve`, `import`, `replay`, `verify`, `backtest`, `holdout`.
+//! The `parkade` command line: `serve`, `import`, `replay`, `verify`, `train`, `backtest`,
+//! `holdout`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,22 @@ enum Cmd {
     /// Split a Birmingham-layout CSV into history and its last full week (the actuals of
     /// a backtest).
     Holdout(HoldoutArgs),
+    /// Train the forecasting model from the features (PostgreSQL) or a CSV, save it in
+    /// the data directory (and in forecast_models) and make it the current one.
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Train from this Birmingham-layout CSV instead of lot_features_15m.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Zone of local times: of the CSV's LastUpdated, or of the lots for the features.
+    /// Default: [forecast] timezone (the CSV: Europe/London).
+    #[arg(long)]
+    timezone: Option<String>,
 }
 
 #[derive(Args)]
@@ -237,6 +254,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Backtest(a) => backtest(a),
+        Cmd::Train(a) => {
+            let c = a.common.config()?;
+            crate::telemetry::init(c.log_format);
+            train(&c, a)
+        }
         Cmd::Holdout(a) => {
             let (monday, h, n) =
                 crate::forecast::backtest::split_last_week(&a.input, &a.history, &a.actuals)?;
@@ -524,4 +546,65 @@ fn backtest(a: BacktestArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn train(c: &Config, a: TrainArgs) -> anyhow::Result<ExitCode> {
+    use crate::forecast::{backtest as bt, service};
+    let zone = match (&a.timezone, &a.csv) {
+        (Some(z), _) => z.clone(),
+        (None, Some(_)) => "Europe/London".into(),
+        (None, None) => c.forecast.timezone.clone(),
+    };
+    let tz: chrono_tz::Tz = zone
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--timezone {zone:?}: {e}"))?;
+    let data_dir = c.data_dir.clone();
+    let db_url = c.database_url.clone();
+    runtime()?.block_on(async move {
+        let pool = match &db_url {
+            Some(u) => Some(db::connect(u).await?),
+            None => None,
+        };
+        let (history, source) = match &a.csv {
+            Some(path) => {
+                let (rows, dropped) = bt::read_readings(path, tz)?;
+                println!("{}: {} readings (dropped: {dropped})", path.display(), rows.len());
+                (
+                    crate::forecast::History::new(rows.into_iter().map(|r| (r.lot, r.obs))),
+                    path.display().to_string(),
+                )
+            }
+            None => {
+                let Some(pool) = &pool else {
+                    bail!("training from the features needs PostgreSQL (PARKADE_DATABASE_URL), or give --csv FILE");
+                };
+                (
+                    service::observations(pool, tz, chrono::Utc::now()).await?,
+                    "features".to_owned(),
+                )
+            }
+        };
+        let until = history
+            .lots()
+            .filter_map(|l| history.observations(l).last().map(|o| o.utc))
+            .max()
+            .unwrap_or(0);
+        let model = service::train(&history, until, tz, source)?;
+        let path = service::save(&model, &data_dir, pool.as_ref()).await?;
+        println!("| horizon | samples | training MAE | interval (p10, p90 of residuals) |");
+        println!("|---|---|---|---|");
+        for h in &model.horizons {
+            println!(
+                "| {} min | {} | {:.4} | {:+.3}, {:+.3} |",
+                h.minutes, h.samples, h.train_mae, h.residual_p10, h.residual_p90
+            );
+        }
+        println!(
+            "model {} saved to {} and made current{}",
+            model.version,
+            path.display(),
+            if pool.is_some() { " (and recorded in forecast_models)" } else { "" }
+        );
+        Ok(ExitCode::SUCCESS)
+    })
 }

@@ -28,6 +28,45 @@ pub struct Config {
     pub log: LogConfig,
     pub projections: ProjectionsConfig,
     pub archive: ArchiveConfig,
+    pub forecast: ForecastConfig,
+}
+
+/// Settings of the forecasts (`parkade train`, the in-service predictor).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForecastConfig {
+    /// Run the predictor (needs PostgreSQL). Default true.
+    pub enabled: bool,
+    /// Seconds between predictor runs. Default 900 (15 minutes).
+    pub interval_secs: u64,
+    /// How far ahead each run forecasts, in hours. Default 24.
+    pub horizon_hours: u32,
+    /// Zone of the lots' local time (the weekly profile's weekday and time of day).
+    /// Default "UTC".
+    pub timezone: String,
+    /// Forecast runs kept in `lot_forecasts`, in hours. Default 48.
+    pub keep_hours: u32,
+}
+
+impl Default for ForecastConfig {
+    fn default() -> Self {
+        ForecastConfig {
+            enabled: true,
+            interval_secs: 900,
+            horizon_hours: 24,
+            timezone: "UTC".into(),
+            keep_hours: 48,
+        }
+    }
+}
+
+impl ForecastConfig {
+    /// The configured zone, or a clear error naming the key.
+    pub fn tz(&self) -> Result<chrono_tz::Tz, String> {
+        self.timezone
+            .parse()
+            .map_err(|e| format!("[forecast] timezone {:?}: {e}", self.timezone))
+    }
 }
 
 /// Settings of the Parquet archive.
@@ -126,6 +165,7 @@ impl Default for Config {
             log: LogConfig::default(),
             projections: ProjectionsConfig::default(),
             archive: ArchiveConfig::default(),
+            forecast: ForecastConfig::default(),
         }
     }
 }

@@ -128,3 +128,106 @@ async fn history_without_a_database_says_why() {
     assert!(e["message"].as_str().unwrap().contains("PostgreSQL"), "{e}");
     app.stop().await;
 }
+
+/// Counts of `lot` every 30 minutes from 07:00 to 19:00 UTC on each of the last `days`
+/// days (today included, up to now): a morning rise and an afternoon fall.
+fn daily_counts(lot: &str, capacity: f64, days: i64) -> Vec<Value> {
+    let now = chrono::Utc::now();
+    let today = now.date_naive();
+    let mut out = Vec::new();
+    for d in (0..days).rev() {
+        let day = today - chrono::Days::new(d as u64);
+        for half_hour in 14..=38 {
+            let at = day.and_hms_opt(0, 0, 0).unwrap().and_utc()
+                + chrono::Duration::minutes(half_hour * 30);
+            if at > now {
+                break;
+            }
+            let hour = half_hour as f64 / 2.0;
+            let shape = (-((hour - 13.0) / 3.5).powi(2)).exp();
+            let count = (capacity * 0.9 * shape).round() as i64;
+            out.push(json!({"lot_id": lot, "event_type": "COUNT", "count": count,
+                            "timestamp": at.to_rfc3339()}));
+        }
+    }
+    out
+}
+
+#[actix_web::test]
+async fn the_predictor_trains_a_model_and_forecasts_registered_lots() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let mut cfg = test_config(dir.path(), Some(&db));
+    cfg.forecast.interval_secs = 1;
+    let app = TestApp::spawn(cfg, Hooks::default()).await;
+    let start = (chrono::Utc::now() - chrono::Duration::days(11)).to_rfc3339();
+    for (lot, cap) in [("busy", 100), ("new", 20)] {
+        post_ok(
+            &app,
+            "/v1/lots",
+            json!({"lot_id": lot, "name": lot, "capacity": cap, "timestamp": start}),
+        )
+        .await;
+    }
+    post_ok(&app, "/v1/events", json!(daily_counts("busy", 100.0, 10))).await;
+    // "new" only has readings from today.
+    post_ok(&app, "/v1/events", json!(daily_counts("new", 20.0, 1))).await;
+    app.wait_caught_up("features").await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let f = loop {
+        let (status, f) = app.get("/v1/lots/busy/forecast").await;
+        if status == 200 {
+            break f;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no forecast within 30 s: {status} {f}"
+        );
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let points = f["points"].as_array().unwrap();
+    assert_eq!(points.len(), 96, "24 hours every 15 minutes: {f}");
+    let issued: chrono::DateTime<chrono::Utc> = f["issued_at"].as_str().unwrap().parse().unwrap();
+    for p in points {
+        let t: chrono::DateTime<chrono::Utc> = p["time"].as_str().unwrap().parse().unwrap();
+        assert!(t > issued, "{p}");
+        let (occ, low, high) = (
+            p["occupancy"].as_f64().unwrap(),
+            p["low"].as_f64().unwrap(),
+            p["high"].as_f64().unwrap(),
+        );
+        assert!(
+            (0.0..=100.0).contains(&occ) && low <= occ + 1e-9 && occ <= high + 1e-9,
+            "{p}"
+        );
+    }
+    let version = f["model_version"].as_str().unwrap().to_owned();
+    let current = std::fs::read_to_string(dir.path().join("models/CURRENT")).unwrap();
+    assert_eq!(current.trim(), version);
+    let models = db.query("SELECT version FROM forecast_models").await;
+    assert_eq!(models, [[version.clone()]]);
+
+    // A lot with readings on no earlier day gets a clear answer, not a number.
+    let (status, e) = app.get("/v1/lots/new/forecast").await;
+    assert_eq!(status, 409, "{e}");
+    assert_eq!(e["error"], "not_enough_history");
+    assert_eq!(e["days_of_history"], 0, "{e}");
+
+    // History and forecast in one series.
+    let (status, ts) = app.get("/v1/lots/busy/timespan").await;
+    assert_eq!(status, 200, "{ts}");
+    let kinds: Vec<&str> = ts["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    let first_forecast = kinds
+        .iter()
+        .position(|k| *k == "forecast")
+        .expect("forecast points");
+    assert!(first_forecast > 0, "history comes first: {kinds:?}");
+    assert!(kinds[first_forecast..].iter().all(|k| *k == "forecast"));
+    app.stop().await;
+}

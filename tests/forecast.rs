@@ -159,3 +159,37 @@ fn a_forecast_does_not_move_when_actuals_after_its_issue_time_change() {
     // The check has teeth: forecasts issued after the change do see it.
     assert!(moved > 100, "{moved}");
 }
+
+#[test]
+fn train_from_a_csv_saves_a_current_model() {
+    let dir = common::data_dir();
+    let (code, out) = parkade(
+        &["train", "--csv", birmingham().to_str().unwrap()],
+        dir.path(),
+        None,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("| 30 min |"), "{out}");
+    let version = std::fs::read_to_string(dir.path().join("models/CURRENT")).unwrap();
+    let model: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join(format!("models/{}.json", version.trim())))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(model["version"].as_str(), Some(version.trim()));
+    assert_eq!(model["horizons"].as_array().unwrap().len(), 14);
+    // Training needs history: a file of one day is refused with the reason.
+    let short = dir.path().join("short.csv");
+    std::fs::write(
+        &short,
+        "SystemCodeNumber,Capacity,Occupancy,LastUpdated\nA,10,1,2016-10-04 08:00:00\nA,10,2,2016-10-04 08:30:00\n",
+    )
+    .unwrap();
+    let (code, out) = parkade(
+        &["train", "--csv", short.to_str().unwrap()],
+        dir.path(),
+        None,
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("not enough history"), "{out}");
+}

@@ -22,6 +22,12 @@ pub enum ApiError {
         rejection: Rejection,
         lot: Option<Box<LotView>>,
     },
+    #[error("lot {lot_id:?} has not enough history for a forecast: readings on {days} earlier days, forecasts need {needed}")]
+    NotEnoughHistory {
+        lot_id: String,
+        days: usize,
+        needed: usize,
+    },
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -45,6 +51,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => "invalid_request",
             ApiError::NotFound { .. } => "lot_not_found",
             ApiError::Conflict { rejection, .. } => rejection.code(),
+            ApiError::NotEnoughHistory { .. } => "not_enough_history",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
@@ -67,7 +74,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. } | ApiError::NotEnoughHistory { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -84,6 +91,15 @@ impl ResponseError for ApiError {
             ApiError::BadRequest { field: Some(f), .. } => body["field"] = json!(f),
             ApiError::NotFound { lot_id } => body["lot_id"] = json!(lot_id),
             ApiError::Conflict { lot: Some(lot), .. } => body["lot"] = json!(lot),
+            ApiError::NotEnoughHistory {
+                lot_id,
+                days,
+                needed,
+            } => {
+                body["lot_id"] = json!(lot_id);
+                body["days_of_history"] = json!(days);
+                body["days_needed"] = json!(needed);
+            }
             _ => {}
         }
         HttpResponse::build(self.status_code()).json(body)

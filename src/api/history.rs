@@ -1,4 +1,5 @@
-//! `GET /v1/lots/{id}/history`: the lot's past from `lot_features_15m`.
+//! The lot over time: its past (`lot_features_15m`), its forecast (`lot_forecasts`) and
+//! both in one series.
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
@@ -119,5 +120,132 @@ pub(super) async fn history(
         .collect();
     Ok(HttpResponse::Ok().json(json!({
         "lot_id": lot.lot_id, "bucket": bucket, "from": from, "to": to, "points": points,
+    })))
+}
+
+type ForecastRow = (
+    DateTime<Utc>,
+    DateTime<Utc>,
+    i32,
+    f64,
+    f64,
+    f64,
+    i32,
+    String,
+);
+
+/// The newest forecast run of a lot, oldest target first.
+async fn latest_forecast(pool: &sqlx::PgPool, lot: &str) -> Result<Vec<ForecastRow>, ApiError> {
+    sqlx::query_as(
+        "SELECT issued_at, target_time, horizon_min, predicted_occupancy, low, high, capacity, model_version \
+         FROM lot_forecasts WHERE lot_id = $1 \
+           AND issued_at = (SELECT max(issued_at) FROM lot_forecasts WHERE lot_id = $1) \
+         ORDER BY target_time",
+    )
+    .bind(lot)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))
+}
+
+/// Why there is no forecast: not enough history, or the predictor has not run yet.
+async fn no_forecast(st: &ApiState, pool: &sqlx::PgPool, lot: &str) -> ApiError {
+    let needed = crate::forecast::model::MIN_HISTORY_DAYS;
+    match crate::forecast::service::days_of_history(pool, lot, st.forecast_tz).await {
+        Ok(days) if days < needed => ApiError::NotEnoughHistory {
+            lot_id: lot.to_owned(),
+            days,
+            needed,
+        },
+        Ok(_) => ApiError::Unavailable(format!(
+            "no forecast for lot {lot:?} yet: the predictor writes them every {} s (see GET /v1/admin/projections, \"predictor\")",
+            st.forecast_interval_secs
+        )),
+        Err(e) => ApiError::Internal(e.into()),
+    }
+}
+
+fn database(st: &ApiState, what: &str) -> Result<sqlx::PgPool, ApiError> {
+    st.db.clone().ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "{what} is served from PostgreSQL; no database is configured (PARKADE_DATABASE_URL)"
+        ))
+    })
+}
+
+/// `GET /v1/lots/{id}/forecast`: the newest forecast run, every 15 minutes ahead, with
+/// an interval; 409 `not_enough_history` for a lot the model cannot forecast yet.
+pub(super) async fn forecast(
+    path: web::Path<String>,
+    st: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let lot = super::lots::handle(&st, &path)?.view().await?;
+    let pool = database(&st, "the forecast")?;
+    let rows = latest_forecast(&pool, lot.lot_id.as_str()).await?;
+    let Some(first) = rows.first() else {
+        return Err(no_forecast(&st, &pool, lot.lot_id.as_str()).await);
+    };
+    let points: Vec<_> = rows
+        .iter()
+        .map(|(_, t, h, occ, low, high, cap, _)| {
+            json!({"time": t, "horizon_min": h, "occupancy": occ, "low": low, "high": high,
+                   "rate": occ / f64::from((*cap).max(1)), "capacity": cap})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "lot_id": lot.lot_id, "issued_at": first.0, "model_version": first.7, "points": points,
+    })))
+}
+
+/// `GET /v1/lots/{id}/timespan?from=&to=`: one series of 15-minute points, history
+/// (`"kind": "history"`, the mean occupancy of each bucket) up to the newest features,
+/// then the newest forecast run (`"kind": "forecast"`, with its interval) after it.
+/// By default from 24 hours ago to 24 hours ahead.
+pub(super) async fn timespan(
+    path: web::Path<String>,
+    q: web::Query<HistoryQuery>,
+    st: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let lot = super::lots::handle(&st, &path)?.view().await?;
+    let default_to = (Utc::now() + chrono::Duration::hours(24)).to_rfc3339();
+    let to_text = q.to.clone().unwrap_or(default_to);
+    let (from, to) = range(q.from.as_deref(), Some(&to_text), 48 * 3600)?;
+    if (to - from).num_seconds() / 900 > MAX_POINTS {
+        return Err(ApiError::bad(
+            Some("from".into()),
+            format!("at most {MAX_POINTS} points of 15 minutes per request"),
+        ));
+    }
+    let pool = database(&st, "the timespan view")?;
+    let past: Vec<(DateTime<Utc>, f64, i32)> = sqlx::query_as(
+        "SELECT bucket_start, occupancy_mean, capacity FROM lot_features_15m \
+         WHERE lot_id = $1 AND bucket_start >= $2 AND bucket_start < $3 ORDER BY bucket_start",
+    )
+    .bind(lot.lot_id.as_str())
+    .bind(from)
+    .bind(to)
+    .fetch_all(&pool)
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let last_past = past.last().map(|p| p.0);
+    let mut series: Vec<serde_json::Value> = past
+        .into_iter()
+        .map(|(t, mean, cap)| json!({"time": t, "kind": "history", "occupancy": mean, "capacity": cap}))
+        .collect();
+    let fc = latest_forecast(&pool, lot.lot_id.as_str()).await?;
+    let issued = fc.first().map(|r| (r.0, r.7.clone()));
+    series.extend(
+        fc.into_iter()
+            .filter(|r| r.1 >= from && r.1 < to && last_past.is_none_or(|p| r.1 > p))
+            .map(|(_, t, h, occ, low, high, cap, _)| {
+                json!({"time": t, "kind": "forecast", "occupancy": occ, "low": low, "high": high,
+                       "capacity": cap, "horizon_min": h})
+            }),
+    );
+    Ok(HttpResponse::Ok().json(json!({
+        "lot_id": lot.lot_id, "from": from, "to": to,
+        "forecast_issued_at": issued.as_ref().map(|i| i.0),
+        "model_version": issued.map(|i| i.1),
+        "series": series,
     })))
 }

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /v1/events` | [`events`]: one JSON event, a JSON array, or NDJSON |
 //! | `POST /v1/lots`, `GET /v1/lots`, `GET /v1/lots/{id}`, `PATCH /v1/lots/{id}`, `POST /v1/lots/{id}/count` | [`lots`] |
-//! | `GET /v1/lots/{id}/history` | [`history`] (from `lot_features_15m`) |
+//! | `GET /v1/lots/{id}/history`, `/forecast`, `/timespan` | [`history`] (from `lot_features_15m` and `lot_forecasts`) |
 //! | `POST /v1/admin/replay`, `GET /v1/admin/projections`, `POST /v1/admin/known-events` | [`admin`] |
 //! | `GET /healthz`, `GET /readyz` | [`admin`] |
 //!
@@ -42,6 +42,9 @@ pub struct ApiState {
     pub db: Option<PgPool>,
     /// `None` when the archive is disabled.
     pub archive: Option<crate::projections::archive::Archive>,
+    /// Zone of the lots' local time, and the predictor's interval (for explanations).
+    pub forecast_tz: chrono_tz::Tz,
+    pub forecast_interval_secs: u64,
     /// Lateness rule of the features projection (for its rebuild).
     pub features_lateness_secs: u64,
     /// Held while a rebuild runs, so two never overlap.
@@ -61,6 +64,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/lots/{id}", web::patch().to(lots::change_capacity))
                 .route("/lots/{id}/count", web::post().to(lots::count))
                 .route("/lots/{id}/history", web::get().to(history::history))
+                .route("/lots/{id}/forecast", web::get().to(history::forecast))
+                .route("/lots/{id}/timespan", web::get().to(history::timespan))
                 .route("/admin/replay", web::post().to(admin::replay))
                 .route("/admin/projections", web::get().to(admin::projections))
                 .route("/admin/known-events", web::post().to(admin::known_events)),

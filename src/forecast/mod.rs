@@ -4,11 +4,14 @@
 //!   them, every query bounded by the issue time;
 //! - [`model`]: the model (weekly profile + the lot's deviation from it, weights fitted
 //!   per horizon), its training and the saved artifact;
-//! - [`backtest`]: `parkade backtest`, rolling-origin evaluation against two baselines.
+//! - [`backtest`]: `parkade backtest`, rolling-origin evaluation against two baselines;
+//! - [`service`]: training from `lot_features_15m`, the model artifact, and the
+//!   predictor writing `lot_forecasts` on a schedule.
 
 pub mod backtest;
 pub mod history;
 pub mod model;
+pub mod service;
 
 pub use history::{History, Obs, ProfileParams};
 pub use model::{Forecast, HorizonFit, Model, NoForecast};

@@ -1,0 +1,306 @@
+//! The forecasts inside the service: training from `lot_features_15m`, the saved model
+//! artifact, and the predictor that writes `lot_forecasts` on a schedule.
+//!
+//! Readings for the model come from the features: every 15-minute bucket in which the
+//! lot had an event is one reading, its occupancy at the bucket's end over its capacity,
+//! at the bucket's end.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use super::backtest::local_of;
+use super::history::{History, Obs, ProfileParams};
+use super::model::{self, Model};
+use crate::projections::{ProjectionState, StatusBoard};
+
+/// Name of the predictor on the status board.
+pub const NAME: &str = "predictor";
+/// Weeks of features read for training and forecasting.
+const WEEKS_READ: i64 = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForecastError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("model file {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("model file {path} is not a parkade model: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("not enough history to train: {0}")]
+    NotEnoughHistory(String),
+}
+
+/// Readings from the features of the last `WEEKS_READ` weeks before `until`.
+pub async fn observations(
+    pool: &PgPool,
+    tz: Tz,
+    until: DateTime<Utc>,
+) -> Result<History, ForecastError> {
+    let rows: Vec<(String, DateTime<Utc>, i32, i32)> = sqlx::query_as(
+        "SELECT lot_id, bucket_start + interval '15 minutes', occupancy_end, capacity \
+         FROM lot_features_15m \
+         WHERE arrivals + departures + counts > 0 AND capacity > 0 \
+           AND bucket_start + interval '15 minutes' <= $1 AND bucket_start >= $1 - make_interval(weeks => $2)",
+    )
+    .bind(until)
+    .bind(WEEKS_READ as i32)
+    .fetch_all(pool)
+    .await?;
+    Ok(History::new(rows.into_iter().map(|(lot, at, occ, cap)| {
+        let utc = at.timestamp();
+        let local = local_of(tz, utc);
+        (
+            lot,
+            Obs {
+                utc,
+                local,
+                rate: f64::from(occ) / f64::from(cap),
+            },
+        )
+    })))
+}
+
+/// Fit a model on `h` (every reading up to `until`).
+pub fn train(h: &History, until: i64, tz: Tz, source: String) -> Result<Model, ForecastError> {
+    let profile = ProfileParams::default();
+    let fits = model::fit(h, until, &model::FITTED_HORIZONS, &profile, &|u| {
+        local_of(tz, u)
+    });
+    if fits.is_empty() {
+        return Err(ForecastError::NotEnoughHistory(format!(
+            "no lot has readings on {} days before its latest ones",
+            model::MIN_HISTORY_DAYS
+        )));
+    }
+    Ok(super::new_model(source, profile, fits))
+}
+
+/// Where models are kept in a data directory.
+pub fn models_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("models")
+}
+
+/// Save `m` as `models/{version}.json` and make it current (`models/CURRENT` names it;
+/// written to a temporary file and renamed, so a crash leaves the old or the new one).
+/// With a database, also record it in `forecast_models`.
+pub async fn save(
+    m: &Model,
+    data_dir: &Path,
+    pool: Option<&PgPool>,
+) -> Result<PathBuf, ForecastError> {
+    let dir = models_dir(data_dir);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ForecastError::File { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let file = dir.join(format!("{}.json", m.version));
+    let text = serde_json::to_string_pretty(m).expect("a model serialises");
+    std::fs::write(&file, &text).map_err(io(&file))?;
+    let tmp = dir.join("CURRENT.tmp");
+    std::fs::write(&tmp, format!("{}\n", m.version)).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, dir.join("CURRENT")).map_err(io(&dir))?;
+    if let Some(pool) = pool {
+        let trained_at: DateTime<Utc> = m.trained_at.parse().unwrap_or_else(|_| Utc::now());
+        sqlx::query("INSERT INTO forecast_models (version, trained_at, source, model) VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (version) DO NOTHING")
+            .bind(&m.version)
+            .bind(trained_at)
+            .bind(&m.source)
+            .bind(&text)
+            .execute(pool)
+            .await?;
+    }
+    Ok(file)
+}
+
+/// The current model of a data directory, if one was saved.
+pub fn load_current(data_dir: &Path) -> Result<Option<Model>, ForecastError> {
+    let dir = models_dir(data_dir);
+    let current = dir.join("CURRENT");
+    let version = match std::fs::read_to_string(&current) {
+        Ok(v) => v.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ForecastError::File {
+                path: current,
+                source,
+            })
+        }
+    };
+    let path = dir.join(format!("{version}.json"));
+    let text = std::fs::read_to_string(&path).map_err(|source| ForecastError::File {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|source| ForecastError::Parse { path, source })
+}
+
+/// What one predictor run did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunSummary {
+    pub lots_forecast: usize,
+    pub rows: usize,
+    /// Lots skipped, with the reason.
+    pub skipped: Vec<(String, String)>,
+    pub model_version: Option<String>,
+}
+
+/// Forecast every lot of `current_lot_occupancy` from `issued_at` to `horizon_hours`
+/// ahead (every 15 minutes) and write the rows to `lot_forecasts`.
+pub async fn predict_all(
+    pool: &PgPool,
+    model: &Model,
+    tz: Tz,
+    issued_at: DateTime<Utc>,
+    horizon_hours: u32,
+) -> Result<RunSummary, ForecastError> {
+    let h = observations(pool, tz, issued_at).await?;
+    let lots: Vec<(String, i32)> =
+        sqlx::query_as("SELECT lot_id, capacity FROM current_lot_occupancy ORDER BY lot_id")
+            .fetch_all(pool)
+            .await?;
+    let origin_utc = issued_at.timestamp();
+    let origin = (origin_utc, local_of(tz, origin_utc));
+    let first = (origin_utc / 900 + 1) * 900;
+    let steps = i64::from(horizon_hours) * 4;
+    let mut summary = RunSummary {
+        model_version: Some(model.version.clone()),
+        ..RunSummary::default()
+    };
+    let (mut ids, mut targets, mut horizons, mut occ, mut low, mut high, mut caps) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (lot, capacity) in lots {
+        let cap = f64::from(capacity);
+        let mut wrote = false;
+        for k in 0..steps {
+            let t = first + k * 900;
+            match model.forecast(&h, &lot, (t, local_of(tz, t)), origin) {
+                Ok(f) => {
+                    ids.push(lot.clone());
+                    targets.push(DateTime::from_timestamp(t, 0).unwrap_or_default());
+                    horizons.push(i32::try_from((t - origin_utc) / 60).unwrap_or(i32::MAX));
+                    occ.push((f.rate * cap).min(cap));
+                    low.push((f.low * cap).min(cap));
+                    high.push((f.high * cap).min(cap));
+                    caps.push(capacity);
+                    wrote = true;
+                }
+                Err(e) => {
+                    summary.skipped.push((lot.clone(), e.to_string()));
+                    break;
+                }
+            }
+        }
+        if wrote {
+            summary.lots_forecast += 1;
+        }
+    }
+    summary.rows = ids.len();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO lot_forecasts (lot_id, issued_at, target_time, horizon_min, predicted_occupancy, low, high, capacity, model_version) \
+         SELECT u.lot_id, $2, u.target_time, u.horizon_min, u.predicted, u.low, u.high, u.capacity, $3 \
+         FROM UNNEST($1::text[], $4::timestamptz[], $5::int4[], $6::float8[], $7::float8[], $8::float8[], $9::int4[]) \
+           AS u(lot_id, target_time, horizon_min, predicted, low, high, capacity) \
+         ON CONFLICT (lot_id, issued_at, target_time) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(issued_at)
+    .bind(&model.version)
+    .bind(targets)
+    .bind(horizons)
+    .bind(occ)
+    .bind(low)
+    .bind(high)
+    .bind(caps)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(summary)
+}
+
+/// Why a lot has no forecast: days of readings before today, against what is needed.
+pub async fn days_of_history(pool: &PgPool, lot: &str, tz: Tz) -> Result<usize, ForecastError> {
+    let h = observations(pool, tz, Utc::now()).await?;
+    Ok(h.days_before(lot, local_of(tz, Utc::now().timestamp())))
+}
+
+/// Runs the predictor until shut down: every `interval`, forecast every lot. Without a
+/// saved model it trains one from the features first (and saves it) once there is
+/// enough history.
+pub struct Predictor {
+    pub pool: PgPool,
+    pub data_dir: PathBuf,
+    pub tz: Tz,
+    pub interval: Duration,
+    pub horizon_hours: u32,
+    pub keep_hours: u32,
+    pub board: StatusBoard,
+}
+
+impl Predictor {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut model: Option<Model> = None;
+        loop {
+            match self.once(&mut model).await {
+                Ok(s) => {
+                    tracing::info!(lots = s.lots_forecast, rows = s.rows, skipped = s.skipped.len(), model = ?s.model_version, "forecasts written");
+                    self.board
+                        .set(NAME, |st| st.state = ProjectionState::Running);
+                }
+                Err(ForecastError::NotEnoughHistory(why)) => {
+                    tracing::info!(reason = %why, "no forecasts yet");
+                    self.board.set(NAME, |st| {
+                        st.state = ProjectionState::Running;
+                        st.last_error = Some(format!("no model yet: not enough history ({why})"));
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "predictor run failed; next run at the next interval");
+                    self.board.report_failure_text(NAME, e.to_string());
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        self.board.set(NAME, |s| s.state = ProjectionState::Stopped);
+    }
+
+    async fn once(&self, model: &mut Option<Model>) -> Result<RunSummary, ForecastError> {
+        if model.is_none() {
+            *model = load_current(&self.data_dir)?;
+        }
+        let now = Utc::now();
+        if model.is_none() {
+            let h = observations(&self.pool, self.tz, now).await?;
+            let m = train(&h, now.timestamp(), self.tz, "features".into())?;
+            let path = save(&m, &self.data_dir, Some(&self.pool)).await?;
+            tracing::info!(version = %m.version, path = %path.display(), "trained a model from the features");
+            *model = Some(m);
+        }
+        let m = model.as_ref().expect("loaded or trained above");
+        let summary = predict_all(&self.pool, m, self.tz, now, self.horizon_hours).await?;
+        sqlx::query("DELETE FROM lot_forecasts WHERE issued_at < $1")
+            .bind(now - chrono::Duration::hours(i64::from(self.keep_hours)))
+            .execute(&self.pool)
+            .await?;
+        Ok(summary)
+    }
+}

@@ -38,3 +38,11 @@ CREATE TABLE IF NOT EXISTS lot_forecasts (
     PRIMARY KEY (lot_id, issued_at, target_time)
 );
 CREATE INDEX IF NOT EXISTS lot_forecasts_latest ON lot_forecasts (lot_id, issued_at DESC);
+
+-- UTC days of lot_features_15m changed since their Parquet file in the lake
+-- (features/date=YYYY-MM-DD/) was last written; marked in the same transaction as the
+-- rows, cleared by the exporter once the file is written for that version.
+CREATE TABLE IF NOT EXISTS lot_features_dirty_days (
+    day     DATE PRIMARY KEY,
+    version BIGINT NOT NULL
+);

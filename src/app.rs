@@ -205,6 +205,8 @@ fn spawn_projection(
         None
     };
     let data_dir = config.data_dir.clone();
+    // The features go to the lake beside the archive, when there is one.
+    let lake_config = config.archive.enabled.then(|| config.clone());
     on_own_thread("parkade-projection", async move {
         let mut backoff = Duration::from_millis(200);
         let pool = loop {
@@ -252,10 +254,24 @@ fn spawn_projection(
                 p.run(shutdown.clone()).await
             }
         };
+        let (lake_pool, lake_board) = (occupancy.pool.clone(), occupancy.board.clone());
+        let lake = async {
+            if let Some(c) = &lake_config {
+                crate::projections::features::lake::LakeExporter {
+                    pool: lake_pool,
+                    store: c.archive().await.store().clone(),
+                    board: lake_board,
+                    every: Duration::from_secs(c.archive.roll_secs.clamp(1, 60)),
+                }
+                .run(shutdown.clone())
+                .await
+            }
+        };
         tokio::join!(
             occupancy.run(shutdown.clone()),
             features.run(shutdown.clone()),
-            predict
+            predict,
+            lake
         );
     })
 }

@@ -510,6 +510,13 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                     let archive = config.archive().await;
                     let at = archive.catch_up(dyn_log.clone()).await?;
                     println!("archive caught up to offset {at} in {}", archive.store().describe());
+                    if let Some(db_url) = &config.database_url {
+                        let pool = db::connect(db_url).await?;
+                        let days = features::lake::export_dirty(&pool, archive.store())
+                            .await
+                            .map_err(anyhow::Error::msg)?;
+                        println!("features of {days} days written to the lake");
+                    }
                 }
                 log.close();
             }

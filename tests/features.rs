@@ -78,6 +78,45 @@ async fn features_fold_a_late_event_and_a_replay_gives_the_same_rows() {
         "the replay equals the live rows"
     );
 
+    // The same rows in the lake, read by pyarrow: one file per day under features/.
+    let features = dir.path().join("archive/features");
+    let file = features.join("date=2026-11-20/features.parquet");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let lake = loop {
+        if file.exists() {
+            let lake = common::read_lake(&features);
+            if lake["rows"] == 4 {
+                break lake;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no features in the lake"
+        );
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let lake_rows: Vec<String> = lake["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {} {} {:.6} {} {} {} {}",
+                &r["bucket_start"].as_str().unwrap()[11..16],
+                r["occupancy_start"],
+                r["occupancy_end"],
+                r["occupancy_min"],
+                r["occupancy_max"],
+                r["occupancy_mean"].as_f64().unwrap(),
+                r["arrivals"],
+                r["departures"],
+                r["counts"],
+                r["capacity"]
+            )
+        })
+        .collect();
+    assert_eq!(lake_rows, text);
+
     // History over the same rows.
     let (status, h) = app
         .get("/v1/lots/north/history?from=2026-11-20T08:00:00Z&to=2026-11-20T09:00:00Z&bucket=1h")

@@ -1,7 +1,9 @@
 //! The 15-minute features: `lot_features_15m` in PostgreSQL, folded from the log by
-//! event time (see [`fold`] for the rules, including late events).
+//! event time (see [`fold`] for the rules, including late events), and one Parquet file
+//! per day in the lake (see [`lake`]).
 
 pub mod fold;
+pub mod lake;
 mod pg;
 
 pub use fold::{bucket_of, FeatureFold, FeatureRow, BUCKET_MICROS};

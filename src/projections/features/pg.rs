@@ -32,6 +32,9 @@ async fn write_rows(
         latest.insert((r.lot_id.as_str().to_owned(), r.bucket_start), r);
     }
     let rows: Vec<FeatureRow> = latest.into_values().collect();
+    if table == TABLE {
+        mark_days_dirty(tx, &rows).await?;
+    }
     for chunk in rows.chunks(5_000) {
         let col = |f: fn(&FeatureRow) -> i32| chunk.iter().map(f).collect::<Vec<i32>>();
         let sql = format!(
@@ -70,6 +73,31 @@ async fn write_rows(
             .execute(&mut **tx)
             .await?;
     }
+    Ok(())
+}
+
+/// Mark the UTC days of `rows` as changed, for the lake exporter.
+async fn mark_days_dirty(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[FeatureRow],
+) -> Result<(), ProjectionError> {
+    let mut days: Vec<chrono::NaiveDate> = rows
+        .iter()
+        .map(|r| {
+            crate::domain::Timestamp::from_micros(r.bucket_start)
+                .to_datetime()
+                .date_naive()
+        })
+        .collect();
+    days.sort_unstable();
+    days.dedup();
+    sqlx::query(
+        "INSERT INTO lot_features_dirty_days (day, version) SELECT d, 1 FROM UNNEST($1::date[]) AS d \
+         ON CONFLICT (day) DO UPDATE SET version = lot_features_dirty_days.version + 1",
+    )
+    .bind(days)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -178,6 +206,14 @@ pub async fn rebuild(
     .execute(&mut *tx)
     .await?;
     db::set_checkpoint(&mut tx, NAME, log_id, end).await?;
+    // Every day is rewritten in the lake.
+    sqlx::query(&format!(
+        "INSERT INTO lot_features_dirty_days (day, version) \
+         SELECT DISTINCT (bucket_start AT TIME ZONE 'UTC')::date, 1 FROM {TABLE} \
+         ON CONFLICT (day) DO UPDATE SET version = lot_features_dirty_days.version + 1"
+    ))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(RebuildStats {
         events: end,

@@ -8,7 +8,7 @@
 //!
 //! # Module map
 //!
-//! Data flows one way: `api`/`import` → `actors` → `log` → `projections`. No module reaches back
+//! Data flows one way: `api`/`import` → `actors` → `log` → `projections` → `forecast`. No module reaches back
 //! up the chain: projections read the log and never talk to actors; actors never know
 //! about HTTP.
 //!
@@ -17,14 +17,14 @@
 //! | [`domain`] | Pure, synchronous lot rules: newtypes parsed at the edge ([`LotId`], [`Capacity`]), the events, `decide` and `apply`. No I/O. |
 //! | [`log`] | The event log: the [`EventLog`] trait and the embedded segment-file backend with group commit, recovery of torn tails, reads and subscriptions from any offset. |
 //! | [`actors`] | One actix actor per lot, reached through a typed [`LotHandle`]; the [`Lots`] registry that rebuilds every lot from the log at start. |
-//! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the Parquet archive (local folder or S3), the runners that keep them caught up, `replay` and `verify`. |
-//! | [`forecast`] | The forecasting model (weekly profile + deviation, fitted per horizon), its training and `parkade backtest`. Pure computation over readings bounded by an issue time. |
+//! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the 15-minute features (PostgreSQL and the lake), the Parquet archive (local folder or S3), the runners that keep them caught up, `replay` and `verify`. |
+//! | [`forecast`] | The forecasting model (weekly profile + deviation, fitted per horizon) as pure computation over readings bounded by an issue time; `parkade backtest`; training from the features, the model artifact and the predictor writing `lot_forecasts`. Reads projections, never the actors. |
 //! | [`ingest`] | Edge standardisation of incoming events (JSON, NDJSON, CSV rows): lot ids, event types, timestamps, event ids, each problem named by field. |
 //! | [`import`] | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server. |
 //! | [`api`] | The actix-web HTTP API under `/v1`: edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness. |
 //! | [`config`] | Typed configuration: defaults, a TOML file, `PARKADE_*` environment variables and flags. |
 //! | [`app`] | Startup: opens the log, rebuilds the lots, starts projections and the HTTP server. |
-//! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`). |
+//! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`, `train`, `backtest`, `holdout`). |
 //! | [`telemetry`] | `tracing` subscriber set-up. |
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls [`cli::run`].

@@ -197,6 +197,9 @@ pub struct Scores {
     pub model_mae: f64,
     pub persistence_mae: f64,
     pub seasonal_mae: f64,
+    /// The starting point the model improves on: profile + the latest deviation, added
+    /// with fixed weights of 1 (the Helsinki park-and-ride approach).
+    pub profile_deviation_mae: f64,
     /// Rows where the model could not forecast and persistence was written instead.
     pub model_fallbacks: usize,
 }
@@ -239,22 +242,23 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "| horizon | rows | model MAE | persistence MAE | seasonal-weekly MAE | model vs better baseline | target |"
+            "| horizon | rows | model MAE | persistence MAE | seasonal-weekly MAE | model vs better baseline | target | profile + deviation, fixed weights |"
         )?;
-        writeln!(f, "|---|---|---|---|---|---|---|")?;
+        writeln!(f, "|---|---|---|---|---|---|---|---|")?;
         for s in &self.scores {
             let target =
                 target_pct(s.horizon_min).map_or("-".to_owned(), |t| format!("≥ {t:.0}% lower"));
             writeln!(
                 f,
-                "| {} min | {} | {:.4} | {:.4} | {:.4} | {:.1}% lower | {} |",
+                "| {} min | {} | {:.4} | {:.4} | {:.4} | {:.1}% lower | {} | {:.4} |",
                 s.horizon_min,
                 s.rows,
                 s.model_mae,
                 s.persistence_mae,
                 s.seasonal_mae,
                 s.improvement_pct(),
-                target
+                target,
+                s.profile_deviation_mae
             )?;
         }
         write!(
@@ -331,6 +335,8 @@ pub fn run(
                 .near(&r.lot, r.obs.utc - 7 * 86_400, 20 * 60, origin_utc)
                 .unwrap_or(last);
             let origin = (origin_utc, local_of(tz, origin_utc));
+            let fixed = model::inputs(&all, &r.lot, target, origin, &model.profile)
+                .map_or(last.rate, |i| (i.x[0] + i.x[1] + i.x[2]).max(0.0));
             let predicted = match model.forecast(&all, &r.lot, target, origin) {
                 Ok(f) => f.rate,
                 Err(NoForecast::NotEnoughHistory { .. } | NoForecast::NoReading) => {
@@ -348,6 +354,7 @@ pub fn run(
             sc.model_mae += (predicted - r.obs.rate).abs();
             sc.persistence_mae += (last.rate - r.obs.rate).abs();
             sc.seasonal_mae += (seasonal.rate - r.obs.rate).abs();
+            sc.profile_deviation_mae += (fixed - r.obs.rate).abs();
         }
     }
     w.flush().map_err(werr)?;
@@ -356,6 +363,7 @@ pub fn run(
         sc.model_mae /= n;
         sc.persistence_mae /= n;
         sc.seasonal_mae /= n;
+        sc.profile_deviation_mae /= n;
     }
     Ok(Report {
         scores,

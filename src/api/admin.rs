@@ -46,7 +46,9 @@ pub(super) async fn projections(st: web::Data<ApiState>) -> HttpResponse {
         .all()
         .into_iter()
         .map(|s| {
-            let lag = log_end.saturating_sub(s.checkpoint);
+            // The predictor and the features exporter follow tables, not log offsets.
+            let follows_log = [occupancy::NAME, features::NAME, archive::NAME].contains(&s.name);
+            let lag = follows_log.then(|| log_end.saturating_sub(s.checkpoint));
             json!({"name": s.name, "state": s.state, "checkpoint": s.checkpoint, "lag": lag,
                    "failures": s.failures, "too_late": s.too_late, "last_error": s.last_error, "updated_at": s.updated_at})
         })

@@ -35,6 +35,7 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     projection: Option<JoinHandle<()>>,
     archive_thread: Option<JoinHandle<()>>,
+    live_thread: JoinHandle<()>,
 }
 
 impl Application {
@@ -70,6 +71,18 @@ impl Application {
 
         let board = StatusBoard::default();
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // The live fan-out starts from the state the lots were rebuilt to.
+        let live = crate::live::Live::new(
+            lots.views()
+                .await
+                .context("reading the lots for the live view")?,
+            dyn_log.durable_end(),
+            config.live.buffer_messages,
+        );
+        let live_thread = on_own_thread(
+            "parkade-live",
+            live.clone().follow(dyn_log.clone(), shutdown.subscribe()),
+        )?;
         let mut db_pool = None;
         let mut projection = None;
         if let Some(url) = &config.database_url {
@@ -118,6 +131,7 @@ impl Application {
             archive,
             features_lateness_secs: config.projections.features_lateness_secs,
             forecast_tz: config.forecast.tz().map_err(anyhow::Error::msg)?,
+            live,
             forecast_interval_secs: config.forecast.interval_secs,
             replay: Arc::new(tokio::sync::Mutex::new(())),
         });
@@ -150,6 +164,7 @@ impl Application {
             shutdown,
             projection,
             archive_thread,
+            live_thread,
         })
     }
 
@@ -175,7 +190,10 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let result = self.server.await;
         let _receivers_gone = self.shutdown.send(true);
-        for p in [self.projection, self.archive_thread].into_iter().flatten() {
+        for p in [self.projection, self.archive_thread, Some(self.live_thread)]
+            .into_iter()
+            .flatten()
+        {
             let _ = tokio::task::spawn_blocking(move || p.join()).await;
         }
         self.log.close();

@@ -29,6 +29,24 @@ pub struct Config {
     pub projections: ProjectionsConfig,
     pub archive: ArchiveConfig,
     pub forecast: ForecastConfig,
+    pub live: LiveConfig,
+}
+
+/// Settings of the live fan-out (websockets).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveConfig {
+    /// Changes a websocket subscriber may fall behind before it is closed (code 4008).
+    /// Default 4,096.
+    pub buffer_messages: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            buffer_messages: 4_096,
+        }
+    }
 }
 
 /// Settings of the forecasts (`parkade train`, the in-service predictor).
@@ -166,6 +184,7 @@ impl Default for Config {
             projections: ProjectionsConfig::default(),
             archive: ArchiveConfig::default(),
             forecast: ForecastConfig::default(),
+            live: LiveConfig::default(),
         }
     }
 }

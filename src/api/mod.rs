@@ -6,6 +6,7 @@
 //! | `POST /v1/lots`, `GET /v1/lots`, `GET /v1/lots/{id}`, `PATCH /v1/lots/{id}`, `POST /v1/lots/{id}/count` | [`lots`] |
 //! | `GET /v1/lots/{id}/history`, `/forecast`, `/timespan` | [`history`] (from `lot_features_15m` and `lot_forecasts`) |
 //! | `POST /v1/admin/replay`, `GET /v1/admin/projections`, `POST /v1/admin/known-events` | [`admin`] |
+//! | `GET /v1/ws` | [`ws`]: live occupancy (snapshot + changes, resume from an offset) |
 //! | `GET /healthz`, `GET /readyz` | [`admin`] |
 //!
 //! Every reply that shows lot state carries the log offset it reflects, and is sent only
@@ -16,6 +17,7 @@ mod error;
 mod events;
 mod history;
 mod lots;
+mod ws;
 
 use std::sync::Arc;
 
@@ -45,6 +47,8 @@ pub struct ApiState {
     /// Zone of the lots' local time, and the predictor's interval (for explanations).
     pub forecast_tz: chrono_tz::Tz,
     pub forecast_interval_secs: u64,
+    /// The live fan-out for websocket subscribers.
+    pub live: crate::live::Live,
     /// Lateness rule of the features projection (for its rebuild).
     pub features_lateness_secs: u64,
     /// Held while a rebuild runs, so two never overlap.
@@ -66,6 +70,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/lots/{id}/history", web::get().to(history::history))
                 .route("/lots/{id}/forecast", web::get().to(history::forecast))
                 .route("/lots/{id}/timespan", web::get().to(history::timespan))
+                .route("/ws", web::get().to(ws::ws))
                 .route("/admin/replay", web::post().to(admin::replay))
                 .route("/admin/projections", web::get().to(admin::projections))
                 .route("/admin/known-events", web::post().to(admin::known_events)),

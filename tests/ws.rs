@@ -1,0 +1,235 @@
+//! `GET /v1/ws` against the real server: snapshot then changes, resume from an offset
+//! with no gap and no duplicate, and a slow consumer closed while ingestion goes on.
+
+use std::time::Duration;
+
+use awc::ws::Frame;
+use futures_util::{SinkExt, StreamExt};
+use parkade::app::Hooks;
+use serde_json::{json, Value};
+
+mod common;
+use common::{test_config, TestApp};
+
+type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+async fn connect(app: &TestApp, query: &str) -> Socket {
+    let url = format!("{}/v1/ws{query}", app.base.replace("http://", "ws://"));
+    let (_, socket) = awc::Client::new()
+        .ws(url)
+        .max_frame_size(1 << 20)
+        .connect()
+        .await
+        .expect("websocket handshake");
+    socket
+}
+
+/// The next text message as JSON (answering pings on the way).
+async fn next_json(ws: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the socket is open")
+            .expect("a valid frame");
+        match frame {
+            Frame::Text(b) => return serde_json::from_slice(&b).expect("JSON"),
+            Frame::Ping(p) => ws.send(awc::ws::Message::Pong(p)).await.unwrap(),
+            Frame::Close(r) => panic!("closed: {r:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Say goodbye, so the server's graceful stop does not wait for the socket.
+async fn close(mut ws: Socket) {
+    let _ = ws.send(awc::ws::Message::Close(None)).await;
+}
+
+async fn arrive(app: &TestApp, lot: &str) -> u64 {
+    let (status, r) = app
+        .post(
+            "/v1/events",
+            json!({"lot_id": lot, "event_type": "ARRIVAL"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    r["offset"].as_u64().unwrap()
+}
+
+async fn setup() -> (tempfile::TempDir, TestApp) {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    for lot in ["a", "b"] {
+        let (status, _) = app
+            .post(
+                "/v1/lots",
+                json!({"lot_id": lot, "name": lot, "capacity": 50}),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    (dir, app)
+}
+
+#[actix_web::test]
+async fn a_subscriber_gets_a_snapshot_then_one_message_per_change_of_its_lots() {
+    let (_dir, app) = setup().await;
+    arrive(&app, "a").await;
+    let mut ws = connect(&app, "?lots=a").await;
+    let snap = next_json(&mut ws).await;
+    assert_eq!(snap["type"], "snapshot");
+    assert_eq!(snap["next_offset"].as_u64(), Some(app.log_end().await));
+    assert_eq!(snap["offset"].as_u64(), Some(app.log_end().await - 1));
+    let lots = snap["lots"].as_array().unwrap();
+    assert_eq!(lots.len(), 1, "{snap}");
+    assert_eq!(
+        (lots[0]["lot_id"].as_str(), lots[0]["occupancy"].as_u64()),
+        (Some("a"), Some(1))
+    );
+
+    let first = arrive(&app, "a").await;
+    arrive(&app, "b").await;
+    let last = arrive(&app, "a").await;
+    let m1 = next_json(&mut ws).await;
+    let m2 = next_json(&mut ws).await;
+    assert_eq!(m1["type"], "change");
+    assert_eq!(
+        (
+            m1["offset"].as_u64(),
+            m1["occupancy"].as_u64(),
+            m1["free"].as_u64()
+        ),
+        (Some(first), Some(2), Some(48))
+    );
+    // The change of lot b was not sent to this subscriber.
+    assert_eq!(
+        (m2["offset"].as_u64(), m2["occupancy"].as_u64()),
+        (Some(last), Some(3))
+    );
+    assert_eq!(m2["lot_id"], "a");
+    close(ws).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn resuming_from_an_offset_gets_exactly_the_missing_changes() {
+    let (_dir, app) = setup().await;
+    for i in 0..30 {
+        arrive(&app, ["a", "b"][i % 2]).await;
+    }
+    let end = app.log_end().await;
+    let mut ws = connect(&app, "?from_offset=5").await;
+    // Changes from the log, a "live" marker where the fan-out takes over, then changes
+    // from the fan-out: together every offset after 5, once.
+    let mut offsets = Vec::new();
+    let mut live_at = None;
+    while live_at.is_none() || offsets.last() != Some(&(end - 1)) {
+        let m = next_json(&mut ws).await;
+        if m["type"] == "live" {
+            assert_eq!(live_at, None, "one live marker");
+            live_at = m["next_offset"].as_u64();
+            assert_eq!(live_at, Some(offsets.last().map_or(6, |o| o + 1)), "{m}");
+            continue;
+        }
+        offsets.push(m["offset"].as_u64().unwrap());
+    }
+    assert!(live_at.is_some());
+    assert_eq!(offsets, (6..end).collect::<Vec<_>>());
+    let next = arrive(&app, "b").await;
+    assert_eq!(next_json(&mut ws).await["offset"].as_u64(), Some(next));
+    close(ws).await;
+
+    // An offset the log does not hold is refused at the handshake.
+    let url = format!(
+        "{}/v1/ws?from_offset=999999",
+        app.base.replace("http://", "ws://")
+    );
+    let err = awc::Client::new()
+        .ws(url)
+        .connect()
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("400") || format!("{err:?}").contains("400"),
+        "{err:?}"
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_slow_consumer_is_closed_while_ingestion_goes_on() {
+    let dir = common::data_dir();
+    let mut cfg = test_config(dir.path(), None);
+    cfg.live.buffer_messages = 64;
+    let app = TestApp::spawn(cfg, Hooks::default()).await;
+    let (status, _) = app
+        .post(
+            "/v1/lots",
+            json!({"lot_id": "gate", "name": "Gate", "capacity": 10}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let mut slow = connect(&app, "").await;
+    assert_eq!(next_json(&mut slow).await["type"], "snapshot");
+    // The subscriber now stops reading. 120,000 events (about 20 MB of messages, more
+    // than the socket buffers hold) are all accepted.
+    let started = std::time::Instant::now();
+    let mut accepted = 0;
+    for _ in 0..240 {
+        let batch: Vec<Value> = (0..500)
+            .map(|i| json!({"lot_id": "gate", "event_type": if i % 2 == 0 { "ARRIVAL" } else { "DEPARTURE" }}))
+            .collect();
+        let (status, r) = app.post("/v1/events", json!(batch)).await;
+        assert_eq!(status, 200, "{r}");
+        accepted += r["accepted"].as_u64().unwrap();
+    }
+    assert_eq!(accepted, 120_000);
+    println!(
+        "120,000 events accepted in {:.2} s with a stalled subscriber",
+        started.elapsed().as_secs_f64()
+    );
+    // Reading again: what was buffered, then a close with code 4008.
+    let mut texts = 0;
+    let code = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), slow.next())
+            .await
+            .expect("the server closes the slow consumer");
+        match frame {
+            Some(Ok(Frame::Text(_))) => texts += 1,
+            Some(Ok(Frame::Close(reason))) => break reason.map(|r| u16::from(r.code)),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("protocol error after {texts} messages: {e}"),
+            None => panic!("the connection ended without a close frame after {texts} messages"),
+        }
+    };
+    assert_eq!(code, Some(4008), "after {texts} messages");
+    assert!(texts < 120_000, "{texts}");
+    // Once the fan-out has caught up, a new subscriber's snapshot is the end of the log,
+    // and it gets the next change.
+    let end = app.log_end().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut fresh = loop {
+        let mut ws = connect(&app, "").await;
+        if next_json(&mut ws).await["next_offset"].as_u64() == Some(end) {
+            break ws;
+        }
+        close(ws).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fan-out did not catch up"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (status, r) = app
+        .post(
+            "/v1/events",
+            json!({"lot_id": "gate", "event_type": "ARRIVAL"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(next_json(&mut fresh).await["offset"].as_u64(), Some(end));
+    close(fresh).await;
+    app.stop().await;
+}

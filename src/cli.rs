@@ -44,6 +44,65 @@ enum Cmd {
     /// Train the forecasting model from the features (PostgreSQL) or a CSV, save it in
     /// the data directory (and in forecast_models) and make it the current one.
     Train(TrainArgs),
+    /// Send realistic campus traffic (or a fixed load) to a running server.
+    Simulate(SimulateArgs),
+    /// Start the service on embedded defaults, register the SFU Burnaby lots, run the
+    /// simulator against it and print the dashboard URL.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Clone)]
+struct SimArgs {
+    /// Lots: "sfu" (Simon Fraser University, Burnaby) or a JSON file
+    /// [{"lot_id","name","capacity","peak"?}].
+    #[arg(long, default_value = "sfu")]
+    lots: String,
+    /// Simulated seconds per real second.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Load mode: this many events a second (ignores the daily curve), with a latency
+    /// summary.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Events per request (1: one event per request, as the old simulator did).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Concurrent requests.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Simulated start time (RFC 3339). Default: now at speed 1, else 12 hours ago.
+    #[arg(long)]
+    start: Option<String>,
+    /// The campus's time zone (for the daily curve).
+    #[arg(long, default_value = "America/Vancouver")]
+    timezone: String,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+    /// Data directory of the demo.
+    #[arg(long, default_value = "parkade-demo")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    sim: SimArgs,
 }
 
 #[derive(Args)]
@@ -254,6 +313,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Backtest(a) => backtest(a),
+        Cmd::Simulate(a) => {
+            crate::telemetry::init(LogFormat::Text);
+            let settings = sim_settings(&a.sim, a.url.clone())?;
+            actix_web::rt::System::new().block_on(async move {
+                let stop = stop_on_ctrl_c();
+                let summary = crate::simulate::run(&settings, stop).await?;
+                println!("{summary}");
+                Ok::<_, anyhow::Error>(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo(a) => demo(a),
         Cmd::Train(a) => {
             let c = a.common.config()?;
             crate::telemetry::init(c.log_format);
@@ -614,4 +685,127 @@ fn train(c: &Config, a: TrainArgs) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn sim_settings(a: &SimArgs, url: String) -> anyhow::Result<crate::simulate::Settings> {
+    let lots = match a.lots.as_str() {
+        "sfu" => crate::simulate::sfu_burnaby(),
+        path => crate::simulate::lots_from_file(std::path::Path::new(path))?,
+    };
+    let timezone: chrono_tz::Tz = a
+        .timezone
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--timezone {:?}: {e}", a.timezone))?;
+    if !(a.speed > 0.0 && a.speed.is_finite()) {
+        bail!("--speed must be a positive number (got {})", a.speed);
+    }
+    if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be a positive number of events a second");
+    }
+    if a.batch == 0 || a.connections == 0 {
+        bail!("--batch and --connections must be at least 1");
+    }
+    let start = match &a.start {
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| anyhow::anyhow!("--start {t:?}: {e} (expected RFC 3339)"))?
+            .to_utc(),
+        None if a.speed > 1.0 => chrono::Utc::now() - chrono::Duration::hours(12),
+        None => chrono::Utc::now(),
+    };
+    Ok(crate::simulate::Settings {
+        url,
+        lots,
+        speed: a.speed,
+        rate: a.rate,
+        batch: a.batch,
+        connections: a.connections,
+        duration: a.duration.map(std::time::Duration::from_secs_f64),
+        start,
+        timezone,
+        seed: a.seed,
+        report_every: std::time::Duration::from_secs(10),
+    })
+}
+
+/// A flag set by Ctrl-C.
+fn stop_on_ctrl_c() -> Arc<std::sync::atomic::AtomicBool> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    actix_web::rt::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    stop
+}
+
+fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init(LogFormat::Text);
+    let config = Config {
+        bind: a.bind,
+        data_dir: a.data_dir.clone(),
+        database_url: None,
+        ..Config::default()
+    };
+    let mut sim = a.sim.clone();
+    if sim.speed == 1.0 && sim.rate.is_none() {
+        // A day of campus traffic in 24 minutes.
+        sim.speed = 60.0;
+    }
+    if sim.start.is_none() {
+        // From the morning of the latest weekday, so the lots fill at once.
+        let tz: chrono_tz::Tz = sim
+            .timezone
+            .parse()
+            .unwrap_or(chrono_tz::America::Vancouver);
+        sim.start = Some(demo_start(chrono::Utc::now(), tz).to_rfc3339());
+    }
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(config, Hooks::default()).await?;
+        let url = format!("http://{}:{}", a.bind.ip(), app.port());
+        let settings = sim_settings(&sim, url.clone())?;
+        let handle = app.server_handle();
+        let lots = settings.lots.len();
+        actix_web::rt::spawn(async move {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            match crate::simulate::run(&settings, stop).await {
+                Ok(s) => println!("simulator: {s}"),
+                Err(e) => eprintln!("simulator stopped: {e:#}"),
+            }
+            if settings.duration.is_some() {
+                handle.stop(true).await;
+            }
+        });
+        println!(
+            "parkade demo: {lots} SFU Burnaby lots, simulated at {}x; data in {}",
+            sim.speed,
+            a.data_dir.display()
+        );
+        println!("Dashboard: {url}/");
+        println!(
+            "API:       {url}/v1/lots   live: {}/v1/ws   (Ctrl-C to stop)",
+            url.replace("http://", "ws://")
+        );
+        app.run_until_stopped().await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// 07:30 local time on the latest weekday whose 07:30 has passed.
+fn demo_start(
+    now: chrono::DateTime<chrono::Utc>,
+    tz: chrono_tz::Tz,
+) -> chrono::DateTime<chrono::Utc> {
+    use chrono::{Datelike, TimeZone};
+    let mut day = now.with_timezone(&tz).date_naive();
+    loop {
+        let at = tz
+            .from_local_datetime(&day.and_hms_opt(7, 30, 0).expect("a valid time"))
+            .earliest()
+            .map(|t| t.to_utc());
+        if let Some(at) = at.filter(|t| *t <= now && day.weekday().num_days_from_monday() < 5) {
+            return at;
+        }
+        day = day.pred_opt().expect("a previous day");
+    }
 }

@@ -23,9 +23,10 @@
 //! | [`ingest`] | Edge standardisation of incoming events (JSON, NDJSON, CSV rows): lot ids, event types, timestamps, event ids, each problem named by field. |
 //! | [`import`] | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server. |
 //! | [`api`] | The actix-web HTTP API under `/v1`: edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness. |
+//! | [`simulate`] | `parkade simulate`/`demo`: campus traffic (SFU Burnaby preset) or a fixed load sent to a server over HTTP, with a latency summary. |
 //! | [`config`] | Typed configuration: defaults, a TOML file, `PARKADE_*` environment variables and flags. |
 //! | [`app`] | Startup: opens the log, rebuilds the lots, starts projections and the HTTP server. |
-//! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`, `train`, `backtest`, `holdout`). |
+//! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`, `train`, `backtest`, `holdout`, `simulate`, `demo`). |
 //! | [`telemetry`] | `tracing` subscriber set-up. |
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls [`cli::run`].
@@ -42,6 +43,7 @@ pub mod ingest;
 pub mod live;
 pub mod log;
 pub mod projections;
+pub mod simulate;
 pub mod telemetry;
 
 pub use actors::{LotHandle, Lots};

@@ -1,0 +1,487 @@
+//! `parkade simulate`: campus traffic for a running server, and a load generator.
+//!
+//! Traffic mode (the default) follows a daily curve per lot: on weekdays the lots fill
+//! from about 7:30 with a peak between 10:00 and 14:00, drain from 15:00, with a small
+//! evening bump for night classes; weekends stay low. Each simulated lot moves toward
+//! its curve with arrivals and departures drawn at random (plus turnover), in simulated
+//! time running `speed` times faster than the clock. Load mode (`--rate R`) sends R
+//! events a second, arrivals and departures alternating, and reports the achieved rate
+//! and latency percentiles.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use serde_json::{json, Value};
+
+/// A lot the simulator drives.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct SimLot {
+    pub lot_id: String,
+    pub name: String,
+    pub capacity: u32,
+    /// Share of the capacity taken at the weekday peak.
+    #[serde(default = "default_peak")]
+    pub peak: f64,
+}
+
+fn default_peak() -> f64 {
+    0.9
+}
+
+/// Simon Fraser University, Burnaby campus: lots and plausible capacities (round
+/// figures for the demo, not the university's official counts).
+pub fn sfu_burnaby() -> Vec<SimLot> {
+    [
+        ("west-mall-parkade", "West Mall Parkade", 900, 0.95),
+        ("south-parkade", "South Parkade", 650, 0.9),
+        ("north-lot", "North Lot", 420, 0.85),
+        ("east-lot", "East Lot", 300, 0.8),
+        ("residence-lot", "Residence Lot", 240, 0.7),
+        ("visitor-lot", "Visitor Lot (Convocation Mall)", 120, 0.75),
+        ("discovery-park", "Discovery Park", 180, 0.6),
+    ]
+    .into_iter()
+    .map(|(id, name, capacity, peak)| SimLot {
+        lot_id: id.into(),
+        name: name.into(),
+        capacity,
+        peak,
+    })
+    .collect()
+}
+
+/// Read lots from a JSON file: `[{"lot_id", "name", "capacity", "peak"?}, ...]`.
+pub fn lots_from_file(path: &std::path::Path) -> anyhow::Result<Vec<SimLot>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let lots: Vec<SimLot> = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: expected [{{\"lot_id\", \"name\", \"capacity\", \"peak\"?}}, ...]: {e}",
+            path.display()
+        )
+    })?;
+    if lots.is_empty() {
+        anyhow::bail!("{} lists no lots", path.display());
+    }
+    Ok(lots)
+}
+
+/// The share of the lot's peak occupied at local hour `h` (fractional) of a weekday or
+/// a weekend day.
+pub fn curve(h: f64, weekend: bool) -> f64 {
+    let bump = |centre: f64, width: f64| (-((h - centre) / width).powi(2)).exp();
+    if weekend {
+        0.25 * bump(13.0, 3.5)
+    } else {
+        // Morning fill, midday plateau, afternoon drain, evening classes.
+        let day = 1.0 / (1.0 + (-(h - 8.6) * 2.2).exp()) * (1.0 / (1.0 + ((h - 16.2) * 1.3).exp()));
+        (0.97 * day + 0.25 * bump(19.0, 1.2)).min(1.0)
+    }
+}
+
+/// A small deterministic random source (SplitMix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A Poisson draw (Knuth's method; the means here are small).
+    fn poisson(&mut self, mean: f64) -> u32 {
+        if mean <= 0.0 {
+            return 0;
+        }
+        if mean > 30.0 {
+            // Normal approximation for large means.
+            let u = self.next().max(1e-12);
+            let v = self.next();
+            let n = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos();
+            return (mean + n * mean.sqrt()).round().max(0.0) as u32;
+        }
+        let limit = (-mean).exp();
+        let (mut k, mut p) = (0, 1.0);
+        loop {
+            p *= self.next();
+            if p <= limit {
+                return k;
+            }
+            k += 1;
+        }
+    }
+}
+
+/// Settings of a simulation run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: String,
+    pub lots: Vec<SimLot>,
+    /// Simulated seconds per real second (traffic mode).
+    pub speed: f64,
+    /// Events per second (load mode); `None` for traffic mode.
+    pub rate: Option<f64>,
+    /// Events per request (1: one event per request, as the old simulator did).
+    pub batch: usize,
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Stop after this many real seconds (`None`: until Ctrl-C).
+    pub duration: Option<Duration>,
+    /// Where simulated time starts.
+    pub start: DateTime<Utc>,
+    /// Local time of the campus, for the daily curve.
+    pub timezone: chrono_tz::Tz,
+    pub seed: u64,
+    /// Print a progress line every this often.
+    pub report_every: Duration,
+}
+
+/// Totals of a run.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Summary {
+    pub requests: u64,
+    pub events: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p90: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_max: f64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} events in {} requests over {:.1} s: {:.0} events/s; {} accepted, {} rejected, {} failed; latency per request p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.events,
+            self.requests,
+            self.seconds,
+            self.events_per_second,
+            self.accepted,
+            self.rejected,
+            self.errors,
+            self.latency_ms_p50,
+            self.latency_ms_p90,
+            self.latency_ms_p99,
+            self.latency_ms_max
+        )
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    events: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Register the lots that the server does not know yet.
+pub async fn register(client: &awc::Client, url: &str, lots: &[SimLot]) -> anyhow::Result<()> {
+    for l in lots {
+        let mut resp = client
+            .post(format!("{url}/v1/lots"))
+            .send_json(&json!({"lot_id": l.lot_id, "name": l.name, "capacity": l.capacity}))
+            .await
+            .map_err(|e| anyhow::anyhow!("POST {url}/v1/lots: {e} (is the server running?)"))?;
+        let status = resp.status().as_u16();
+        if ![200, 201, 409].contains(&status) {
+            let body = resp.body().await.unwrap_or_default();
+            anyhow::bail!(
+                "registering {}: the server answered {status}: {}",
+                l.lot_id,
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The events of one step of simulated time, per lot, moving toward the curve.
+fn traffic_step(
+    lots: &[SimLot],
+    occupancy: &mut [u32],
+    at: DateTime<Utc>,
+    step_secs: f64,
+    tz: chrono_tz::Tz,
+    rng: &mut Rng,
+) -> Vec<Value> {
+    let local = at.with_timezone(&tz);
+    let hour = f64::from(local.hour()) + f64::from(local.minute()) / 60.0;
+    let weekend = local.weekday().num_days_from_monday() >= 5;
+    let mut out = Vec::new();
+    for (l, occ) in lots.iter().zip(occupancy.iter_mut()) {
+        let cap = f64::from(l.capacity);
+        let target = cap * l.peak * curve(hour, weekend);
+        let gap = target - f64::from(*occ);
+        // Close a twentieth of the gap per simulated minute, plus turnover of about 3%
+        // of the occupied spaces an hour each way.
+        let minutes = step_secs / 60.0;
+        let pull = gap.abs() * (1.0 - (-minutes / 20.0).exp());
+        let turnover = f64::from(*occ).max(cap * 0.02) * 0.03 * minutes / 60.0;
+        let (mut arrive, mut depart) = if gap > 0.0 {
+            (rng.poisson(pull + turnover), rng.poisson(turnover))
+        } else {
+            (rng.poisson(turnover), rng.poisson(pull + turnover))
+        };
+        let ts = at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        while arrive + depart > 0 {
+            let go_in = arrive > 0 && (depart == 0 || rng.next() < 0.5);
+            if go_in {
+                arrive -= 1;
+                if *occ < l.capacity {
+                    *occ += 1;
+                    out.push(json!({"lot_id": l.lot_id, "event_type": "ARRIVAL", "timestamp": ts}));
+                }
+            } else {
+                depart -= 1;
+                if *occ > 0 {
+                    *occ -= 1;
+                    out.push(
+                        json!({"lot_id": l.lot_id, "event_type": "DEPARTURE", "timestamp": ts}),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Send `events` as requests of `batch` events on `connections` connections; count.
+async fn send_all(
+    client: &awc::Client,
+    url: &str,
+    events: Vec<Value>,
+    batch: usize,
+    connections: usize,
+    counters: &Counters,
+    latencies: &mut Vec<u32>,
+) {
+    let endpoint = format!("{url}/v1/events");
+    let chunks: Vec<Vec<Value>> = events.chunks(batch.max(1)).map(<[Value]>::to_vec).collect();
+    for group in chunks.chunks(connections.max(1)) {
+        let sends = group.iter().map(|chunk| {
+            let body = if chunk.len() == 1 {
+                chunk[0].clone()
+            } else {
+                Value::Array(chunk.clone())
+            };
+            let endpoint = endpoint.clone();
+            async move {
+                let t = Instant::now();
+                let r = client.post(endpoint).send_json(&body).await;
+                let result = match r {
+                    Ok(mut resp) => {
+                        let status = resp.status().as_u16();
+                        let v: Value = resp.json().limit(64 << 20).await.unwrap_or(Value::Null);
+                        Some((status, v))
+                    }
+                    Err(_) => None,
+                };
+                (t.elapsed(), chunk.len(), result)
+            }
+        });
+        for (took, n, result) in futures_util::future::join_all(sends).await {
+            latencies.push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+            counters.requests.fetch_add(1, Ordering::Relaxed);
+            counters.events.fetch_add(n as u64, Ordering::Relaxed);
+            match result {
+                Some((200, v)) if v.get("results").is_some() => {
+                    let a =
+                        v["accepted"].as_u64().unwrap_or(0) + v["duplicates"].as_u64().unwrap_or(0);
+                    counters.accepted.fetch_add(a, Ordering::Relaxed);
+                    counters
+                        .rejected
+                        .fetch_add(v["rejected"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                    counters
+                        .errors
+                        .fetch_add(v["errors"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                }
+                Some((200, _)) => {
+                    counters.accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                Some((400 | 404 | 409, _)) => {
+                    counters.rejected.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                _ => {
+                    counters.errors.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+/// Run until the duration is over or `stop` is set; returns the totals.
+pub async fn run(s: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let url = s.url.trim_end_matches('/').to_owned();
+    register(&client, &url, &s.lots).await?;
+    // Start each lot from what the server holds now.
+    let mut occupancy = Vec::with_capacity(s.lots.len());
+    for l in &s.lots {
+        let v: Value = client
+            .get(format!("{url}/v1/lots/{}", l.lot_id))
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("GET /v1/lots/{}: {e}", l.lot_id))?
+            .json()
+            .await
+            .unwrap_or(Value::Null);
+        occupancy.push(v["occupancy"].as_u64().unwrap_or(0) as u32);
+    }
+    let counters = Counters::default();
+    let mut latencies: Vec<u32> = Vec::new();
+    let mut rng = Rng(s.seed);
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let tick = Duration::from_millis(100);
+    let mut sim_at = s.start;
+    let mut load_toggle = vec![false; s.lots.len()];
+    let mut owed = 0.0f64;
+    loop {
+        if stop.load(Ordering::Relaxed) || s.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        let step_started = Instant::now();
+        let events = match s.rate {
+            Some(rate) => {
+                // Load: `rate` events a second, spread over the lots, alternating so
+                // the lots stay between empty and full.
+                owed += rate * tick.as_secs_f64();
+                let n = owed.floor() as usize;
+                owed -= n as f64;
+                (0..n)
+                    .map(|i| {
+                        let k = i % s.lots.len();
+                        load_toggle[k] = !load_toggle[k] || occupancy[k] == 0;
+                        let kind = if load_toggle[k] {
+                            "ARRIVAL"
+                        } else {
+                            "DEPARTURE"
+                        };
+                        json!({"lot_id": s.lots[k].lot_id, "event_type": kind})
+                    })
+                    .collect()
+            }
+            None => {
+                let step = tick.as_secs_f64() * s.speed;
+                sim_at += chrono::Duration::milliseconds((step * 1000.0) as i64);
+                traffic_step(&s.lots, &mut occupancy, sim_at, step, s.timezone, &mut rng)
+            }
+        };
+        if !events.is_empty() {
+            send_all(
+                &client,
+                &url,
+                events,
+                s.batch,
+                s.connections,
+                &counters,
+                &mut latencies,
+            )
+            .await;
+        }
+        if last_report.elapsed() >= s.report_every {
+            last_report = Instant::now();
+            let secs = started.elapsed().as_secs_f64();
+            let n = counters.events.load(Ordering::Relaxed);
+            let clock = match s.rate {
+                Some(_) => String::new(),
+                None => format!(
+                    ", simulated time {}",
+                    sim_at
+                        .with_timezone(&s.timezone)
+                        .format("%a %Y-%m-%d %H:%M")
+                ),
+            };
+            println!(
+                "simulate: {n} events in {secs:.0} s ({:.0}/s){clock}",
+                n as f64 / secs.max(1e-9)
+            );
+        }
+        if let Some(rest) = tick.checked_sub(step_started.elapsed()) {
+            actix_web::rt::time::sleep(rest).await;
+        }
+    }
+    latencies.sort_unstable();
+    let seconds = started.elapsed().as_secs_f64();
+    let events = counters.events.load(Ordering::Relaxed);
+    Ok(Summary {
+        requests: counters.requests.load(Ordering::Relaxed),
+        events,
+        accepted: counters.accepted.load(Ordering::Relaxed),
+        rejected: counters.rejected.load(Ordering::Relaxed),
+        errors: counters.errors.load(Ordering::Relaxed),
+        seconds,
+        events_per_second: events as f64 / seconds.max(1e-9),
+        latency_ms_p50: percentile(&latencies, 0.5),
+        latency_ms_p90: percentile(&latencies, 0.9),
+        latency_ms_p99: percentile(&latencies, 0.99),
+        latency_ms_max: latencies.last().map_or(0.0, |v| f64::from(*v) / 1000.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weekday_mornings_fill_and_evenings_drain_and_weekends_stay_low() {
+        assert!(curve(6.0, false) < 0.1);
+        assert!(curve(11.0, false) > 0.85);
+        assert!(curve(22.0, false) < 0.1);
+        assert!(curve(11.0, true) < 0.3);
+        assert!(curve(8.0, false) < curve(9.0, false));
+    }
+
+    #[test]
+    fn traffic_moves_each_lot_toward_its_curve_within_bounds() {
+        let lots = sfu_burnaby();
+        let mut occ = vec![0; lots.len()];
+        let mut rng = Rng(7);
+        // A Tuesday, 06:00 to 12:00 Vancouver time, one-minute steps.
+        let mut at: DateTime<Utc> = "2026-11-24T14:00:00Z".parse().unwrap();
+        for _ in 0..360 {
+            at += chrono::Duration::minutes(1);
+            for e in traffic_step(
+                &lots,
+                &mut occ,
+                at,
+                60.0,
+                chrono_tz::America::Vancouver,
+                &mut rng,
+            ) {
+                assert!(e["lot_id"].is_string());
+            }
+        }
+        for (l, o) in lots.iter().zip(&occ) {
+            assert!(*o <= l.capacity);
+            let share = f64::from(*o) / f64::from(l.capacity);
+            assert!(
+                (share - l.peak * curve(12.0, false)).abs() < 0.15,
+                "{} at {share}",
+                l.lot_id
+            );
+        }
+    }
+}

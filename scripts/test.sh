@@ -47,6 +47,16 @@ if ! "$venv/bin/python" -c "import pyarrow" >/dev/null 2>&1; then
 fi
 export PARKADE_TEST_PYTHON="$venv/bin/python"
 
+# A real headless browser for the dashboard test: Debian's chromium and chromium-driver.
+if ! command -v chromedriver >/dev/null 2>&1 || ! [ -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing chromium and chromium-driver for the dashboard test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "test.sh: chromium and chromedriver are missing (apt-get install chromium chromium-driver); the dashboard test will fail" >&2
+  fi
+fi
+
 # A real S3-compatible object store (Garage) for the archive's S3 tests.
 eval "$(./scripts/garage.sh)"
 trap 'kill "$(cat "$GARAGE_DIR/pid")" 2>/dev/null || true; rm -rf "$GARAGE_DIR"' EXIT

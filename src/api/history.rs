@@ -249,3 +249,22 @@ pub(super) async fn timespan(
         "series": series,
     })))
 }
+
+/// `GET /v1/lots/{id}/recent`: the lot's occupancy every 5 minutes of event time, from
+/// the live fan-out (no database needed; what the service has seen since it started,
+/// at most 24 hours of samples).
+pub(super) async fn recent(
+    path: web::Path<String>,
+    st: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    let lot = super::lots::handle(&st, &path)?.view().await?;
+    let points: Vec<_> = st
+        .live
+        .recent(&lot.lot_id)
+        .into_iter()
+        .map(|(t, occ)| json!({"time": Timestamp::from_micros(t), "occupancy": occ}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "lot_id": lot.lot_id, "capacity": lot.capacity, "points": points,
+    })))
+}

@@ -5,6 +5,8 @@
 //! | `POST /v1/events` | [`events`]: one JSON event, a JSON array, or NDJSON |
 //! | `POST /v1/lots`, `GET /v1/lots`, `GET /v1/lots/{id}`, `PATCH /v1/lots/{id}`, `POST /v1/lots/{id}/count` | [`lots`] |
 //! | `GET /v1/lots/{id}/history`, `/forecast`, `/timespan` | [`history`] (from `lot_features_15m` and `lot_forecasts`) |
+//! | `GET /v1/lots/{id}/recent` | [`history`] (5-minute samples from the live fan-out, no database) |
+//! | `GET /`, `/assets/*` | [`dashboard`]: the web dashboard |
 //! | `POST /v1/admin/replay`, `GET /v1/admin/projections`, `POST /v1/admin/known-events` | [`admin`] |
 //! | `GET /v1/ws` | [`ws`]: live occupancy (snapshot + changes, resume from an offset) |
 //! | `GET /healthz`, `GET /readyz` | [`admin`] |
@@ -13,6 +15,7 @@
 //! once that offset is durable.
 
 mod admin;
+mod dashboard;
 mod error;
 mod events;
 mod history;
@@ -57,7 +60,9 @@ pub struct ApiState {
 
 /// Mount every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(admin::healthz))
+    cfg.route("/", web::get().to(dashboard::index))
+        .route("/assets/{file}", web::get().to(dashboard::asset))
+        .route("/healthz", web::get().to(admin::healthz))
         .route("/readyz", web::get().to(admin::readyz))
         .service(
             web::scope("/v1")
@@ -70,6 +75,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route("/lots/{id}/history", web::get().to(history::history))
                 .route("/lots/{id}/forecast", web::get().to(history::forecast))
                 .route("/lots/{id}/timespan", web::get().to(history::timespan))
+                .route("/lots/{id}/recent", web::get().to(history::recent))
                 .route("/ws", web::get().to(ws::ws))
                 .route("/admin/replay", web::post().to(admin::replay))
                 .route("/admin/projections", web::get().to(admin::projections))

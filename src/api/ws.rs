@@ -2,7 +2,8 @@
 //!
 //! - `?lots=a,b` limits the stream to those lots (default: all);
 //! - without `from_offset`, the first message is `{"type":"snapshot", "offset", "next_offset",
-//!   "lots": [...]}` (`offset`: the last log offset it reflects, null for an empty log),
+//!   "lots": [...], "history"}` (`offset`: the last log offset it reflects, null for an
+//!   empty log; `history`: whether history and forecasts are served, i.e. PostgreSQL),
 //!   then one `{"type":"change", ...}` per event;
 //! - with `?from_offset=N`, the messages are every change after offset N, read from the
 //!   log as far back as N is, then live, then `{"type":"live", "next_offset"}` once caught up
@@ -139,7 +140,8 @@ async fn run(
         None => {
             let (snap, rx) = st.live.subscribe(keep);
             let msg = json!({"type": "snapshot", "offset": snap.next_offset.checked_sub(1),
-                             "next_offset": snap.next_offset, "lots": snap.lots});
+                             "next_offset": snap.next_offset, "lots": snap.lots,
+                             "history": st.db.is_some()});
             if let Err(e) = out.send(msg.to_string()).await {
                 return e;
             }

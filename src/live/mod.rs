@@ -56,8 +56,14 @@ pub struct Snapshot {
     pub lots: Vec<Value>,
 }
 
+/// Samples of the recent series: one per 5 minutes of event time, the last 24 hours.
+const SAMPLE_MICROS: i64 = 5 * 60 * 1_000_000;
+const SAMPLES_KEPT: usize = 24 * 12;
+
 struct State {
     lots: BTreeMap<LotId, Value>,
+    /// Per lot, (sample start, occupancy at its last event), oldest first.
+    recent: BTreeMap<LotId, std::collections::VecDeque<(i64, u32)>>,
     next: u64,
 }
 
@@ -90,7 +96,11 @@ impl Live {
         let (tx, _) = broadcast::channel(tx_capacity);
         Live {
             inner: Arc::new(Inner {
-                state: Mutex::new(State { lots, next }),
+                state: Mutex::new(State {
+                    lots,
+                    recent: BTreeMap::new(),
+                    next,
+                }),
                 tx,
                 tx_capacity,
             }),
@@ -128,6 +138,16 @@ impl Live {
         )
     }
 
+    /// The lot's occupancy every 5 minutes of event time (the last 24 hours of samples
+    /// seen since the service started): `(sample start in µs, occupancy)`.
+    pub fn recent(&self, lot: &LotId) -> Vec<(i64, u32)> {
+        self.lock()
+            .recent
+            .get(lot)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Fold a batch of durable events into the state and publish them.
     pub fn publish(&self, batch: &[RecordedEvent]) {
         let from = self.position();
@@ -148,6 +168,16 @@ impl Live {
             entry["free"] = json!(ev.capacity.saturating_sub(ev.occupancy));
             entry["offset"] = json!(e.offset);
             entry["updated_at"] = json!(ev.occurred_at);
+            let sample = ev.occurred_at.micros().div_euclid(SAMPLE_MICROS) * SAMPLE_MICROS;
+            let series = st.recent.entry(ev.lot_id.clone()).or_default();
+            match series.back_mut() {
+                Some(last) if last.0 == sample => last.1 = ev.occupancy,
+                Some(last) if last.0 > sample => {} // a late event: the series keeps event order
+                _ => series.push_back((sample, ev.occupancy)),
+            }
+            while series.len() > SAMPLES_KEPT {
+                series.pop_front();
+            }
             st.next = e.offset + 1;
         }
         for c in changes {

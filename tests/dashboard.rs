@@ -1,0 +1,213 @@
+//! The dashboard in a real headless Chromium, driven over WebDriver (chromedriver):
+//! the page loads without console errors, shows every lot, and a posted event changes
+//! the displayed count within a second. Screenshots (desktop and phone) are saved under
+//! the target directory's `tmp/` as test artifacts.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use parkade::app::Hooks;
+use serde_json::{json, Value};
+
+mod common;
+use common::{test_config, TestApp};
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+    client: awc::Client,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let chromedriver =
+            std::env::var("PARKADE_TEST_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        let chromium =
+            std::env::var("PARKADE_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {chromedriver} ({e}); scripts/test.sh installs chromium and chromium-driver"));
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .finish();
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut r) = client.get(format!("{base}/status")).send().await {
+                let v: Value = r.json().await.unwrap_or_default();
+                if v["value"]["ready"] == true {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
+            "goog:chromeOptions": {"binary": chromium, "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,900"
+            ]}
+        }}});
+        let mut r = client
+            .post(format!("{base}/session"))
+            .send_json(&caps)
+            .await
+            .expect("new session");
+        let v: Value = r.json().limit(1 << 20).await.unwrap();
+        let session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_owned();
+        Driver {
+            child,
+            base,
+            session,
+            client,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let req = match method {
+            "GET" => self.client.get(url),
+            "DELETE" => self.client.delete(url),
+            _ => self.client.post(url),
+        };
+        let mut r = if method == "GET" || method == "DELETE" {
+            req.send().await
+        } else {
+            req.send_json(&body).await
+        }
+        .expect("webdriver call");
+        let v: Value = r.json().limit(64 << 20).await.unwrap_or_default();
+        v["value"].clone()
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+        .await
+    }
+
+    async fn screenshot(&self, name: &str) -> std::path::PathBuf {
+        let b64 = self.call("GET", "/screenshot", Value::Null).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("a screenshot"))
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"));
+        let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::write(&path, png).unwrap();
+        println!("screenshot: {}", path.display());
+        path
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[actix_web::test]
+async fn the_dashboard_shows_every_lot_and_follows_a_posted_event_within_a_second() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    for (id, name, cap) in [
+        ("north", "North Lot", 420),
+        ("west-mall", "West Mall Parkade", 900),
+        ("visitor", "Visitor Lot", 120),
+    ] {
+        let (status, _) = app
+            .post(
+                "/v1/lots",
+                json!({"lot_id": id, "name": name, "capacity": cap}),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let ids = ["north", "west-mall", "visitor"];
+    let batch: Vec<Value> = (0..150)
+        .map(|i| json!({"lot_id": ids[i % 3], "event_type": "ARRIVAL"}))
+        .collect();
+    let (status, _) = app.post("/v1/events", json!(batch)).await;
+    assert_eq!(status, 200);
+
+    let d = Driver::start().await;
+    d.call("POST", "/url", json!({"url": format!("{}/", app.base)}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d
+        .js("return document.querySelectorAll('.card').length")
+        .await
+        != 3
+    {
+        assert!(Instant::now() < deadline, "the cards did not appear");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let names = d
+        .js("return [...document.querySelectorAll('.card h2')].map(e => e.textContent)")
+        .await;
+    assert_eq!(
+        names,
+        json!(["North Lot", "Visitor Lot", "West Mall Parkade"])
+    );
+    let free = "return document.querySelector('[data-lot=north] .free').textContent";
+    assert_eq!(d.js(free).await, "370");
+
+    // A posted event is on the page within a second.
+    let (status, _) = app
+        .post(
+            "/v1/events",
+            json!({"lot_id": "north", "event_type": "ARRIVAL"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let posted = Instant::now();
+    while d.js(free).await != "369" {
+        assert!(
+            posted.elapsed() < Duration::from_secs(1),
+            "the count did not change within a second"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "the page showed the event after {} ms",
+        posted.elapsed().as_millis()
+    );
+
+    // Give the charts a moment, then keep pictures of the page.
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    d.screenshot("dashboard-desktop.png").await;
+    d.call("POST", "/window/rect", json!({"width": 390, "height": 844}))
+        .await;
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    d.screenshot("dashboard-phone.png").await;
+
+    // No console errors (the browser log as chromedriver keeps it).
+    let logs = d.call("POST", "/se/log", json!({"type": "browser"})).await;
+    let severe: Vec<&Value> = logs
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["level"] == "SEVERE").collect())
+        .unwrap_or_default();
+    assert!(logs.is_array(), "the browser log is readable: {logs}");
+    assert!(severe.is_empty(), "console errors: {severe:?}");
+    d.call("DELETE", "", Value::Null).await;
+    app.stop().await;
+}

@@ -11,7 +11,14 @@ mod common;
 async fn the_demo_starts_and_events_flow_within_seconds() {
     let dir = common::data_dir();
     let mut child = Command::new(common::binary())
-        .args(["demo", "--bind", "127.0.0.1:0", "--duration", "20", "--data-dir"])
+        .args([
+            "demo",
+            "--bind",
+            "127.0.0.1:0",
+            "--duration",
+            "20",
+            "--data-dir",
+        ])
         .arg(dir.path().join("demo"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -34,7 +41,14 @@ async fn the_demo_starts_and_events_flow_within_seconds() {
         }
     };
     let client = awc::Client::new();
-    let page = client.get(format!("{url}/")).send().await.unwrap().body().await.unwrap();
+    let page = client
+        .get(format!("{url}/"))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .await
+        .unwrap();
     assert!(String::from_utf8_lossy(&page).contains("parkade"));
     let started = Instant::now();
     let moved = loop {
@@ -47,7 +61,10 @@ async fn the_demo_starts_and_events_flow_within_seconds() {
             .await
             .unwrap();
         let lots = lots["lots"].as_array().cloned().unwrap_or_default();
-        let parked: u64 = lots.iter().map(|l| l["occupancy"].as_u64().unwrap_or(0)).sum();
+        let parked: u64 = lots
+            .iter()
+            .map(|l| l["occupancy"].as_u64().unwrap_or(0))
+            .sum();
         if lots.len() == 7 && parked > 0 {
             break parked;
         }
@@ -57,7 +74,10 @@ async fn the_demo_starts_and_events_flow_within_seconds() {
         );
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     };
-    println!("{moved} vehicles parked after {} ms", started.elapsed().as_millis());
+    println!(
+        "{moved} vehicles parked after {} ms",
+        started.elapsed().as_millis()
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -53,7 +53,7 @@ struct Out {
 }
 
 impl Out {
-    async fn send(&mut self, text: String) -> Result<(), End> {
+    async fn send(&mut self, text: impl Into<bytestring::ByteString>) -> Result<(), End> {
         match tokio::time::timeout(SEND_LIMIT, self.session.text(text)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
@@ -65,7 +65,9 @@ impl Out {
     }
 
     async fn change(&mut self, c: &Change) -> Result<(), End> {
-        self.send(c.json.clone()).await?;
+        // The JSON was produced by serde_json, so it is UTF-8.
+        let text = bytestring::ByteString::try_from(c.json.clone()).map_err(|_| End::Gone)?;
+        self.send(text).await?;
         self.last = Some(c.offset);
         Ok(())
     }

@@ -23,7 +23,8 @@ use crate::log::{EventLog, Subscription};
 pub struct Change {
     pub lot_id: LotId,
     pub offset: u64,
-    pub json: String,
+    /// Shared by every subscriber's send (a reference count, not a copy).
+    pub json: actix_web::web::Bytes,
 }
 
 /// A change message: `{"type":"change", lot_id, occupancy, capacity, free, offset,
@@ -41,6 +42,7 @@ pub fn change_of(e: &RecordedEvent) -> Change {
         "event_type": ev.event.event_type().as_str(),
     })
     .to_string();
+    let json = actix_web::web::Bytes::from(json);
     Change {
         lot_id: ev.lot_id.clone(),
         offset: e.offset,

@@ -1,0 +1,248 @@
+//! Live fan-out latency: `cargo bench --bench live`.
+//!
+//! Starts the release `parkade serve` on a fresh data directory, opens websocket
+//! subscribers to `/v1/ws` (all lots), and posts events at a fixed rate (small batches
+//! every few milliseconds). For every message every subscriber receives, the latency is the time from
+//! sending the POST that carried the event to the message's arrival. Prints p50, p99 and
+//! max over all (subscriber, event) pairs, and how many messages arrived.
+//!
+//! Settings (environment): `PARKADE_BENCH_RATE` (events/s, default 10,000),
+//! `PARKADE_BENCH_EVERY_MS` (one batch every so many ms, default 2: 20 events a batch),
+//! `PARKADE_BENCH_SUBSCRIBERS` (default 100), `PARKADE_BENCH_SECONDS` (default 5),
+//! `PARKADE_BENCH_RUNS` (default 3). Client threads share the machine with the server.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+const LOTS: usize = 20;
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let rate: usize = env_or("PARKADE_BENCH_RATE", 10_000);
+    let subs: usize = env_or("PARKADE_BENCH_SUBSCRIBERS", 100);
+    let secs: u64 = env_or("PARKADE_BENCH_SECONDS", 5);
+    let runs: usize = env_or("PARKADE_BENCH_RUNS", 3);
+    let every_ms: u64 = env_or("PARKADE_BENCH_EVERY_MS", 2);
+    println!("live fan-out: {rate} events/s (a batch every {every_ms} ms) for {secs} s, {subs} websocket subscribers, {runs} runs");
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for run in 0..runs {
+        let r = one_run(rate, subs, Duration::from_secs(secs), every_ms.max(1));
+        println!(
+            "run {}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} of {} messages received ({} events posted at {:.0}/s)",
+            run + 1, r.p50, r.p99, r.max, r.received, r.expected, r.events, r.achieved
+        );
+        p50s.push(r.p50);
+        p99s.push(r.p99);
+    }
+    p50s.sort_by(f64::total_cmp);
+    p99s.sort_by(f64::total_cmp);
+    println!(
+        "median of {runs}: p50 {:.2} ms, p99 {:.2} ms (target p99 <= 10 ms at 10,000 events/s with 100 subscribers)",
+        p50s[runs / 2],
+        p99s[runs / 2]
+    );
+}
+
+struct RunResult {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    received: usize,
+    expected: usize,
+    events: usize,
+    achieved: f64,
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn one_run(rate: usize, subs: usize, dur: Duration, every_ms: u64) -> RunResult {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _server = Server(
+        Command::new(env!("CARGO_BIN_EXE_parkade"))
+            .arg("serve")
+            .env("PARKADE_DATA_DIR", dir.path())
+            .env("PARKADE_BIND", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .env_remove("PARKADE_DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start parkade serve"),
+    );
+    // Register the lots and wait for the server.
+    actix_rt::System::new().block_on({
+        let base = base.clone();
+        async move {
+            let client = awc::Client::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while client.get(format!("{base}/healthz")).send().await.is_err() {
+                assert!(Instant::now() < deadline, "the server did not start");
+                actix_rt::time::sleep(Duration::from_millis(50)).await;
+            }
+            for i in 0..LOTS {
+                client
+                    .post(format!("{base}/v1/lots"))
+                    .send_json(&serde_json::json!({"lot_id": format!("l{i}"), "name": format!("Lot {i}"), "capacity": 100000}))
+                    .await
+                    .expect("register");
+            }
+        }
+    });
+    // Subscribers on two threads; each records (offset, arrival) per message.
+    let threads = 2.min(subs.max(1));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop_at = Instant::now() + dur + Duration::from_secs(8);
+    let mut handles = Vec::new();
+    for t in 0..threads {
+        let n = subs / threads + usize::from(t < subs % threads);
+        let url = format!("ws://127.0.0.1:{port}/v1/ws");
+        let ready = ready_tx.clone();
+        handles.push(std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let mut tasks = Vec::new();
+                for _ in 0..n {
+                    let (_, mut ws) = awc::Client::new()
+                        .ws(url.clone())
+                        .max_frame_size(1 << 24)
+                        .connect()
+                        .await
+                        .expect("ws");
+                    let _ = ws.next().await; // the snapshot
+                    tasks.push(actix_rt::spawn(async move {
+                        let mut seen: Vec<(u64, Instant)> = Vec::with_capacity(100_000);
+                        loop {
+                            let left = stop_at.saturating_duration_since(Instant::now());
+                            match tokio::time::timeout(left, ws.next()).await {
+                                Ok(Some(Ok(awc::ws::Frame::Text(b)))) => {
+                                    if let Some(o) = offset_of(&b) {
+                                        seen.push((o, Instant::now()));
+                                    }
+                                }
+                                Ok(Some(Ok(_))) => {}
+                                _ => break,
+                            }
+                        }
+                        seen
+                    }));
+                }
+                ready.send(()).unwrap();
+                let mut all = Vec::new();
+                for t in tasks {
+                    all.push(t.await.unwrap());
+                }
+                all
+            })
+        }));
+    }
+    for _ in 0..threads {
+        ready_rx.recv().unwrap();
+    }
+    // The sender: a batch every `every_ms`.
+    let per_batch = (rate * every_ms as usize / 1000).max(1);
+    let (sent, events, achieved) = actix_rt::System::new().block_on(async move {
+        let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+        let started = Instant::now();
+        let mut next = started;
+        let mut k = 0usize;
+        let mut inflight = Vec::new();
+        // Requests leave on schedule, whether or not the previous one has been answered.
+        while started.elapsed() < dur {
+            next += Duration::from_millis(every_ms);
+            let body: Vec<serde_json::Value> = (0..per_batch)
+                .map(|i| {
+                    k += 1;
+                    let kind = if (k / LOTS).is_multiple_of(2) { "ARRIVAL" } else { "DEPARTURE" };
+                    serde_json::json!({"lot_id": format!("l{}", (k + i) % LOTS), "event_type": kind})
+                })
+                .collect();
+            let client = client.clone();
+            let url = format!("{base}/v1/events");
+            inflight.push(actix_rt::spawn(async move {
+                let at = Instant::now();
+                let mut resp = client.post(url).send_json(&body).await.expect("post");
+                let v: serde_json::Value = resp.json().limit(1 << 24).await.expect("reply");
+                let offsets: Vec<u64> = v["results"].as_array().unwrap().iter().filter_map(|r| r["offset"].as_u64()).collect();
+                (offsets, at)
+            }));
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                actix_rt::time::sleep(wait).await;
+            }
+        }
+        // Concurrent requests interleave their offsets: keep each offset's send time.
+        let mut sent: Vec<Option<Instant>> = Vec::new();
+        let mut events = 0usize;
+        for h in inflight {
+            let (offsets, at) = h.await.unwrap();
+            events += offsets.len();
+            for o in offsets {
+                let o = o as usize;
+                if sent.len() <= o {
+                    sent.resize(o + 1, None);
+                }
+                sent[o] = Some(at);
+            }
+        }
+        let achieved = events as f64 / dur.as_secs_f64();
+        (sent, events, achieved)
+    });
+    let mut lat = Vec::new();
+    let mut received = 0;
+    for h in handles {
+        for seen in h.join().unwrap() {
+            received += seen.len();
+            for (o, at) in seen {
+                if let Some(Some(t)) = sent.get(o as usize) {
+                    lat.push(at.saturating_duration_since(*t).as_secs_f64() * 1000.0);
+                }
+            }
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * q) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    RunResult {
+        p50: pct(0.5),
+        p99: pct(0.99),
+        max: lat.last().copied().unwrap_or(f64::NAN),
+        received,
+        expected: events * subs,
+        events,
+        achieved,
+    }
+}
+
+/// The `"offset":N` of a change message, without parsing the rest.
+fn offset_of(b: &[u8]) -> Option<u64> {
+    let key = b"\"offset\":";
+    let at = b.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = b[at..].iter().take_while(|c| c.is_ascii_digit()).count();
+    std::str::from_utf8(&b[at..at + digits]).ok()?.parse().ok()
+}

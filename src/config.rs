@@ -310,6 +310,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_deploy_file_is_a_valid_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/parkade.toml");
+        let c = Config::load(Some(&path)).expect("deploy/parkade.toml parses");
+        assert_eq!(c.forecast.tz().unwrap(), chrono_tz::America::Vancouver);
+        assert_eq!(c.live.buffer_messages, LiveConfig::default().buffer_messages);
+        assert_eq!(
+            c.projections.features_lateness_secs,
+            ProjectionsConfig::default().features_lateness_secs
+        );
+    }
+
+    #[test]
     fn passwords_are_not_printed() {
         assert_eq!(
             redact_url("postgres://u:pw@h:5432/db"),

@@ -314,7 +314,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/parkade.toml");
         let c = Config::load(Some(&path)).expect("deploy/parkade.toml parses");
         assert_eq!(c.forecast.tz().unwrap(), chrono_tz::America::Vancouver);
-        assert_eq!(c.live.buffer_messages, LiveConfig::default().buffer_messages);
+        assert_eq!(
+            c.live.buffer_messages,
+            LiveConfig::default().buffer_messages
+        );
         assert_eq!(
             c.projections.features_lateness_secs,
             ProjectionsConfig::default().features_lateness_secs

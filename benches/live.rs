@@ -14,8 +14,6 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-
 const LOTS: usize = 20;
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -40,8 +38,8 @@ fn main() {
     for run in 0..runs {
         let r = one_run(rate, subs, Duration::from_secs(secs), every_ms.max(1));
         println!(
-            "run {}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} of {} messages received ({} events posted at {:.0}/s)",
-            run + 1, r.p50, r.p99, r.max, r.received, r.expected, r.events, r.achieved
+            "run {}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} of {} messages received ({} events posted at {:.0}/s; the POSTs alone: p50 {:.2} ms, p99 {:.2} ms)",
+            run + 1, r.p50, r.p99, r.max, r.received, r.expected, r.events, r.achieved, r.post_p50, r.post_p99
         );
         p50s.push(r.p50);
         p99s.push(r.p99);
@@ -56,6 +54,9 @@ fn main() {
 }
 
 struct RunResult {
+    /// Round trip of the POSTs themselves (durable append included).
+    post_p50: f64,
+    post_p99: f64,
     p50: f64,
     p99: f64,
     max: f64,
@@ -120,35 +121,17 @@ fn one_run(rate: usize, subs: usize, dur: Duration, every_ms: u64) -> RunResult 
     let mut handles = Vec::new();
     for t in 0..threads {
         let n = subs / threads + usize::from(t < subs % threads);
-        let url = format!("ws://127.0.0.1:{port}/v1/ws");
         let ready = ready_tx.clone();
         handles.push(std::thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
                 let mut tasks = Vec::new();
                 for _ in 0..n {
-                    let (_, mut ws) = awc::Client::new()
-                        .ws(url.clone())
-                        .max_frame_size(1 << 24)
-                        .connect()
-                        .await
-                        .expect("ws");
-                    let _ = ws.next().await; // the snapshot
-                    tasks.push(actix_rt::spawn(async move {
-                        let mut seen: Vec<(u64, Instant)> = Vec::with_capacity(100_000);
-                        loop {
-                            let left = stop_at.saturating_duration_since(Instant::now());
-                            match tokio::time::timeout(left, ws.next()).await {
-                                Ok(Some(Ok(awc::ws::Frame::Text(b)))) => {
-                                    if let Some(o) = offset_of(&b) {
-                                        seen.push((o, Instant::now()));
-                                    }
-                                }
-                                Ok(Some(Ok(_))) => {}
-                                _ => break,
-                            }
-                        }
-                        seen
-                    }));
+                    let ws = RawWs::connect(port).await;
+                    tasks.push(tokio::spawn(ws.record_until(stop_at)));
                 }
                 ready.send(()).unwrap();
                 let mut all = Vec::new();
@@ -164,7 +147,7 @@ fn one_run(rate: usize, subs: usize, dur: Duration, every_ms: u64) -> RunResult 
     }
     // The sender: a batch every `every_ms`.
     let per_batch = (rate * every_ms as usize / 1000).max(1);
-    let (sent, events, achieved) = actix_rt::System::new().block_on(async move {
+    let (sent, events, achieved, post_p50, post_p99) = actix_rt::System::new().block_on(async move {
         let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
         let started = Instant::now();
         let mut next = started;
@@ -187,7 +170,7 @@ fn one_run(rate: usize, subs: usize, dur: Duration, every_ms: u64) -> RunResult 
                 let mut resp = client.post(url).send_json(&body).await.expect("post");
                 let v: serde_json::Value = resp.json().limit(1 << 24).await.expect("reply");
                 let offsets: Vec<u64> = v["results"].as_array().unwrap().iter().filter_map(|r| r["offset"].as_u64()).collect();
-                (offsets, at)
+                (offsets, at, at.elapsed().as_secs_f64() * 1000.0)
             }));
             if let Some(wait) = next.checked_duration_since(Instant::now()) {
                 actix_rt::time::sleep(wait).await;
@@ -196,8 +179,10 @@ fn one_run(rate: usize, subs: usize, dur: Duration, every_ms: u64) -> RunResult 
         // Concurrent requests interleave their offsets: keep each offset's send time.
         let mut sent: Vec<Option<Instant>> = Vec::new();
         let mut events = 0usize;
+        let mut rtts = Vec::new();
         for h in inflight {
-            let (offsets, at) = h.await.unwrap();
+            let (offsets, at, rtt) = h.await.unwrap();
+            rtts.push(rtt);
             events += offsets.len();
             for o in offsets {
                 let o = o as usize;
@@ -208,7 +193,9 @@ fn one_run(rate: usize, subs: usize, dur: Duration, every_ms: u64) -> RunResult 
             }
         }
         let achieved = events as f64 / dur.as_secs_f64();
-        (sent, events, achieved)
+        rtts.sort_by(f64::total_cmp);
+        let rtt99 = rtts.get((rtts.len().max(1) - 1) * 99 / 100).copied().unwrap_or(f64::NAN);
+        (sent, events, achieved, rtts.get(rtts.len() / 2).copied().unwrap_or(f64::NAN), rtt99)
     });
     let mut lat = Vec::new();
     let mut received = 0;
@@ -229,6 +216,8 @@ fn one_run(rate: usize, subs: usize, dur: Duration, every_ms: u64) -> RunResult 
             .unwrap_or(f64::NAN)
     };
     RunResult {
+        post_p50,
+        post_p99,
         p50: pct(0.5),
         p99: pct(0.99),
         max: lat.last().copied().unwrap_or(f64::NAN),
@@ -245,4 +234,88 @@ fn offset_of(b: &[u8]) -> Option<u64> {
     let at = b.windows(key.len()).position(|w| w == key)? + key.len();
     let digits = b[at..].iter().take_while(|c| c.is_ascii_digit()).count();
     std::str::from_utf8(&b[at..at + digits]).ok()?.parse().ok()
+}
+
+/// A minimal websocket reader over TCP (the server's frames are unmasked): the bench's
+/// own client costs as little of the shared cores as it can.
+struct RawWs {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    async fn connect(port: u16) -> RawWs {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let req = format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::with_capacity(1 << 16);
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the server closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                assert!(
+                    buf.starts_with(b"HTTP/1.1 101"),
+                    "{}",
+                    String::from_utf8_lossy(&buf)
+                );
+                buf.drain(..end + 4);
+                break;
+            }
+        }
+        RawWs { stream, buf }
+    }
+
+    /// Record (offset, arrival) of every change until `stop_at`.
+    async fn record_until(mut self, stop_at: Instant) -> Vec<(u64, Instant)> {
+        use tokio::io::AsyncReadExt;
+        let mut seen = Vec::with_capacity(100_000);
+        let mut chunk = vec![0u8; 1 << 16];
+        // The first text frame is the snapshot.
+        let mut snapshot_skipped = false;
+        loop {
+            // Parse every whole frame in the buffer.
+            let mut at = 0;
+            loop {
+                let b = &self.buf[at..];
+                if b.len() < 2 {
+                    break;
+                }
+                let (len, head) = match b[1] & 0x7f {
+                    126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                    127 if b.len() >= 10 => (
+                        u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => break,
+                    l => (l as usize, 2),
+                };
+                if b.len() < head + len {
+                    break;
+                }
+                if b[0] & 0x0f == 1 && !snapshot_skipped {
+                    snapshot_skipped = true;
+                } else if b[0] & 0x0f == 1 {
+                    if let Some(o) = offset_of(&b[head..head + len]) {
+                        seen.push((o, Instant::now()));
+                    }
+                }
+                at += head + len;
+            }
+            self.buf.drain(..at);
+            let left = stop_at.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return seen,
+            }
+        }
+    }
 }

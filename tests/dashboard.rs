@@ -169,7 +169,12 @@ async fn the_dashboard_shows_every_lot_and_follows_a_posted_event_within_a_secon
         json!(["North Lot", "Visitor Lot", "West Mall Parkade"])
     );
     let free = "return document.querySelector('[data-lot=north] .free').textContent";
-    assert_eq!(d.js(free).await, "370");
+    // The page shows the state after the 150 arrivals (the live view follows the log).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.js(free).await != "370" {
+        assert!(Instant::now() < deadline, "the page did not reach 370 free");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A posted event is on the page within a second.
     let (status, _) = app

@@ -21,7 +21,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::{ApiError, ApiState};
 use crate::domain::LotId;
@@ -57,6 +57,27 @@ impl Out {
         match tokio::time::timeout(SEND_LIMIT, self.session.text(text)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::Slow(format!(
+                "slow consumer: a message waited over {} s",
+                SEND_LIMIT.as_secs()
+            ))),
+        }
+    }
+
+    async fn burst(&mut self, changes: &[Arc<Change>]) -> Result<(), End> {
+        let session = &mut self.session;
+        let last = &mut self.last;
+        let send_all = async {
+            for c in changes {
+                let text =
+                    bytestring::ByteString::try_from(c.json.clone()).map_err(|_| End::Gone)?;
+                session.text(text).await.map_err(|_| End::Gone)?;
+                *last = Some(c.offset);
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(SEND_LIMIT, send_all).await {
+            Ok(r) => r,
             Err(_) => Err(End::Slow(format!(
                 "slow consumer: a message waited over {} s",
                 SEND_LIMIT.as_secs()
@@ -160,10 +181,22 @@ async fn run(
         tokio::select! {
             msg = rx.recv() => match msg {
                 Ok(c) => {
-                    if keep(&c.lot_id) {
-                        if let Err(e) = out.change(&c).await {
-                            return e;
+                    // Take what else is waiting and send it as one burst, under one
+                    // time limit.
+                    let mut burst = vec![c];
+                    while burst.len() < 512 {
+                        match rx.try_recv() {
+                            Ok(c) => burst.push(c),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Lagged(n)) => {
+                                return End::Slow(format!("slow consumer: {n} changes behind"));
+                            }
+                            Err(TryRecvError::Closed) => return End::Gone,
                         }
+                    }
+                    burst.retain(|c| keep(&c.lot_id));
+                    if let Err(e) = out.burst(&burst).await {
+                        return e;
                     }
                 }
                 Err(RecvError::Lagged(n)) => {

@@ -131,3 +131,22 @@ pub async fn set_checkpoint(
         .await?;
     Ok(())
 }
+
+/// Replace `live` by `rebuilt` (a table made `LIKE live INCLUDING ALL`) in `tx`: drop the
+/// live table, rename the rebuilt one and its primary key. Readers see one or the other.
+pub async fn swap_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    live: &str,
+    rebuilt: &str,
+) -> Result<(), ProjectionError> {
+    sqlx::query(&format!("DROP TABLE {live}"))
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(&format!("ALTER TABLE {rebuilt} RENAME TO {live}"))
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(&format!("ALTER INDEX {rebuilt}_pkey RENAME TO {live}_pkey"))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -289,19 +289,7 @@ pub async fn rebuild(
         .bind(NAME)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DROP TABLE current_lot_occupancy")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!(
-        "ALTER TABLE {TABLE_REBUILD} RENAME TO current_lot_occupancy"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(&format!(
-        "ALTER INDEX {TABLE_REBUILD}_pkey RENAME TO current_lot_occupancy_pkey"
-    ))
-    .execute(&mut *tx)
-    .await?;
+    super::db::swap_in(&mut tx, "current_lot_occupancy", TABLE_REBUILD).await?;
     sqlx::query("UPDATE projection_checkpoints SET log_id = $2, next_offset = $3, updated_at = now() WHERE projection = $1")
         .bind(NAME)
         .bind(log_id)

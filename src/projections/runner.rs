@@ -216,13 +216,34 @@ impl Runner {
         backoff: &mut Duration,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
-        tracing::error!(projection = occupancy::NAME, error = %e, retry_in_ms = backoff.as_millis() as u64, "projection failed; retrying");
-        self.board.report_failure(occupancy::NAME, e);
-        let wait = *backoff;
-        *backoff = (*backoff * 2).min(self.max_backoff);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => false,
-            _ = shutdown.changed() => true,
-        }
+        failed_then_wait(
+            &self.board,
+            occupancy::NAME,
+            e,
+            backoff,
+            self.max_backoff,
+            shutdown,
+        )
+        .await
+    }
+}
+
+/// Log and report a projection's failure, then wait out its backoff (doubling it up to
+/// `max`). Returns true when shutting down.
+pub(crate) async fn failed_then_wait(
+    board: &StatusBoard,
+    name: &'static str,
+    e: &ProjectionError,
+    backoff: &mut Duration,
+    max: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    tracing::error!(projection = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "projection failed; retrying");
+    board.report_failure(name, e);
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(max);
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = shutdown.changed() => true,
     }
 }

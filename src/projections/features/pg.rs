@@ -120,8 +120,14 @@ pub async fn write_batch(
     Ok(None)
 }
 
-/// Fold the log `[0, end)` without writing: the window as it was at `end`.
-fn warm(log: &dyn EventLog, end: u64, lateness_secs: u64) -> Result<FeatureFold, ProjectionError> {
+/// Fold the log `[0, end)`, handing each batch's rows to `rows`; returns the fold (its
+/// window as it was at `end`).
+fn fold_to(
+    log: &dyn EventLog,
+    end: u64,
+    lateness_secs: u64,
+    mut rows: impl FnMut(Vec<FeatureRow>),
+) -> Result<FeatureFold, ProjectionError> {
     let mut fold = FeatureFold::new(lateness_secs);
     let mut cursor = log.cursor(0);
     while cursor.position() < end {
@@ -132,9 +138,14 @@ fn warm(log: &dyn EventLog, end: u64, lateness_secs: u64) -> Result<FeatureFold,
         for e in batch.iter().filter(|e| e.offset < end) {
             fold.add(e);
         }
-        fold.take_rows();
+        rows(fold.take_rows());
     }
     Ok(fold)
+}
+
+/// The fold's window as it was at `end`, writing nothing (those rows are in the table).
+fn warm(log: &dyn EventLog, end: u64, lateness_secs: u64) -> Result<FeatureFold, ProjectionError> {
+    fold_to(log, end, lateness_secs, |_| {})
 }
 
 /// Figures of a rebuild.
@@ -157,21 +168,12 @@ pub async fn rebuild(
     let end = log.durable_end();
     let log_id = log.log_id();
     let (rows, too_late) = tokio::task::spawn_blocking(move || -> Result<_, ProjectionError> {
-        let mut fold = FeatureFold::new(lateness_secs);
         let mut rows: BTreeMap<(String, i64), FeatureRow> = BTreeMap::new();
-        let mut cursor = log.cursor(0);
-        while cursor.position() < end {
-            let batch = cursor.next_batch(65_536)?;
-            if batch.is_empty() {
-                break;
-            }
-            for e in batch.iter().filter(|e| e.offset < end) {
-                fold.add(e);
-            }
-            for r in fold.take_rows() {
+        let fold = fold_to(&*log, end, lateness_secs, |batch| {
+            for r in batch {
                 rows.insert((r.lot_id.as_str().to_owned(), r.bucket_start), r);
             }
-        }
+        })?;
         Ok((rows.into_values().collect::<Vec<_>>(), fold.too_late))
     })
     .await
@@ -194,17 +196,7 @@ pub async fn rebuild(
         .bind(NAME)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(&format!("DROP TABLE {TABLE}"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!("ALTER TABLE {TABLE_REBUILD} RENAME TO {TABLE}"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!(
-        "ALTER INDEX {TABLE_REBUILD}_pkey RENAME TO {TABLE}_pkey"
-    ))
-    .execute(&mut *tx)
-    .await?;
+    db::swap_in(&mut tx, TABLE, TABLE_REBUILD).await?;
     db::set_checkpoint(&mut tx, NAME, log_id, end).await?;
     // Every day is rewritten in the lake.
     sqlx::query(&format!(
@@ -361,13 +353,14 @@ impl FeaturesRunner {
         backoff: &mut Duration,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
-        tracing::error!(projection = NAME, error = %e, retry_in_ms = backoff.as_millis() as u64, "projection failed; retrying");
-        self.board.report_failure(NAME, e);
-        let wait = *backoff;
-        *backoff = (*backoff * 2).min(self.max_backoff);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => false,
-            _ = shutdown.changed() => true,
-        }
+        crate::projections::failed_then_wait(
+            &self.board,
+            NAME,
+            e,
+            backoff,
+            self.max_backoff,
+            shutdown,
+        )
+        .await
     }
 }

@@ -122,6 +122,7 @@ impl Application {
             )?);
         }
 
+        let live_at_stop = live.clone();
         let state = web::Data::new(ApiState {
             lots: lots.clone(),
             log: dyn_log,
@@ -152,8 +153,22 @@ impl Application {
         })
         .workers(config.http_workers.max(1))
         .backlog(2048)
+        // Replies and websocket frames are small and wanted now: without this, Nagle's
+        // algorithm holds a frame until the client acknowledges the previous one, which
+        // a client's delayed acknowledgement can put off for tens of milliseconds.
+        .tcp_nodelay(true)
+        // Stop signals are ours (below): websockets are closed first, else the graceful
+        // stop would wait out its timeout for them.
+        .disable_signals()
         .listen(listener)?
         .run();
+        let handle = server.handle();
+        actix_web::rt::spawn(async move {
+            stop_signal().await;
+            tracing::info!("stop signal: closing websockets and finishing requests");
+            live_at_stop.close_all();
+            handle.stop(true).await;
+        });
         tracing::info!(address = %config.bind, port, "HTTP server listening");
         Ok(Application {
             port,
@@ -199,6 +214,26 @@ impl Application {
         self.log.close();
         tracing::info!("stopped");
         result.context("HTTP server failed")
+    }
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => {
+            tracing::warn!("cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -19,7 +19,7 @@
 //! | [`actors`] | One actix actor per lot, reached through a typed [`LotHandle`]; the [`Lots`] registry that rebuilds every lot from the log at start. |
 //! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the 15-minute features (PostgreSQL and the lake), the Parquet archive (local folder or S3), the runners that keep them caught up, `replay` and `verify`. |
 //! | [`forecast`] | The forecasting model (weekly profile + deviation, fitted per horizon) as pure computation over readings bounded by an issue time; `parkade backtest`; training from the features, the model artifact and the predictor writing `lot_forecasts`. Reads projections, never the actors. |
-//! | [`live`] | The live fan-out: follows the log and broadcasts each change to websocket subscribers, with snapshots consistent with the stream. |
+//! | [`live`] | The live fan-out: follows the log, encodes each change once as a websocket frame and puts it in every subscriber's outbox (the connection's response body), with snapshots and catch-ups consistent with the stream; closes subscribers that fall behind. |
 //! | [`ingest`] | Edge standardisation of incoming events (JSON, NDJSON, CSV rows): lot ids, event types, timestamps, event ids, each problem named by field. |
 //! | [`import`] | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server. |
 //! | [`api`] | The actix-web HTTP API under `/v1`: edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness. |

@@ -117,8 +117,126 @@ async fn a_subscriber_gets_a_snapshot_then_one_message_per_change_of_its_lots() 
         (Some(last), Some(3))
     );
     assert_eq!(m2["lot_id"], "a");
+    // A ping is answered with its payload.
+    ws.send(awc::ws::Message::Ping("hello".into()))
+        .await
+        .unwrap();
+    let pong = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Frame::Pong(p)))) => break p,
+            Ok(Some(Ok(Frame::Ping(_)))) => {}
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    };
+    assert_eq!(&pong[..], b"hello");
     close(ws).await;
     app.stop().await;
+}
+
+#[actix_web::test]
+async fn resuming_from_far_back_reads_the_log_then_joins_the_live_stream_without_gap() {
+    let (_dir, app) = setup().await;
+    // More than one catch-up batch (4,096) behind, so the session reads the log at the
+    // client's pace before it joins.
+    let mut expected = Vec::new();
+    for _ in 0..25 {
+        let batch: Vec<Value> = (0..500)
+            .map(|i| {
+                let lot = ["a", "b"][i % 2];
+                let kind = if i % 4 < 2 { "ARRIVAL" } else { "DEPARTURE" };
+                json!({"lot_id": lot, "event_type": kind})
+            })
+            .collect();
+        let (status, r) = app.post("/v1/events", json!(batch)).await;
+        assert_eq!(status, 200, "{r}");
+        let results = r["results"].as_array().unwrap();
+        for (i, res) in results.iter().enumerate() {
+            let o = res["offset"].as_u64().expect("accepted");
+            if i % 2 == 1 && o > 100 {
+                expected.push(o);
+            }
+        }
+    }
+    expected.sort_unstable();
+    let mut ws = connect(&app, "?from_offset=100&lots=b").await;
+    // Events keep arriving while the subscriber catches up.
+    let mut offsets = Vec::new();
+    let mut lives = 0;
+    while offsets.len() < expected.len() {
+        if offsets.len() % 1_000 == 999 {
+            expected.push(arrive(&app, "b").await);
+            arrive(&app, "a").await;
+        }
+        let m = next_json(&mut ws).await;
+        if m["type"] == "live" {
+            lives += 1;
+            continue;
+        }
+        assert_eq!(m["lot_id"], "b", "{m}");
+        offsets.push(m["offset"].as_u64().unwrap());
+    }
+    assert!(expected.len() > 6_000, "{}", expected.len());
+    assert_eq!(lives, 1, "one live marker");
+    assert!(offsets == expected, "gap or duplicate");
+    close(ws).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn stopping_the_service_closes_its_websockets_with_going_away() {
+    let dir = common::data_dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(common::binary())
+        .arg("serve")
+        .env("PARKADE_DATA_DIR", dir.path())
+        .env("PARKADE_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .env_remove("PARKADE_DATABASE_URL")
+        .spawn()
+        .expect("start parkade serve");
+    let url = format!("ws://127.0.0.1:{port}/v1/ws");
+    let started = std::time::Instant::now();
+    let mut ws = loop {
+        match awc::Client::new().ws(url.as_str()).connect().await {
+            Ok((_, ws)) => break ws,
+            Err(e) => {
+                assert!(started.elapsed() < Duration::from_secs(30), "{e}");
+                actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(next_json(&mut ws).await["type"], "snapshot");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The subscriber is told, and the service does not wait out its 30 s graceful
+    // stop for the open socket.
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+            Ok(Some(Ok(Frame::Close(r)))) => break r.map(|r| u16::from(r.code)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("parkade did not stop within 20 s of SIGTERM with a websocket open");
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
 }
 
 #[actix_web::test]

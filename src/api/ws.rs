@@ -11,27 +11,41 @@
 //! - the server pings every 10 s and closes a client silent for 30 s;
 //! - a client that falls more than `[live] buffer_messages` changes behind, or does not
 //!   take a message for 5 s, is closed with code 4008 and the last offset it was sent,
-//!   to resume from. Ingestion never waits for a websocket.
+//!   to resume from. Ingestion never waits for a websocket;
+//! - when the service stops, subscribers get a close with code 1001.
+//!
+//! The connection's response body is its [`Outbox`](crate::live::Outbox): the live
+//! fan-out puts each change's frame, encoded once, in every subscriber's outbox, and this
+//! module's session task only joins the subscriber, answers pings and watches the
+//! client.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix_codec::Decoder;
+use actix_http::ws::{Codec, Frame};
+use actix_web::body::{BodyStream, MessageBody};
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message};
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::{ApiError, ApiState};
 use crate::domain::LotId;
-use crate::live::{change_of, Change};
+use crate::live::{change_of, frame, Outbox, SEND_LIMIT, SLOW_CONSUMER};
 
-/// Close code for a subscriber that cannot keep up.
-pub const SLOW_CONSUMER: u16 = 4008;
 const PING_EVERY: Duration = Duration::from_secs(10);
 const SILENT_LIMIT: Duration = Duration::from_secs(30);
-const SEND_LIMIT: Duration = Duration::from_secs(5);
+/// Normal closure.
+const NORMAL: u16 = 1000;
+/// The client broke the protocol.
+const PROTOCOL_ERROR: u16 = 1002;
+/// The server failed (the log could not be read).
+const INTERNAL_ERROR: u16 = 1011;
+/// A catch-up reads the log in batches of this many events; the last one, at most this
+/// long, is read under the fan-out's lock.
+const CATCH_UP_BATCH: usize = 4_096;
 
 #[derive(serde::Deserialize)]
 pub(super) struct WsQuery {
@@ -39,68 +53,13 @@ pub(super) struct WsQuery {
     from_offset: Option<u64>,
 }
 
-/// Why a session ended early.
-enum End {
-    /// The client went away or closed.
-    Gone,
-    Slow(String),
-}
-
-struct Out {
-    session: actix_ws::Session,
-    /// The last change offset sent.
-    last: Option<u64>,
-}
-
-impl Out {
-    async fn send(&mut self, text: impl Into<bytestring::ByteString>) -> Result<(), End> {
-        match tokio::time::timeout(SEND_LIMIT, self.session.text(text)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(End::Slow(format!(
-                "slow consumer: a message waited over {} s",
-                SEND_LIMIT.as_secs()
-            ))),
-        }
-    }
-
-    async fn burst(&mut self, changes: &[Arc<Change>]) -> Result<(), End> {
-        let session = &mut self.session;
-        let last = &mut self.last;
-        let send_all = async {
-            for c in changes {
-                let text =
-                    bytestring::ByteString::try_from(c.json.clone()).map_err(|_| End::Gone)?;
-                session.text(text).await.map_err(|_| End::Gone)?;
-                *last = Some(c.offset);
-            }
-            Ok(())
-        };
-        match tokio::time::timeout(SEND_LIMIT, send_all).await {
-            Ok(r) => r,
-            Err(_) => Err(End::Slow(format!(
-                "slow consumer: a message waited over {} s",
-                SEND_LIMIT.as_secs()
-            ))),
-        }
-    }
-
-    async fn change(&mut self, c: &Change) -> Result<(), End> {
-        // The JSON was produced by serde_json, so it is UTF-8.
-        let text = bytestring::ByteString::try_from(c.json.clone()).map_err(|_| End::Gone)?;
-        self.send(text).await?;
-        self.last = Some(c.offset);
-        Ok(())
-    }
-}
-
 pub(super) async fn ws(
     req: HttpRequest,
-    body: web::Payload,
+    payload: web::Payload,
     q: web::Query<WsQuery>,
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let filter: Option<HashSet<LotId>> = match q.lots.as_deref().map(str::trim) {
+    let keep: Option<HashSet<LotId>> = match q.lots.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(list) => Some(
             list.split(',')
@@ -121,151 +80,169 @@ pub(super) async fn ws(
             ),
         ));
     }
-    let (response, session, stream) =
-        actix_ws::handle(&req, body).map_err(|e| ApiError::bad(None, e.to_string()))?;
+    let mut handshake =
+        actix_http::ws::handshake(req.head()).map_err(|e| ApiError::bad(None, e.to_string()))?;
+    let (out, body) = crate::live::outbox();
+    let response = handshake
+        .message_body(BodyStream::new(body).boxed())
+        .map_err(|e| ApiError::bad(None, e.to_string()))?;
     let st = st.into_inner();
     let from = q.from_offset;
     actix_web::rt::spawn(async move {
-        let mut out = Out {
-            session,
-            last: None,
-        };
-        let result = run(&st, &mut out, stream, filter, from).await;
-        let reason = match result {
-            End::Gone => None,
-            End::Slow(why) => {
-                let resume = out
-                    .last
-                    .map_or(String::new(), |o| format!("; resume with from_offset={o}"));
-                let mut description = format!("{why}{resume}");
-                description.truncate(120);
-                Some(CloseReason {
-                    code: CloseCode::Other(SLOW_CONSUMER),
-                    description: Some(description),
-                })
+        let joined = match from {
+            None => {
+                let history = st.db.is_some();
+                st.live.subscribe(keep, out.clone(), |snap| {
+                    frame::text(
+                        &json!({"type": "snapshot", "offset": snap.next_offset.checked_sub(1),
+                                "next_offset": snap.next_offset, "lots": snap.lots,
+                                "history": history})
+                        .to_string(),
+                    )
+                });
+                true
             }
+            Some(n) => catch_up(&st, &out, n + 1, keep).await,
         };
-        // A client that stopped reading may never take the close frame either.
-        let _ = tokio::time::timeout(Duration::from_secs(1), out.session.close(reason)).await;
+        if joined {
+            watch_client(&out, payload).await;
+        }
     });
-    Ok(response)
+    Ok(response.into())
 }
 
-async fn run(
-    st: &Arc<ApiState>,
-    out: &mut Out,
-    mut stream: actix_ws::MessageStream,
-    filter: Option<HashSet<LotId>>,
-    from_offset: Option<u64>,
-) -> End {
-    let keep = |id: &LotId| filter.as_ref().is_none_or(|f| f.contains(id));
-    let mut rx = match from_offset {
-        None => {
-            let (snap, rx) = st.live.subscribe(keep);
-            let msg = json!({"type": "snapshot", "offset": snap.next_offset.checked_sub(1),
-                             "next_offset": snap.next_offset, "lots": snap.lots,
-                             "history": st.db.is_some()});
-            if let Err(e) = out.send(msg.to_string()).await {
-                return e;
-            }
-            rx
-        }
-        Some(n) => match catch_up(st, out, n + 1, &keep).await {
-            Ok(rx) => rx,
-            Err(e) => return e,
-        },
-    };
-    let mut ping = tokio::time::interval(PING_EVERY);
+/// Answer pings, notice a close or a silent client, until the outbox ends.
+async fn watch_client(out: &Outbox, mut payload: web::Payload) {
+    let mut codec = Codec::new();
+    let mut buf = BytesMut::new();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     let mut heard = Instant::now();
     loop {
         tokio::select! {
-            msg = rx.recv() => match msg {
-                Ok(c) => {
-                    // Take what else is waiting and send it as one burst, under one
-                    // time limit.
-                    let mut burst = vec![c];
-                    while burst.len() < 512 {
-                        match rx.try_recv() {
-                            Ok(c) => burst.push(c),
-                            Err(TryRecvError::Empty) => break,
-                            Err(TryRecvError::Lagged(n)) => {
-                                return End::Slow(format!("slow consumer: {n} changes behind"));
-                            }
-                            Err(TryRecvError::Closed) => return End::Gone,
+            _ = out.ended() => return,
+            chunk = payload.next() => {
+                let Some(Ok(chunk)) = chunk else {
+                    return out.end(None);
+                };
+                heard = Instant::now();
+                buf.extend_from_slice(&chunk);
+                loop {
+                    match codec.decode(&mut buf) {
+                        Ok(Some(Frame::Ping(p))) => {
+                            out.put(frame::pong(&p), 0);
+                        }
+                        Ok(Some(Frame::Close(reason))) => {
+                            let code = reason.map_or(NORMAL, |r| u16::from(r.code));
+                            return out.end(Some(frame::close(code, "")));
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(e) => {
+                            return out.end(Some(frame::close(PROTOCOL_ERROR, &e.to_string())));
                         }
                     }
-                    burst.retain(|c| keep(&c.lot_id));
-                    if let Err(e) = out.burst(&burst).await {
-                        return e;
-                    }
                 }
-                Err(RecvError::Lagged(n)) => {
-                    return End::Slow(format!("slow consumer: {n} changes behind"));
-                }
-                Err(RecvError::Closed) => return End::Gone,
-            },
-            m = stream.next() => match m {
-                Some(Ok(Message::Ping(b))) => {
-                    heard = Instant::now();
-                    if out.session.pong(&b).await.is_err() {
-                        return End::Gone;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return End::Gone,
-                Some(Ok(_)) => heard = Instant::now(),
-            },
+            }
             _ = ping.tick() => {
                 if heard.elapsed() > SILENT_LIMIT {
-                    return End::Gone;
+                    let why = format!("nothing heard from the client for {} s", SILENT_LIMIT.as_secs());
+                    return out.end(Some(frame::close(NORMAL, &why)));
                 }
-                if out.session.ping(b"").await.is_err() {
-                    return End::Gone;
-                }
+                out.put(frame::ping(b""), 0);
             }
         }
     }
 }
 
-/// Send every change from offset `from` up to the live position, then subscribe.
+/// Put every change from offset `from` on, then join the fan-out. False if the
+/// subscriber was closed on the way.
 async fn catch_up(
     st: &Arc<ApiState>,
-    out: &mut Out,
+    out: &Outbox,
     mut from: u64,
-    keep: &impl Fn(&LotId) -> bool,
-) -> Result<tokio::sync::broadcast::Receiver<Arc<Change>>, End> {
-    // Far back: read the log until close to the live position, without holding a receiver.
-    let mut target = st.live.position();
-    let mut rx = None;
-    loop {
-        while from < target {
-            let log = st.log.clone();
-            let upto = target;
-            let batch = web::block(move || {
-                let mut cursor = log.cursor(from);
-                cursor.next_batch(4_096).map(|b| {
-                    b.into_iter()
-                        .filter(|e| e.offset < upto)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .await;
-            let batch = match batch {
-                Ok(Ok(b)) if !b.is_empty() => b,
-                _ => return Err(End::Gone),
-            };
-            from = batch[batch.len() - 1].offset + 1;
-            for e in batch.iter().filter(|e| keep(&e.event.lot_id)) {
-                out.change(&change_of(e)).await?;
+    keep: Option<HashSet<LotId>>,
+) -> bool {
+    let wanted = |k: &Option<HashSet<LotId>>, id: &LotId| k.as_ref().is_none_or(|k| k.contains(id));
+    let mut last = None;
+    // Far back: read the log at the pace the client takes it, outside the lock.
+    while st.live.position().saturating_sub(from) > CATCH_UP_BATCH as u64 {
+        let log = st.log.clone();
+        let batch = web::block(move || log.cursor(from).next_batch(CATCH_UP_BATCH)).await;
+        let batch = match batch {
+            Ok(Ok(b)) if !b.is_empty() => b,
+            _ => {
+                out.end(Some(frame::close(INTERNAL_ERROR, "cannot read the log")));
+                return false;
             }
+        };
+        from = batch[batch.len() - 1].offset + 1;
+        let changes: Vec<_> = batch
+            .iter()
+            .filter(|e| wanted(&keep, &e.event.lot_id))
+            .map(change_of)
+            .collect();
+        if let Some(c) = changes.last() {
+            last = Some(c.offset);
         }
-        if let Some(rx) = rx {
-            let msg = json!({"type": "live", "next_offset": from});
-            out.send(msg.to_string()).await?;
-            return Ok(rx);
+        let (frames, n) = crate::live::concat(changes.iter());
+        if n > 0 && !out.put(frames, n) {
+            return false;
         }
-        // Close to live: take a receiver, then read the few events before its start.
-        let (snap, r) = st.live.subscribe(|_| false);
-        target = snap.next_offset;
-        rx = Some(r);
+        if !out.drained_to(st.live.limit() / 2, SEND_LIMIT).await {
+            let resume = last.map_or(String::new(), |o| format!("; resume with from_offset={o}"));
+            let why = format!(
+                "slow consumer: nothing taken for {} s{resume}",
+                SEND_LIMIT.as_secs()
+            );
+            out.end(Some(frame::close(SLOW_CONSUMER, &why)));
+            return false;
+        }
+    }
+    // Close to live: the short tail and the join, under the fan-out's lock.
+    let (st2, out2) = (st.clone(), out.clone());
+    let joined = web::block(move || {
+        let log = st2.log.clone();
+        st2.live.join(keep.clone(), out2.clone(), from, |next| {
+            let mut cursor = log.cursor(from);
+            while from < next {
+                let batch = cursor
+                    .next_batch(CATCH_UP_BATCH)
+                    .map_err(|e| e.to_string())?;
+                if batch.is_empty() {
+                    return Err(format!(
+                        "the log ends at {from}, before the live position {next}"
+                    ));
+                }
+                from = batch[batch.len() - 1].offset + 1;
+                let changes: Vec<_> = batch
+                    .iter()
+                    .filter(|e| e.offset < next && wanted(&keep, &e.event.lot_id))
+                    .map(change_of)
+                    .collect();
+                if let Some(c) = changes.last() {
+                    last = Some(c.offset);
+                }
+                let (frames, n) = crate::live::concat(changes.iter());
+                if n > 0 {
+                    out2.put(frames, n);
+                }
+            }
+            let live = json!({"type": "live", "next_offset": next.max(from)});
+            out2.put(frame::text(&live.to_string()), 0);
+            Ok(last)
+        })
+    })
+    .await;
+    match joined {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "websocket catch-up failed");
+            out.end(Some(frame::close(INTERNAL_ERROR, "cannot read the log")));
+            false
+        }
+        Err(_) => {
+            out.end(Some(frame::close(INTERNAL_ERROR, "cannot read the log")));
+            false
+        }
     }
 }

@@ -3,28 +3,44 @@
 //!
 //! A follower reads the log (never the lot actors, and never in the way of ingestion:
 //! appends do not wait for it) and keeps the state of every lot as of its position. It
-//! publishes each change on a bounded broadcast channel. A subscriber takes a snapshot
-//! and a receiver under the same lock, so the first change it receives is the first
-//! after its snapshot: no gap, no duplicate. A subscriber that falls further behind
-//! than the channel holds is told so by the channel (and closed by the websocket).
+//! encodes each change once as a websocket frame ([`frame`]) and puts the same bytes in
+//! the outbox of every subscriber that wants it ([`outbox`]); the connections write
+//! them. A subscriber joins under the state lock, its first frame (a snapshot, or the
+//! tail of a catch-up from the log) queued before any change: no gap, no duplicate. A
+//! subscriber whose connection has not taken `buffer` changes, or has taken nothing for
+//! [`SEND_LIMIT`], is closed with [`SLOW_CONSUMER`] and the offset to resume from.
 
-use std::collections::BTreeMap;
+pub mod frame;
+pub mod outbox;
+
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
+
+pub use outbox::{outbox, Body, Outbox};
 
 use crate::actors::LotView;
 use crate::domain::{LotEvent, LotId, RecordedEvent};
 use crate::log::{EventLog, Subscription};
 
-/// One change, rendered once for every subscriber.
+/// Close code for a subscriber that cannot keep up.
+pub const SLOW_CONSUMER: u16 = 4008;
+/// Close code when the service shuts down ("going away").
+pub const GOING_AWAY: u16 = 1001;
+/// A connection that takes nothing for this long while changes wait is closed.
+pub const SEND_LIMIT: Duration = Duration::from_secs(5);
+
+/// One change, encoded once for every subscriber.
 #[derive(Debug)]
 pub struct Change {
     pub lot_id: LotId,
     pub offset: u64,
-    /// Shared by every subscriber's send (a reference count, not a copy).
-    pub json: actix_web::web::Bytes,
+    /// The whole websocket text frame.
+    pub frame: Bytes,
 }
 
 /// A change message: `{"type":"change", lot_id, occupancy, capacity, free, offset,
@@ -42,12 +58,27 @@ pub fn change_of(e: &RecordedEvent) -> Change {
         "event_type": ev.event.event_type().as_str(),
     })
     .to_string();
-    let json = actix_web::web::Bytes::from(json);
     Change {
         lot_id: ev.lot_id.clone(),
         offset: e.offset,
-        json,
+        frame: frame::text(&json),
     }
+}
+
+fn going_away() -> Bytes {
+    frame::close(GOING_AWAY, "parkade is stopping")
+}
+
+/// The frames of `changes`, back to back.
+pub fn concat<'a>(changes: impl Iterator<Item = &'a Change> + Clone) -> (Bytes, usize) {
+    let len = changes.clone().map(|c| c.frame.len()).sum();
+    let mut out = BytesMut::with_capacity(len);
+    let mut n = 0;
+    for c in changes {
+        out.extend_from_slice(&c.frame);
+        n += 1;
+    }
+    (out.freeze(), n)
 }
 
 /// What a subscriber sees first.
@@ -62,17 +93,89 @@ pub struct Snapshot {
 const SAMPLE_MICROS: i64 = 5 * 60 * 1_000_000;
 const SAMPLES_KEPT: usize = 24 * 12;
 
+/// A joined subscriber.
+struct Subscriber {
+    /// The lots it wants (all when `None`).
+    keep: Option<HashSet<LotId>>,
+    out: Outbox,
+    /// The first offset it lacks: changes below it are not put.
+    from: u64,
+    /// The offset of the last change put in its outbox.
+    last: Option<u64>,
+}
+
+impl Subscriber {
+    fn wants(&self, c: &Change) -> bool {
+        c.offset >= self.from && self.keep.as_ref().is_none_or(|k| k.contains(&c.lot_id))
+    }
+}
+
 struct State {
     lots: BTreeMap<LotId, Value>,
     /// Per lot, (sample start, occupancy at its last event), oldest first.
     recent: BTreeMap<LotId, std::collections::VecDeque<(i64, u32)>>,
     next: u64,
+    subscribers: Vec<Subscriber>,
+    /// The service is stopping: nobody joins any more.
+    closed: bool,
+}
+
+impl State {
+    /// Put `changes` in every subscriber's outbox; close those that fell behind.
+    fn fan_out(&mut self, changes: &[Change], limit: usize) {
+        self.subscribers.retain(|s| !s.out.is_ended());
+        if changes.is_empty() || self.subscribers.is_empty() {
+            return;
+        }
+        let all = concat(changes.iter());
+        let first = changes[0].offset;
+        let last_all = changes.last().map(|c| c.offset);
+        self.subscribers.retain_mut(|s| {
+            let (frames, n, last) = match &s.keep {
+                None if s.from <= first => (all.0.clone(), all.1, last_all),
+                _ => {
+                    let mine = changes.iter().filter(|c| s.wants(c));
+                    let last = mine.clone().last().map(|c| c.offset);
+                    let (frames, n) = concat(mine);
+                    (frames, n, last)
+                }
+            };
+            if n == 0 {
+                return true;
+            }
+            let queued = s.out.queued();
+            let stalled = s.out.stalled_for();
+            let why = if queued + n > limit {
+                Some(format!("slow consumer: {queued} changes not taken"))
+            } else if stalled > SEND_LIMIT {
+                Some(format!(
+                    "slow consumer: nothing taken for {} s",
+                    stalled.as_secs()
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                let resume = s
+                    .last
+                    .map_or(String::new(), |o| format!("; resume with from_offset={o}"));
+                s.out
+                    .end(Some(frame::close(SLOW_CONSUMER, &format!("{why}{resume}"))));
+                return false;
+            }
+            if !s.out.put(frames, n) {
+                return false;
+            }
+            s.last = last;
+            true
+        });
+    }
 }
 
 struct Inner {
     state: Mutex<State>,
-    tx: broadcast::Sender<Arc<Change>>,
-    tx_capacity: usize,
+    /// Changes a subscriber may leave untaken before it is closed.
+    limit: usize,
 }
 
 /// The live view shared by the websocket handlers.
@@ -83,7 +186,7 @@ pub struct Live {
 
 impl Live {
     /// Start from the lots as they are at log offset `next` (the state the lot actors
-    /// were rebuilt to), with a channel of `buffer` changes.
+    /// were rebuilt to); a subscriber may leave `buffer` changes untaken.
     pub fn new(views: Vec<LotView>, next: u64, buffer: usize) -> Live {
         let lots = views
             .into_iter()
@@ -94,17 +197,16 @@ impl Live {
                 )
             })
             .collect();
-        let tx_capacity = buffer.max(16);
-        let (tx, _) = broadcast::channel(tx_capacity);
         Live {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     lots,
                     recent: BTreeMap::new(),
                     next,
+                    subscribers: Vec::new(),
+                    closed: false,
                 }),
-                tx,
-                tx_capacity,
+                limit: buffer.max(16),
             }),
         }
     }
@@ -118,26 +220,77 @@ impl Live {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A snapshot of the lots accepted by `keep`, and the changes after it.
+    /// Changes a subscriber may leave untaken before it is closed.
+    pub fn limit(&self) -> usize {
+        self.inner.limit
+    }
+
+    /// Subscribers joined and not yet closed.
+    pub fn subscribers(&self) -> usize {
+        let st = self.lock();
+        st.subscribers.iter().filter(|s| !s.out.is_ended()).count()
+    }
+
+    /// Join with a snapshot: `first` renders the snapshot of the wanted lots into the
+    /// subscriber's first frame, queued before any change after it.
     pub fn subscribe(
         &self,
-        keep: impl Fn(&LotId) -> bool,
-    ) -> (Snapshot, broadcast::Receiver<Arc<Change>>) {
-        let st = self.lock();
-        let rx = self.inner.tx.subscribe();
+        keep: Option<HashSet<LotId>>,
+        out: Outbox,
+        first: impl FnOnce(Snapshot) -> Bytes,
+    ) {
+        let mut st = self.lock();
         let lots = st
             .lots
             .iter()
-            .filter(|(id, _)| keep(id))
+            .filter(|(id, _)| keep.as_ref().is_none_or(|k| k.contains(*id)))
             .map(|(_, v)| v.clone())
             .collect();
-        (
-            Snapshot {
-                next_offset: st.next,
-                lots,
-            },
-            rx,
-        )
+        let snapshot = Snapshot {
+            next_offset: st.next,
+            lots,
+        };
+        let from = snapshot.next_offset;
+        if st.closed {
+            return out.end(Some(going_away()));
+        }
+        if out.put(first(snapshot), 0) {
+            st.subscribers.push(Subscriber {
+                keep,
+                out,
+                from,
+                last: None,
+            });
+        }
+    }
+
+    /// Join after a catch-up that has put every change below `from`: `tail(next)` runs
+    /// under the state lock and must put in the outbox the changes from `from` to `next`
+    /// (the live position; none when `from` is past it), then return the last offset it
+    /// put; the fan-out puts every change from `max(from, next)` on. Blocks the fan-out
+    /// while it runs: read only a short tail here.
+    pub fn join<E>(
+        &self,
+        keep: Option<HashSet<LotId>>,
+        out: Outbox,
+        from: u64,
+        tail: impl FnOnce(u64) -> Result<Option<u64>, E>,
+    ) -> Result<(), E> {
+        let mut st = self.lock();
+        if st.closed {
+            out.end(Some(going_away()));
+            return Ok(());
+        }
+        let last = tail(st.next)?;
+        if !out.is_ended() {
+            st.subscribers.push(Subscriber {
+                keep,
+                out,
+                from,
+                last,
+            });
+        }
+        Ok(())
     }
 
     /// The lot's occupancy every 5 minutes of event time (the last 24 hours of samples
@@ -154,7 +307,7 @@ impl Live {
     pub fn publish(&self, batch: &[RecordedEvent]) {
         let from = self.position();
         let fresh: Vec<&RecordedEvent> = batch.iter().filter(|e| e.offset >= from).collect();
-        let changes: Vec<Arc<Change>> = fresh.iter().map(|e| Arc::new(change_of(e))).collect();
+        let changes: Vec<Change> = fresh.iter().map(|e| change_of(e)).collect();
         let mut st = self.lock();
         for e in fresh {
             let ev = &e.event;
@@ -182,22 +335,29 @@ impl Live {
             }
             st.next = e.offset + 1;
         }
-        for c in changes {
-            // No receivers is fine; nobody is waiting on this.
-            let _ = self.inner.tx.send(c);
+        st.fan_out(&changes, self.inner.limit);
+    }
+
+    /// Close every subscriber, and any that tries to join later, with "going away": the
+    /// service is stopping, and open websockets would hold its graceful stop.
+    pub fn close_all(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        for s in st.subscribers.drain(..) {
+            s.out.end(Some(going_away()));
         }
     }
 
     /// Follow the log from the live position until shut down.
     pub async fn follow(self, log: Arc<dyn EventLog>, mut shutdown: watch::Receiver<bool>) {
         let mut sub = Subscription::new(log.clone(), self.position());
-        // Bursts no larger than half the channel, so a subscriber that keeps up with the
-        // rate is not dropped by one large batch.
-        let burst = (self.inner.tx_capacity / 2).clamp(1, 4_096);
+        // Bursts no larger than half of what a subscriber may leave untaken, so one
+        // large batch does not close a subscriber that keeps up with the rate.
+        let burst = (self.inner.limit / 2).clamp(1, 4_096);
         loop {
             let batch = tokio::select! {
                 b = sub.next_batch(burst) => b,
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => return self.close_all(),
             };
             match batch {
                 Ok(b) => self.publish(&b),
@@ -205,7 +365,7 @@ impl Live {
                     tracing::error!(error = %e, "live fan-out cannot read the log; retrying in 1 s");
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                        _ = shutdown.changed() => return,
+                        _ = shutdown.changed() => return self.close_all(),
                     }
                     sub = Subscription::new(log.clone(), self.position());
                 }

@@ -305,10 +305,19 @@ impl Live {
 
     /// Fold a batch of durable events into the state and publish them.
     pub fn publish(&self, batch: &[RecordedEvent]) {
-        let from = self.position();
+        let (from, watched) = {
+            let st = self.lock();
+            (st.next, !st.subscribers.is_empty())
+        };
         let fresh: Vec<&RecordedEvent> = batch.iter().filter(|e| e.offset >= from).collect();
-        let changes: Vec<Change> = fresh.iter().map(|e| change_of(e)).collect();
+        // Encoded outside the lock; nobody watching, nothing to encode (unless someone
+        // joins meanwhile: then under the lock, below).
+        let render = |fresh: &[&RecordedEvent]| fresh.iter().map(|e| change_of(e)).collect();
+        let mut changes: Vec<Change> = if watched { render(&fresh) } else { Vec::new() };
         let mut st = self.lock();
+        if !watched && !st.subscribers.is_empty() {
+            changes = render(&fresh);
+        }
         for e in fresh {
             let ev = &e.event;
             let entry = st

@@ -49,14 +49,26 @@ pub async fn observations(
     tz: Tz,
     until: DateTime<Utc>,
 ) -> Result<History, ForecastError> {
+    observations_of(pool, tz, until, None).await
+}
+
+/// [`observations`] of one lot only (every lot when `lot` is `None`).
+pub async fn observations_of(
+    pool: &PgPool,
+    tz: Tz,
+    until: DateTime<Utc>,
+    lot: Option<&str>,
+) -> Result<History, ForecastError> {
     let rows: Vec<(String, DateTime<Utc>, i32, i32)> = sqlx::query_as(
         "SELECT lot_id, bucket_start + interval '15 minutes', occupancy_end, capacity \
          FROM lot_features_15m \
          WHERE arrivals + departures + counts > 0 AND capacity > 0 \
-           AND bucket_start + interval '15 minutes' <= $1 AND bucket_start >= $1 - make_interval(weeks => $2)",
+           AND bucket_start + interval '15 minutes' <= $1 AND bucket_start >= $1 - make_interval(weeks => $2) \
+           AND ($3::text IS NULL OR lot_id = $3)",
     )
     .bind(until)
     .bind(WEEKS_READ as i32)
+    .bind(lot)
     .fetch_all(pool)
     .await?;
     Ok(History::new(rows.into_iter().map(|(lot, at, occ, cap)| {
@@ -236,7 +248,7 @@ pub async fn predict_all(
 
 /// Why a lot has no forecast: days of readings before today, against what is needed.
 pub async fn days_of_history(pool: &PgPool, lot: &str, tz: Tz) -> Result<usize, ForecastError> {
-    let h = observations(pool, tz, Utc::now()).await?;
+    let h = observations_of(pool, tz, Utc::now(), Some(lot)).await?;
     Ok(h.days_before(lot, local_of(tz, Utc::now().timestamp())))
 }
 

@@ -165,9 +165,14 @@ impl Application {
         let handle = server.handle();
         actix_web::rt::spawn(async move {
             stop_signal().await;
-            tracing::info!("stop signal: closing websockets and finishing requests");
+            tracing::info!(
+                "stop signal: closing websockets and finishing requests (again to stop at once)"
+            );
             live_at_stop.close_all();
-            handle.stop(true).await;
+            actix_web::rt::spawn(handle.stop(true));
+            stop_signal().await;
+            tracing::warn!("second stop signal: stopping without waiting for open requests");
+            handle.stop(false).await;
         });
         tracing::info!(address = %config.bind, port, "HTTP server listening");
         Ok(Application {

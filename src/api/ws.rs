@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::{ApiError, ApiState};
-use crate::domain::LotId;
+use crate::domain::{LotId, RecordedEvent};
 use crate::live::{change_of, frame, Outbox, SEND_LIMIT, SLOW_CONSUMER};
 
 const PING_EVERY: Duration = Duration::from_secs(10);
@@ -162,7 +162,6 @@ async fn catch_up(
     mut from: u64,
     keep: Option<HashSet<LotId>>,
 ) -> bool {
-    let wanted = |k: &Option<HashSet<LotId>>, id: &LotId| k.as_ref().is_none_or(|k| k.contains(id));
     let mut last = None;
     // Far back: read the log at the pace the client takes it, outside the lock.
     while st.live.position().saturating_sub(from) > CATCH_UP_BATCH as u64 {
@@ -176,18 +175,7 @@ async fn catch_up(
             }
         };
         from = batch[batch.len() - 1].offset + 1;
-        let changes: Vec<_> = batch
-            .iter()
-            .filter(|e| wanted(&keep, &e.event.lot_id))
-            .map(change_of)
-            .collect();
-        if let Some(c) = changes.last() {
-            last = Some(c.offset);
-        }
-        let (frames, n) = crate::live::concat(changes.iter());
-        if n > 0 && !out.put(frames, n) {
-            return false;
-        }
+        last = put_changes(out, &batch, &keep, u64::MAX).or(last);
         if !out.drained_to(st.live.limit() / 2, SEND_LIMIT).await {
             let resume = last.map_or(String::new(), |o| format!("; resume with from_offset={o}"));
             let why = format!(
@@ -204,28 +192,18 @@ async fn catch_up(
         let log = st2.log.clone();
         st2.live.join(keep.clone(), out2.clone(), from, |next| {
             let mut cursor = log.cursor(from);
-            while from < next {
+            let mut at = from;
+            while at < next {
                 let batch = cursor
                     .next_batch(CATCH_UP_BATCH)
                     .map_err(|e| e.to_string())?;
                 if batch.is_empty() {
                     return Err(format!(
-                        "the log ends at {from}, before the live position {next}"
+                        "the log ends at {at}, before the live position {next}"
                     ));
                 }
-                from = batch[batch.len() - 1].offset + 1;
-                let changes: Vec<_> = batch
-                    .iter()
-                    .filter(|e| e.offset < next && wanted(&keep, &e.event.lot_id))
-                    .map(change_of)
-                    .collect();
-                if let Some(c) = changes.last() {
-                    last = Some(c.offset);
-                }
-                let (frames, n) = crate::live::concat(changes.iter());
-                if n > 0 {
-                    out2.put(frames, n);
-                }
+                at = batch[batch.len() - 1].offset + 1;
+                last = put_changes(&out2, &batch, &keep, next).or(last);
             }
             let live = json!({"type": "live", "next_offset": next.max(from)});
             out2.put(frame::text(&live.to_string()), 0);
@@ -235,14 +213,32 @@ async fn catch_up(
     .await;
     match joined {
         Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "websocket catch-up failed");
-            out.end(Some(frame::close(INTERNAL_ERROR, "cannot read the log")));
-            false
-        }
-        Err(_) => {
+        failed => {
+            if let Ok(Err(e)) = failed {
+                tracing::error!(error = %e, "websocket catch-up failed");
+            }
             out.end(Some(frame::close(INTERNAL_ERROR, "cannot read the log")));
             false
         }
     }
+}
+
+/// Put the changes of `batch` below offset `below` that the subscriber wants; the
+/// offset of the last one put.
+fn put_changes(
+    out: &Outbox,
+    batch: &[RecordedEvent],
+    keep: &Option<HashSet<LotId>>,
+    below: u64,
+) -> Option<u64> {
+    let changes: Vec<_> = batch
+        .iter()
+        .filter(|e| e.offset < below && keep.as_ref().is_none_or(|k| k.contains(&e.event.lot_id)))
+        .map(change_of)
+        .collect();
+    let (frames, n) = crate::live::concat(changes.iter());
+    if n == 0 || !out.put(frames, n) {
+        return None;
+    }
+    changes.last().map(|c| c.offset)
 }

@@ -59,7 +59,8 @@ pub struct ForecastConfig {
     pub interval_secs: u64,
     /// How far ahead each run forecasts, in hours. Default 24.
     pub horizon_hours: u32,
-    /// Zone of the lots' local time (the weekly profile's weekday and time of day).
+    /// Zone of the lots' local time (the weekly profile's weekday and time of day, and
+    /// the hour and day buckets of the history endpoint).
     /// Default "UTC".
     pub timezone: String,
     /// Forecast runs kept in `lot_forecasts`, in hours. Default 48.

@@ -153,6 +153,59 @@ async fn features_fold_a_late_event_and_a_replay_gives_the_same_rows() {
 }
 
 #[actix_web::test]
+async fn day_buckets_of_history_are_days_of_the_lots_time_zone() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let mut cfg = test_config(dir.path(), Some(&db));
+    cfg.forecast.timezone = "America/Vancouver".into();
+    let app = TestApp::spawn(cfg, Hooks::default()).await;
+    post_ok(
+        &app,
+        "/v1/lots",
+        json!({"lot_id": "north", "name": "North", "capacity": 10, "timestamp": "2026-11-20T08:00:00Z"}),
+    )
+    .await;
+    // 12:00 and 19:00 on 20 November in Vancouver (two UTC days), then 01:00 on the 21st.
+    let at = |t: &str| json!({"lot_id": "north", "event_type": "ARRIVAL", "timestamp": t});
+    post_ok(
+        &app,
+        "/v1/events",
+        json!([
+            at("2026-11-20T20:00:00Z"),
+            at("2026-11-21T03:00:00Z"),
+            at("2026-11-21T09:00:00Z")
+        ]),
+    )
+    .await;
+    app.wait_caught_up("features").await;
+    let (status, h) = app
+        .get("/v1/lots/north/history?from=2026-11-20T08:00:00Z&to=2026-11-22T08:00:00Z&bucket=1d")
+        .await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["timezone"], "America/Vancouver");
+    let days: Vec<(String, u64)> = h["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_str().unwrap().to_owned(),
+                p["arrivals"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Local midnight is 08:00 UTC in November (PST).
+    assert_eq!(
+        days,
+        [
+            ("2026-11-20T08:00:00Z".to_owned(), 2),
+            ("2026-11-21T08:00:00Z".to_owned(), 1)
+        ]
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
 async fn history_without_a_database_says_why() {
     let dir = common::data_dir();
     let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;

@@ -45,7 +45,9 @@ pub(super) fn range(
 }
 
 /// `GET /v1/lots/{id}/history?from=&to=&bucket=15m|1h|1d`. Times are RFC 3339 (or epoch
-/// milliseconds); `1d` buckets are UTC days.
+/// milliseconds); `1h` and `1d` buckets are hours and days of the lots' local time
+/// (`[forecast] timezone`), so a day bucket runs from local midnight to midnight (23 or
+/// 25 hours on the days clocks change).
 pub(super) async fn history(
     path: web::Path<String>,
     q: web::Query<HistoryQuery>,
@@ -54,10 +56,13 @@ pub(super) async fn history(
     let lot = super::lots::handle(&st, &path)?.view().await?;
     let (from, to) = range(q.from.as_deref(), q.to.as_deref(), 86_400)?;
     let bucket = q.bucket.as_deref().unwrap_or("15m");
-    let secs: i64 = match bucket {
-        "15m" => 900,
-        "1h" => 3_600,
-        "1d" => 86_400,
+    let (secs, start_of): (i64, &str) = match bucket {
+        "15m" => (
+            900,
+            "date_bin(interval '15 minutes', bucket_start, TIMESTAMPTZ '2000-01-03 00:00:00+00')",
+        ),
+        "1h" => (3_600, "date_trunc('hour', bucket_start, $4)"),
+        "1d" => (86_400, "date_trunc('day', bucket_start, $4)"),
         other => {
             return Err(ApiError::bad(
                 Some("bucket".into()),
@@ -90,23 +95,24 @@ pub(super) async fn history(
         i32,
         i64,
     );
-    let rows: Vec<Point> = sqlx::query_as(
-        "SELECT date_bin(make_interval(secs => $4), bucket_start, TIMESTAMPTZ '2000-01-03 00:00:00+00') AS t, \
+    let sql = format!(
+        "SELECT {start_of} AS t, \
            (array_agg(occupancy_start ORDER BY bucket_start))[1], \
            (array_agg(occupancy_end ORDER BY bucket_start DESC))[1], \
            min(occupancy_min), max(occupancy_max), avg(occupancy_mean), \
            sum(arrivals)::int8, sum(departures)::int8, sum(counts)::int8, \
            (array_agg(capacity ORDER BY bucket_start DESC))[1], count(*) \
          FROM lot_features_15m WHERE lot_id = $1 AND bucket_start >= $2 AND bucket_start < $3 \
-         GROUP BY 1 ORDER BY 1",
-    )
-    .bind(lot.lot_id.as_str())
-    .bind(from)
-    .bind(to)
-    .bind(secs as f64)
-    .fetch_all(&pool)
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?;
+         GROUP BY 1 ORDER BY 1"
+    );
+    let rows: Vec<Point> = sqlx::query_as(&sql)
+        .bind(lot.lot_id.as_str())
+        .bind(from)
+        .bind(to)
+        .bind(st.forecast_tz.name())
+        .fetch_all(&pool)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
     let points: Vec<_> = rows
         .into_iter()
         .map(
@@ -119,7 +125,8 @@ pub(super) async fn history(
         )
         .collect();
     Ok(HttpResponse::Ok().json(json!({
-        "lot_id": lot.lot_id, "bucket": bucket, "from": from, "to": to, "points": points,
+        "lot_id": lot.lot_id, "bucket": bucket, "timezone": st.forecast_tz.name(),
+        "from": from, "to": to, "points": points,
     })))
 }
 

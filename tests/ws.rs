@@ -90,6 +90,8 @@ async fn a_subscriber_gets_a_snapshot_then_one_message_per_change_of_its_lots() 
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(snap["offset"].as_u64(), Some(end - 1));
+    let (_, status) = app.get("/v1/admin/projections").await;
+    assert_eq!(status["live"]["subscribers"], 1, "{status}");
     let lots = snap["lots"].as_array().unwrap();
     assert_eq!(lots.len(), 1, "{snap}");
     assert_eq!(

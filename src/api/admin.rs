@@ -53,7 +53,10 @@ pub(super) async fn projections(st: web::Data<ApiState>) -> HttpResponse {
                    "failures": s.failures, "too_late": s.too_late, "last_error": s.last_error, "updated_at": s.updated_at})
         })
         .collect();
-    HttpResponse::Ok().json(json!({"log_end": log_end, "projections": list}))
+    let position = st.live.position();
+    let live = json!({"position": position, "lag": log_end.saturating_sub(position),
+                      "subscribers": st.live.subscribers()});
+    HttpResponse::Ok().json(json!({"log_end": log_end, "projections": list, "live": live}))
 }
 
 #[derive(serde::Deserialize)]

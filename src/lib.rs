@@ -29,7 +29,7 @@
 //! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`, `train`, `backtest`, `holdout`, `simulate`, `demo`). |
 //! | [`telemetry`] | `tracing` subscriber set-up. |
 //!
-//! The binary (`src/main.rs`) only parses the command line and calls [`cli::run`].
+//! The binary (`src/main.rs`) only parses the command line and calls [`cli::main`].
 
 pub mod actors;
 pub mod api;

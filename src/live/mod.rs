@@ -4,7 +4,7 @@
 //! A follower reads the log (never the lot actors, and never in the way of ingestion:
 //! appends do not wait for it) and keeps the state of every lot as of its position. It
 //! encodes each change once as a websocket frame ([`frame`]) and puts the same bytes in
-//! the outbox of every subscriber that wants it ([`outbox`]); the connections write
+//! the outbox of every subscriber that wants it ([`outbox`](mod@outbox)); the connections write
 //! them. A subscriber joins under the state lock, its first frame (a snapshot, or the
 //! tail of a catch-up from the log) queued before any change: no gap, no duplicate. A
 //! subscriber whose connection has not taken `buffer` changes, or has taken nothing for

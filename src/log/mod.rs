@@ -1,7 +1,7 @@
 //! The event log: the single source of truth.
 //!
 //! [`EventLog`] is the interface every backend implements; the embedded default is
-//! [`FileLog`], append-only segment files in the data directory (layout in [`format`]).
+//! [`FileLog`], append-only segment files in the data directory (layout in [`format`](mod@format)).
 //!
 //! Guarantees of every backend:
 //! - offsets are global, dense and start at 0; an append gets consecutive offsets in

@@ -33,7 +33,7 @@ use serde_json::json;
 
 use super::{ApiError, ApiState};
 use crate::domain::{LotId, RecordedEvent};
-use crate::live::{change_of, frame, Outbox, SEND_LIMIT, SLOW_CONSUMER};
+use crate::live::{change_of, frame, wanted, Outbox, SEND_LIMIT, SLOW_CONSUMER};
 
 const PING_EVERY: Duration = Duration::from_secs(10);
 const SILENT_LIMIT: Duration = Duration::from_secs(30);
@@ -233,7 +233,7 @@ fn put_changes(
 ) -> Option<u64> {
     let changes: Vec<_> = batch
         .iter()
-        .filter(|e| e.offset < below && keep.as_ref().is_none_or(|k| k.contains(&e.event.lot_id)))
+        .filter(|e| e.offset < below && wanted(keep, &e.event.lot_id))
         .map(change_of)
         .collect();
     let (frames, n) = crate::live::concat(changes.iter());

@@ -59,18 +59,22 @@ pub async fn observations_of(
     until: DateTime<Utc>,
     lot: Option<&str>,
 ) -> Result<History, ForecastError> {
-    let rows: Vec<(String, DateTime<Utc>, i32, i32)> = sqlx::query_as(
+    // One lot: a condition of its own, so the lookup uses the (lot_id, bucket_start) key.
+    let only_lot = if lot.is_some() { "AND lot_id = $3" } else { "" };
+    let sql = format!(
         "SELECT lot_id, bucket_start + interval '15 minutes', occupancy_end, capacity \
          FROM lot_features_15m \
          WHERE arrivals + departures + counts > 0 AND capacity > 0 \
            AND bucket_start + interval '15 minutes' <= $1 AND bucket_start >= $1 - make_interval(weeks => $2) \
-           AND ($3::text IS NULL OR lot_id = $3)",
-    )
-    .bind(until)
-    .bind(WEEKS_READ as i32)
-    .bind(lot)
-    .fetch_all(pool)
-    .await?;
+           {only_lot}"
+    );
+    let mut query = sqlx::query_as::<_, (String, DateTime<Utc>, i32, i32)>(&sql)
+        .bind(until)
+        .bind(WEEKS_READ as i32);
+    if let Some(lot) = lot {
+        query = query.bind(lot);
+    }
+    let rows = query.fetch_all(pool).await?;
     Ok(History::new(rows.into_iter().map(|(lot, at, occ, cap)| {
         let utc = at.timestamp();
         let local = local_of(tz, utc);

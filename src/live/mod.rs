@@ -106,8 +106,13 @@ struct Subscriber {
 
 impl Subscriber {
     fn wants(&self, c: &Change) -> bool {
-        c.offset >= self.from && self.keep.as_ref().is_none_or(|k| k.contains(&c.lot_id))
+        c.offset >= self.from && wanted(&self.keep, &c.lot_id)
     }
+}
+
+/// Whether a subscriber that keeps `keep` (all lots when `None`) wants `lot`.
+pub fn wanted(keep: &Option<HashSet<LotId>>, lot: &LotId) -> bool {
+    keep.as_ref().is_none_or(|k| k.contains(lot))
 }
 
 struct State {
@@ -243,7 +248,7 @@ impl Live {
         let lots = st
             .lots
             .iter()
-            .filter(|(id, _)| keep.as_ref().is_none_or(|k| k.contains(*id)))
+            .filter(|(id, _)| wanted(&keep, id))
             .map(|(_, v)| v.clone())
             .collect();
         let snapshot = Snapshot {

@@ -348,3 +348,142 @@ async fn one_writer_per_directory_and_readers_beside_it() {
         Err(LogError::ReadOnly)
     ));
 }
+
+/// Flip one byte inside record `i` of the newest segment of a 10-event log.
+async fn log_with_damaged_record(i: usize) -> (tempfile::TempDir, std::path::PathBuf, Vec<u64>) {
+    let dir = common::data_dir();
+    write_events(dir.path(), 10, LogOptions::default())
+        .await
+        .close();
+    let seg = segments(dir.path()).pop().unwrap();
+    let ends = record_ends(&seg);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[ends[i] as usize - 5] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    (dir, seg, ends)
+}
+
+#[tokio::test]
+async fn a_flipped_bit_in_a_middle_record_of_the_newest_segment_refuses_the_start() {
+    let (dir, seg, ends) = log_with_damaged_record(4).await;
+    let before = std::fs::read(&seg).unwrap();
+    for mode in [OpenMode::ReadWrite, OpenMode::ReadOnly] {
+        let opened = FileLog::open(
+            dir.path(),
+            LogOptions {
+                mode,
+                ..LogOptions::default()
+            },
+        );
+        match opened {
+            Err(e @ LogError::Corrupt { .. }) => {
+                let LogError::Corrupt { path, pos, reason } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(path, &seg);
+                assert_eq!(
+                    *pos, ends[3],
+                    "the damaged record starts where record 3 ends"
+                );
+                assert!(reason.contains("offset 5"), "{reason}");
+                assert!(e.to_string().contains("parkade repair-log"), "{e}");
+            }
+            other => panic!("{mode:?}: expected a refusal, got {:?}", other.map(|_| ())),
+        }
+    }
+    // Nothing was cut: the five valid records after the damage are still on disk.
+    assert_eq!(std::fs::read(&seg).unwrap(), before);
+}
+
+#[tokio::test]
+async fn repair_log_shows_the_cut_then_makes_it_only_when_asked_and_keeps_a_copy() {
+    use parkade::log::repair::{repair, RepairOutcome};
+    let (dir, seg, ends) = log_with_damaged_record(6).await;
+    let original = std::fs::read(&seg).unwrap();
+    let RepairOutcome::Planned(plan) = repair(dir.path(), false).unwrap() else {
+        panic!("expected a plan")
+    };
+    assert_eq!(plan.cut_file, seg);
+    assert_eq!(plan.cut_at, ends[5]);
+    assert_eq!(plan.kept_events, 6);
+    // Records 7, 8 and 9 are whole; the damaged one is not counted.
+    assert_eq!(plan.removed_records, 3, "{plan}");
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        original,
+        "a plan changes nothing"
+    );
+    assert!(FileLog::open(dir.path(), LogOptions::default()).is_err());
+
+    let RepairOutcome::Repaired { plan: done, backup } = repair(dir.path(), true).unwrap() else {
+        panic!("expected a repair")
+    };
+    assert_eq!(done, plan);
+    assert_eq!(
+        std::fs::read(backup.join(seg.file_name().unwrap())).unwrap(),
+        original,
+        "the copy is the file as it was"
+    );
+    let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
+    assert_eq!(read_all(&log), (0..6).collect::<Vec<_>>());
+    assert_eq!(log.append(&[event(6)]).unwrap(), 6);
+    log.wait_durable(7).await.unwrap();
+    log.close();
+    assert!(matches!(
+        repair(dir.path(), false).unwrap(),
+        RepairOutcome::Healthy { events: 7 }
+    ));
+}
+
+#[tokio::test]
+async fn repair_of_a_sealed_segment_removes_every_later_one() {
+    use parkade::log::repair::{repair, RepairOutcome};
+    let dir = common::data_dir();
+    let small = LogOptions {
+        segment_bytes: 1024,
+        ..LogOptions::default()
+    };
+    write_events(dir.path(), 40, small.clone()).await.close();
+    let all = segments(dir.path());
+    let second = all[1].clone();
+    let ends = record_ends(&second);
+    let mut bytes = std::fs::read(&second).unwrap();
+    bytes[ends[1] as usize - 2] ^= 0x80;
+    std::fs::write(&second, &bytes).unwrap();
+    let RepairOutcome::Repaired { plan, backup } = repair(dir.path(), true).unwrap() else {
+        panic!("expected a repair")
+    };
+    assert_eq!(plan.removed_files, all[2..].to_vec());
+    let base: u64 = second
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(plan.kept_events, base + 1);
+    for f in &all[2..] {
+        assert!(!f.exists());
+        assert!(backup.join(f.file_name().unwrap()).exists());
+    }
+    let log = FileLog::open(dir.path(), small).unwrap();
+    assert_eq!(read_all(&log), (0..base + 1).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn the_log_refuses_an_event_its_reader_would_refuse() {
+    let dir = common::data_dir();
+    let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
+    let mut big = event(0);
+    big.event = LotEvent::LotRegistered {
+        name: "x".repeat(format::MAX_PAYLOAD),
+        capacity: parkade::domain::Capacity::new(5).unwrap(),
+    };
+    assert!(matches!(
+        log.append(&[event(0), big]),
+        Err(LogError::TooLarge { .. })
+    ));
+    assert_eq!(log.append(&[event(0)]).unwrap(), 0, "nothing was appended");
+    log.wait_durable(1).await.unwrap();
+    assert!(log.health().is_ok());
+}

@@ -197,17 +197,83 @@ fn zeros_from(path: &Path, pos: u64) -> Result<bool, LogError> {
     Ok(true)
 }
 
-/// The result of scanning one segment file.
-struct Scanned {
-    header: Option<Header>,
-    file_len: u64,
-    valid_len: u64,
-    end: u64,
-    index: Vec<(u64, u64)>,
-    problem: Option<(u64, String)>,
+/// Damage found while scanning a segment: where the records stop making sense.
+#[derive(Debug, Clone)]
+pub(super) struct Problem {
+    pub(super) pos: u64,
+    pub(super) reason: String,
+    /// A whole, checksummed record found after the damage: (byte position, offset).
+    /// When there is one the damage is not a torn tail: valid data follows it.
+    pub(super) followed_by: Option<(u64, u64)>,
 }
 
-fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> {
+impl Problem {
+    /// The error that refuses to open (or repair-less read) this segment.
+    fn refuse(&self, path: &Path) -> LogError {
+        let reason = match self.followed_by {
+            Some((at, offset)) => format!(
+                "{}; a valid record (offset {offset}) follows at byte {at}",
+                self.reason
+            ),
+            None => self.reason.clone(),
+        };
+        LogError::Corrupt {
+            path: path.to_path_buf(),
+            pos: self.pos,
+            reason,
+        }
+    }
+}
+
+/// The result of scanning one segment file.
+pub(super) struct Scanned {
+    pub(super) header: Option<Header>,
+    pub(super) file_len: u64,
+    valid_len: u64,
+    pub(super) end: u64,
+    index: Vec<(u64, u64)>,
+    pub(super) problem: Option<Problem>,
+}
+
+/// The first whole, checksummed record at or after byte `from` of `path` whose offset
+/// is `expected` or later: evidence that damage at `from` is followed by valid data.
+/// Looks at every byte position (a length in range and a matching CRC32C are needed,
+/// so random bytes and zeros are passed over quickly).
+fn find_record_after(
+    path: &Path,
+    from: u64,
+    expected: u64,
+) -> Result<Option<(u64, u64)>, LogError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let overlap = (format::FRAME_LEN + format::MAX_PAYLOAD) as u64;
+    let mut buf = vec![0u8; READ_CHUNK + overlap as usize];
+    let mut at = from;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(io_err(path))?;
+        // Positions whose frame may run past this chunk are looked at in the next one,
+        // unless this chunk reaches the end of the file.
+        let last_chunk = at + n as u64 == len;
+        let scan = if last_chunk { n } else { n - overlap as usize };
+        for i in 0..scan {
+            if let Frame::Record(payload, _) = format::next_frame(&buf[i..n]) {
+                let offset = format::payload_offset(payload);
+                if offset >= expected {
+                    return Ok(Some((at + i as u64, offset)));
+                }
+            }
+        }
+        if last_chunk {
+            break;
+        }
+        at += scan as u64;
+    }
+    Ok(None)
+}
+
+pub(super) fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> {
     let file = File::open(path).map_err(io_err(path))?;
     let file_len = file.metadata().map_err(io_err(path))?.len();
     let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
@@ -221,7 +287,11 @@ fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> {
                 valid_len: 0,
                 end: base,
                 index: Vec::new(),
-                problem: Some((0, e.to_string())),
+                problem: Some(Problem {
+                    pos: 0,
+                    reason: e.to_string(),
+                    followed_by: None,
+                }),
             })
         }
     };
@@ -229,7 +299,7 @@ fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> {
     let mut pos = HEADER_LEN as u64;
     let mut next = base;
     let mut buf = Vec::with_capacity(READ_CHUNK);
-    let mut problem = None;
+    let mut problem: Option<(u64, String)> = None;
     'outer: while pos < file_len {
         let want = (file_len - pos).min(READ_CHUNK as u64) as usize;
         buf.resize(want, 0);
@@ -268,12 +338,22 @@ fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> {
         }
         pos += at as u64;
     }
-    if let Some((at, _)) = problem {
-        if zeros_from(path, at)? {
-            problem = None;
+    let problem = match problem {
+        // The unused, preallocated end of the segment.
+        Some((at, _)) if zeros_from(path, at)? => {
             pos = at;
+            None
         }
-    }
+        Some((at, reason)) => {
+            pos = at;
+            Some(Problem {
+                pos: at,
+                reason,
+                followed_by: find_record_after(path, at + 1, next)?,
+            })
+        }
+        None => None,
+    };
     Ok(Scanned {
         header: Some(header),
         file_len,
@@ -285,7 +365,7 @@ fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> {
 }
 
 /// Segment files of a directory, sorted by base offset.
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+pub(super) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
@@ -348,21 +428,17 @@ impl FileLog {
             let scanned = scan_segment(&path, base)?;
             let mut valid_len = scanned.valid_len;
             match (&scanned.header, &scanned.problem) {
-                (None, Some((_, reason))) => {
+                (None, Some(problem)) => {
                     // A header that never made it to disk can only belong to the newest
                     // segment, created just before a crash, and then holds no records.
                     if !last || scanned.file_len > HEADER_LEN as u64 {
-                        return Err(LogError::Corrupt {
-                            path,
-                            pos: 0,
-                            reason: reason.clone(),
-                        });
+                        return Err(problem.refuse(&path));
                     }
                     if read_only {
                         break;
                     }
                     recovery.rewrote_header = true;
-                    tracing::warn!(path = %path.display(), %reason, "rewriting the incomplete header of the newest segment");
+                    tracing::warn!(path = %path.display(), reason = %problem.reason, "rewriting the incomplete header of the newest segment");
                 }
                 (Some(h), problem) => {
                     if h.base_offset != base {
@@ -385,23 +461,24 @@ impl FileLog {
                         }
                         _ => log_id = Some(h.log_id),
                     }
-                    if let Some((pos, reason)) = problem {
-                        if !last {
-                            return Err(LogError::Corrupt {
-                                path,
-                                pos: *pos,
-                                reason: reason.clone(),
-                            });
+                    if let Some(problem) = problem {
+                        // Only the newest segment can end in a torn write, and only when
+                        // nothing valid follows the damage: anything else would cut
+                        // acknowledged records, which recovery never does by itself.
+                        if !last || problem.followed_by.is_some() {
+                            return Err(problem.refuse(&path));
                         }
+                        let pos = problem.pos;
                         if !read_only {
                             recovery.truncated_bytes = scanned.file_len - pos;
-                            recovery.truncation_reason = Some(reason.clone());
+                            recovery.truncation_reason = Some(problem.reason.clone());
                             tracing::warn!(
                                 path = %path.display(), at = pos, bytes = scanned.file_len - pos,
-                                %reason, "truncating the log's torn or corrupt tail to the last good record"
+                                reason = %problem.reason,
+                                "cutting the log's torn tail (an unfinished last write: nothing valid follows it) back to the last whole record"
                             );
                         }
-                        valid_len = *pos;
+                        valid_len = pos;
                     }
                 }
                 (None, None) => unreachable!("a missing header is always reported"),
@@ -701,6 +778,15 @@ impl EventLog for FileLog {
     fn append(&self, events: &[NewEvent]) -> Result<u64, LogError> {
         if self.inner.read_only {
             return Err(LogError::ReadOnly);
+        }
+        // Never write a record the reader would refuse: that would stall every reader
+        // at it and look like damage at the next start.
+        if let Some(e) = events.iter().find(|e| !format::encodable(e)) {
+            return Err(LogError::TooLarge {
+                lot: e.lot_id.to_string(),
+                len: format::payload_len(e),
+                max: format::MAX_PAYLOAD,
+            });
         }
         let mut p = lock(&self.inner.pending);
         if let Some(f) = &p.failed {

@@ -43,7 +43,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Capacity, EventType, LotEvent, LotId, NewEvent, RecordedEvent, Timestamp, MAX_LOT_ID_LEN,
-    SCHEMA_VERSION,
+    MAX_NAME_LEN, SCHEMA_VERSION,
 };
 
 pub const MAGIC: &[u8; 8] = b"PRKDLOG\0";
@@ -51,8 +51,11 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 48;
 pub const FRAME_LEN: usize = 8;
 const FIXED_PAYLOAD: usize = 64;
-/// No valid payload is longer than this; a larger length field means corruption.
+/// No valid payload is longer than this; a larger length field means corruption. The
+/// writer refuses any event whose payload would be longer ([`payload_len`]), and the
+/// domain's limits keep every event well inside it (checked at compile time below).
 pub const MAX_PAYLOAD: usize = 4096;
+const _: () = assert!(FIXED_PAYLOAD + MAX_LOT_ID_LEN + MAX_NAME_LEN <= MAX_PAYLOAD);
 const FLAG_CLIENT_ID: u8 = 1;
 
 /// The parsed header of a segment.
@@ -106,6 +109,23 @@ pub fn decode_header(b: &[u8]) -> Result<Header, HeaderError> {
         base_offset: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
         log_id: Uuid::from_slice(&b[24..40]).expect("16 bytes"),
     })
+}
+
+/// The payload length of `e`'s record: what the decoder checks against
+/// [`MAX_PAYLOAD`] (and a lot id of at most [`MAX_LOT_ID_LEN`] bytes).
+pub fn payload_len(e: &NewEvent) -> usize {
+    let name = match &e.event {
+        LotEvent::LotRegistered { name, .. } => name.len(),
+        _ => 0,
+    };
+    FIXED_PAYLOAD + e.lot_id.as_str().len() + name
+}
+
+/// Whether the decoder reads `e`'s record back: its payload fits [`MAX_PAYLOAD`] and
+/// its lot id the one-byte length field. The log refuses events that do not.
+pub fn encodable(e: &NewEvent) -> bool {
+    let lot = e.lot_id.as_str().len();
+    (1..=MAX_LOT_ID_LEN).contains(&lot) && payload_len(e) <= MAX_PAYLOAD
 }
 
 /// Append one framed record to `buf`.

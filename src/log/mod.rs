@@ -10,12 +10,16 @@
 //!   survives a crash (for [`FileLog`]: `sync_data` returned `Ok`, one sync covering all
 //!   appends waiting at that moment);
 //! - readers ([`EventLog::cursor`], [`Subscription`]) only ever see durable events;
+//! - recovery at open cuts only a torn tail (the newest segment's unfinished last write,
+//!   with nothing valid after it); any other damage refuses to open, naming the file
+//!   and byte, and is cut only by the operator's `parkade repair-log` ([`repair`]);
 //! - after a write or sync error the log refuses every further append until the process
 //!   restarts and recovery has run (fail-stop: a failed `fsync` leaves the page cache
 //!   in an unknown state, so the only safe truth is what recovery finds on disk).
 
 mod file_log;
 pub mod format;
+pub mod repair;
 mod storage;
 
 use std::future::Future;
@@ -42,7 +46,7 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    #[error("log segment {path} is damaged at byte {pos}: {reason}; this is not a torn tail, so parkade will not cut it off by itself")]
+    #[error("log segment {path} is damaged at byte {pos}: {reason}; this is not a torn tail (an unfinished last write), so parkade will not cut it off by itself: `parkade repair-log` shows the cut that would make the log readable and what it removes, `parkade repair-log --apply` makes it (copying the files first)")]
     Corrupt {
         path: PathBuf,
         pos: u64,
@@ -52,6 +56,8 @@ pub enum LogError {
     Failed(Arc<str>),
     #[error("the log is open read-only")]
     ReadOnly,
+    #[error("event of lot {lot} is {len} bytes as a record, more than the {max} a record may hold; nothing was appended")]
+    TooLarge { lot: String, len: usize, max: usize },
     #[error("the log is closed")]
     Closed,
     #[error("the log in {0} is in use by another parkade process")]

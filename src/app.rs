@@ -64,6 +64,7 @@ impl Application {
             LotOptions {
                 dedupe_window: config.lots.dedupe_window,
                 threads: config.lots.threads,
+                max_future_micros: config.limits.max_future_secs.saturating_mul(1_000_000),
                 ..LotOptions::default()
             },
         )

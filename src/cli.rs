@@ -1,5 +1,5 @@
-//! The `parkade` command line: `serve`, `import`, `replay`, `verify`, `train`, `backtest`,
-//! `holdout`.
+//! The `parkade` command line: `serve`, `import`, `replay`, `verify`, `repair-log`,
+//! `train`, `backtest`, `holdout`, `simulate`, `demo`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +35,10 @@ enum Cmd {
     Replay(ReplayArgs),
     /// Fold the log and compare it with the read model; exits 1 on any difference.
     Verify(VerifyArgs),
+    /// Show (and with --apply make) the cut that makes a damaged event log readable
+    /// again: what it removes, and a copy of every file it changes. Only for a log that
+    /// `serve` refuses to open; the server must be stopped.
+    RepairLog(RepairArgs),
     /// Score the forecasting model against two baselines on Birmingham-layout CSVs
     /// (rolling origin) and write its predictions.
     Backtest(BacktestArgs),
@@ -226,6 +230,15 @@ struct ImportArgs {
 }
 
 #[derive(Args)]
+struct RepairArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Make the cut (without it, only show what would be removed).
+    #[arg(long)]
+    apply: bool,
+}
+
+#[derive(Args)]
 struct VerifyArgs {
     #[command(flatten)]
     common: Common,
@@ -346,6 +359,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let c = a.common.config()?;
             crate::telemetry::init(c.log_format);
             verify_local(&c)
+        }
+        Cmd::RepairLog(a) => {
+            let c = a.common.config()?;
+            crate::telemetry::init(c.log_format);
+            let dir = c.log_dir();
+            let outcome = crate::log::repair::repair(&dir, a.apply)
+                .with_context(|| format!("repairing the event log in {}", dir.display()))?;
+            println!("{outcome}");
+            Ok(match outcome {
+                crate::log::repair::RepairOutcome::Planned(_) => ExitCode::from(1),
+                _ => ExitCode::SUCCESS,
+            })
         }
     }
 }
@@ -515,6 +540,7 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
         format: a.format,
         timezone,
         rejects: a.rejects.clone(),
+        max_future_secs: c.limits.max_future_secs,
     };
     for f in &a.files {
         if !f.is_file() {
@@ -560,7 +586,11 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                 let dyn_log: Arc<dyn EventLog> = log.clone();
                 let lots = crate::actors::Lots::recover(
                     dyn_log.clone(),
-                    crate::actors::LotOptions { dedupe_window: config.lots.dedupe_window, ..Default::default() },
+                    crate::actors::LotOptions {
+                        dedupe_window: config.lots.dedupe_window,
+                        max_future_micros: config.limits.max_future_secs.saturating_mul(1_000_000),
+                        ..Default::default()
+                    },
                 )?;
                 let mut sink = LocalSink::new(lots, dyn_log.as_ref())?;
                 for f in &files {
@@ -712,6 +742,10 @@ fn sim_settings(a: &SimArgs, url: String) -> anyhow::Result<crate::simulate::Set
         None if a.speed > 1.0 => chrono::Utc::now() - chrono::Duration::hours(12),
         None => chrono::Utc::now(),
     };
+    // The simulator keeps the event time rule too: it starts no later than now.
+    let now = crate::domain::Timestamp::now();
+    crate::domain::check_event_time(crate::domain::Timestamp::from_datetime(start), now, 0)
+        .map_err(|e| anyhow::anyhow!("--start: {e}"))?;
     Ok(crate::simulate::Settings {
         url,
         lots,

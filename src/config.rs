@@ -135,7 +135,10 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most events in one `POST /v1/events` request (413 above). Default 10,000.
     pub max_batch_events: usize,
-    /// How far in the future an event's timestamp may be, in seconds. Default 86,400.
+    /// How far ahead of the server clock an event's timestamp may be, in seconds
+    /// (clock skew of gates and counters). Default 900. Every path that creates events
+    /// keeps this bound and the floor of 2000-01-01T00:00:00Z
+    /// ([`check_event_time`](crate::domain::check_event_time)).
     pub max_future_secs: i64,
 }
 
@@ -190,12 +193,15 @@ impl Default for Config {
     }
 }
 
+/// Default of [`Limits::max_future_secs`].
+pub const DEFAULT_MAX_FUTURE_SECS: i64 = 900;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 4 << 20,
             max_batch_events: 10_000,
-            max_future_secs: 86_400,
+            max_future_secs: DEFAULT_MAX_FUTURE_SECS,
         }
     }
 }

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::actors::Request;
-use crate::domain::{Command, LotId, Timestamp};
+use crate::domain::{check_event_time, Command, LotId, Timestamp};
 
 const FIELDS: &str = "event_id, lot_id, event_type, timestamp, count";
 /// Latest epoch-milliseconds timestamp accepted (9999-12-31T23:59:59.999Z).
@@ -252,16 +252,8 @@ pub fn standardise(
         TimeInput::Text(s) => parse_timestamp_text(s)?,
         TimeInput::Millis(ms) => parse_timestamp_millis(ms)?,
     };
-    if occurred_at.micros() > rules.now.micros().saturating_add(rules.max_future_micros) {
-        return Err(FieldError::new(
-            "timestamp",
-            format!(
-                "timestamp {} is more than {} s in the future",
-                occurred_at.to_datetime().to_rfc3339(),
-                rules.max_future_micros / 1_000_000
-            ),
-        ));
-    }
+    check_event_time(occurred_at, rules.now, rules.max_future_micros)
+        .map_err(|e| FieldError::new("timestamp", e.to_string()))?;
     let event_id = event_id
         .filter(|s| !s.trim().is_empty())
         .map(parse_event_id)
@@ -324,7 +316,7 @@ fn explain(json: &str, fallback: serde_json::Error) -> FieldError {
     for key in obj.keys() {
         if !matches!(
             key.as_str(),
-            "event_id" | "lot_id" | "event_type" | "timestamp"
+            "event_id" | "lot_id" | "event_type" | "timestamp" | "count"
         ) {
             return FieldError {
                 field: Some(key.clone()),
@@ -461,6 +453,23 @@ mod tests {
             Some("timestmap")
         );
         assert_eq!(one("[1]").unwrap_err().field, None);
+        // A COUNT event with another problem is told that problem, not that count is
+        // unknown.
+        let e =
+            one(r#"{"lot_id":"a","event_type":"COUNT","count":3,"timestamp":1.5}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("timestamp"), "{e:?}");
+        let e = one(r#"{"lot_id":"a","event_type":"COUNT","count":3,"event_id":7}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("event_id"), "{e:?}");
+        // Before the floor of 2000-01-01.
+        assert_eq!(
+            field(r#"{"lot_id":"a","event_type":"ARRIVAL","timestamp":"1999-12-31T23:59:59Z"}"#)
+                .as_deref(),
+            Some("timestamp")
+        );
+        assert_eq!(
+            field(r#"{"lot_id":"a","event_type":"ARRIVAL","timestamp":0}"#).as_deref(),
+            Some("timestamp")
+        );
     }
 
     #[test]

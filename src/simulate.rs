@@ -65,6 +65,15 @@ pub fn lots_from_file(path: &std::path::Path) -> anyhow::Result<Vec<SimLot>> {
     if lots.is_empty() {
         anyhow::bail!("{} lists no lots", path.display());
     }
+    // The same rules as the server's, so a bad file is named here, not in 400s later.
+    for l in &lots {
+        crate::domain::LotId::parse(&l.lot_id)
+            .map_err(|e| anyhow::anyhow!("{}: lot {:?}: {e}", path.display(), l.lot_id))?;
+        crate::domain::LotName::parse(&l.name)
+            .map_err(|e| anyhow::anyhow!("{}: lot {:?}: {e}", path.display(), l.lot_id))?;
+        crate::domain::Capacity::new(i64::from(l.capacity))
+            .map_err(|e| anyhow::anyhow!("{}: lot {:?}: {e}", path.display(), l.lot_id))?;
+    }
     Ok(lots)
 }
 
@@ -356,6 +365,7 @@ pub async fn run(s: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Summary>
     let mut last_report = Instant::now();
     let tick = Duration::from_millis(100);
     let mut sim_at = s.start;
+    let mut caught_up = false;
     let mut load_toggle = vec![false; s.lots.len()];
     let mut owed = 0.0f64;
     loop {
@@ -384,8 +394,21 @@ pub async fn run(s: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Summary>
                     .collect()
             }
             None => {
-                let step = tick.as_secs_f64() * s.speed;
-                sim_at += chrono::Duration::milliseconds((step * 1000.0) as i64);
+                // Simulated time never runs ahead of the clock (the event time rule):
+                // once it has caught up, it goes on at real speed.
+                let wanted = sim_at
+                    + chrono::Duration::milliseconds(
+                        (tick.as_secs_f64() * s.speed * 1000.0) as i64,
+                    );
+                let next = wanted.min(Utc::now().max(sim_at));
+                if next < wanted && !caught_up {
+                    caught_up = true;
+                    println!(
+                        "simulate: simulated time has reached the present; going on in real time"
+                    );
+                }
+                let step = (next - sim_at).as_seconds_f64();
+                sim_at = next;
                 traffic_step(&s.lots, &mut occupancy, sim_at, step, s.timezone, &mut rng)
             }
         };

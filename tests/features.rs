@@ -331,3 +331,57 @@ async fn the_predictor_trains_a_model_and_forecasts_registered_lots() {
     assert!(kinds[first_forecast..].iter().all(|k| *k == "forecast"));
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn the_lake_exporter_writes_a_busy_day_once_per_round() {
+    use parkade::projections::archive::Store;
+    use parkade::projections::features::lake::export_dirty;
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let pool = parkade::projections::db::connect(&db.url).await.unwrap();
+    sqlx::query("INSERT INTO lot_features_dirty_days (day, version) VALUES ('2026-11-27', 1)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Steady traffic: today's day is marked again and again while it is exported.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let marker = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        actix_web::rt::spawn(async move {
+            let mut marks = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && marks < 20_000 {
+                sqlx::query(
+                    "UPDATE lot_features_dirty_days SET version = version + 1 WHERE day = '2026-11-27'",
+                )
+                .execute(&pool)
+                .await
+                .unwrap();
+                marks += 1;
+            }
+            marks
+        })
+    };
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    let store = Store::local(dir.path().join("lake"));
+    let written = export_dirty(&pool, &store).await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let marks = marker.await.unwrap();
+    assert_eq!(
+        written, 1,
+        "the day was written {written} times in one round"
+    );
+    assert!(
+        marks < 20_000,
+        "the export did not return while the day kept changing"
+    );
+    // The mark stays for the next round, so the newest rows still reach the lake.
+    let left: (i64,) = sqlx::query_as("SELECT count(*) FROM lot_features_dirty_days")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left.0, 1);
+    assert!(dir
+        .path()
+        .join("lake/features/date=2026-11-27/features.parquet")
+        .exists());
+}

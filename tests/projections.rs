@@ -86,13 +86,15 @@ async fn a_crash_between_write_and_commit_neither_double_counts_nor_skips() {
     }
     let (status, ready) = app.get("/readyz").await;
     assert_eq!(status, 503, "readyz while the projection fails: {ready}");
-    assert!(
-        ready["reasons"][0]
-            .as_str()
-            .unwrap()
-            .contains("injected fault"),
+    assert_eq!(
+        ready["reasons"][0]["reason"], "projection_failing",
         "{ready}"
     );
+    assert_eq!(ready["reasons"][0]["projection"], "occupancy", "{ready}");
+    // The cause is for operators: in the admin view, not in the public readiness reply.
+    assert!(!ready.to_string().contains("injected fault"), "{ready}");
+    let (_, status) = app.get("/v1/admin/projections").await;
+    assert!(status.to_string().contains("injected fault"), "{status}");
     assert_eq!(
         db.query(TABLE).await,
         before,

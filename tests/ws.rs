@@ -79,16 +79,21 @@ async fn a_subscriber_gets_a_snapshot_then_one_message_per_change_of_its_lots() 
     // The fan-out follows the log a moment behind: reconnect until the snapshot is at
     // the end (a snapshot is consistent at whatever offset it names).
     let end = app.log_end().await;
-    let (mut ws, snap) = loop {
-        let mut ws = connect(&app, "?lots=a").await;
-        let snap = next_json(&mut ws).await;
-        assert_eq!(snap["type"], "snapshot");
-        if snap["next_offset"].as_u64() == Some(end) {
-            break (ws, snap);
-        }
-        close(ws).await;
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (mut ws, snap) = common::eventually(
+        Duration::from_secs(20),
+        "a snapshot at the log's end",
+        || async {
+            let mut ws = connect(&app, "?lots=a").await;
+            let snap = next_json(&mut ws).await;
+            assert_eq!(snap["type"], "snapshot");
+            if snap["next_offset"].as_u64() == Some(end) {
+                return Ok((ws, snap));
+            }
+            close(ws).await;
+            Err(snap.to_string())
+        },
+    )
+    .await;
     assert_eq!(snap["offset"].as_u64(), Some(end - 1));
     let (_, status) = app.get("/v1/admin/projections").await;
     assert_eq!(status["live"]["subscribers"], 1, "{status}");
@@ -201,16 +206,19 @@ async fn stopping_the_service_closes_its_websockets_with_going_away() {
         .spawn()
         .expect("start parkade serve");
     let url = format!("ws://127.0.0.1:{port}/v1/ws");
-    let started = std::time::Instant::now();
-    let mut ws = loop {
-        match awc::Client::new().ws(url.as_str()).connect().await {
-            Ok((_, ws)) => break ws,
-            Err(e) => {
-                assert!(started.elapsed() < Duration::from_secs(30), "{e}");
-                actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let mut ws = common::eventually(
+        Duration::from_secs(30),
+        "the server to accept a websocket",
+        || async {
+            awc::Client::new()
+                .ws(url.as_str())
+                .connect()
+                .await
+                .map(|(_, ws)| ws)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
     assert_eq!(next_json(&mut ws).await["type"], "snapshot");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -227,17 +235,15 @@ async fn stopping_the_service_closes_its_websockets_with_going_away() {
         }
     };
     assert_eq!(code, Some(1001));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("parkade did not stop within 20 s of SIGTERM with a websocket open");
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = common::eventually(
+        Duration::from_secs(20),
+        "parkade to stop after SIGTERM with a websocket open",
+        || {
+            let exited = child.try_wait().unwrap();
+            async move { exited.ok_or_else(|| "still running".to_owned()) }
+        },
+    )
+    .await;
     assert!(exit.success(), "{exit:?}");
 }
 
@@ -338,19 +344,20 @@ async fn a_slow_consumer_is_closed_while_ingestion_goes_on() {
     // Once the fan-out has caught up, a new subscriber's snapshot is the end of the log,
     // and it gets the next change.
     let end = app.log_end().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut fresh = loop {
-        let mut ws = connect(&app, "").await;
-        if next_json(&mut ws).await["next_offset"].as_u64() == Some(end) {
-            break ws;
-        }
-        close(ws).await;
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fan-out did not catch up"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut fresh = common::eventually(
+        Duration::from_secs(20),
+        "the fan-out to catch up",
+        || async {
+            let mut ws = connect(&app, "").await;
+            let snap = next_json(&mut ws).await;
+            if snap["next_offset"].as_u64() == Some(end) {
+                return Ok(ws);
+            }
+            close(ws).await;
+            Err(snap.to_string())
+        },
+    )
+    .await;
     let (status, r) = app
         .post(
             "/v1/events",
@@ -360,5 +367,41 @@ async fn a_slow_consumer_is_closed_while_ingestion_goes_on() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(next_json(&mut fresh).await["offset"].as_u64(), Some(end));
     close(fresh).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_ping_flood_from_a_client_that_never_reads_is_bounded_and_closed() {
+    let (_dir, app) = setup().await;
+    let mut ws = connect(&app, "").await;
+    assert_eq!(next_json(&mut ws).await["type"], "snapshot");
+    // Far more pongs than an outbox may hold (8 MiB), while reading nothing.
+    let payload = bytes::Bytes::from(vec![b'p'; 125]);
+    let pings = 150_000;
+    let mut sent = 0;
+    for _ in 0..pings {
+        let send = ws.send(awc::ws::Message::Ping(payload.clone()));
+        match tokio::time::timeout(Duration::from_secs(2), send).await {
+            Ok(Ok(())) => sent += 1,
+            // The server stopped reading (its outbox for us is full) or closed.
+            _ => break,
+        }
+    }
+    let mut pongs = 0u64;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+            Ok(Some(Ok(Frame::Pong(_)))) => pongs += 1,
+            Ok(Some(Ok(Frame::Close(r)))) => break r.map(|r| u16::from(r.code)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!(
+                "expected a 4008 close after {pongs} pongs ({sent} pings sent), got {other:?}"
+            ),
+        }
+    };
+    assert_eq!(close, Some(4008), "{pongs} pongs for {sent} pings");
+    assert!(
+        pongs < pings,
+        "every ping was answered: the server held {pongs} pongs for a client that did not read"
+    );
     app.stop().await;
 }

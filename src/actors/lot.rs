@@ -7,7 +7,9 @@ use actix::prelude::*;
 use rustc_hash::FxHashMap;
 use uuid::Uuid;
 
-use crate::domain::{apply, decide, Command, LotId, LotState, NewEvent, Rejection, Timestamp};
+use crate::domain::{
+    apply, check_event_time, decide, Command, LotId, LotState, NewEvent, Rejection, Timestamp,
+};
 use crate::log::{EventLog, LogError};
 
 /// One command for a lot, with the metadata the edge standardised.
@@ -149,10 +151,15 @@ impl LotCore {
 
     /// Decide and apply a batch, append its events; restore the state if the append
     /// fails. Returns the outcomes and the offset up to which the log must be durable.
+    ///
+    /// `now` and `max_future_micros` are the event time rule's server clock and bound:
+    /// a request breaking it is rejected here even when an edge forgot to check.
     fn execute(
         &mut self,
         log: &dyn EventLog,
         requests: Vec<Request>,
+        now: Timestamp,
+        max_future_micros: i64,
     ) -> Result<(Vec<Outcome>, u64), LogError> {
         enum Slot {
             Done(Outcome),
@@ -175,6 +182,10 @@ impl LotCore {
                     slots.push(Slot::SameBatch(*i));
                     continue;
                 }
+            }
+            if let Err(e) = check_event_time(r.occurred_at, now, max_future_micros) {
+                slots.push(Slot::Done(Outcome::Rejected(Rejection::InvalidTime(e))));
+                continue;
             }
             match decide(&self.state, &r.command) {
                 Err(rejection) => slots.push(Slot::Done(Outcome::Rejected(rejection))),
@@ -238,11 +249,22 @@ pub(crate) struct LotActor {
     core: LotCore,
     log: Arc<dyn EventLog>,
     mailbox: usize,
+    max_future_micros: i64,
 }
 
 impl LotActor {
-    pub(crate) fn new(core: LotCore, log: Arc<dyn EventLog>, mailbox: usize) -> Self {
-        LotActor { core, log, mailbox }
+    pub(crate) fn new(
+        core: LotCore,
+        log: Arc<dyn EventLog>,
+        mailbox: usize,
+        max_future_micros: i64,
+    ) -> Self {
+        LotActor {
+            core,
+            log,
+            mailbox,
+            max_future_micros,
+        }
     }
 }
 
@@ -280,7 +302,12 @@ impl Handler<LotMsg> for LotActor {
                     tracing::trace_span!("lot_execute", lot_id = %self.core.lot_id).entered();
                 LotReply::Executed(
                     self.core
-                        .execute(self.log.as_ref(), requests)
+                        .execute(
+                            self.log.as_ref(),
+                            requests,
+                            Timestamp::now(),
+                            self.max_future_micros,
+                        )
                         .map(|(outcomes, end)| (outcomes, end, self.core.view())),
                 )
             }
@@ -307,10 +334,14 @@ impl LotHandle {
     }
 
     /// Run a batch of requests in order; resolves once every accepted (and every
-    /// duplicate's original) event is durable.
+    /// duplicate's original) event is durable, and so is every event the returned view
+    /// reflects: a reply that only rejects still waits for the lot's earlier events
+    /// (appended by other requests, maybe not yet synced), so no reply ever shows an
+    /// offset or an occupancy that a crash could take back.
     pub async fn execute(&self, requests: Vec<Request>) -> Result<Executed, LotError> {
         match self.addr.send(LotMsg::Execute(requests)).await? {
             LotReply::Executed(Ok((outcomes, end, view))) => {
+                let end = end.max(view.offset.map_or(0, |o| o + 1));
                 if end > 0 {
                     self.log.wait_durable(end).await?;
                 }

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use uuid::Uuid;
 
 use super::lot::{LotActor, LotCore, LotError, LotHandle, LotView, Outcome, Request};
-use crate::domain::{Capacity, Command, LotId, Timestamp};
+use crate::domain::{Capacity, Command, LotId, LotName, Timestamp};
 use crate::log::{EventLog, LogError};
 
 /// Settings of the lot actors.
@@ -20,6 +20,9 @@ pub struct LotOptions {
     pub mailbox: usize,
     /// Threads the lot actors are spread over.
     pub threads: usize,
+    /// How far ahead of the server clock an event time may be (the event time rule,
+    /// [`check_event_time`](crate::domain::check_event_time)), in microseconds.
+    pub max_future_micros: i64,
 }
 
 impl Default for LotOptions {
@@ -28,6 +31,7 @@ impl Default for LotOptions {
             dedupe_window: 50_000,
             mailbox: 256,
             threads: 1,
+            max_future_micros: crate::config::DEFAULT_MAX_FUTURE_SECS * 1_000_000,
         }
     }
 }
@@ -114,9 +118,10 @@ impl Lots {
         let id = core.lot_id.clone();
         let log = self.inner.log.clone();
         let mailbox = self.inner.opts.mailbox;
+        let max_future = self.inner.opts.max_future_micros;
         let actor_log = log.clone();
         let addr = LotActor::start_in_arbiter(&arbiter.handle(), move |_| {
-            LotActor::new(core, actor_log, mailbox)
+            LotActor::new(core, actor_log, mailbox, max_future)
         });
         LotHandle::new(id, addr, log)
     }
@@ -152,7 +157,7 @@ impl Lots {
     pub async fn register(
         &self,
         id: LotId,
-        name: String,
+        name: LotName,
         capacity: Capacity,
         event_id: Option<Uuid>,
         occurred_at: Timestamp,

@@ -6,29 +6,44 @@ use serde_json::json;
 use super::{ApiError, ApiState};
 use crate::projections::{archive, features, occupancy};
 
+/// What `/healthz` and `/readyz` tell a client when the log refuses writes: a stable
+/// code and message; the cause (paths, OS errors) is in the server's log only.
+const LOG_FAILED: &str = "the event log refused a write; no event is accepted until the service restarts (the cause is in the server's log)";
+
 /// `GET /healthz`: the process can serve; 503 once the log has stopped accepting writes
 /// (a supervisor should restart the process so recovery runs).
 pub(super) async fn healthz(st: web::Data<ApiState>) -> HttpResponse {
     match st.log.health() {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "ok"})),
-        Err(e) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "failed", "reason": e.to_string()})),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: the log refuses writes");
+            HttpResponse::ServiceUnavailable()
+                .json(json!({"status": "failed", "reason": "log_failed", "message": LOG_FAILED}))
+        }
     }
 }
 
-/// `GET /readyz`: the log accepts writes and no projection is failing.
+/// `GET /readyz`: the log accepts writes and no projection is failing. Each reason is a
+/// stable code and message; the errors themselves are in the server's log and in
+/// `GET /v1/admin/projections`.
 pub(super) async fn readyz(st: web::Data<ApiState>) -> HttpResponse {
     let mut reasons = Vec::new();
     if let Err(e) = st.log.health() {
-        reasons.push(e.to_string());
+        tracing::error!(error = %e, "readiness check: the log refuses writes");
+        reasons.push(json!({"reason": "log_failed", "message": LOG_FAILED}));
     }
     for status in st.board.all() {
         if status.state == crate::projections::ProjectionState::Failing {
-            reasons.push(format!(
-                "projection {} is failing: {}",
-                status.name,
-                status.last_error.unwrap_or_default()
-            ));
+            reasons.push(json!({
+                "reason": "projection_failing",
+                "projection": status.name,
+                "checkpoint": status.checkpoint,
+                "failures": status.failures,
+                "message": format!(
+                    "projection {} is failing and retrying from offset {} ({} failures so far)",
+                    status.name, status.checkpoint, status.failures
+                ),
+            }));
         }
     }
     if reasons.is_empty() {
@@ -78,8 +93,9 @@ pub(super) async fn replay(
         ));
     }
     let Ok(_guard) = st.replay.try_lock() else {
-        return Ok(HttpResponse::Conflict()
-            .json(json!({"error": "replay_running", "message": "a replay is already running"})));
+        return Err(ApiError::ReplayRunning(
+            "a replay is already running on this server; wait for it to finish".into(),
+        ));
     };
     tracing::info!(projection = name, "replay requested over HTTP");
     let stats = if name == archive::NAME {
@@ -101,7 +117,7 @@ pub(super) async fn replay(
         };
         let stats = features::rebuild(&pool, st.log.clone(), st.features_lateness_secs)
             .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
+            .map_err(rebuild_error)?;
         serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?
     } else {
         let Some(pool) = st.db.clone() else {
@@ -111,11 +127,22 @@ pub(super) async fn replay(
         };
         let stats = occupancy::rebuild(&pool, st.log.clone(), |_, _| {})
             .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
+            .map_err(rebuild_error)?;
         serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?
     };
     tracing::info!(projection = name, "replay finished");
     Ok(HttpResponse::Ok().json(json!({"projection": name, "stats": stats})))
+}
+
+/// A rebuild already running (here or in a `parkade replay` beside this server) is 409;
+/// anything else is an internal error, logged with its cause.
+fn rebuild_error(e: crate::projections::ProjectionError) -> ApiError {
+    match e {
+        e @ crate::projections::ProjectionError::RebuildRunning(_) => {
+            ApiError::ReplayRunning(e.to_string())
+        }
+        e => ApiError::Internal(e.into()),
+    }
 }
 
 /// Most ids one `known-events` request may ask about (about 40 MB of JSON).

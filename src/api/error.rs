@@ -34,6 +34,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A rebuild of the same projection is already running.
+    #[error("{0}")]
+    ReplayRunning(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -46,6 +49,14 @@ impl ApiError {
         }
     }
 
+    /// A lot's rejection that is one request field's fault: 400 naming the field.
+    pub fn rejected_field(r: Rejection) -> Self {
+        ApiError::BadRequest {
+            field: r.field().map(str::to_owned),
+            message: r.to_string(),
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { .. } => "invalid_request",
@@ -55,17 +66,21 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::ReplayRunning(_) => "replay_running",
             ApiError::Internal(_) => "internal",
         }
     }
 }
 
+/// What a client is told when the log could not make its events durable: nothing
+/// about files or OS errors (those go to the server's log).
+pub(crate) const NOT_DURABLE: &str =
+    "the event log cannot accept writes now; nothing was acknowledged, so the request is safe to retry";
+
 impl From<LotError> for ApiError {
     fn from(e: LotError) -> Self {
         tracing::error!(error = %e, "lot request failed");
-        ApiError::Unavailable(format!(
-            "the event log cannot accept writes now, nothing was acknowledged: {e}"
-        ))
+        ApiError::Unavailable(NOT_DURABLE.into())
     }
 }
 
@@ -74,7 +89,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Conflict { .. } | ApiError::NotEnoughHistory { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. }
+            | ApiError::NotEnoughHistory { .. }
+            | ApiError::ReplayRunning(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -47,7 +47,7 @@ enum Done {
     Invalid(FieldError),
     Unknown(LotId),
     Decided(Outcome),
-    Failed(String),
+    Failed,
 }
 
 pub(super) async fn post_events(
@@ -109,7 +109,7 @@ pub(super) async fn post_events(
             Err(e) => {
                 tracing::error!(error = %e, "append failed");
                 for i in idx {
-                    done[i] = Some(Done::Failed(e.to_string()));
+                    done[i] = Some(Done::Failed);
                 }
             }
         }
@@ -139,6 +139,7 @@ async fn one(
         Outcome::Rejected(Rejection::NotRegistered) => Err(ApiError::NotFound {
             lot_id: lot.lot_id.to_string(),
         }),
+        Outcome::Rejected(r @ Rejection::InvalidTime(_)) => Err(ApiError::rejected_field(r)),
         Outcome::Rejected(rejection) => Err(ApiError::Conflict {
             rejection,
             lot: Some(Box::new(lot)),
@@ -165,11 +166,11 @@ fn batch(done: impl Iterator<Item = Done>) -> HttpResponse {
             Done::Decided(Outcome::Rejected(r)) => Item::Rejected {
                 code: r.code(),
                 message: r.to_string(),
-                field: None,
+                field: r.field().map(str::to_owned),
             },
-            Done::Failed(m) => Item::Error {
+            Done::Failed => Item::Error {
                 code: "unavailable",
-                message: format!("not acknowledged, safe to retry: {m}"),
+                message: super::error::NOT_DURABLE.into(),
             },
         };
         match item {

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{body_kind, read_body, Ack, ApiError, ApiState};
 use crate::actors::{LotHandle, LotView, Outcome, Request};
-use crate::domain::{Capacity, Command, LotId, Rejection, Timestamp};
+use crate::domain::{check_event_time, Capacity, Command, LotId, LotName, Rejection, Timestamp};
 use crate::ingest::{parse_event_id, parse_timestamp_millis, parse_timestamp_text};
 
 /// Small bodies of the lot endpoints, checked field by field.
@@ -73,16 +73,22 @@ impl Fields {
             .map_err(field_err)
     }
 
-    fn timestamp(&self) -> Result<Timestamp, ApiError> {
-        match self.0.get("timestamp") {
-            None | Some(Value::Null) => Ok(Timestamp::now()),
-            Some(Value::String(s)) => parse_timestamp_text(s).map_err(field_err),
-            Some(Value::Number(n)) if n.is_i64() => parse_timestamp_millis(n.as_i64().expect("checked")).map_err(field_err),
-            Some(other) => Err(ApiError::bad(
+    /// The event time, kept to the one rule of every event
+    /// ([`check_event_time`](crate::domain::check_event_time)).
+    fn timestamp(&self, st: &ApiState) -> Result<Timestamp, ApiError> {
+        let now = Timestamp::now();
+        let at = match self.0.get("timestamp") {
+            None | Some(Value::Null) => now,
+            Some(Value::String(s)) => parse_timestamp_text(s).map_err(field_err)?,
+            Some(Value::Number(n)) if n.is_i64() => parse_timestamp_millis(n.as_i64().expect("checked")).map_err(field_err)?,
+            Some(other) => return Err(ApiError::bad(
                 Some("timestamp".into()),
                 format!("timestamp must be an RFC 3339 string or integer epoch milliseconds (got {other})"),
             )),
-        }
+        };
+        check_event_time(at, now, st.limits.max_future_secs.saturating_mul(1_000_000))
+            .map_err(|e| ApiError::bad(Some("timestamp".into()), e.to_string()))?;
+        Ok(at)
     }
 }
 
@@ -122,6 +128,7 @@ fn reply(outcome: Outcome, view: LotView, created: bool) -> Result<HttpResponse,
         Outcome::Rejected(Rejection::NotRegistered) => Err(ApiError::NotFound {
             lot_id: view.lot_id.to_string(),
         }),
+        Outcome::Rejected(r @ Rejection::InvalidTime(_)) => Err(ApiError::rejected_field(r)),
         Outcome::Rejected(rejection) => Err(ApiError::Conflict {
             rejection,
             lot: view.registered.then(|| Box::new(view)),
@@ -143,19 +150,19 @@ pub(super) async fn register(
     )
     .await?;
     let id = lot_id(f.req_str("lot_id")?)?;
-    let name = crate::domain::parse_name(f.req_str("name")?)
+    let name = LotName::parse(f.req_str("name")?)
         .map_err(|e| ApiError::bad(Some("name".into()), e.to_string()))?;
     let cap = capacity(&f)?;
     let (outcome, view) = st
         .lots
-        .register(id, name.clone(), cap, f.event_id()?, f.timestamp()?)
+        .register(id, name.clone(), cap, f.event_id()?, f.timestamp(&st)?)
         .await?;
     if let Outcome::Rejected(Rejection::AlreadyRegistered {
         name: n,
         capacity: c,
     }) = &outcome
     {
-        if *n == name && *c == cap.get() {
+        if n == name.as_str() && *c == cap.get() {
             let body = json!({"status": "unchanged", "offset": view.offset, "lot": view});
             return Ok(HttpResponse::Ok().json(body));
         }
@@ -192,7 +199,7 @@ pub(super) async fn change_capacity(
             capacity: capacity(&f)?,
         },
         event_id: f.event_id()?,
-        occurred_at: f.timestamp()?,
+        occurred_at: f.timestamp(&st)?,
     };
     let (outcome, view) = h.execute_one(request).await?;
     reply(outcome, view, false)
@@ -217,7 +224,7 @@ pub(super) async fn count(
     let request = Request {
         command: Command::Count { count },
         event_id: f.event_id()?,
-        occurred_at: f.timestamp()?,
+        occurred_at: f.timestamp(&st)?,
     };
     let (outcome, view) = h.execute_one(request).await?;
     reply(outcome, view, false)

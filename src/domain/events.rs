@@ -46,6 +46,48 @@ impl serde::Serialize for Timestamp {
     }
 }
 
+/// The earliest event time parkade accepts: 2000-01-01T00:00:00Z. Older timestamps
+/// are typing or clock errors (an unset RTC reports 1970), not parking history.
+pub const EARLIEST_EVENT_MICROS: i64 = 946_684_800_000_000;
+
+/// Why an event time was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    #[error("timestamp {at} is more than {max_future_secs} s ahead of the server clock ({now})")]
+    TooFarAhead {
+        at: String,
+        now: String,
+        max_future_secs: i64,
+    },
+    #[error("timestamp {at} is before 2000-01-01T00:00:00Z, the earliest event time accepted")]
+    TooEarly { at: String },
+}
+
+/// The one rule for the time of every event that enters the log, whatever path it
+/// comes by (HTTP, import, simulator): not before [`EARLIEST_EVENT_MICROS`] and at most
+/// `max_future_micros` ahead of `now` (the server clock).
+pub fn check_event_time(
+    at: Timestamp,
+    now: Timestamp,
+    max_future_micros: i64,
+) -> Result<(), TimeError> {
+    let show = |t: Timestamp| {
+        t.to_datetime()
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    };
+    if at.micros() < EARLIEST_EVENT_MICROS {
+        return Err(TimeError::TooEarly { at: show(at) });
+    }
+    if at.micros() > now.micros().saturating_add(max_future_micros) {
+        return Err(TimeError::TooFarAhead {
+            at: show(at),
+            now: show(now),
+            max_future_secs: max_future_micros / 1_000_000,
+        });
+    }
+    Ok(())
+}
+
 /// The kind of an event, as stored in the log (one byte) and shown to readers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum EventType {
@@ -136,4 +178,36 @@ pub struct RecordedEvent {
     pub recorded_at: Timestamp,
     pub schema_version: u8,
     pub event: NewEvent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_times_are_bounded_on_both_sides() {
+        let now = Timestamp::from_micros(1_764_234_000_000_000);
+        let hour = 3_600_000_000;
+        assert_eq!(check_event_time(now, now, hour), Ok(()));
+        let ahead = Timestamp::from_micros(now.micros() + hour);
+        assert_eq!(check_event_time(ahead, now, hour), Ok(()));
+        let past_bound = Timestamp::from_micros(now.micros() + hour + 1);
+        assert!(matches!(
+            check_event_time(past_bound, now, hour),
+            Err(TimeError::TooFarAhead { .. })
+        ));
+        let floor = Timestamp::from_micros(EARLIEST_EVENT_MICROS);
+        assert_eq!(check_event_time(floor, now, hour), Ok(()));
+        assert!(matches!(
+            check_event_time(Timestamp::from_micros(EARLIEST_EVENT_MICROS - 1), now, hour),
+            Err(TimeError::TooEarly { .. })
+        ));
+        // Extremes do not overflow.
+        assert!(check_event_time(Timestamp::from_micros(i64::MAX), now, i64::MAX).is_ok());
+        assert!(check_event_time(Timestamp::from_micros(i64::MIN), now, hour).is_err());
+        assert_eq!(
+            floor.to_datetime().to_rfc3339(),
+            "2000-01-01T00:00:00+00:00"
+        );
+    }
 }

@@ -23,6 +23,8 @@ pub enum IdError {
     EmptyName,
     #[error("name is longer than {MAX_NAME_LEN} bytes")]
     NameTooLong,
+    #[error("name must not contain control characters (found U+{0:04X})")]
+    NameControlChar(u32),
     #[error("capacity must be between 1 and {MAX_CAPACITY} (got {0})")]
     Capacity(i64),
 }
@@ -113,16 +115,39 @@ impl Capacity {
     }
 }
 
-/// Validate a lot's display name: trimmed, non-empty, at most [`MAX_NAME_LEN`] bytes.
-pub fn parse_name(raw: &str) -> Result<String, IdError> {
-    let name = raw.trim();
-    if name.is_empty() {
-        return Err(IdError::EmptyName);
+/// A lot's display name: trimmed, 1..=[`MAX_NAME_LEN`] bytes of UTF-8, no control
+/// characters (no NUL, no line breaks, no escapes: PostgreSQL refuses NUL in text, and
+/// a name is shown on one line everywhere).
+///
+/// Every path that registers a lot builds its name here, so no name that a reader or a
+/// database cannot take is ever written to the log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LotName(Arc<str>);
+
+impl LotName {
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        let name = raw.trim();
+        if name.is_empty() {
+            return Err(IdError::EmptyName);
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(IdError::NameTooLong);
+        }
+        if let Some(c) = name.chars().find(|c| c.is_control()) {
+            return Err(IdError::NameControlChar(u32::from(c)));
+        }
+        Ok(LotName(name.into()))
     }
-    if name.len() > MAX_NAME_LEN {
-        return Err(IdError::NameTooLong);
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
-    Ok(name.to_owned())
+}
+
+impl fmt::Display for LotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 #[cfg(test)]
@@ -148,6 +173,20 @@ mod tests {
         assert_eq!(LotId::parse("a/b"), Err(IdError::LotIdChar('/')));
         assert_eq!(LotId::parse(&"x".repeat(65)), Err(IdError::LotIdTooLong));
         assert!(LotId::parse(&"x".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn names_are_trimmed_bounded_and_free_of_control_characters() {
+        assert_eq!(LotName::parse("  North 1 ").unwrap().as_str(), "North 1");
+        assert_eq!(LotName::parse(" \t "), Err(IdError::EmptyName));
+        assert_eq!(LotName::parse("a\u{0}b"), Err(IdError::NameControlChar(0)));
+        assert_eq!(LotName::parse("a\nb"), Err(IdError::NameControlChar(10)));
+        assert_eq!(
+            LotName::parse("a\u{9b}b"),
+            Err(IdError::NameControlChar(0x9b))
+        );
+        assert_eq!(LotName::parse(&"é".repeat(101)), Err(IdError::NameTooLong));
+        assert!(LotName::parse(&"é".repeat(100)).is_ok());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A lot's state and its rules: `decide` (may this command happen?) and `apply` (what
 //! the state is after an event). Both are pure.
 
-use super::{Capacity, LotEvent};
+use super::{Capacity, LotEvent, LotName, TimeError};
 
 /// Everything a lot needs to decide, rebuilt by folding its events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,7 +34,7 @@ impl LotState {
 /// What a client asks a lot to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Register { name: String, capacity: Capacity },
+    Register { name: LotName, capacity: Capacity },
     ChangeCapacity { capacity: Capacity },
     Arrive,
     Depart,
@@ -56,6 +56,10 @@ pub enum Rejection {
     CountAboveCapacity { count: u32, capacity: u32 },
     #[error("capacity {capacity} is below the current occupancy {occupancy}")]
     CapacityBelowOccupancy { capacity: u32, occupancy: u32 },
+    /// The event time breaks the rule every event must keep ([`super::check_event_time`]);
+    /// the edges check it first, the lot checks it again as the last line.
+    #[error("{0}")]
+    InvalidTime(TimeError),
 }
 
 impl Rejection {
@@ -68,6 +72,15 @@ impl Rejection {
             Rejection::LotEmpty { .. } => "lot_empty",
             Rejection::CountAboveCapacity { .. } => "count_above_capacity",
             Rejection::CapacityBelowOccupancy { .. } => "capacity_below_occupancy",
+            Rejection::InvalidTime(_) => "invalid_timestamp",
+        }
+    }
+
+    /// The request field a rejection is about, when it is one field's fault.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Rejection::InvalidTime(_) => Some("timestamp"),
+            _ => None,
         }
     }
 }
@@ -80,7 +93,7 @@ pub fn decide(state: &LotState, command: &Command) -> Result<LotEvent, Rejection
     let Some(reg) = &state.registration else {
         return match command {
             Command::Register { name, capacity } => Ok(LotEvent::LotRegistered {
-                name: name.clone(),
+                name: name.as_str().to_owned(),
                 capacity: *capacity,
             }),
             _ => Err(Rejection::NotRegistered),
@@ -189,7 +202,7 @@ mod tests {
             assert_eq!(decide(&state, &cmd), Err(Rejection::NotRegistered));
         }
         let reg = Command::Register {
-            name: "North 1".into(),
+            name: LotName::parse("North 1").unwrap(),
             capacity: cap(2),
         };
         assert_eq!(decide(&state, &reg), Ok(registered(2)));
@@ -199,7 +212,7 @@ mod tests {
     fn registering_twice_is_refused_with_the_existing_registration() {
         let state = given(&[registered(2)]);
         let cmd = Command::Register {
-            name: "Other".into(),
+            name: LotName::parse("Other").unwrap(),
             capacity: cap(9),
         };
         assert_eq!(

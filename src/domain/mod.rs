@@ -8,6 +8,9 @@ mod events;
 mod ids;
 mod lot;
 
-pub use events::{EventType, LotEvent, NewEvent, RecordedEvent, Timestamp, SCHEMA_VERSION};
-pub use ids::{parse_name, Capacity, IdError, LotId, MAX_CAPACITY, MAX_LOT_ID_LEN, MAX_NAME_LEN};
+pub use events::{
+    check_event_time, EventType, LotEvent, NewEvent, RecordedEvent, TimeError, Timestamp,
+    EARLIEST_EVENT_MICROS, SCHEMA_VERSION,
+};
+pub use ids::{Capacity, IdError, LotId, LotName, MAX_CAPACITY, MAX_LOT_ID_LEN, MAX_NAME_LEN};
 pub use lot::{apply, decide, Command, LotState, Rejection};

@@ -37,7 +37,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
 
 use crate::actors::Request;
-use crate::domain::{Capacity, Command, LotId, Timestamp};
+use crate::domain::{check_event_time, Capacity, Command, LotId, LotName, Timestamp};
 use crate::ingest::{self, EdgeRules, TimeInput};
 
 pub use sink::{HttpSink, LocalSink, RowOutcome, Sink};
@@ -92,6 +92,9 @@ pub struct Options {
     pub timezone: Tz,
     /// Write every rejected row here (CSV: file, line, reason, detail, row).
     pub rejects: Option<PathBuf>,
+    /// How far ahead of the clock a row's time may be, in seconds (the event time rule,
+    /// [`check_event_time`](crate::domain::check_event_time)).
+    pub max_future_secs: i64,
 }
 
 impl Default for Options {
@@ -100,6 +103,7 @@ impl Default for Options {
             format: None,
             timezone: chrono_tz::Europe::London,
             rejects: None,
+            max_future_secs: crate::config::DEFAULT_MAX_FUTURE_SECS,
         }
     }
 }
@@ -225,6 +229,7 @@ fn parse_count<'r>(
     record: &'r csv::StringRecord,
     cols: &Columns,
     tz: Tz,
+    rules: &EdgeRules,
 ) -> Result<Count<'r>, Reject> {
     let field = |i: usize| record.get(i).map(str::trim).unwrap_or("");
     let code = field(cols.a);
@@ -272,6 +277,8 @@ fn parse_count<'r>(
             ))
         }
     };
+    check_event_time(at, rules.now, rules.max_future_micros)
+        .map_err(|e| Reject::new("invalid_timestamp", format!("LastUpdated: {e}")))?;
     let id = derived_id(&[
         b"birmingham",
         lot.as_str().as_bytes(),
@@ -382,7 +389,7 @@ pub async fn import_file<S: Sink>(
     let mut record = csv::StringRecord::new();
     let rules = EdgeRules {
         now: Timestamp::now(),
-        max_future_micros: 86_400_000_000,
+        max_future_micros: opts.max_future_secs.saturating_mul(1_000_000),
         max_events: usize::MAX,
     };
     if run.sink.sees_log() {
@@ -404,7 +411,7 @@ pub async fn import_file<S: Sink>(
         let row = match format {
             Format::Events => run.event_row(&record, &columns, &rules, &mut occurrences, line),
             Format::Birmingham => {
-                run.count_row(&record, &columns, opts.timezone, line)
+                run.count_row(&record, &columns, opts.timezone, &rules, line)
                     .await?
             }
         };
@@ -711,7 +718,7 @@ impl<S: Sink> Run<'_, S> {
                             Row::Send(lot, r) => r.event_id.map(|id| (lot, id)),
                             Row::AlreadyImported => None,
                         }),
-                    Format::Birmingham => parse_count(&record, columns, tz)
+                    Format::Birmingham => parse_count(&record, columns, tz, rules)
                         .ok()
                         .filter(|c| self.fresh(c.id, "").is_ok())
                         .map(|c| (c.lot, c.id)),
@@ -753,9 +760,10 @@ impl<S: Sink> Run<'_, S> {
         record: &csv::StringRecord,
         cols: &Columns,
         tz: Tz,
+        rules: &EdgeRules,
         line: u64,
     ) -> Result<Result<Row, Reject>, ImportError> {
-        let c = match parse_count(record, cols, tz) {
+        let c = match parse_count(record, cols, tz, rules) {
             Ok(c) => c,
             Err(r) => return Ok(Err(r)),
         };
@@ -807,7 +815,15 @@ impl<S: Sink> Run<'_, S> {
             None => Some((
                 Origin::Register,
                 Command::Register {
-                    name: code.to_owned(),
+                    name: match LotName::parse(code) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            return Ok(Err(Reject::new(
+                                "invalid_name",
+                                format!("SystemCodeNumber as the lot's name: {e}"),
+                            )))
+                        }
+                    },
                     capacity,
                 },
                 derived_id(&[b"birmingham-register", lot.as_str().as_bytes()]),

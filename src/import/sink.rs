@@ -238,7 +238,7 @@ impl HttpSink {
                 }
                 Command::Register { name, capacity } => {
                     out.extend(self.send_events(std::mem::take(&mut events)).await?);
-                    let body = serde_json::json!({"lot_id": lot.as_str(), "name": name, "capacity": capacity.get(), "event_id": id, "timestamp": ts});
+                    let body = serde_json::json!({"lot_id": lot.as_str(), "name": name.as_str(), "capacity": capacity.get(), "event_id": id, "timestamp": ts});
                     out.push(single(
                         self.call("POST", "/v1/lots", "application/json", body.to_string())
                             .await?,

@@ -4,6 +4,11 @@
 //! in; the HTTP connection takes them out as its response body and writes them. Putting
 //! never waits: the fan-out counts what a connection has not taken yet and closes a
 //! connection that falls too far behind, so ingestion never waits for a websocket.
+//!
+//! Every outbox is also bounded in bytes ([`MAX_QUEUED_BYTES`]), whatever is put in it
+//! (changes, snapshots, and control frames such as the pongs a client's pings ask for):
+//! a put that would pass the bound ends the outbox with a 4008 close instead, so a
+//! client that sends and never reads cannot grow the server's memory.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -22,9 +27,14 @@ enum Item {
     End,
 }
 
+/// Most bytes an outbox holds that its connection has not taken: 8 MiB.
+pub const MAX_QUEUED_BYTES: usize = 8 << 20;
+
 struct Shared {
     /// Changes put in and not yet taken by the connection.
     queued: AtomicUsize,
+    /// Bytes put in and not yet taken.
+    queued_bytes: AtomicUsize,
     /// When the connection last took something (ms since [`epoch`]).
     taken_at: AtomicU64,
     /// Signalled each time the connection takes something.
@@ -62,6 +72,7 @@ pub fn outbox() -> (Outbox, Body) {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         queued: AtomicUsize::new(0),
+        queued_bytes: AtomicUsize::new(0),
         taken_at: AtomicU64::new(now_ms()),
         taken: Notify::new(),
         ended: AtomicBool::new(false),
@@ -83,12 +94,29 @@ pub fn outbox() -> (Outbox, Body) {
 impl Outbox {
     /// Queue frames carrying `changes` changes (0 for control frames). False when the
     /// outbox has ended or the connection is gone.
+    /// A put past [`MAX_QUEUED_BYTES`] ends the outbox with a 4008 close and is false.
     pub fn put(&self, frames: Bytes, changes: usize) -> bool {
         if self.is_ended() {
             return false;
         }
+        let len = frames.len();
+        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before + len > MAX_QUEUED_BYTES {
+            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            let why = format!(
+                "slow consumer: more than {} MiB not taken",
+                MAX_QUEUED_BYTES >> 20
+            );
+            self.end(Some(super::frame::close(super::SLOW_CONSUMER, &why)));
+            return false;
+        }
         self.shared.queued.fetch_add(changes, Ordering::Relaxed);
         self.tx.send(Item::Frames(frames, changes)).is_ok()
+    }
+
+    /// Bytes put in and not yet taken by the connection.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Acquire)
     }
 
     /// Queue a last frame (a close frame, say) and end: nothing put afterwards is sent.
@@ -164,6 +192,13 @@ impl Stream for Body {
             Poll::Ready(Some(Item::Frames(b, changes))) => {
                 let shared = &self.shared;
                 shared.queued.fetch_sub(changes, Ordering::Relaxed);
+                // The last frame of `end` was never counted.
+                let _ =
+                    shared
+                        .queued_bytes
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                            Some(n.saturating_sub(b.len()))
+                        });
                 shared.taken_at.store(now_ms(), Ordering::Relaxed);
                 shared.taken.notify_waiters();
                 Poll::Ready(Some(Ok(b)))
@@ -196,6 +231,34 @@ mod tests {
         assert_eq!(body.next().await.unwrap().unwrap(), "bye");
         assert!(body.next().await.is_none());
         assert_eq!(out.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_outbox_never_holds_more_than_its_byte_bound() {
+        let (out, mut body) = outbox();
+        let pong = Bytes::from(vec![0x8a; 127]);
+        let mut put = 0usize;
+        while out.put(pong.clone(), 0) {
+            put += pong.len();
+            assert!(put <= MAX_QUEUED_BYTES, "put past the bound");
+        }
+        assert!(
+            put + pong.len() > MAX_QUEUED_BYTES,
+            "stopped early at {put}"
+        );
+        assert!(out.is_ended());
+        assert!(out.queued_bytes() <= MAX_QUEUED_BYTES);
+        // What was queued still drains, then the 4008 close, then the end.
+        let mut taken = 0;
+        let mut last = Bytes::new();
+        while let Some(b) = body.next().await {
+            let b = b.unwrap();
+            taken += b.len();
+            last = b;
+        }
+        assert_eq!(taken, put + last.len());
+        assert_eq!(&last[2..4], &4008u16.to_be_bytes());
+        assert_eq!(out.queued_bytes(), 0);
     }
 
     #[tokio::test]

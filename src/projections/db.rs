@@ -150,3 +150,61 @@ pub async fn swap_in(
         .await?;
     Ok(())
 }
+
+/// Projection `name`'s rebuild lock: a PostgreSQL session-level advisory lock held on
+/// one connection for the whole rebuild, so two rebuilds of one projection (an HTTP
+/// replay and a `parkade replay` beside it, or two servers on one database) never run
+/// at once and never share the side table. A session that dies releases it.
+pub struct RebuildLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    key: i64,
+}
+
+fn rebuild_key(name: &str) -> i64 {
+    // A fixed high word for parkade's rebuild locks, the name's CRC in the low one.
+    (0x7061_726b_i64 << 32) | i64::from(crc32c::crc32c(name.as_bytes()))
+}
+
+/// Take projection `name`'s rebuild lock, or fail at once when a rebuild holds it.
+pub async fn lock_rebuild(
+    pool: &PgPool,
+    name: &'static str,
+) -> Result<RebuildLock, ProjectionError> {
+    let mut conn = pool.acquire().await?;
+    let key = rebuild_key(name);
+    let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !got {
+        return Err(ProjectionError::RebuildRunning(name));
+    }
+    Ok(RebuildLock {
+        conn: Some(conn),
+        key,
+    })
+}
+
+impl RebuildLock {
+    /// Release the lock (also released when this is dropped: the session is closed).
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                // Closing the session releases every lock it holds.
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
+impl Drop for RebuildLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}

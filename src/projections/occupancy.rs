@@ -46,12 +46,24 @@ struct Pending {
 #[derive(Default)]
 pub struct Fold {
     lots: HashMap<LotId, Pending>,
+    /// The first event whose values PostgreSQL cannot store (a NUL in a name, from a
+    /// log written before names were checked): writing fails naming it.
+    unstorable: Option<(u64, LotId, &'static str)>,
 }
 
 impl Fold {
     pub fn add(&mut self, e: &RecordedEvent) {
         let name = match &e.event.event {
-            LotEvent::LotRegistered { name, .. } => Some(name.clone()),
+            LotEvent::LotRegistered { name, .. } => {
+                if name.contains('\0') && self.unstorable.is_none() {
+                    self.unstorable = Some((
+                        e.offset,
+                        e.event.lot_id.clone(),
+                        "its name holds a NUL character, which PostgreSQL text cannot store",
+                    ));
+                }
+                Some(name.clone())
+            }
             _ => None,
         };
         let updated_at = e.event.occurred_at.to_datetime();
@@ -85,6 +97,13 @@ impl Fold {
         tx: &mut Transaction<'_, Postgres>,
         table: &str,
     ) -> Result<(), ProjectionError> {
+        if let Some((offset, lot, reason)) = &self.unstorable {
+            return Err(ProjectionError::Unstorable {
+                offset: *offset,
+                lot: lot.to_string(),
+                reason: (*reason).into(),
+            });
+        }
         let rows: Vec<(&LotId, &Pending)> = self.lots.iter().collect();
         for chunk in rows.chunks(5_000) {
             let mut ids = Vec::with_capacity(chunk.len());
@@ -245,6 +264,8 @@ pub async fn rebuild(
     log: std::sync::Arc<dyn EventLog>,
     progress: impl Fn(u64, u64) + Send + 'static,
 ) -> Result<RebuildStats, ProjectionError> {
+    // One rebuild of a projection at a time: the side table is shared.
+    let lock = super::db::lock_rebuild(pool, NAME).await?;
     let started = std::time::Instant::now();
     let end = log.durable_end();
     let log_id = log.log_id();
@@ -261,6 +282,7 @@ pub async fn rebuild(
             }
             progress(cursor.position().min(end), end);
         }
+        super::read_to(cursor.position(), end)?;
         Ok(fold)
     })
     .await
@@ -297,6 +319,7 @@ pub async fn rebuild(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    lock.release().await;
     Ok(RebuildStats {
         events: end,
         lots: fold.len(),

@@ -331,3 +331,91 @@ pub fn parkade(args: &[&str], dir: &Path, db: Option<&TestDb>) -> (i32, String) 
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// Ask `check` again every 20 ms until it gives `Ok`, and fail the test with `what` and
+/// the last answer once `timeout` has passed. The one poll loop of the tests: every
+/// wait has a deadline and says what it waited for.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "timed out after {} s waiting for {what}; last seen: {last}",
+                    timeout.as_secs_f64()
+                );
+            }
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP forwarder in front of a real service (PostgreSQL, the S3 server) that a test
+/// can take down and bring back: while down, open connections are cut and new ones are
+/// closed at once, as when the service is stopped. The service itself is shared by
+/// other tests running at the same time, so it is never stopped for real.
+pub struct FaultProxy {
+    pub addr: std::net::SocketAddr,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl FaultProxy {
+    /// Forward a new local port to `target` (on its own thread and runtime, so it
+    /// outlives the test's actix system tasks).
+    pub fn start(target: std::net::SocketAddr) -> FaultProxy {
+        use std::sync::atomic::Ordering;
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (d, c) = (down.clone(), cut.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if d.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let cut = c.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.notified() => {}
+                        }
+                    });
+                }
+            });
+        });
+        FaultProxy { addr, down, cut }
+    }
+
+    /// The service goes away: every open connection is cut, new ones are refused.
+    pub fn down(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    /// The service is back.
+    pub fn up(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}

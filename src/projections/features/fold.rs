@@ -6,13 +6,19 @@
 //! departure (never below 0), and is set by a count. Each bucket gets: the level at its
 //! start and end, the lowest and highest level it held, its time-weighted mean, the
 //! arrivals, departures and counts in it, and the capacity at its end. Buckets with no
-//! event between a lot's first and newest bucket get a row too (the level carried).
+//! event between two that have one get a row too (the level carried), but at most
+//! [`MAX_CARRY_BUCKETS`] (7 days) after a bucket with an event: past that a gap has no
+//! rows until the lot's next event. So however far apart two events are, one event
+//! makes a bounded number of rows and the fold's work never grows with a time gap.
 //!
 //! Lateness rule: an event whose bucket is earlier than the lot's newest bucket, but no
-//! more than `lateness` behind the lot's newest event time, is folded into its bucket,
-//! and that bucket and every later one of the lot are recomputed. An event further
-//! behind is counted as `too_late` and not folded (it stays in the log and the archive).
-//! The rule depends only on the order of the log, so a replay gives the same rows.
+//! more than `lateness` behind the lot's watermark, is folded into its bucket, and that
+//! bucket and every later one of the lot are recomputed. An event further behind is
+//! counted as `too_late` and not folded (it stays in the log and the archive). The
+//! watermark is the lot's newest event time, except that an event moves it no later
+//! than its own log time (`recorded_at`): an event stamped ahead of the clock is folded
+//! into its (future) bucket, but cannot make the lot's real events too late. The rule
+//! depends only on what the log holds, in its order, so a replay gives the same rows.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -20,6 +26,9 @@ use crate::domain::{LotEvent, LotId, RecordedEvent};
 
 /// Bucket width: 15 minutes, in microseconds.
 pub const BUCKET_MICROS: i64 = 15 * 60 * 1_000_000;
+
+/// Empty buckets given a carried row after a bucket with an event: 7 days.
+pub const MAX_CARRY_BUCKETS: i64 = 7 * 24 * 4;
 
 /// The start of the bucket holding `micros`.
 pub fn bucket_of(micros: i64) -> i64 {
@@ -166,6 +175,9 @@ struct LotWindow {
     floor: i64,
     /// The level at `floor`.
     base: Level,
+    /// The last bucket with an event that left the window (for the carry limit).
+    base_at: Option<i64>,
+    /// The watermark (see the module docs).
     newest_at: i64,
     /// The bucket the last rows were written up to (inclusive).
     written_to: Option<i64>,
@@ -192,19 +204,36 @@ impl LotWindow {
         Some(from.max(self.floor))
     }
 
-    /// Rows of the buckets `from..=to` (held or carried).
+    /// Rows of the buckets `from..=to`: the held ones, and empty ones carried at most
+    /// [`MAX_CARRY_BUCKETS`] after a held one.
     fn emit(&self, lot: &LotId, from: i64, to: i64, out: &mut Vec<FeatureRow>) {
         let mut level = self.level_before(from);
+        let mut last_held = self
+            .buckets
+            .range(..from)
+            .next_back()
+            .map(|(b, _)| *b)
+            .or(self.base_at);
         let mut b = from;
         while b <= to {
-            match self.buckets.get(&b) {
-                Some(k) => {
-                    out.push(k.row(lot, b));
-                    level = k.end;
-                }
-                None => out.push(Bucket::open(b, level).row(lot, b)),
+            if let Some(k) = self.buckets.get(&b) {
+                out.push(k.row(lot, b));
+                level = k.end;
+                last_held = Some(b);
+                b += BUCKET_MICROS;
+                continue;
             }
-            b += BUCKET_MICROS;
+            let carried = last_held.is_some_and(|h| b - h <= MAX_CARRY_BUCKETS * BUCKET_MICROS);
+            if carried {
+                out.push(Bucket::open(b, level).row(lot, b));
+                b += BUCKET_MICROS;
+                continue;
+            }
+            // Past the carry limit: nothing until the next bucket with an event.
+            match self.buckets.range(b..=to).next() {
+                Some((next, _)) => b = *next,
+                None => break,
+            }
         }
     }
 }
@@ -250,10 +279,12 @@ impl FeatureFold {
             kind,
         };
         let b = bucket_of(ev.at);
+        // How far this event may move the watermark: not past its own log time.
+        let mark = ev.at.min(e.recorded_at.micros());
         let lot = &e.event.lot_id;
         let w = self.lots.entry(lot.clone()).or_insert_with(|| LotWindow {
-            floor: b,
-            newest_at: ev.at,
+            floor: b.min(bucket_of(mark)),
+            newest_at: mark,
             ..LotWindow::default()
         });
         if b < w.floor {
@@ -283,7 +314,7 @@ impl FeatureFold {
             }
         }
         w.dirty_from = Some(w.dirty_from.map_or(b, |d| d.min(b)));
-        w.newest_at = w.newest_at.max(ev.at);
+        w.newest_at = w.newest_at.max(mark);
         // Buckets no event may reach any more leave the window (their rows first).
         let floor = bucket_of(w.newest_at.saturating_sub(self.lateness_micros));
         if floor > w.floor {
@@ -295,8 +326,9 @@ impl FeatureFold {
             }
             let keep = w.buckets.split_off(&floor);
             let gone = std::mem::replace(&mut w.buckets, keep);
-            if let Some((_, last)) = gone.into_iter().next_back() {
+            if let Some((at, last)) = gone.into_iter().next_back() {
                 w.base = last.end;
+                w.base_at = Some(at);
             }
             w.floor = floor;
         }
@@ -478,5 +510,83 @@ mod tests {
         assert!(f.take_rows().is_empty());
         // The rows written before the window moved are complete.
         assert_eq!(before.len(), 3, "{before:#?}");
+    }
+
+    fn ev_at(offset: u64, at_micros: i64, recorded: i64, event: LotEvent) -> RecordedEvent {
+        let mut e = ev(offset, 0, 0, event);
+        e.event.occurred_at = Timestamp::from_micros(at_micros);
+        e.recorded_at = Timestamp::from_micros(recorded);
+        e
+    }
+
+    #[test]
+    fn a_long_gap_makes_a_bounded_number_of_rows() {
+        use LotEvent::*;
+        let day = 96 * BUCKET_MICROS;
+        let start = at(8, 0);
+        let reg = LotRegistered {
+            name: "North".into(),
+            capacity: Capacity::new(10).unwrap(),
+        };
+        for lateness in [600, 6 * 3600, 86_400 * 400] {
+            let mut f = FeatureFold::new(lateness);
+            f.add(&ev_at(0, start, start, reg.clone()));
+            f.add(&ev_at(1, start + 60_000_000, start, VehicleArrived));
+            // Ten years later (an old log, or an import): one arrival.
+            let later = start + 3650 * day;
+            f.add(&ev_at(2, later, later, VehicleArrived));
+            let rows = f.take_rows();
+            // The first bucket, 7 days carried, and the bucket ten years on.
+            assert_eq!(
+                rows.len() as i64,
+                1 + MAX_CARRY_BUCKETS + 1,
+                "lateness {lateness}"
+            );
+            let last = rows.iter().max_by_key(|r| r.bucket_start).unwrap();
+            assert_eq!(last.bucket_start, bucket_of(later));
+            assert_eq!((last.occupancy_start, last.occupancy_end), (1, 2));
+            let carried = rows
+                .iter()
+                .filter(|r| r.arrivals == 0 && r.counts == 0)
+                .count() as i64;
+            assert_eq!(carried, MAX_CARRY_BUCKETS);
+            assert!(rows
+                .iter()
+                .all(|r| r.bucket_start <= start + 8 * day || r.bucket_start == bucket_of(later)));
+        }
+    }
+
+    #[test]
+    fn an_event_stamped_ahead_of_the_log_clock_does_not_make_real_events_late() {
+        use LotEvent::*;
+        let start = at(8, 0);
+        let mut f = FeatureFold::new(3600);
+        f.add(&ev_at(
+            0,
+            start,
+            start,
+            LotRegistered {
+                name: "North".into(),
+                capacity: Capacity::new(10).unwrap(),
+            },
+        ));
+        // Recorded at 08:01 but stamped a day ahead (a gate with a wrong clock, or a
+        // log written before the time rule).
+        f.add(&ev_at(
+            1,
+            start + 86_400_000_000,
+            start + 60_000_000,
+            OccupancyCounted { count: 3 },
+        ));
+        // The real events of the next hours are folded, not counted as too late.
+        for i in 0..20 {
+            let t = start + (i + 2) * 5 * 60_000_000;
+            f.add(&ev_at(2 + i as u64, t, t, VehicleArrived));
+        }
+        assert_eq!(f.too_late, 0);
+        let rows = f.take_rows();
+        assert!(rows
+            .iter()
+            .any(|r| r.arrivals > 0 && r.bucket_start < start + 7_200_000_000));
     }
 }

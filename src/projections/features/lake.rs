@@ -103,13 +103,17 @@ pub fn key(day: NaiveDate) -> String {
     format!("features/date={day}/features.parquet")
 }
 
-/// Write every marked day's file; returns the days written.
+/// Write every marked day's file once; returns the days written. A day marked again
+/// while it was written (today's, under steady traffic) keeps its mark for the next
+/// call, so a day's file is rewritten at most once per call (per exporter interval).
 pub async fn export_dirty(pool: &PgPool, store: &Store) -> Result<usize, String> {
     let mut written = 0;
+    let mut after = NaiveDate::from_ymd_opt(1, 1, 1).expect("a valid date");
     loop {
         let days: Vec<(NaiveDate, i64)> = sqlx::query_as(
-            "SELECT day, version FROM lot_features_dirty_days ORDER BY day LIMIT 64",
+            "SELECT day, version FROM lot_features_dirty_days WHERE day > $1 ORDER BY day LIMIT 64",
         )
+        .bind(after)
         .fetch_all(pool)
         .await
         .map_err(|e| format!("reading the days to export: {e}"))?;
@@ -117,6 +121,7 @@ pub async fn export_dirty(pool: &PgPool, store: &Store) -> Result<usize, String>
             return Ok(written);
         }
         for (day, version) in days {
+            after = day;
             let rows: Vec<Row> = sqlx::query_as(
                 "SELECT lot_id, bucket_start, occupancy_start, occupancy_end, occupancy_min, occupancy_max, \
                    occupancy_mean, arrivals, departures, counts, capacity FROM lot_features_15m \

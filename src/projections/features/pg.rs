@@ -121,17 +121,22 @@ pub async fn write_batch(
 }
 
 /// Fold the log `[0, end)`, handing each batch's rows to `rows`; returns the fold (its
-/// window as it was at `end`).
+/// window as it was at `end`). Stops between batches once `stop` says so, and fails
+/// when the log cannot be read up to `end`.
 fn fold_to(
     log: &dyn EventLog,
     end: u64,
     lateness_secs: u64,
+    stop: &dyn Fn() -> bool,
     mut rows: impl FnMut(Vec<FeatureRow>),
 ) -> Result<FeatureFold, ProjectionError> {
     let mut fold = FeatureFold::new(lateness_secs);
     let mut cursor = log.cursor(0);
     while cursor.position() < end {
-        let batch = cursor.next_batch(65_536)?;
+        if stop() {
+            return Err(ProjectionError::Stopped);
+        }
+        let batch = cursor.next_batch(8_192)?;
         if batch.is_empty() {
             break;
         }
@@ -140,12 +145,18 @@ fn fold_to(
         }
         rows(fold.take_rows());
     }
+    crate::projections::read_to(cursor.position(), end)?;
     Ok(fold)
 }
 
 /// The fold's window as it was at `end`, writing nothing (those rows are in the table).
-fn warm(log: &dyn EventLog, end: u64, lateness_secs: u64) -> Result<FeatureFold, ProjectionError> {
-    fold_to(log, end, lateness_secs, |_| {})
+fn warm(
+    log: &dyn EventLog,
+    end: u64,
+    lateness_secs: u64,
+    stop: &dyn Fn() -> bool,
+) -> Result<FeatureFold, ProjectionError> {
+    fold_to(log, end, lateness_secs, stop, |_| {})
 }
 
 /// Figures of a rebuild.
@@ -164,12 +175,14 @@ pub async fn rebuild(
     log: Arc<dyn EventLog>,
     lateness_secs: u64,
 ) -> Result<RebuildStats, ProjectionError> {
+    // One rebuild of a projection at a time: the side table is shared.
+    let lock = db::lock_rebuild(pool, NAME).await?;
     let started = std::time::Instant::now();
     let end = log.durable_end();
     let log_id = log.log_id();
     let (rows, too_late) = tokio::task::spawn_blocking(move || -> Result<_, ProjectionError> {
         let mut rows: BTreeMap<(String, i64), FeatureRow> = BTreeMap::new();
-        let fold = fold_to(&*log, end, lateness_secs, |batch| {
+        let fold = fold_to(&*log, end, lateness_secs, &|| false, |batch| {
             for r in batch {
                 rows.insert((r.lot_id.as_str().to_owned(), r.bucket_start), r);
             }
@@ -207,6 +220,7 @@ pub async fn rebuild(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    lock.release().await;
     Ok(RebuildStats {
         events: end,
         rows: n,
@@ -225,7 +239,7 @@ pub async fn catch_up(
     let log_id = log.log_id();
     let cp = db::ensure_checkpoint(pool, NAME, log_id).await?;
     let end = log.durable_end();
-    let mut fold = warm(log, cp.next_offset, lateness_secs)?;
+    let mut fold = warm(log, cp.next_offset, lateness_secs, &|| false)?;
     let mut cursor = log.cursor(cp.next_offset);
     let mut from = cp.next_offset;
     while cursor.position() < end {
@@ -274,14 +288,19 @@ impl FeaturesRunner {
                 let log = self.log.clone();
                 let lateness = self.lateness_secs;
                 let next = cp.next_offset;
-                let fold = tokio::task::spawn_blocking(move || warm(&*log, next, lateness))
-                    .await
-                    .expect("the warm-up fold does not panic")?;
+                // The warm-up refolds the log; a stop signal ends it between batches.
+                let stop = shutdown.clone();
+                let fold = tokio::task::spawn_blocking(move || {
+                    warm(&*log, next, lateness, &|| *stop.borrow())
+                })
+                .await
+                .expect("the warm-up fold does not panic")?;
                 Ok((next, fold))
             }
             .await;
             let (mut from, mut fold) = match started {
                 Ok(s) => s,
+                Err(ProjectionError::Stopped) => break,
                 Err(e) => {
                     if self.failed(&e, &mut backoff, &mut shutdown).await {
                         break;

@@ -1,0 +1,554 @@
+//! Defects found by hostile input and a review, each with the test that shows it fixed:
+//! event times out of bounds on every path, names a database cannot store, replies that
+//! showed state not yet durable, two rebuilds at once, errors that leaked internals, a
+//! replay over an unreadable log, and a disk that fills up.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use parkade::app::Hooks;
+use parkade::domain::{Capacity, LotEvent, LotId, NewEvent, Timestamp};
+use parkade::log::{EventLog, FileLog, LogOptions, OsStorage, Storage, WritableFile};
+use serde_json::{json, Value};
+
+mod common;
+use common::{test_config, TestApp, TestDb};
+
+async fn register(app: &TestApp, id: &str, capacity: i64) {
+    let (status, body) = app
+        .post(
+            "/v1/lots",
+            json!({"lot_id": id, "name": format!("Lot {id}"), "capacity": capacity}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[actix_web::test]
+async fn every_endpoint_that_creates_events_keeps_one_time_rule() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    register(&app, "north-1", 10).await;
+    let end = app.log_end().await;
+    let far = ["2100-01-01T00:00:00Z", "9999-12-31T23:59:59Z"];
+    let early = ["1999-12-31T23:59:59Z", "1970-01-01T00:00:00Z"];
+    for ts in far.iter().chain(&early) {
+        let cases: Vec<(&str, &str, Value)> = vec![
+            (
+                "POST",
+                "/v1/lots/north-1/count",
+                json!({"count": 3, "timestamp": ts}),
+            ),
+            (
+                "PATCH",
+                "/v1/lots/north-1",
+                json!({"capacity": 20, "timestamp": ts}),
+            ),
+            (
+                "POST",
+                "/v1/lots",
+                json!({"lot_id": "south", "name": "South", "capacity": 5, "timestamp": ts}),
+            ),
+            (
+                "POST",
+                "/v1/events",
+                json!({"lot_id": "north-1", "event_type": "ARRIVAL", "timestamp": ts}),
+            ),
+            (
+                "POST",
+                "/v1/events",
+                json!({"lot_id": "north-1", "event_type": "COUNT", "count": 2, "timestamp": ts}),
+            ),
+        ];
+        for (method, path, body) in cases {
+            let (status, reply) = match method {
+                "PATCH" => app.patch(path, body.clone()).await,
+                _ => app.post(path, body.clone()).await,
+            };
+            assert_eq!(status, 400, "{method} {path} {body} -> {reply}");
+            assert_eq!(reply["field"], "timestamp", "{reply}");
+            let message = reply["message"].as_str().unwrap();
+            assert!(
+                message.contains("ahead of the server clock") || message.contains("before 2000"),
+                "{message}"
+            );
+        }
+        // Epoch milliseconds too.
+        let ms = chrono::DateTime::parse_from_rfc3339(ts)
+            .unwrap()
+            .timestamp_millis();
+        let (status, reply) = app
+            .post(
+                "/v1/lots/north-1/count",
+                json!({"count": 3, "timestamp": ms}),
+            )
+            .await;
+        assert_eq!(status, 400, "{ts} as {ms} -> {reply}");
+    }
+    // In a batch, the bad event is refused by name and the good one goes in.
+    let (status, reply) = app
+        .post(
+            "/v1/events",
+            json!([
+                {"lot_id": "north-1", "event_type": "ARRIVAL", "timestamp": far[0]},
+                {"lot_id": "north-1", "event_type": "ARRIVAL"}
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["results"][0]["field"], "timestamp", "{reply}");
+    assert_eq!(reply["accepted"], 1, "{reply}");
+    assert_eq!(
+        app.log_end().await,
+        end + 1,
+        "only the valid event was appended"
+    );
+    // A timestamp a few minutes ahead (clock skew) is fine.
+    let soon = (chrono::Utc::now() + chrono::Duration::minutes(5)).to_rfc3339();
+    let (status, reply) = app
+        .post(
+            "/v1/lots/north-1/count",
+            json!({"count": 4, "timestamp": soon}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn names_a_database_cannot_store_are_refused_on_every_path() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    for (name, why) in [
+        ("a\u{0}b", "control characters"),
+        ("line\nbreak", "control characters"),
+        ("\u{1b}[31mred", "control characters"),
+        (&*"n".repeat(201), "longer than 200"),
+        ("   ", "empty"),
+    ] {
+        let (status, reply) = app
+            .post(
+                "/v1/lots",
+                json!({"lot_id": "x", "name": name, "capacity": 5}),
+            )
+            .await;
+        assert_eq!(status, 400, "{name:?} -> {reply}");
+        assert_eq!(reply["field"], "name");
+        assert!(reply["message"].as_str().unwrap().contains(why), "{reply}");
+    }
+    assert_eq!(app.log_end().await, 0, "nothing was appended");
+
+    // Through the server, as `parkade import --url` sends it, and into a local log.
+    let csv = dir.path().join("counts.csv");
+    let long_code = format!("A{}B", " ".repeat(5000));
+    std::fs::write(
+        &csv,
+        format!(
+            "SystemCodeNumber,Capacity,Occupancy,LastUpdated\n\"{long_code}\",100,10,2016-10-04 07:59:42\n\"T\tAB\",100,10,2016-10-04 07:59:42\nGOOD,100,10,2016-10-04 07:59:42\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::binary())
+        .args(["import", "--url", &app.base])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("name"), "{text}");
+    let (_, lots) = app.get("/v1/lots").await;
+    let ids: Vec<&str> = lots["lots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lot_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["good"], "{text}");
+    app.stop().await;
+
+    let local = common::data_dir();
+    let out = std::process::Command::new(common::binary())
+        .arg("import")
+        .arg(&csv)
+        .env("PARKADE_DATA_DIR", local.path())
+        .env_remove("PARKADE_DATABASE_URL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("name"), "{text}");
+    let log = FileLog::open(
+        local.path().join("log"),
+        LogOptions {
+            mode: parkade::log::OpenMode::ReadOnly,
+            ..LogOptions::default()
+        },
+    )
+    .unwrap();
+    let events = log.cursor(0).next_batch(100).unwrap();
+    assert!(
+        events.iter().all(|e| e.event.lot_id.as_str() == "good"),
+        "{events:?}"
+    );
+}
+
+/// A log written before names were checked, holding a NUL in a name.
+fn old_log_with_a_nul_name(dir: &Path) {
+    let log = FileLog::open(dir.join("log"), LogOptions::default()).unwrap();
+    let at = Timestamp::from_micros(1_764_234_000_000_000);
+    let reg = |lot: &str, name: &str, seq: u64| NewEvent {
+        lot_id: LotId::parse(lot).unwrap(),
+        lot_seq: seq,
+        event_id: uuid::Uuid::now_v7(),
+        client_event_id: false,
+        occurred_at: at,
+        event: LotEvent::LotRegistered {
+            name: name.into(),
+            capacity: Capacity::new(10).unwrap(),
+        },
+        occupancy: 0,
+        capacity: 10,
+    };
+    log.append(&[reg("fine", "Fine", 1), reg("bad", "a\u{0}b", 1)])
+        .unwrap();
+    log.close();
+}
+
+#[actix_web::test]
+async fn a_projection_names_the_event_its_database_cannot_store() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    old_log_with_a_nul_name(dir.path());
+    let app = TestApp::spawn(test_config(dir.path(), Some(&db)), Hooks::default()).await;
+    let status = common::eventually(
+        Duration::from_secs(20),
+        "the occupancy projection to report the event",
+        || async {
+            let (_, v) = app.get("/v1/admin/projections").await;
+            let p = v["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "occupancy")
+                .cloned()
+                .unwrap_or_default();
+            if p["state"] == "failing" {
+                Ok(p)
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
+    let err = status["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("offset 1") && err.contains("lot bad") && err.contains("NUL"),
+        "{err}"
+    );
+    assert_eq!(status["checkpoint"], 0, "nothing was skipped");
+    let (code, ready) = app.get("/readyz").await;
+    assert_eq!(code, 503);
+    assert_eq!(
+        ready["reasons"][0]["reason"], "projection_failing",
+        "{ready}"
+    );
+    app.stop().await;
+}
+
+/// A disk whose syncs wait while `hold` is set, and fail (as a full disk) while `full`
+/// is set.
+#[derive(Clone, Default)]
+struct SlowDisk {
+    hold: Arc<(Mutex<bool>, Condvar)>,
+    full: Arc<AtomicBool>,
+    syncs: Arc<AtomicU64>,
+}
+
+struct SlowFile(Box<dyn WritableFile>, SlowDisk);
+
+impl Storage for SlowDisk {
+    fn open_writable(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        Ok(Box::new(SlowFile(
+            OsStorage.open_writable(path)?,
+            self.clone(),
+        )))
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        OsStorage.sync_dir(dir)
+    }
+}
+
+impl WritableFile for SlowFile {
+    fn write_all_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()> {
+        if self.1.full.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.0.write_all_at(buf, pos)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        let (lock, cv) = &*self.1.hold;
+        let mut held = lock.lock().unwrap();
+        while *held {
+            held = cv.wait(held).unwrap();
+        }
+        self.1.syncs.fetch_add(1, Ordering::SeqCst);
+        self.0.sync_data()
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+}
+
+impl SlowDisk {
+    fn hold(&self, on: bool) {
+        let (lock, cv) = &*self.hold;
+        *lock.lock().unwrap() = on;
+        cv.notify_all();
+    }
+}
+
+#[actix_web::test]
+async fn a_rejection_reports_only_state_that_is_durable() {
+    let dir = common::data_dir();
+    let disk = SlowDisk::default();
+    let hooks = Hooks {
+        storage: Some(Arc::new(disk.clone())),
+        ..Hooks::default()
+    };
+    let app = TestApp::spawn(test_config(dir.path(), None), hooks).await;
+    register(&app, "small", 1).await;
+    disk.hold(true);
+    // This arrival is appended but cannot become durable yet.
+    let url = app.url("/v1/events");
+    let arrival = actix_web::rt::spawn(async move {
+        common::request(
+            awc::Client::new().post(url),
+            Some("application/json"),
+            Some(json!({"lot_id": "small", "event_type": "ARRIVAL"}).to_string()),
+        )
+        .await
+    });
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    // The lot is now full in memory: a second arrival is refused, and its 409 must not
+    // show the first arrival's offset before that is on disk.
+    let url = app.url("/v1/events");
+    let refused = actix_web::rt::spawn(async move {
+        common::request(
+            awc::Client::new()
+                .post(url)
+                .timeout(Duration::from_secs(30)),
+            Some("application/json"),
+            Some(json!({"lot_id": "small", "event_type": "ARRIVAL"}).to_string()),
+        )
+        .await
+    });
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !refused.is_finished(),
+        "a 409 was sent while the state it shows was not durable"
+    );
+    disk.hold(false);
+    let (s1, first) = arrival.await.unwrap();
+    let (s2, second) = refused.await.unwrap();
+    assert_eq!(s1, 200, "{first}");
+    assert_eq!(s2, 409, "{second}");
+    assert_eq!(second["lot"]["offset"], first["offset"], "{second}");
+    assert_eq!(second["lot"]["occupancy"], 1);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_full_disk_answers_503_acknowledges_nothing_and_leaks_nothing() {
+    let dir = common::data_dir();
+    let disk = SlowDisk::default();
+    let hooks = Hooks {
+        storage: Some(Arc::new(disk.clone())),
+        ..Hooks::default()
+    };
+    let app = TestApp::spawn(test_config(dir.path(), None), hooks).await;
+    register(&app, "north", 100).await;
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        let (s, r) = app
+            .post(
+                "/v1/events",
+                json!({"lot_id": "north", "event_type": "ARRIVAL"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{r}");
+        acked.push(r["offset"].as_u64().unwrap());
+    }
+    disk.full.store(true, Ordering::SeqCst);
+    let (s, r) = app
+        .post(
+            "/v1/events",
+            json!({"lot_id": "north", "event_type": "ARRIVAL"}),
+        )
+        .await;
+    assert_eq!(s, 503, "{r}");
+    let (s, batch) = app
+        .post(
+            "/v1/events",
+            json!([{"lot_id": "north", "event_type": "ARRIVAL"}]),
+        )
+        .await;
+    assert_eq!(s, 503, "{batch}");
+    let (hs, health) = app.get("/healthz").await;
+    let (rs, ready) = app.get("/readyz").await;
+    assert_eq!((hs, rs), (503, 503));
+    assert_eq!(health["reason"], "log_failed");
+    // What clients see names no file and no OS error; the server's log has those.
+    let dir_text = dir.path().to_str().unwrap();
+    for body in [&r, &batch, &health, &ready] {
+        let text = body.to_string();
+        assert!(
+            !text.contains(dir_text) && !text.contains("os error") && !text.contains(".seg"),
+            "{text}"
+        );
+    }
+    app.stop().await;
+
+    // After a restart on a disk with room, every acknowledged event is there.
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    let (_, lot) = app.get("/v1/lots/north").await;
+    assert_eq!(lot["occupancy"], 5, "{lot}");
+    assert_eq!(lot["offset"].as_u64(), acked.last().copied());
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_second_rebuild_of_a_projection_is_refused_not_run_beside_the_first() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), Some(&db)), Hooks::default()).await;
+    register(&app, "north", 10).await;
+    app.wait_projection_caught_up().await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    // A rebuild beside the server (`parkade replay`) holds the lock...
+    let held = parkade::projections::db::lock_rebuild(&pool, "occupancy")
+        .await
+        .unwrap();
+    for name in ["occupancy"] {
+        let (s, r) = app
+            .post(&format!("/v1/admin/replay?projection={name}"), Value::Null)
+            .await;
+        assert_eq!(s, 409, "{r}");
+        assert_eq!(r["error"], "replay_running", "{r}");
+    }
+    let out = std::process::Command::new(common::binary())
+        .args(["replay", "--projection", "occupancy"])
+        .env("PARKADE_DATA_DIR", dir.path())
+        .env("PARKADE_DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    held.release().await;
+    // ...and once it is done, a rebuild runs and the read model is whole.
+    let (s, r) = app
+        .post("/v1/admin/replay?projection=occupancy", Value::Null)
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let rows = db.query("SELECT lot_id FROM current_lot_occupancy").await;
+    assert_eq!(rows, vec![vec!["north".to_owned()]]);
+
+    // Two rebuilds started together: one runs, the other is refused; never an empty
+    // table with a complete checkpoint.
+    let log: Arc<dyn EventLog> = Arc::new(
+        FileLog::open(
+            dir.path().join("log"),
+            LogOptions {
+                mode: parkade::log::OpenMode::ReadOnly,
+                ..LogOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let (a, b) = tokio::join!(
+        parkade::projections::occupancy::rebuild(&pool, log.clone(), |_, _| {}),
+        parkade::projections::occupancy::rebuild(&pool, log.clone(), |_, _| {}),
+    );
+    let refused = [&a, &b]
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Err(parkade::projections::ProjectionError::RebuildRunning(_))
+            )
+        })
+        .count();
+    assert!(a.is_ok() || b.is_ok(), "{a:?} {b:?}");
+    assert!(refused <= 1);
+    let rows = db.query("SELECT lot_id FROM current_lot_occupancy").await;
+    assert_eq!(rows, vec![vec!["north".to_owned()]]);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_replay_over_an_unreadable_log_fails_and_keeps_the_current_archive() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    register(&app, "north", 100).await;
+    for _ in 0..20 {
+        let (s, r) = app
+            .post(
+                "/v1/events",
+                json!({"lot_id": "north", "event_type": "ARRIVAL"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{r}");
+    }
+    app.stop().await;
+    let out = std::process::Command::new(common::binary())
+        .args(["replay", "--projection", "archive"])
+        .env("PARKADE_DATA_DIR", dir.path())
+        .env_remove("PARKADE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lake = dir.path().join("archive");
+    let current = std::fs::read_to_string(lake.join("_current")).unwrap();
+
+    // Damage a record in the middle of the log.
+    let seg = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[48 + 8 + 30] ^= 0x04; // inside the first record's payload
+    std::fs::write(&seg, &bytes).unwrap();
+    let out = std::process::Command::new(common::binary())
+        .args(["replay", "--projection", "archive"])
+        .env("PARKADE_DATA_DIR", dir.path())
+        .env_remove("PARKADE_DATABASE_URL")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("damaged at byte 48"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(lake.join("_current")).unwrap(),
+        current,
+        "the current generation stays"
+    );
+    // The server refuses to start on it too, and says how to repair.
+    let out = std::process::Command::new(common::binary())
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("PARKADE_DATA_DIR", dir.path())
+        .env_remove("PARKADE_DATABASE_URL")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("parkade repair-log"), "{err}");
+}

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parkade::projections::archive::{S3Config, S3Store};
 
@@ -136,22 +136,22 @@ async fn killed_while_archiving_to_s3_then_restarted_every_event_is_there_once()
     };
     let child = serve();
     // Kill it once a few flushes are done, somewhere in the middle of the backlog.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let gen = store.get("_current").await.unwrap();
-        if let Some(gen) = gen {
-            let gen = String::from_utf8(gen).unwrap();
-            let marks = store
-                .list(&format!("{}/_progress/", gen.trim()))
-                .await
-                .unwrap();
-            if marks.len() >= 3 {
-                break;
-            }
+    common::eventually(Duration::from_secs(60), "three archive flushes", || async {
+        let Some(gen) = store.get("_current").await.unwrap() else {
+            return Err("no generation yet".to_owned());
+        };
+        let gen = String::from_utf8(gen).unwrap();
+        let marks = store
+            .list(&format!("{}/_progress/", gen.trim()))
+            .await
+            .unwrap();
+        if marks.len() >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{} flushes", marks.len()))
         }
-        assert!(Instant::now() < deadline, "the archive made no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     kill(child);
     let gen = current_generation(&store).await;
     let marks = store.list(&format!("{gen}/_progress/")).await.unwrap();
@@ -179,29 +179,28 @@ async fn killed_while_archiving_to_s3_then_restarted_every_event_is_there_once()
 
     let child = serve();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let end = loop {
-        if let Ok(out) = Command::new("curl")
-            .args(["-s", &format!("{base}/v1/admin/projections")])
-            .output()
-        {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-                let a = v["projections"]
-                    .as_array()
-                    .and_then(|p| p.iter().find(|p| p["name"] == "archive").cloned());
-                if let Some(a) = a {
-                    if a["checkpoint"] == v["log_end"] && a["state"] == "running" {
-                        break v["log_end"].as_u64().unwrap();
-                    }
-                }
+    let end = common::eventually(
+        Duration::from_secs(120),
+        "the archive to catch up after the restart",
+        || async {
+            let out = Command::new("curl")
+                .args(["-s", &format!("{base}/v1/admin/projections")])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let v = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .map_err(|e| e.to_string())?;
+            let a = v["projections"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["name"] == "archive").cloned())
+                .unwrap_or_default();
+            if a["checkpoint"] == v["log_end"] && a["state"] == "running" {
+                Ok(v["log_end"].as_u64().unwrap())
+            } else {
+                Err(v.to_string())
             }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the archive did not catch up after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        },
+    )
+    .await;
     kill(child);
     let lake = common::read_lake_at(&format!("s3://{}/{prefix}/{gen}/events", cfg.bucket));
     let offsets = common::lake_offsets(&lake);

@@ -3,7 +3,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -32,20 +32,22 @@ fn start(dir: &std::path::Path, db: &TestDb, port: u16) -> Child {
 }
 
 async fn wait_healthy(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = awc::Client::new()
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-        {
-            if r.status().is_success() {
-                return;
+    common::eventually(
+        Duration::from_secs(30),
+        "the server to be healthy",
+        || async {
+            match awc::Client::new()
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(e.to_string()),
             }
-        }
-        assert!(Instant::now() < deadline, "server did not become healthy");
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+        },
+    )
+    .await
 }
 
 async fn post(base: &str, path: &str, body: &Value) -> Option<(u16, Value)> {
@@ -100,11 +102,17 @@ async fn no_acknowledged_event_is_lost_when_the_process_is_killed() {
         }));
     }
     // Let the clients get going, then kill the server without warning.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked.lock().unwrap().len() < 2_000 {
-        assert!(Instant::now() < deadline, "clients made no progress");
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(Duration::from_secs(20), "2,000 acknowledged events", || {
+        let n = acked.lock().unwrap().len();
+        async move {
+            if n >= 2_000 {
+                Ok(())
+            } else {
+                Err(format!("{n} acknowledged"))
+            }
+        }
+    })
+    .await;
     child.kill().unwrap();
     child.wait().unwrap();
     for c in clients {
@@ -140,30 +148,31 @@ async fn no_acknowledged_event_is_lost_when_the_process_is_killed() {
     );
 
     // Let the projection catch up, stop, and compare the read model with the log.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut r = awc::Client::new()
-            .get(format!("{base}/v1/admin/projections"))
-            .send()
-            .await
-            .unwrap();
-        let v: Value = r.json().await.unwrap();
-        let occupancy = v["projections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "occupancy")
-            .cloned()
-            .unwrap_or_default();
-        if occupancy["lag"] == 0 && occupancy["state"] == "running" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "projection did not catch up: {v}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(
+        Duration::from_secs(30),
+        "the projection to catch up",
+        || async {
+            let mut r = awc::Client::new()
+                .get(format!("{base}/v1/admin/projections"))
+                .send()
+                .await
+                .unwrap();
+            let v: Value = r.json().await.unwrap();
+            let occupancy = v["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "occupancy")
+                .cloned()
+                .unwrap_or_default();
+            if occupancy["lag"] == 0 && occupancy["state"] == "running" {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
     child.kill().unwrap();
     child.wait().unwrap();
     let out = Command::new(common::binary())

@@ -41,17 +41,20 @@ impl Driver {
             .timeout(Duration::from_secs(60))
             .finish();
         let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut r) = client.get(format!("{base}/status")).send().await {
-                let v: Value = r.json().await.unwrap_or_default();
-                if v["value"]["ready"] == true {
-                    break;
-                }
+        common::eventually(Duration::from_secs(20), "chromedriver to start", || async {
+            let mut r = client
+                .get(format!("{base}/status"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: Value = r.json().await.unwrap_or_default();
+            if v["value"]["ready"] == true {
+                Ok(())
+            } else {
+                Err(v.to_string())
             }
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:loggingPrefs": {"browser": "ALL"},
@@ -152,15 +155,21 @@ async fn the_dashboard_shows_every_lot_and_follows_a_posted_event_within_a_secon
     let d = Driver::start().await;
     d.call("POST", "/url", json!({"url": format!("{}/", app.base)}))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d
-        .js("return document.querySelectorAll('.card').length")
-        .await
-        != 3
-    {
-        assert!(Instant::now() < deadline, "the cards did not appear");
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(
+        Duration::from_secs(10),
+        "three cards on the page",
+        || async {
+            let n = d
+                .js("return document.querySelectorAll('.card').length")
+                .await;
+            if n == 3 {
+                Ok(())
+            } else {
+                Err(n.to_string())
+            }
+        },
+    )
+    .await;
     let names = d
         .js("return [...document.querySelectorAll('.card h2')].map(e => e.textContent)")
         .await;
@@ -170,11 +179,15 @@ async fn the_dashboard_shows_every_lot_and_follows_a_posted_event_within_a_secon
     );
     let free = "return document.querySelector('[data-lot=north] .free').textContent";
     // The page shows the state after the 150 arrivals (the live view follows the log).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while d.js(free).await != "370" {
-        assert!(Instant::now() < deadline, "the page did not reach 370 free");
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(Duration::from_secs(5), "370 free on the page", || async {
+        let shown = d.js(free).await;
+        if shown == "370" {
+            Ok(())
+        } else {
+            Err(shown.to_string())
+        }
+    })
+    .await;
 
     // A posted event is on the page within a second.
     let (status, _) = app
@@ -185,13 +198,19 @@ async fn the_dashboard_shows_every_lot_and_follows_a_posted_event_within_a_secon
         .await;
     assert_eq!(status, 200);
     let posted = Instant::now();
-    while d.js(free).await != "369" {
-        assert!(
-            posted.elapsed() < Duration::from_secs(1),
-            "the count did not change within a second"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        Duration::from_secs(1),
+        "the posted event on the page (369 free)",
+        || async {
+            let shown = d.js(free).await;
+            if shown == "369" {
+                Ok(())
+            } else {
+                Err(shown.to_string())
+            }
+        },
+    )
+    .await;
     println!(
         "the page showed the event after {} ms",
         posted.elapsed().as_millis()

@@ -76,14 +76,18 @@ async fn a_crash_between_write_and_commit_neither_double_counts_nor_skips() {
     fault.fail_next(u32::MAX);
     traffic(&app, 1).await;
     // The projection now fails every batch after writing its rows, before COMMIT.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.board.all().iter().all(|s| s.failures < 2) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fault never fired"
-        );
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the injected fault to fire twice",
+        || async {
+            if app.board.all().iter().any(|s| s.failures >= 2) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", app.board.all()))
+            }
+        },
+    )
+    .await;
     let (status, ready) = app.get("/readyz").await;
     assert_eq!(status, 503, "readyz while the projection fails: {ready}");
     assert_eq!(

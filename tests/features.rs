@@ -81,20 +81,22 @@ async fn features_fold_a_late_event_and_a_replay_gives_the_same_rows() {
     // The same rows in the lake, read by pyarrow: one file per day under features/.
     let features = dir.path().join("archive/features");
     let file = features.join("date=2026-11-20/features.parquet");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let lake = loop {
-        if file.exists() {
+    let lake = common::eventually(
+        std::time::Duration::from_secs(20),
+        "the 4 feature rows in the lake",
+        || async {
+            if !file.exists() {
+                return Err(format!("no file {}", file.display()));
+            }
             let lake = common::read_lake(&features);
             if lake["rows"] == 4 {
-                break lake;
+                Ok(lake)
+            } else {
+                Err(lake.to_string())
             }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no features in the lake"
-        );
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+        },
+    )
+    .await;
     let lake_rows: Vec<String> = lake["records"]
         .as_array()
         .unwrap()
@@ -273,18 +275,19 @@ async fn the_predictor_trains_a_model_and_forecasts_registered_lots() {
     post_ok(&app, "/v1/events", json!(recent)).await;
     app.wait_caught_up("features").await;
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let f = loop {
-        let (status, f) = app.get("/v1/lots/busy/forecast").await;
-        if status == 200 {
-            break f;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no forecast within 30 s: {status} {f}"
-        );
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let f = common::eventually(
+        std::time::Duration::from_secs(30),
+        "a forecast of lot busy",
+        || async {
+            let (status, f) = app.get("/v1/lots/busy/forecast").await;
+            if status == 200 {
+                Ok(f)
+            } else {
+                Err(format!("{status} {f}"))
+            }
+        },
+    )
+    .await;
     let points = f["points"].as_array().unwrap();
     assert_eq!(points.len(), 96, "24 hours every 15 minutes: {f}");
     let issued: chrono::DateTime<chrono::Utc> = f["issued_at"].as_str().unwrap().parse().unwrap();
@@ -384,4 +387,79 @@ async fn the_lake_exporter_writes_a_busy_day_once_per_round() {
         .path()
         .join("lake/features/date=2026-11-27/features.parquet")
         .exists());
+}
+
+#[actix_web::test]
+async fn a_stop_signal_ends_the_features_warm_up_between_batches() {
+    use parkade::domain::{Capacity, LotEvent, LotId, NewEvent, Timestamp};
+    use parkade::log::{EventLog, FileLog, LogOptions};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    // A long log, written directly: 40 lots, one event a second each.
+    let log = Arc::new(FileLog::open(dir.path().join("log"), LogOptions::default()).unwrap());
+    let lots: Vec<LotId> = (0..40)
+        .map(|i| LotId::parse(&format!("lot-{i}")).unwrap())
+        .collect();
+    let start = 1_764_000_000_000_000i64;
+    let total = 600_000u64;
+    let mut next = 0u64;
+    while next < total {
+        let batch: Vec<NewEvent> = (next..next + 10_000)
+            .map(|i| {
+                let lot = (i % 40) as usize;
+                let round = i / 40;
+                NewEvent {
+                    lot_id: lots[lot].clone(),
+                    lot_seq: round + 1,
+                    event_id: uuid::Uuid::now_v7(),
+                    client_event_id: false,
+                    occurred_at: Timestamp::from_micros(start + round as i64 * 1_000_000),
+                    event: match round {
+                        0 => LotEvent::LotRegistered {
+                            name: format!("Lot {lot}"),
+                            capacity: Capacity::new(10).unwrap(),
+                        },
+                        r if r % 2 == 1 => LotEvent::VehicleArrived,
+                        _ => LotEvent::VehicleDeparted,
+                    },
+                    occupancy: (round % 2) as u32,
+                    capacity: 10,
+                }
+            })
+            .collect();
+        log.append(&batch).unwrap();
+        next += 10_000;
+    }
+    log.wait_durable(total).await.unwrap();
+    let log: Arc<dyn EventLog> = log;
+    let pool = parkade::projections::db::connect(&db.url).await.unwrap();
+    // The whole fold, timed: the rebuild also leaves the checkpoint at the log's end,
+    // so a runner starting now first refolds the whole log (its warm-up).
+    let t = Instant::now();
+    parkade::projections::features::rebuild(&pool, log.clone(), 6 * 3600)
+        .await
+        .unwrap();
+    let full = t.elapsed();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let runner = parkade::projections::features::FeaturesRunner {
+        pool,
+        log,
+        board: parkade::projections::StatusBoard::default(),
+        batch_events: 10_000,
+        lateness_secs: 6 * 3600,
+        max_backoff: Duration::from_secs(1),
+    };
+    let task = actix_web::rt::spawn(runner.run(stopped));
+    actix_web::rt::time::sleep((full / 10).min(Duration::from_millis(300))).await;
+    let asked = Instant::now();
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let took = asked.elapsed();
+    println!("full fold {full:?}; stopped {took:?} after the stop signal");
+    assert!(
+        took < full / 3 && took < Duration::from_secs(5),
+        "the warm-up ran on for {took:?} after the stop signal (a full fold takes {full:?})"
+    );
 }

@@ -14,8 +14,8 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`domain`] | Pure, synchronous lot rules: newtypes parsed at the edge ([`LotId`], [`Capacity`]), the events, `decide` and `apply`. No I/O. |
-//! | [`log`] | The event log: the [`EventLog`] trait and the embedded segment-file backend with group commit, recovery of torn tails, reads and subscriptions from any offset. |
+//! | [`domain`] | Pure, synchronous lot rules: newtypes parsed at the edge ([`LotId`], [`Capacity`], [`LotName`](domain::LotName)), the one event-time rule every path keeps, the events, `decide` and `apply`. No I/O. |
+//! | [`log`] | The event log: the [`EventLog`] trait and the embedded segment-file backend with group commit, recovery that cuts only a torn tail (other damage refuses to open), the operator's `repair-log` cut, reads and subscriptions from any offset. |
 //! | [`actors`] | One actix actor per lot, reached through a typed [`LotHandle`]; the [`Lots`] registry that rebuilds every lot from the log at start. |
 //! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the 15-minute features (PostgreSQL and the lake), the Parquet archive (local folder or S3), the runners that keep them caught up, `replay` and `verify`. |
 //! | [`forecast`] | The forecasting model (weekly profile + deviation, fitted per horizon) as pure computation over readings bounded by an issue time; `parkade backtest`; training from the features, the model artifact and the predictor writing `lot_forecasts`. Reads projections, never the actors. |
@@ -26,7 +26,7 @@
 //! | [`simulate`] | `parkade simulate`/`demo`: campus traffic (SFU Burnaby preset) or a fixed load sent to a server over HTTP, with a latency summary. |
 //! | [`config`] | Typed configuration: defaults, a TOML file, `PARKADE_*` environment variables and flags. |
 //! | [`app`] | Startup: opens the log, rebuilds the lots, starts projections and the HTTP server. |
-//! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`, `train`, `backtest`, `holdout`, `simulate`, `demo`). |
+//! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`, `repair-log`, `train`, `backtest`, `holdout`, `simulate`, `demo`). |
 //! | [`telemetry`] | `tracing` subscriber set-up. |
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls [`cli::main`].

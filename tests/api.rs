@@ -5,17 +5,7 @@ use parkade::app::Hooks;
 use serde_json::{json, Value};
 
 mod common;
-use common::{test_config, TestApp, TestDb};
-
-async fn register(app: &TestApp, id: &str, capacity: i64) {
-    let (status, body) = app
-        .post(
-            "/v1/lots",
-            json!({"lot_id": id, "name": format!("Lot {id}"), "capacity": capacity}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-}
+use common::{register, test_config, TestApp, TestDb};
 
 fn event(lot: &str, kind: &str) -> Value {
     json!({"lot_id": lot, "event_type": kind})

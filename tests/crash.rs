@@ -158,13 +158,7 @@ async fn no_acknowledged_event_is_lost_when_the_process_is_killed() {
                 .await
                 .unwrap();
             let v: Value = r.json().await.unwrap();
-            let occupancy = v["projections"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == "occupancy")
-                .cloned()
-                .unwrap_or_default();
+            let occupancy = common::projection(&v, "occupancy");
             if occupancy["lag"] == 0 && occupancy["state"] == "running" {
                 Ok(())
             } else {

@@ -16,7 +16,7 @@ use parkade::projections::archive::{S3Config, S3Store};
 use serde_json::{json, Value};
 
 mod common;
-use common::{eventually, test_config, FaultProxy, TestApp, TestDb};
+use common::{eventually, projection, register, test_config, FaultProxy, TestApp, TestDb};
 
 fn fault_secs() -> u64 {
     std::env::var("PARKADE_FAULT_SECS")
@@ -47,16 +47,6 @@ fn authority(url: &str) -> std::net::SocketAddr {
         .unwrap()
         .next()
         .unwrap()
-}
-
-fn projection(v: &Value, name: &str) -> Value {
-    v["projections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// Post arrivals and departures for `secs`, checking each is acknowledged; returns how
@@ -93,13 +83,7 @@ async fn ingest_goes_on_while_postgresql_is_away_and_the_read_model_catches_up()
     let mut config = test_config(dir.path(), None);
     config.database_url = Some(via(&db.url, proxy.addr));
     let app = TestApp::spawn(config, Hooks::default()).await;
-    let (s, r) = app
-        .post(
-            "/v1/lots",
-            json!({"lot_id": "north", "name": "North", "capacity": 1000}),
-        )
-        .await;
-    assert_eq!(s, 201, "{r}");
+    register(&app, "north", 1000).await;
     app.wait_projection_caught_up().await;
 
     proxy.down();
@@ -172,13 +156,7 @@ async fn ingest_goes_on_while_the_s3_server_is_away_and_the_archive_catches_up_o
     config.archive.s3 = Some(cfg.clone());
     config.archive.roll_secs = 1;
     let app = TestApp::spawn(config, Hooks::default()).await;
-    let (s, r) = app
-        .post(
-            "/v1/lots",
-            json!({"lot_id": "north", "name": "North", "capacity": 1000}),
-        )
-        .await;
-    assert_eq!(s, 201, "{r}");
+    register(&app, "north", 1000).await;
     app.wait_caught_up("archive").await;
 
     proxy.down();

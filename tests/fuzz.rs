@@ -177,8 +177,22 @@ fn the_record_decoder_takes_any_bytes_without_panicking() {
 /// capacities in range, any instants.
 fn valid_event() -> impl Strategy<Value = NewEvent> {
     let lot = "[a-z0-9._-]{1,64}".prop_map(|s| LotId::parse(&s).unwrap());
-    let name = prop_oneof!["[ -~]{1,200}", ".{1,60}", "[\\u{100}-\\u{10ffff}]{1,50}"]
-        .prop_filter_map("a valid name", |s| LotName::parse(&s).ok());
+    // Any text made valid (control characters replaced, blank made non-blank, cut to
+    // 200 bytes), so every draw is used: no rejects.
+    let name =
+        prop_oneof!["[ -~]{1,200}", ".{1,60}", "[\\u{100}-\\u{10ffff}]{1,50}"].prop_map(|s| {
+            let mut n: String = s
+                .chars()
+                .map(|c| if c.is_control() { 'x' } else { c })
+                .collect();
+            if n.trim().is_empty() {
+                n.push('x');
+            }
+            while n.trim().len() > parkade::domain::MAX_NAME_LEN {
+                n.pop();
+            }
+            LotName::parse(&n).expect("made valid")
+        });
     let event = prop_oneof![
         (name, 1u32..=parkade::domain::MAX_CAPACITY).prop_map(|(n, c)| {
             LotEvent::LotRegistered {

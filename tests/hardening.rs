@@ -15,17 +15,7 @@ use parkade::log::{EventLog, FileLog, LogOptions, OsStorage, Storage, WritableFi
 use serde_json::{json, Value};
 
 mod common;
-use common::{test_config, TestApp, TestDb};
-
-async fn register(app: &TestApp, id: &str, capacity: i64) {
-    let (status, body) = app
-        .post(
-            "/v1/lots",
-            json!({"lot_id": id, "name": format!("Lot {id}"), "capacity": capacity}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-}
+use common::{register, test_config, TestApp, TestDb};
 
 #[actix_web::test]
 async fn every_endpoint_that_creates_events_keeps_one_time_rule() {
@@ -230,13 +220,7 @@ async fn a_projection_names_the_event_its_database_cannot_store() {
         "the occupancy projection to report the event",
         || async {
             let (_, v) = app.get("/v1/admin/projections").await;
-            let p = v["projections"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == "occupancy")
-                .cloned()
-                .unwrap_or_default();
+            let p = common::projection(&v, "occupancy");
             if p["state"] == "failing" {
                 Ok(p)
             } else {
@@ -304,6 +288,33 @@ impl WritableFile for SlowFile {
     }
 }
 
+/// The service writing its log through `disk`.
+async fn app_on(disk: &SlowDisk) -> (tempfile::TempDir, TestApp) {
+    let dir = common::data_dir();
+    let hooks = Hooks {
+        storage: Some(Arc::new(disk.clone())),
+        ..Hooks::default()
+    };
+    let app = TestApp::spawn(test_config(dir.path(), None), hooks).await;
+    (dir, app)
+}
+
+/// One arrival at `lot`, posted from a task of its own.
+fn arrive_in_background(app: &TestApp, lot: &str) -> actix_web::rt::task::JoinHandle<(u16, Value)> {
+    let url = app.url("/v1/events");
+    let body = json!({"lot_id": lot, "event_type": "ARRIVAL"}).to_string();
+    actix_web::rt::spawn(async move {
+        common::request(
+            awc::Client::new()
+                .post(url)
+                .timeout(Duration::from_secs(30)),
+            Some("application/json"),
+            Some(body),
+        )
+        .await
+    })
+}
+
 impl SlowDisk {
     fn hold(&self, on: bool) {
         let (lock, cv) = &*self.hold;
@@ -314,39 +325,16 @@ impl SlowDisk {
 
 #[actix_web::test]
 async fn a_rejection_reports_only_state_that_is_durable() {
-    let dir = common::data_dir();
     let disk = SlowDisk::default();
-    let hooks = Hooks {
-        storage: Some(Arc::new(disk.clone())),
-        ..Hooks::default()
-    };
-    let app = TestApp::spawn(test_config(dir.path(), None), hooks).await;
+    let (_dir, app) = app_on(&disk).await;
     register(&app, "small", 1).await;
     disk.hold(true);
     // This arrival is appended but cannot become durable yet.
-    let url = app.url("/v1/events");
-    let arrival = actix_web::rt::spawn(async move {
-        common::request(
-            awc::Client::new().post(url),
-            Some("application/json"),
-            Some(json!({"lot_id": "small", "event_type": "ARRIVAL"}).to_string()),
-        )
-        .await
-    });
+    let arrival = arrive_in_background(&app, "small");
     actix_web::rt::time::sleep(Duration::from_millis(300)).await;
     // The lot is now full in memory: a second arrival is refused, and its 409 must not
     // show the first arrival's offset before that is on disk.
-    let url = app.url("/v1/events");
-    let refused = actix_web::rt::spawn(async move {
-        common::request(
-            awc::Client::new()
-                .post(url)
-                .timeout(Duration::from_secs(30)),
-            Some("application/json"),
-            Some(json!({"lot_id": "small", "event_type": "ARRIVAL"}).to_string()),
-        )
-        .await
-    });
+    let refused = arrive_in_background(&app, "small");
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !refused.is_finished(),
@@ -364,13 +352,8 @@ async fn a_rejection_reports_only_state_that_is_durable() {
 
 #[actix_web::test]
 async fn a_full_disk_answers_503_acknowledges_nothing_and_leaks_nothing() {
-    let dir = common::data_dir();
     let disk = SlowDisk::default();
-    let hooks = Hooks {
-        storage: Some(Arc::new(disk.clone())),
-        ..Hooks::default()
-    };
-    let app = TestApp::spawn(test_config(dir.path(), None), hooks).await;
+    let (dir, app) = app_on(&disk).await;
     register(&app, "north", 100).await;
     let mut acked = Vec::new();
     for _ in 0..5 {

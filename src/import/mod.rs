@@ -93,7 +93,7 @@ pub struct Options {
     /// Write every rejected row here (CSV: file, line, reason, detail, row).
     pub rejects: Option<PathBuf>,
     /// How far ahead of the clock a row's time may be, in seconds (the event time rule,
-    /// [`check_event_time`](crate::domain::check_event_time)).
+    /// [`check_event_time`]).
     pub max_future_secs: i64,
 }
 

@@ -206,13 +206,7 @@ impl TestApp {
         loop {
             let (_, v) = self.get("/v1/admin/projections").await;
             let end = v["log_end"].as_u64().unwrap();
-            let p = v["projections"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["name"] == name)
-                .cloned()
-                .unwrap_or_default();
+            let p = projection(&v, name);
             if p["checkpoint"].as_u64() == Some(end) && p["state"] == "running" {
                 return;
             }
@@ -248,6 +242,25 @@ pub async fn request(
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
     };
     (status, value)
+}
+
+/// Register lot `id` named "Lot {id}" with `capacity`, expecting 201.
+pub async fn register(app: &TestApp, id: &str, capacity: i64) {
+    let (status, body) = app
+        .post(
+            "/v1/lots",
+            serde_json::json!({"lot_id": id, "name": format!("Lot {id}"), "capacity": capacity}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Projection `name`'s line in a `/v1/admin/projections` reply (null when absent).
+pub fn projection(status: &Value, name: &str) -> Value {
+    status["projections"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == name).cloned())
+        .unwrap_or_default()
 }
 
 /// A temporary data directory that is removed at the end of the test.

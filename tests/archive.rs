@@ -222,3 +222,19 @@ async fn replay_writes_a_new_generation_with_the_same_rows_and_switches_to_it() 
     );
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn the_service_stops_promptly_after_an_archive_replay_over_http() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    common::register(&app, "north", 10).await;
+    let (s, r) = app
+        .post("/v1/admin/replay?projection=archive", Value::Null)
+        .await;
+    assert_eq!(s, 200, "{r}");
+    // The archive follower switches to the new generation; a stop right then must not
+    // leave it waiting for a second stop signal.
+    tokio::time::timeout(std::time::Duration::from_secs(20), app.stop())
+        .await
+        .expect("the service stopped within 20 s of the stop");
+}

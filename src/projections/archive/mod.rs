@@ -389,6 +389,9 @@ impl ArchiveRunner {
 
     /// Follow the log; returns Ok on shutdown, Err to be retried.
     async fn follow(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), ArchiveError> {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
         let gen = self.archive.current_generation().await?;
         let next = self.archive.resume(&gen).await?;
         let end = self.log.durable_end();
@@ -435,8 +438,9 @@ impl ArchiveRunner {
                     s.state = ProjectionState::Running;
                     s.checkpoint = to;
                 });
-                // A rebuild may have switched generations: follow the new one.
-                if self.archive.current_generation().await? != gen {
+                // A rebuild may have switched generations: follow the new one (unless
+                // stopping: the stop was seen here and will not be signalled again).
+                if !stop && self.archive.current_generation().await? != gen {
                     tracing::info!(
                         projection = NAME,
                         "the archive generation changed; resuming in the new one"

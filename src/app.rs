@@ -41,6 +41,8 @@ pub struct Application {
 impl Application {
     /// Build everything. Must run inside an actix system (`actix_web::rt::System`).
     pub async fn build(config: Config, hooks: Hooks) -> anyhow::Result<Application> {
+        // Access control first: a service that would start open by mistake does not start.
+        let auth = load_auth(&config)?;
         let mut log_opts = LogOptions {
             segment_bytes: config.log.segment_bytes,
             ..LogOptions::default()
@@ -137,6 +139,9 @@ impl Application {
             forecast_interval_secs: config.forecast.interval_secs,
             replay: Arc::new(tokio::sync::Mutex::new(())),
         });
+        let auth_data = web::Data::new(auth.clone());
+        let closed = !auth.is_open();
+        actix_web::rt::spawn(auth.watch(shutdown.subscribe()));
         let listener =
             TcpListener::bind(config.bind).with_context(|| format!("binding {}", config.bind))?;
         let port = listener.local_addr()?.port();
@@ -146,9 +151,18 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(auth_data.clone())
+                // Without tokens there is nothing to check: no middleware in the way.
+                .wrap(actix_web::middleware::Condition::new(
+                    closed,
+                    actix_web::middleware::from_fn(api::auth::authorize),
+                ))
+                // The path, never the query string: it may hold an access token.
                 .wrap(actix_web::middleware::Condition::new(
                     log_requests,
-                    actix_web::middleware::Logger::new("%r %s %Dms").log_target("parkade::http"),
+                    actix_web::middleware::Logger::new("%{method}xi %U %s %Dms")
+                        .custom_request_replace("method", |req| req.method().to_string())
+                        .log_target("parkade::http"),
                 ))
                 .configure(api::routes)
         })
@@ -371,4 +385,35 @@ fn on_own_thread(
                 .expect("a tokio runtime for a background task")
                 .block_on(task)
         })?)
+}
+
+/// The tokens of `[auth] tokens_file`, else of `PARKADE_TOKENS`, else none; refuses to
+/// serve with no tokens on an address other than loopback unless `[auth] allow_open`.
+fn load_auth(config: &Config) -> anyhow::Result<api::auth::Auth> {
+    use api::auth::{Auth, TokenSource};
+    let source = match (&config.auth.tokens_file, std::env::var("PARKADE_TOKENS")) {
+        (Some(path), _) => TokenSource::File(path.clone()),
+        (None, Ok(text)) if !text.trim().is_empty() => TokenSource::Inline(text),
+        _ => TokenSource::None,
+    };
+    let auth = Auth::load(source, config.auth.reads_open).context("loading the tokens")?;
+    if auth.is_open() && !config.bind.ip().is_loopback() && !config.auth.allow_open {
+        anyhow::bail!(
+            "refusing to serve on {} with no tokens: anyone who reaches it could post events, \
+             change lots and start rebuilds. Create tokens (`parkade token new --name NAME \
+             --role admin`, then [auth] tokens_file), or set [auth] allow_open = true to \
+             serve open on purpose",
+            config.bind
+        );
+    }
+    if auth.is_open() {
+        tracing::warn!("no tokens configured: every route is open (loopback only)");
+    } else {
+        tracing::info!(
+            tokens = auth.count(),
+            reads_open = auth.reads_open,
+            "access control on"
+        );
+    }
+    Ok(auth)
 }

@@ -39,6 +39,9 @@ enum Cmd {
     /// again: what it removes, and a copy of every file it changes. Only for a log that
     /// `serve` refuses to open; the server must be stopped.
     RepairLog(RepairArgs),
+    /// Make a new access token: prints the token once (give it to the client) and the
+    /// entry to add to the tokens file (only its hash is kept).
+    Token(TokenArgs),
     /// Score the forecasting model against two baselines on Birmingham-layout CSVs
     /// (rolling origin) and write its predictions.
     Backtest(BacktestArgs),
@@ -86,6 +89,9 @@ struct SimArgs {
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Bearer token for a server with access control (admin: lots are registered).
+    #[arg(long, env = "PARKADE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Args)]
@@ -193,6 +199,9 @@ struct ServeArgs {
     /// Threads the lot actors run on. Default 1.
     #[arg(long, env = "PARKADE_LOT_THREADS")]
     lot_threads: Option<usize>,
+    /// Tokens file (see `parkade token new`); without tokens every route is open.
+    #[arg(long, env = "PARKADE_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -206,6 +215,9 @@ struct ReplayArgs {
     /// Ask a running server to rebuild (POST /v1/admin/replay) instead of doing it here.
     #[arg(long)]
     url: Option<String>,
+    /// Bearer token (admin) for --url.
+    #[arg(long, env = "PARKADE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Args)]
@@ -227,6 +239,24 @@ struct ImportArgs {
     /// Send to a running server instead of writing the data directory.
     #[arg(long)]
     url: Option<String>,
+    /// Bearer token (admin) for --url.
+    #[arg(long, env = "PARKADE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// `new` (the only action).
+    action: String,
+    /// The token's name, shown in audit lines.
+    #[arg(long)]
+    name: String,
+    /// read, ingest or admin.
+    #[arg(long)]
+    role: String,
+    /// Lots an ingest token may move (comma-separated); default all.
+    #[arg(long, value_delimiter = ',')]
+    lots: Vec<String>,
 }
 
 #[derive(Args)]
@@ -300,6 +330,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(n) = a.lot_threads {
                 c.lots.threads = n;
             }
+            if let Some(f) = a.tokens_file {
+                c.auth.tokens_file = Some(f);
+            }
             crate::telemetry::init(c.log_format);
             actix_web::rt::System::new().block_on(async move {
                 let app = Application::build(c, Hooks::default()).await?;
@@ -316,7 +349,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let c = a.common.config()?;
             crate::telemetry::init(c.log_format);
             match (a.url, a.projection.as_str()) {
-                (Some(url), _) => replay_remote(&url, &a.projection),
+                (Some(url), _) => replay_remote(&url, &a.projection, a.token.as_deref()),
                 (None, occupancy::NAME) => replay_local(&c),
                 (None, archive::NAME) => replay_archive(&c),
                 (None, features::NAME) => replay_features(&c),
@@ -360,6 +393,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::telemetry::init(c.log_format);
             verify_local(&c)
         }
+        Cmd::Token(a) => token(a),
         Cmd::RepairLog(a) => {
             let c = a.common.config()?;
             crate::telemetry::init(c.log_format);
@@ -480,15 +514,17 @@ fn replay_archive(c: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn replay_remote(url: &str, projection: &str) -> anyhow::Result<ExitCode> {
+fn replay_remote(url: &str, projection: &str, token: Option<&str>) -> anyhow::Result<ExitCode> {
     let target = format!(
         "{}/v1/admin/replay?projection={projection}",
         url.trim_end_matches('/')
     );
     actix_web::rt::System::new().block_on(async move {
-        let client = awc::Client::builder()
-            .timeout(std::time::Duration::from_secs(3600))
-            .finish();
+        let mut client = awc::Client::builder().timeout(std::time::Duration::from_secs(3600));
+        if let Some(t) = token {
+            client = client.bearer_auth(t);
+        }
+        let client = client.finish();
         let mut resp = client
             .post(&target)
             .send()
@@ -549,6 +585,7 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
     }
     let files = a.files.clone();
     let url = a.url.clone();
+    let token = a.token.clone();
     let config = c.clone();
     actix_web::rt::System::new().block_on(async move {
         let bar = |path: &std::path::Path| {
@@ -565,7 +602,7 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
         let mut summaries = Vec::new();
         match url {
             Some(url) => {
-                let mut sink = HttpSink::new(&url);
+                let mut sink = HttpSink::new(&url, token.as_deref());
                 for f in &files {
                     let pb = bar(f);
                     let s = import_file(&mut sink, f, &opts, &|n| pb.set_position(n)).await?;
@@ -757,6 +794,7 @@ fn sim_settings(a: &SimArgs, url: String) -> anyhow::Result<crate::simulate::Set
         start,
         timezone,
         seed: a.seed,
+        token: a.token.clone(),
         report_every: std::time::Duration::from_secs(10),
     })
 }
@@ -842,4 +880,40 @@ fn demo_start(
         }
         day = day.pred_opt().expect("a previous day");
     }
+}
+
+fn token(a: TokenArgs) -> anyhow::Result<ExitCode> {
+    if a.action != "new" {
+        bail!("unknown action {:?} (known: new)", a.action);
+    }
+    if !["read", "ingest", "admin"].contains(&a.role.as_str()) {
+        bail!("--role must be read, ingest or admin (got {:?})", a.role);
+    }
+    if a.name.trim().is_empty() || a.name.contains(['"', '\\', '\n']) {
+        bail!("--name must be non-empty, without quotes, backslashes or line breaks");
+    }
+    let mut lots = Vec::new();
+    for l in &a.lots {
+        lots.push(
+            crate::domain::LotId::parse(l)
+                .map_err(|e| anyhow::anyhow!("--lots: {l:?}: {e}"))?
+                .to_string(),
+        );
+    }
+    let (token, hash) = crate::api::auth::new_token()
+        .map_err(|e| anyhow::anyhow!("no randomness from the operating system: {e}"))?;
+    println!("token (shown once; give it to the client as `Authorization: Bearer <token>`):");
+    println!("  {token}");
+    println!();
+    println!("add to the tokens file ([auth] tokens_file; reloaded within 2 s):");
+    println!();
+    println!("[[token]]");
+    println!("name = \"{}\"", a.name.trim());
+    println!("role = \"{}\"", a.role);
+    if !lots.is_empty() {
+        let quoted: Vec<String> = lots.iter().map(|l| format!("\"{l}\"")).collect();
+        println!("lots = [{}]", quoted.join(", "));
+    }
+    println!("sha256 = \"{hash}\"");
+    Ok(ExitCode::SUCCESS)
 }

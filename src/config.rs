@@ -30,6 +30,32 @@ pub struct Config {
     pub archive: ArchiveConfig,
     pub forecast: ForecastConfig,
     pub live: LiveConfig,
+    pub auth: AuthConfig,
+}
+
+/// Access control (see `api::auth` for roles and the tokens file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// TOML file of token hashes (`parkade token new` prints an entry). Default: none,
+    /// unless `PARKADE_TOKENS` holds the file's text; without tokens every route is open.
+    pub tokens_file: Option<PathBuf>,
+    /// Reads (lots, history, forecasts, websocket, dashboard) without a token. Default
+    /// true; false needs a `read` (or higher) token for them.
+    pub reads_open: bool,
+    /// Serve with no tokens on an address other than loopback: every write open to
+    /// whoever reaches the port. Default false (`serve` refuses to start so).
+    pub allow_open: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            tokens_file: None,
+            reads_open: true,
+            allow_open: false,
+        }
+    }
 }
 
 /// Settings of the live fan-out (websockets).
@@ -189,6 +215,7 @@ impl Default for Config {
             archive: ArchiveConfig::default(),
             forecast: ForecastConfig::default(),
             live: LiveConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -329,6 +356,8 @@ mod tests {
             c.projections.features_lateness_secs,
             ProjectionsConfig::default().features_lateness_secs
         );
+        assert_eq!(c.limits.max_future_secs, DEFAULT_MAX_FUTURE_SECS);
+        assert!(c.auth.reads_open && !c.auth.allow_open && c.auth.tokens_file.is_none());
     }
 
     #[test]

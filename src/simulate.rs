@@ -146,6 +146,9 @@ pub struct Settings {
     /// Local time of the campus, for the daily curve.
     pub timezone: chrono_tz::Tz,
     pub seed: u64,
+    /// Bearer token for a server with access control (admin: the simulator registers
+    /// its lots).
+    pub token: Option<String>,
     /// Print a progress line every this often.
     pub report_every: Duration,
 }
@@ -340,9 +343,11 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
 
 /// Run until the duration is over or `stop` is set; returns the totals.
 pub async fn run(s: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish();
+    let mut client = awc::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(t) = &s.token {
+        client = client.bearer_auth(t);
+    }
+    let client = client.finish();
     let url = s.url.trim_end_matches('/').to_owned();
     register(&client, &url, &s.lots).await?;
     // Start each lot from what the server holds now.

@@ -235,3 +235,77 @@ async fn the_dashboard_shows_every_lot_and_follows_a_posted_event_within_a_secon
     d.call("DELETE", "", Value::Null).await;
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn with_closed_reads_the_dashboard_works_from_a_read_token_in_its_address() {
+    let dir = common::data_dir();
+    let hash = |t: &str| parkade::api::auth::hash_token(t);
+    let (admin, read) = (
+        "pk_admin_for_the_dashboard_test",
+        "pk_read_for_the_dashboard_test",
+    );
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[token]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n[[token]]\nname = \"screen\"\nrole = \"read\"\nsha256 = \"{}\"\n",
+            hash(admin),
+            hash(read)
+        ),
+    )
+    .unwrap();
+    let mut config = test_config(dir.path(), None);
+    config.auth.tokens_file = Some(tokens);
+    config.auth.reads_open = false;
+    let app = TestApp::spawn(config, Hooks::default()).await;
+    let (status, r) = common::request(
+        awc::Client::new()
+            .post(app.url("/v1/lots"))
+            .insert_header(("authorization", format!("Bearer {admin}"))),
+        Some("application/json"),
+        Some(json!({"lot_id": "north", "name": "North Lot", "capacity": 10}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+
+    let d = Driver::start().await;
+    // Without a token the page says what it needs.
+    d.call("POST", "/url", json!({"url": format!("{}/", app.base)}))
+        .await;
+    common::eventually(
+        Duration::from_secs(10),
+        "the page to ask for a token",
+        || async {
+            let status = d
+                .js("return document.querySelector('#status').textContent")
+                .await;
+            if status.as_str().is_some_and(|s| s.contains("read token")) {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
+    // With the token in the fragment (never sent to the server) it shows the lot live.
+    d.call(
+        "POST",
+        "/url",
+        json!({"url": format!("{}/#access_token={read}", app.base)}),
+    )
+    .await;
+    common::eventually(Duration::from_secs(10), "the lot's card, live", || async {
+        let shown = d
+            .js("return [document.querySelectorAll('.card').length, document.querySelector('#status').textContent, location.hash]")
+            .await;
+        if shown[0] == 1 && shown[1] == "live" && shown[2] == "" {
+            Ok(())
+        } else {
+            Err(shown.to_string())
+        }
+    })
+    .await;
+    // Close the session (and its websocket), so the graceful stop does not wait for it.
+    d.call("DELETE", "", Value::Null).await;
+    app.stop().await;
+}

@@ -48,6 +48,16 @@ enum Done {
     Unknown(LotId),
     Decided(Outcome),
     Failed,
+    /// The caller's token may not move this lot.
+    Forbidden(LotId),
+}
+
+fn forbidden(caller: &super::auth::Caller, lot: &LotId) -> String {
+    format!(
+        "token {:?} may not post events for lot {:?}",
+        &*caller.name,
+        lot.as_str()
+    )
 }
 
 pub(super) async fn post_events(
@@ -70,8 +80,16 @@ pub(super) async fn post_events(
                 "{count} events in one request; the limit is {limit}"
             )),
         })?;
+    let caller = super::auth::caller(&req);
+    let forbids = |lot: &LotId| caller.as_ref().is_some_and(|c| !c.may_move(lot));
     if shape == Shape::One {
-        return one(&st, parsed.pop().expect("one event")).await;
+        let event = parsed.pop().expect("one event");
+        if let (Ok(s), Some(c)) = (&event, &caller) {
+            if !c.may_move(&s.lot_id) {
+                return Err(ApiError::Forbidden(forbidden(c, &s.lot_id)));
+            }
+        }
+        return one(&st, event).await;
     }
     let n = parsed.len();
     let mut done: Vec<Option<Done>> = (0..n).map(|_| None).collect();
@@ -79,6 +97,7 @@ pub(super) async fn post_events(
     for (i, p) in parsed.into_iter().enumerate() {
         match p {
             Err(e) => done[i] = Some(Done::Invalid(e)),
+            Ok(s) if forbids(&s.lot_id) => done[i] = Some(Done::Forbidden(s.lot_id)),
             Ok(s) => match groups.get_mut(&s.lot_id) {
                 Some((_, idx, reqs)) => {
                     idx.push(i);
@@ -117,6 +136,7 @@ pub(super) async fn post_events(
     Ok(batch(
         done.into_iter()
             .map(|d| d.expect("every event has a result")),
+        caller.as_ref(),
     ))
 }
 
@@ -147,7 +167,7 @@ async fn one(
     }
 }
 
-fn batch(done: impl Iterator<Item = Done>) -> HttpResponse {
+fn batch(done: impl Iterator<Item = Done>, caller: Option<&super::auth::Caller>) -> HttpResponse {
     let mut reply = BatchReply::default();
     for d in done {
         let item = match d {
@@ -167,6 +187,11 @@ fn batch(done: impl Iterator<Item = Done>) -> HttpResponse {
                 code: r.code(),
                 message: r.to_string(),
                 field: r.field().map(str::to_owned),
+            },
+            Done::Forbidden(lot) => Item::Rejected {
+                code: "forbidden",
+                message: caller.map_or_else(String::new, |c| forbidden(c, &lot)),
+                field: Some("lot_id".into()),
             },
             Done::Failed => Item::Error {
                 code: "unavailable",

@@ -214,6 +214,15 @@ pub(super) async fn count(
 ) -> Result<HttpResponse, ApiError> {
     let f = Fields::read(&req, payload, &["count", "event_id", "timestamp"]).await?;
     let h = handle(&st, &path)?;
+    if let Some(c) = super::auth::caller(&req) {
+        if !c.may_move(h.id()) {
+            return Err(ApiError::Forbidden(format!(
+                "token {:?} may not post counts for lot {:?}",
+                &*c.name,
+                h.id().as_str()
+            )));
+        }
+    }
     let count = f.req_int("count")?;
     let count = u32::try_from(count).map_err(|_| {
         ApiError::bad(

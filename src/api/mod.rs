@@ -12,9 +12,11 @@
 //! | `GET /healthz`, `GET /readyz` | `admin` |
 //!
 //! Every reply that shows lot state carries the log offset it reflects, and is sent only
-//! once that offset is durable.
+//! once that offset is durable. With tokens configured, [`auth`] checks every request
+//! against the role its route needs before a handler sees it.
 
 mod admin;
+pub mod auth;
 mod dashboard;
 mod error;
 mod events;

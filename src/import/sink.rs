@@ -173,11 +173,15 @@ pub struct HttpSink {
 const HTTP_BATCH: usize = 5_000;
 
 impl HttpSink {
-    pub fn new(base: &str) -> HttpSink {
+    /// A sink sending to the server at `base`, with `token` (an admin token: the import
+    /// registers lots and asks which events the log holds) when the server wants one.
+    pub fn new(base: &str, token: Option<&str>) -> HttpSink {
+        let mut client = awc::Client::builder().timeout(std::time::Duration::from_secs(120));
+        if let Some(t) = token {
+            client = client.bearer_auth(t);
+        }
         HttpSink {
-            client: awc::Client::builder()
-                .timeout(std::time::Duration::from_secs(120))
-                .finish(),
+            client: client.finish(),
             base: base.trim_end_matches('/').to_owned(),
             known: FxHashSet::default(),
         }

@@ -6,6 +6,21 @@ const $ = (sel, root = document) => root.querySelector(sel);
 let lastOffset = null;
 let historyServed = null; // from the snapshot: PostgreSQL behind /history and /timespan
 
+// Where reads need a token, open the page as /#access_token=TOKEN: the fragment never
+// reaches the server or its logs; the token is kept for this tab only.
+const token = (() => {
+  const m = location.hash.match(/access_token=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem("parkade-token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("parkade-token");
+})();
+// A token given to an open page (only the fragment changed): start again with it.
+window.addEventListener("hashchange", () => {
+  if (/access_token=/.test(location.hash)) location.reload();
+});
+
 function el(tag, attrs = {}, text) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
@@ -93,7 +108,7 @@ function onChange(m) {
 // Charts -------------------------------------------------------------------------
 
 async function getJSON(url) {
-  const r = await fetch(url);
+  const r = await fetch(url, token ? { headers: { Authorization: `Bearer ${token}` } } : {});
   const body = await r.json().catch(() => ({}));
   return { ok: r.ok, status: r.status, body };
 }
@@ -200,8 +215,11 @@ async function showHistory(id) {
 
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
-  const resume = lastOffset === null ? "" : `?from_offset=${lastOffset}`;
-  const ws = new WebSocket(`${proto}://${location.host}/v1/ws${resume}`);
+  const params = new URLSearchParams();
+  if (lastOffset !== null) params.set("from_offset", lastOffset);
+  if (token) params.set("access_token", token); // a websocket cannot carry a header
+  const query = params.toString() ? `?${params}` : "";
+  const ws = new WebSocket(`${proto}://${location.host}/v1/ws${query}`);
   let opened = false;
   ws.onopen = () => { opened = true; $("#dot").classList.add("live"); $("#status").textContent = "live"; };
   ws.onmessage = ev => {
@@ -217,7 +235,15 @@ function connect() {
   };
   ws.onclose = () => {
     // Refused at once (say, the offset is gone after a reset): start from a snapshot.
-    if (!opened) lastOffset = null;
+    if (!opened) {
+      lastOffset = null;
+      // Reads may need a token: say how to give one.
+      getJSON("/v1/lots").then(r => {
+        if (r.status === 401 || r.status === 403) {
+          $("#status").textContent = "this dashboard needs a read token: open /#access_token=TOKEN";
+        }
+      });
+    }
     $("#dot").classList.remove("live");
     $("#status").textContent = "reconnecting…";
     setTimeout(connect, 1000);

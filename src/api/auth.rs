@@ -1,0 +1,437 @@
+//! Access control: bearer tokens with roles.
+//!
+//! | role | may |
+//! |---|---|
+//! | `read` | read lots, history, forecasts, the websocket and the dashboard |
+//! | `ingest` | what `read` may, and post events and counts (`POST /v1/events`, `POST /v1/lots/{id}/count`), optionally only for a list of lots |
+//! | `admin` | everything: register lots, change capacity, replay, known-events, the admin views |
+//!
+//! Tokens are kept as SHA-256 hashes (a token is 32 random bytes, so a fast hash is
+//! enough), in a TOML file (`[auth] tokens_file`) or the `PARKADE_TOKENS` variable:
+//!
+//! ```toml
+//! [[token]]
+//! name = "gate-north"          # shown in audit lines, never the token
+//! role = "ingest"
+//! lots = ["north-1"]           # optional: the only lots this token may move
+//! sha256 = "9f86d0…"           # `parkade token new` prints it
+//! ```
+//!
+//! A presented token is hashed and compared with every known hash in constant time. The
+//! file is read again when it changes (checked every 2 seconds), so tokens are added and
+//! revoked without a restart. With no tokens configured, parkade is open, and `serve`
+//! refuses a non-loopback address unless `[auth] allow_open = true`.
+//!
+//! Browsers cannot put a header on a websocket, so `GET /v1/ws` and the dashboard's
+//! requests also take the token as `?access_token=`; request logs never show query
+//! strings.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::WWW_AUTHENTICATE;
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, HttpResponse};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::domain::LotId;
+
+/// What a token may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Ingest,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Ingest => "ingest",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The caller a request was authenticated as (in the request's extensions).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: Arc<str>,
+    pub role: Role,
+    /// `Some`: the only lots this caller may post events and counts for.
+    pub lots: Option<Arc<HashSet<LotId>>>,
+}
+
+impl Caller {
+    /// Whether this caller may move `lot` (post events or counts for it).
+    pub fn may_move(&self, lot: &LotId) -> bool {
+        self.lots.as_ref().is_none_or(|l| l.contains(lot))
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: String,
+    role: Role,
+    #[serde(default)]
+    lots: Option<Vec<String>>,
+    sha256: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    #[serde(default)]
+    token: Vec<TokenEntry>,
+}
+
+struct Known {
+    hash: [u8; 32],
+    caller: Caller,
+}
+
+/// Why a tokens file or variable was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Parse(String, String),
+}
+
+fn parse_tokens(text: &str, origin: &str) -> Result<Vec<Known>, TokensError> {
+    let file: TokenFile =
+        toml::from_str(text).map_err(|e| TokensError::Parse(origin.into(), e.to_string()))?;
+    let mut names = HashSet::new();
+    file.token
+        .into_iter()
+        .map(|t| {
+            let bad =
+                |m: String| TokensError::Parse(origin.into(), format!("token {:?}: {m}", t.name));
+            if t.name.trim().is_empty() || !names.insert(t.name.clone()) {
+                return Err(bad("every token needs its own non-empty name".into()));
+            }
+            let bytes = hex::decode(t.sha256.trim())
+                .map_err(|e| bad(format!("sha256 is not hex ({e})")))?;
+            let hash: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| bad("sha256 must be 64 hex digits".into()))?;
+            let lots = t
+                .lots
+                .map(|ls| {
+                    ls.iter()
+                        .map(|l| LotId::parse(l).map_err(|e| bad(format!("lots: {l:?}: {e}"))))
+                        .collect::<Result<HashSet<_>, _>>()
+                })
+                .transpose()?
+                .map(Arc::new);
+            Ok(Known {
+                hash,
+                caller: Caller {
+                    name: t.name.into(),
+                    role: t.role,
+                    lots,
+                },
+            })
+        })
+        .collect()
+}
+
+/// Where tokens come from.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// No tokens: everything is open.
+    None,
+    File(PathBuf),
+    /// The text of a tokens file, from `PARKADE_TOKENS`.
+    Inline(String),
+}
+
+/// The known tokens and the rules for unauthenticated reads. Cheap to clone.
+#[derive(Clone)]
+pub struct Auth {
+    known: Arc<RwLock<Arc<Vec<Known>>>>,
+    source: TokenSource,
+    /// Reads without a token are allowed.
+    pub reads_open: bool,
+}
+
+/// The SHA-256 of a token, as the tokens file keeps it.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A new random token (32 bytes from the OS, hex) and its hash.
+pub fn new_token() -> Result<(String, String), getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    let token = format!("pk_{}", hex::encode(bytes));
+    let hash = hash_token(&token);
+    Ok((token, hash))
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl Auth {
+    /// Load the tokens from `source`; an unreadable or invalid source is an error (the
+    /// service does not start open by mistake).
+    pub fn load(source: TokenSource, reads_open: bool) -> Result<Auth, TokensError> {
+        let known = match &source {
+            TokenSource::None => Vec::new(),
+            TokenSource::File(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| TokensError::Read(p.clone(), e))?;
+                parse_tokens(&text, &p.display().to_string())?
+            }
+            TokenSource::Inline(text) => parse_tokens(text, "PARKADE_TOKENS")?,
+        };
+        Ok(Auth {
+            known: Arc::new(RwLock::new(Arc::new(known))),
+            source,
+            reads_open,
+        })
+    }
+
+    /// No tokens at all: every route is open.
+    pub fn is_open(&self) -> bool {
+        matches!(self.source, TokenSource::None)
+    }
+
+    /// How many tokens are known now.
+    pub fn count(&self) -> usize {
+        self.known.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The caller a token belongs to. Every known hash is compared, in constant time.
+    pub fn check(&self, token: &str) -> Option<Caller> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut found = None;
+        for k in known.iter() {
+            if bool::from(k.hash.ct_eq(&hash)) {
+                found = Some(k.caller.clone());
+            }
+        }
+        found
+    }
+
+    /// Read the tokens file again whenever it changes, until `stop`. A file that
+    /// became invalid keeps the tokens that were loaded (and says so in the log).
+    pub async fn watch(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let TokenSource::File(path) = self.source.clone() else {
+            return;
+        };
+        let mut seen = modified(&path);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.changed() => return,
+            }
+            let now = modified(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let loaded = std::fs::read_to_string(&path)
+                .map_err(|e| TokensError::Read(path.clone(), e))
+                .and_then(|t| parse_tokens(&t, &path.display().to_string()));
+            match loaded {
+                Ok(known) => {
+                    let n = known.len();
+                    *self.known.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(known);
+                    tracing::info!(file = %path.display(), tokens = n, "tokens reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "tokens file not reloaded; the previous tokens stay")
+                }
+            }
+        }
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Health checks and the 404 reply.
+    Open,
+    Role(Role),
+}
+
+/// The role a request needs, by method and path (the API's routes, see `api`).
+pub fn need(method: &Method, path: &str) -> Need {
+    // The dashboard's page and assets hold no data (it reads through the API).
+    if path == "/healthz" || path == "/readyz" || path == "/" || path.starts_with("/assets/") {
+        return Need::Open;
+    }
+    let v1 = path.strip_prefix("/v1");
+    match (method.clone(), v1) {
+        (Method::POST, Some("/events")) => Need::Role(Role::Ingest),
+        (Method::POST, Some(p)) if p.starts_with("/lots/") && p.ends_with("/count") => {
+            Need::Role(Role::Ingest)
+        }
+        (_, Some(p)) if p.starts_with("/admin/") => Need::Role(Role::Admin),
+        (Method::GET | Method::HEAD, _) => Need::Role(Role::Read),
+        // Every other write: registration, capacity changes.
+        _ => Need::Role(Role::Admin),
+    }
+}
+
+/// The token a request presents: `Authorization: Bearer …`, or `?access_token=…`.
+pub fn presented(req: &ServiceRequest) -> Option<String> {
+    if let Some(h) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
+        let v = h.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    req.query_string().split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "access_token").then(|| v.to_owned())
+    })
+}
+
+fn deny(
+    req: ServiceRequest,
+    status: StatusCode,
+    code: &str,
+    message: String,
+) -> ServiceResponse<BoxBody> {
+    let mut reply = HttpResponse::build(status);
+    if status == StatusCode::UNAUTHORIZED {
+        reply.insert_header((WWW_AUTHENTICATE, "Bearer"));
+    }
+    req.into_response(reply.json(serde_json::json!({"error": code, "message": message})))
+}
+
+/// The middleware: 401 without a known token where one is needed, 403 when the token's
+/// role is below the route's; the caller goes into the request's extensions; writes of
+/// the admin role are logged with the token's name (target `parkade::audit`).
+pub async fn authorize(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let auth = req
+        .app_data::<web::Data<Auth>>()
+        .cloned()
+        .expect("Auth is registered as app data");
+    let Need::Role(role) = need(req.method(), req.path()) else {
+        return Ok(next.call(req).await?.map_into_left_body());
+    };
+    let token = presented(&req);
+    let caller = token.as_deref().and_then(|t| auth.check(t));
+    let caller = match caller {
+        None if role == Role::Read && auth.reads_open => {
+            return Ok(next.call(req).await?.map_into_left_body())
+        }
+        None => {
+            let message = match token {
+                Some(_) => "the token is not known (revoked, or mistyped)".to_owned(),
+                None => format!(
+                    "this route needs a bearer token with role {} or higher (Authorization: Bearer …)",
+                    role.as_str()
+                ),
+            };
+            let r = deny(req, StatusCode::UNAUTHORIZED, "unauthorized", message);
+            return Ok(r.map_into_right_body());
+        }
+        Some(c) if c.role < role => {
+            let message = format!(
+                "token {:?} has role {}; this route needs {}",
+                &*c.name,
+                c.role.as_str(),
+                role.as_str()
+            );
+            let r = deny(req, StatusCode::FORBIDDEN, "forbidden", message);
+            return Ok(r.map_into_right_body());
+        }
+        Some(c) => c,
+    };
+    let audit = (role == Role::Admin && req.method() != Method::GET).then(|| {
+        (
+            caller.name.clone(),
+            req.method().clone(),
+            req.path().to_owned(),
+        )
+    });
+    req.extensions_mut().insert(caller);
+    let res = next.call(req).await?;
+    if let Some((name, method, path)) = audit {
+        tracing::info!(
+            target: "parkade::audit",
+            token = %name, %method, %path, status = res.status().as_u16(),
+            "admin action"
+        );
+    }
+    Ok(res.map_into_left_body())
+}
+
+/// The caller of a request, when it was authenticated.
+pub fn caller(req: &actix_web::HttpRequest) -> Option<Caller> {
+    req.extensions().get::<Caller>().cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_need_the_roles_of_the_table() {
+        let r = |m: Method, p: &str| need(&m, p);
+        assert_eq!(r(Method::GET, "/healthz"), Need::Open);
+        assert_eq!(r(Method::POST, "/v1/events"), Need::Role(Role::Ingest));
+        assert_eq!(
+            r(Method::POST, "/v1/lots/a/count"),
+            Need::Role(Role::Ingest)
+        );
+        assert_eq!(r(Method::POST, "/v1/lots"), Need::Role(Role::Admin));
+        assert_eq!(r(Method::PATCH, "/v1/lots/a"), Need::Role(Role::Admin));
+        assert_eq!(r(Method::POST, "/v1/admin/replay"), Need::Role(Role::Admin));
+        assert_eq!(
+            r(Method::GET, "/v1/admin/projections"),
+            Need::Role(Role::Admin)
+        );
+        assert_eq!(r(Method::GET, "/v1/lots"), Need::Role(Role::Read));
+        assert_eq!(r(Method::GET, "/v1/ws"), Need::Role(Role::Read));
+        assert_eq!(r(Method::GET, "/"), Need::Open);
+        assert_eq!(r(Method::GET, "/v1/lots/a/history"), Need::Role(Role::Read));
+        assert_eq!(r(Method::DELETE, "/v1/lots/a"), Need::Role(Role::Admin));
+    }
+
+    #[test]
+    fn tokens_are_found_by_hash_and_bad_files_are_refused() {
+        let (token, hash) = new_token().unwrap();
+        assert!(token.starts_with("pk_") && token.len() == 67);
+        let text = format!(
+            "[[token]]\nname = \"gate\"\nrole = \"ingest\"\nlots = [\"North 1\"]\nsha256 = \"{hash}\"\n"
+        );
+        let auth = Auth::load(TokenSource::Inline(text), true).unwrap();
+        let c = auth.check(&token).unwrap();
+        assert_eq!((&*c.name, c.role), ("gate", Role::Ingest));
+        assert!(c.may_move(&LotId::parse("north-1").unwrap()));
+        assert!(!c.may_move(&LotId::parse("south").unwrap()));
+        assert!(auth.check("pk_wrong").is_none());
+        for bad in [
+            "[[token]]\nname = \"a\"\nrole = \"root\"\nsha256 = \"00\"\n",
+            "[[token]]\nname = \"a\"\nrole = \"read\"\nsha256 = \"zz\"\n",
+            "[[token]]\nname = \"a\"\nrole = \"read\"\nsha256 = \"00\"\n",
+            "[[token]]\nname = \"\"\nrole = \"read\"\nsha256 = \"00\"\n",
+        ] {
+            assert!(
+                Auth::load(TokenSource::Inline(bad.into()), true).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -140,6 +140,13 @@ impl Application {
             replay: Arc::new(tokio::sync::Mutex::new(())),
         });
         let auth_data = web::Data::new(auth.clone());
+        let hosts = api::auth::Hosts::new(&config.auth.allowed_hosts, config.bind);
+        if hosts.0.is_none() {
+            tracing::warn!(
+                "the Host header is not checked: set [auth] allowed_hosts to the names clients use"
+            );
+        }
+        let hosts = web::Data::new(hosts);
         let closed = !auth.is_open();
         actix_web::rt::spawn(auth.watch(shutdown.subscribe()));
         let listener =
@@ -152,11 +159,14 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(auth_data.clone())
+                .app_data(hosts.clone())
                 // Without tokens there is nothing to check: no middleware in the way.
                 .wrap(actix_web::middleware::Condition::new(
                     closed,
                     actix_web::middleware::from_fn(api::auth::authorize),
                 ))
+                // Outermost: an unknown Host is refused before anything else.
+                .wrap(actix_web::middleware::from_fn(api::auth::check_host))
                 // The path, never the query string: it may hold an access token.
                 .wrap(actix_web::middleware::Condition::new(
                     log_requests,

@@ -46,6 +46,11 @@ pub struct AuthConfig {
     /// Serve with no tokens on an address other than loopback: every write open to
     /// whoever reaches the port. Default false (`serve` refuses to start so).
     pub allow_open: bool,
+    /// Names (and addresses) clients may use in the `Host` header; others get 421, so a
+    /// web page cannot reach the service through DNS rebinding. Default: `localhost`,
+    /// `127.0.0.1` and `[::1]` when listening on loopback; on another address, the
+    /// `Host` header is not checked until names are given here.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -54,6 +59,7 @@ impl Default for AuthConfig {
             tokens_file: None,
             reads_open: true,
             allow_open: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -325,18 +331,34 @@ impl Config {
     }
 }
 
-/// Replace the password of a URL like `postgres://user:secret@host/db`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+/// Query parameters of a connection string that hold secrets (libpq's names).
+const SECRET_PARAMS: [&str; 4] = ["password", "sslpassword", "sslkey", "passfile"];
+
+/// A connection string fit for a log: the password of its user info and the values of
+/// secret query parameters (`?password=`) replaced by `***`, read with a URL parser (so
+/// a password holding `@` or `:` is found whole). What cannot be parsed is not shown.
+pub fn redact_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "(unparsable URL, not shown)".into();
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    if url.password().is_some() {
+        // Only fails for URLs that cannot have user info, which this one has.
+        let _ = url.set_password(Some("***"));
     }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
+                (
+                    k.into_owned(),
+                    if secret { "***".into() } else { v.into_owned() },
+                )
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 #[cfg(test)]
@@ -367,6 +389,14 @@ mod tests {
             "postgres://u:***@h:5432/db"
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        // A password holding '@' or ':' is found whole.
+        let r = redact_url("postgres://u:p@ss:w0rd@h:5432/db");
+        assert!(!r.contains("ss") && !r.contains("w0rd"), "{r}");
+        // Secrets given as query parameters, in any case.
+        let r = redact_url("postgres://u@h/db?sslmode=require&password=hunter2&PassWord=x");
+        assert!(!r.contains("hunter2") && !r.contains("=x"), "{r}");
+        assert!(r.contains("sslmode=require"), "{r}");
+        assert!(!redact_url("not a url with secret").contains("secret"));
     }
 
     #[test]

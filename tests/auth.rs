@@ -438,3 +438,55 @@ async fn import_and_replay_through_the_server_carry_a_token() {
     assert!(out.status.success(), "{out:?}");
     app.stop().await;
 }
+
+/// `curl` from a blocking thread: the status and the response headers.
+async fn curl(args: Vec<String>) -> (String, String) {
+    actix_web::rt::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .args(["-s", "-D", "-", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let status = text[text.len().saturating_sub(3)..].to_owned();
+        (status, text.to_ascii_lowercase())
+    })
+    .await
+    .unwrap()
+}
+
+#[actix_web::test]
+async fn a_page_on_another_name_gets_nothing_and_the_dashboard_cannot_be_framed() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    // DNS rebinding: a page at evil.example whose name now points here.
+    for path in ["/v1/lots", "/", "/v1/admin/projections"] {
+        let (status, _) = curl(vec![
+            "-H".into(),
+            format!("Host: evil.example:{port}"),
+            app.url(path),
+        ])
+        .await;
+        assert_eq!(status, "421", "{path}");
+    }
+    let (status, _) = curl(vec![
+        "-H".into(),
+        format!("Host: localhost:{port}"),
+        app.url("/v1/lots"),
+    ])
+    .await;
+    assert_eq!(status, "200");
+    let (status, headers) = curl(vec![app.url("/")]).await;
+    assert_eq!(status, "200");
+    for h in [
+        "content-security-policy: default-src 'none'",
+        "frame-ancestors 'none'",
+        "x-frame-options: deny",
+        "referrer-policy: no-referrer",
+        "x-content-type-options: nosniff",
+    ] {
+        assert!(headers.contains(h), "{h} missing in:\n{headers}");
+    }
+    app.stop().await;
+}

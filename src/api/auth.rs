@@ -377,6 +377,82 @@ pub async fn authorize(
     Ok(res.map_into_left_body())
 }
 
+/// The names a client may use in `Host`; `None`: not checked.
+#[derive(Debug, Clone)]
+pub struct Hosts(pub Option<Arc<Vec<String>>>);
+
+impl Hosts {
+    /// The configured names; with none, the loopback names when `bind` is loopback.
+    pub fn new(configured: &[String], bind: std::net::SocketAddr) -> Hosts {
+        let names: Vec<String> = if configured.is_empty() {
+            if !bind.ip().is_loopback() {
+                return Hosts(None);
+            }
+            ["localhost", "127.0.0.1", "[::1]"]
+                .map(str::to_owned)
+                .to_vec()
+        } else {
+            configured
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect()
+        };
+        Hosts(Some(Arc::new(names)))
+    }
+
+    /// Whether a `Host` header value names this server (its port is not compared).
+    pub fn allows(&self, host: &str) -> bool {
+        let Some(names) = &self.0 else { return true };
+        let host = host.trim();
+        let name = match host.strip_prefix('[') {
+            // [v6]:port
+            Some(rest) => match rest.split_once(']') {
+                Some((v6, _)) => format!("[{v6}]"),
+                None => return false,
+            },
+            None => match host.rsplit_once(':') {
+                Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n.to_owned(),
+                _ => host.to_owned(),
+            },
+        };
+        names.iter().any(|n| n.eq_ignore_ascii_case(&name))
+    }
+}
+
+/// Refuse a request whose `Host` is not one of the server's names (421), before
+/// anything else looks at it: a page that rebinds its own name to this address gets
+/// nothing. A request without `Host` (HTTP/1.0, no browser) passes.
+pub async fn check_host(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let refused = match (
+        req.app_data::<web::Data<Hosts>>(),
+        req.headers().get(actix_web::http::header::HOST),
+    ) {
+        (Some(hosts), Some(h)) => match h.to_str() {
+            Ok(h) if hosts.allows(h) => None,
+            Ok(h) => Some(h.to_owned()),
+            Err(_) => Some("(not text)".to_owned()),
+        },
+        _ => None,
+    };
+    match refused {
+        None => Ok(next.call(req).await?.map_into_left_body()),
+        Some(host) => {
+            let message =
+                format!("Host {host:?} is not one of this server's names ([auth] allowed_hosts)");
+            let r = deny(
+                req,
+                StatusCode::MISDIRECTED_REQUEST,
+                "unknown_host",
+                message,
+            );
+            Ok(r.map_into_right_body())
+        }
+    }
+}
+
 /// The caller of a request, when it was authenticated.
 pub fn caller(req: &actix_web::HttpRequest) -> Option<Caller> {
     req.extensions().get::<Caller>().cloned()
@@ -407,6 +483,26 @@ mod tests {
         assert_eq!(r(Method::GET, "/"), Need::Open);
         assert_eq!(r(Method::GET, "/v1/lots/a/history"), Need::Role(Role::Read));
         assert_eq!(r(Method::DELETE, "/v1/lots/a"), Need::Role(Role::Admin));
+    }
+
+    #[test]
+    fn hosts_are_checked_by_name_without_the_port() {
+        let local = Hosts::new(&[], "127.0.0.1:8080".parse().unwrap());
+        for ok in ["localhost:8080", "127.0.0.1", "LOCALHOST", "[::1]:8080"] {
+            assert!(local.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "[::2]:80",
+        ] {
+            assert!(!local.allows(bad), "{bad}");
+        }
+        let any = Hosts::new(&[], "0.0.0.0:8080".parse().unwrap());
+        assert!(any.allows("evil.example"));
+        let named = Hosts::new(&["Parking.sfu.ca".into()], "0.0.0.0:80".parse().unwrap());
+        assert!(named.allows("parking.sfu.ca:443") && !named.allows("localhost"));
     }
 
     #[test]

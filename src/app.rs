@@ -67,6 +67,7 @@ impl Application {
                 dedupe_window: config.lots.dedupe_window,
                 threads: config.lots.threads,
                 max_future_micros: config.limits.max_future_secs.saturating_mul(1_000_000),
+                max_lots: config.limits.max_lots,
                 ..LotOptions::default()
             },
         )

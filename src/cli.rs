@@ -626,6 +626,7 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                     crate::actors::LotOptions {
                         dedupe_window: config.lots.dedupe_window,
                         max_future_micros: config.limits.max_future_secs.saturating_mul(1_000_000),
+                        max_lots: config.limits.max_lots,
                         ..Default::default()
                     },
                 )?;

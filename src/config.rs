@@ -172,6 +172,13 @@ pub struct Limits {
     /// keeps this bound and the floor of 2000-01-01T00:00:00Z
     /// ([`check_event_time`](crate::domain::check_event_time)).
     pub max_future_secs: i64,
+    /// Longest wait for a whole request body, in seconds (408 after it), so a client
+    /// trickling a body cannot hold a connection and its worker for ever. Default 30.
+    pub body_timeout_secs: u64,
+    /// Most lots the service holds; a registration beyond it is refused (409
+    /// `lot_limit`), since every lot costs an actor and a place in every snapshot.
+    /// Default 10,000.
+    pub max_lots: usize,
 }
 
 /// Settings of the lot actors.
@@ -235,6 +242,8 @@ impl Default for Limits {
             max_body_bytes: 4 << 20,
             max_batch_events: 10_000,
             max_future_secs: DEFAULT_MAX_FUTURE_SECS,
+            body_timeout_secs: 30,
+            max_lots: 10_000,
         }
     }
 }

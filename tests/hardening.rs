@@ -535,3 +535,82 @@ async fn a_replay_over_an_unreadable_log_fails_and_keeps_the_current_archive() {
     assert!(!out.status.success());
     assert!(err.contains("parkade repair-log"), "{err}");
 }
+
+#[actix_web::test]
+async fn a_trickled_body_times_out_and_others_are_served_meanwhile() {
+    let dir = common::data_dir();
+    let mut config = test_config(dir.path(), None);
+    config.limits.body_timeout_secs = 1;
+    let app = TestApp::spawn(config, Hooks::default()).await;
+    register(&app, "north", 10).await;
+    let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
+    // A client that announces 100 bytes and sends 10, then nothing.
+    let slow = actix_web::rt::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(
+            b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"lot_id\":",
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let started = std::time::Instant::now();
+        let mut reply = vec![0u8; 4096];
+        let n = s.read(&mut reply).unwrap_or(0);
+        (
+            String::from_utf8_lossy(&reply[..n]).to_string(),
+            started.elapsed(),
+        )
+    });
+    // Meanwhile another client is served.
+    let (s, r) = app
+        .post(
+            "/v1/events",
+            json!({"lot_id": "north", "event_type": "ARRIVAL"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let (reply, took) = slow.await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("request_timeout"), "{reply}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn registrations_stop_at_the_lot_limit_and_the_others_go_on() {
+    let dir = common::data_dir();
+    let mut config = test_config(dir.path(), None);
+    config.limits.max_lots = 2;
+    let app = TestApp::spawn(config, Hooks::default()).await;
+    register(&app, "a", 10).await;
+    register(&app, "b", 10).await;
+    let (s, r) = app
+        .post(
+            "/v1/lots",
+            json!({"lot_id": "c", "name": "C", "capacity": 5}),
+        )
+        .await;
+    assert_eq!(s, 409, "{r}");
+    assert_eq!(r["error"], "lot_limit", "{r}");
+    // The lots there are still served, and registering one of them again is fine.
+    let (s, r) = app
+        .post(
+            "/v1/lots",
+            json!({"lot_id": "a", "name": "Lot a", "capacity": 10}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = app
+        .post(
+            "/v1/events",
+            json!({"lot_id": "b", "event_type": "ARRIVAL"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        app.log_end().await,
+        3,
+        "nothing appended for the refused lot"
+    );
+    app.stop().await;
+}

@@ -64,6 +64,8 @@ pub enum LotError {
     Log(#[from] LogError),
     #[error("the lot actor is not running: {0}")]
     Mailbox(#[from] MailboxError),
+    #[error("the service holds {0} lots, the most it may ([limits] max_lots)")]
+    TooManyLots(usize),
 }
 
 /// Recently seen client event ids of one lot and the offsets they got.

@@ -20,6 +20,8 @@ pub struct LotOptions {
     pub mailbox: usize,
     /// Threads the lot actors are spread over.
     pub threads: usize,
+    /// Most lots; a registration beyond is refused with [`LotError::TooManyLots`].
+    pub max_lots: usize,
     /// How far ahead of the server clock an event time may be (the event time rule,
     /// [`check_event_time`](crate::domain::check_event_time)), in microseconds.
     pub max_future_micros: i64,
@@ -31,6 +33,7 @@ impl Default for LotOptions {
             dedupe_window: 50_000,
             mailbox: 256,
             threads: 1,
+            max_lots: usize::MAX,
             max_future_micros: crate::config::DEFAULT_MAX_FUTURE_SECS * 1_000_000,
         }
     }
@@ -174,6 +177,11 @@ impl Lots {
         if let Some(existing) = self.get(&id) {
             drop(guard);
             return existing.execute_one(request).await;
+        }
+        // Checked under the registration lock, so concurrent registrations cannot pass it.
+        let held = self.inner.map.read().expect("lots lock").len();
+        if held >= self.inner.opts.max_lots {
+            return Err(LotError::TooManyLots(self.inner.opts.max_lots));
         }
         let handle = self.spawn(LotCore::new(id.clone(), self.inner.opts.dedupe_window));
         let result = handle.execute_one(request).await;

@@ -34,6 +34,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The service holds as many lots as it may.
+    #[error("the service holds {0} lots, the most it may ([limits] max_lots)")]
+    LotLimit(usize),
     /// The caller's token may not do this (a lot outside its list).
     #[error("{0}")]
     Forbidden(String),
@@ -71,6 +77,8 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::ReplayRunning(_) => "replay_running",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::LotLimit(_) => "lot_limit",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -83,6 +91,9 @@ pub(crate) const NOT_DURABLE: &str =
 
 impl From<LotError> for ApiError {
     fn from(e: LotError) -> Self {
+        if let LotError::TooManyLots(limit) = e {
+            return ApiError::LotLimit(limit);
+        }
         tracing::error!(error = %e, "lot request failed");
         ApiError::Unavailable(NOT_DURABLE.into())
     }
@@ -98,6 +109,8 @@ impl ResponseError for ApiError {
             | ApiError::ReplayRunning(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::LotLimit(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -163,8 +163,26 @@ fn body_kind(req: &HttpRequest, allow_ndjson: bool) -> Result<BodyKind, ApiError
     }
 }
 
-/// Read a whole body, refusing more than `limit` bytes.
+/// Read a whole body, refusing more than `limit` bytes or a body that has not arrived
+/// within `[limits] body_timeout_secs`.
 async fn read_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
+    let secs = req
+        .app_data::<web::Data<ApiState>>()
+        .map_or(30, |st| st.limits.body_timeout_secs.max(1));
+    let within = std::time::Duration::from_secs(secs);
+    match tokio::time::timeout(within, read_body_until(req, payload, limit)).await {
+        Ok(body) => body,
+        Err(_) => Err(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {secs} s ([limits] body_timeout_secs)"
+        ))),
+    }
+}
+
+async fn read_body_until(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,

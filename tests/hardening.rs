@@ -251,6 +251,8 @@ struct SlowDisk {
     hold: Arc<(Mutex<bool>, Condvar)>,
     full: Arc<AtomicBool>,
     syncs: Arc<AtomicU64>,
+    /// Syncs begun (counted before a held sync waits).
+    entered: Arc<AtomicU64>,
 }
 
 struct SlowFile(Box<dyn WritableFile>, SlowDisk);
@@ -275,6 +277,7 @@ impl WritableFile for SlowFile {
         self.0.write_all_at(buf, pos)
     }
     fn sync_data(&mut self) -> io::Result<()> {
+        self.1.entered.fetch_add(1, Ordering::SeqCst);
         let (lock, cv) = &*self.1.hold;
         let mut held = lock.lock().unwrap();
         while *held {
@@ -329,9 +332,25 @@ async fn a_rejection_reports_only_state_that_is_durable() {
     let (_dir, app) = app_on(&disk).await;
     register(&app, "small", 1).await;
     disk.hold(true);
-    // This arrival is appended but cannot become durable yet.
+    let before = disk.entered.load(Ordering::SeqCst);
+    // This arrival is appended but cannot become durable yet: the writer is inside the
+    // sync that would make it so.
     let arrival = arrive_in_background(&app, "small");
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    common::eventually(
+        Duration::from_secs(10),
+        "the arrival's sync to begin",
+        || {
+            let n = disk.entered.load(Ordering::SeqCst);
+            async move {
+                if n > before {
+                    Ok(())
+                } else {
+                    Err(format!("{n} syncs begun"))
+                }
+            }
+        },
+    )
+    .await;
     // The lot is now full in memory: a second arrival is refused, and its 409 must not
     // show the first arrival's offset before that is on disk.
     let refused = arrive_in_background(&app, "small");
@@ -357,14 +376,7 @@ async fn a_full_disk_answers_503_acknowledges_nothing_and_leaks_nothing() {
     register(&app, "north", 100).await;
     let mut acked = Vec::new();
     for _ in 0..5 {
-        let (s, r) = app
-            .post(
-                "/v1/events",
-                json!({"lot_id": "north", "event_type": "ARRIVAL"}),
-            )
-            .await;
-        assert_eq!(s, 200, "{r}");
-        acked.push(r["offset"].as_u64().unwrap());
+        acked.push(common::arrive(&app, "north").await);
     }
     disk.full.store(true, Ordering::SeqCst);
     let (s, r) = app
@@ -482,13 +494,7 @@ async fn a_replay_over_an_unreadable_log_fails_and_keeps_the_current_archive() {
     let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
     register(&app, "north", 100).await;
     for _ in 0..20 {
-        let (s, r) = app
-            .post(
-                "/v1/events",
-                json!({"lot_id": "north", "event_type": "ARRIVAL"}),
-            )
-            .await;
-        assert_eq!(s, 200, "{r}");
+        common::arrive(&app, "north").await;
     }
     app.stop().await;
     let out = std::process::Command::new(common::binary())
@@ -562,13 +568,7 @@ async fn a_trickled_body_times_out_and_others_are_served_meanwhile() {
         )
     });
     // Meanwhile another client is served.
-    let (s, r) = app
-        .post(
-            "/v1/events",
-            json!({"lot_id": "north", "event_type": "ARRIVAL"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{r}");
+    common::arrive(&app, "north").await;
     let (reply, took) = slow.await.unwrap();
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.contains("request_timeout"), "{reply}");
@@ -600,13 +600,7 @@ async fn registrations_stop_at_the_lot_limit_and_the_others_go_on() {
         )
         .await;
     assert_eq!(s, 200, "{r}");
-    let (s, r) = app
-        .post(
-            "/v1/events",
-            json!({"lot_id": "b", "event_type": "ARRIVAL"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{r}");
+    common::arrive(&app, "b").await;
     assert_eq!(
         app.log_end().await,
         3,

@@ -9,7 +9,7 @@ use parkade::app::Hooks;
 use serde_json::{json, Value};
 
 mod common;
-use common::{test_config, TestApp};
+use common::{arrive, test_config, TestApp};
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
 
@@ -44,17 +44,6 @@ async fn next_json(ws: &mut Socket) -> Value {
 /// Say goodbye, so the server's graceful stop does not wait for the socket.
 async fn close(mut ws: Socket) {
     let _ = ws.send(awc::ws::Message::Close(None)).await;
-}
-
-async fn arrive(app: &TestApp, lot: &str) -> u64 {
-    let (status, r) = app
-        .post(
-            "/v1/events",
-            json!({"lot_id": lot, "event_type": "ARRIVAL"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{r}");
-    r["offset"].as_u64().unwrap()
 }
 
 async fn setup() -> (tempfile::TempDir, TestApp) {

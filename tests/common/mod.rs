@@ -255,6 +255,18 @@ pub async fn register(app: &TestApp, id: &str, capacity: i64) {
     assert_eq!(status, 201, "{body}");
 }
 
+/// One arrival at `lot`, expecting it accepted; its offset.
+pub async fn arrive(app: &TestApp, lot: &str) -> u64 {
+    let (status, r) = app
+        .post(
+            "/v1/events",
+            serde_json::json!({"lot_id": lot, "event_type": "ARRIVAL"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    r["offset"].as_u64().expect("an offset")
+}
+
 /// Projection `name`'s line in a `/v1/admin/projections` reply (null when absent).
 pub fn projection(status: &Value, name: &str) -> Value {
     status["projections"]

@@ -490,3 +490,16 @@ async fn a_page_on_another_name_gets_nothing_and_the_dashboard_cannot_be_framed(
     }
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn readiness_details_are_for_admins_when_tokens_are_configured() {
+    let (_dir, app, t) = app_with_tokens(true).await;
+    let (s, body) = call(&app, "GET", "/readyz", None, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(body, json!({"status": "ready"}));
+    let (_, body) = call(&app, "GET", "/readyz", Some(&t.read), None).await;
+    assert_eq!(body, json!({"status": "ready"}));
+    let (_, body) = call(&app, "GET", "/readyz", Some(&t.admin), None).await;
+    assert!(body["log_end"].is_u64(), "{body}");
+    app.stop().await;
+}

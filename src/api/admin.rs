@@ -25,8 +25,9 @@ pub(super) async fn healthz(st: web::Data<ApiState>) -> HttpResponse {
 
 /// `GET /readyz`: the log accepts writes and no projection is failing. Each reason is a
 /// stable code and message; the errors themselves are in the server's log and in
-/// `GET /v1/admin/projections`.
-pub(super) async fn readyz(st: web::Data<ApiState>) -> HttpResponse {
+/// `GET /v1/admin/projections`. With tokens configured, the reasons (and the log's end)
+/// are shown to admin tokens only; everyone else gets the status alone.
+pub(super) async fn readyz(req: actix_web::HttpRequest, st: web::Data<ApiState>) -> HttpResponse {
     let mut reasons = Vec::new();
     if let Err(e) = st.log.health() {
         tracing::error!(error = %e, "readiness check: the log refuses writes");
@@ -46,10 +47,15 @@ pub(super) async fn readyz(st: web::Data<ApiState>) -> HttpResponse {
             }));
         }
     }
-    if reasons.is_empty() {
-        HttpResponse::Ok().json(json!({"status": "ready", "log_end": st.log.durable_end()}))
-    } else {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready", "reasons": reasons}))
+    let details = super::auth::sees_details(&req);
+    match (reasons.is_empty(), details) {
+        (true, true) => {
+            HttpResponse::Ok().json(json!({"status": "ready", "log_end": st.log.durable_end()}))
+        }
+        (true, false) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        (false, true) => HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "not_ready", "reasons": reasons})),
+        (false, false) => HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready"})),
     }
 }
 

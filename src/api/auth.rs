@@ -327,6 +327,11 @@ pub async fn authorize(
         .cloned()
         .expect("Auth is registered as app data");
     let Need::Role(role) = need(req.method(), req.path()) else {
+        // Open routes need no token, but one that is given and known is noted (the
+        // health checks show their details to admins).
+        if let Some(c) = presented(&req).and_then(|t| auth.check(&t)) {
+            req.extensions_mut().insert(c);
+        }
         return Ok(next.call(req).await?.map_into_left_body());
     };
     let token = presented(&req);
@@ -451,6 +456,15 @@ pub async fn check_host(
             Ok(r.map_into_right_body())
         }
     }
+}
+
+/// Whether a request may see operators' details: the service is open (no tokens), or
+/// the request carries an admin token.
+pub fn sees_details(req: &actix_web::HttpRequest) -> bool {
+    let open = req
+        .app_data::<web::Data<Auth>>()
+        .is_none_or(|a| a.is_open());
+    open || caller(req).is_some_and(|c| c.role == Role::Admin)
 }
 
 /// The caller of a request, when it was authenticated.

@@ -52,17 +52,6 @@ fn parkade(args: &[&str], dir: &Path, config: &Path) -> Command {
     cmd
 }
 
-fn birmingham() -> std::path::PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [
-        here.join("../shared/data/birmingham/train.csv"),
-        here.join("../../shared/data/birmingham/train.csv"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .expect("../shared/data/birmingham/train.csv beside the checkout")
-}
-
 async fn current_generation(store: &S3Store) -> String {
     let raw = store
         .get("_current")
@@ -107,7 +96,7 @@ async fn killed_while_archiving_to_s3_then_restarted_every_event_is_there_once()
     let off = dir.path().join("off.toml");
     std::fs::write(&off, "[archive]\nenabled = false\n").unwrap();
     let out = parkade(
-        &["import", birmingham().to_str().unwrap()],
+        &["import", common::birmingham().to_str().unwrap()],
         dir.path(),
         &off,
     )

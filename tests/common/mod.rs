@@ -324,18 +324,9 @@ pub fn lake_offsets(lake: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
-/// The real Birmingham counts in `../shared/data` (beside the checkout).
+/// The real Birmingham counts shipped in `data/birmingham/` (see `data/README.md`).
 pub fn birmingham() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for candidate in [
-        here.join("../shared/data/birmingham/train.csv"),
-        here.join("../../shared/data/birmingham/train.csv"),
-    ] {
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!("../shared/data/birmingham/train.csv not found beside the checkout");
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/birmingham/train.csv")
 }
 
 /// Run the parkade binary on a data directory (and database); exit code and output.

@@ -58,11 +58,21 @@ impl ApiError {
         }
     }
 
-    /// A lot's rejection that is one request field's fault: 400 naming the field.
-    pub fn rejected_field(r: Rejection) -> Self {
-        ApiError::BadRequest {
-            field: r.field().map(str::to_owned),
-            message: r.to_string(),
+    /// The reply to a lot's rejection: 404 for an unknown lot, 400 naming the field
+    /// when one request field is at fault, else 409 with the lot's state when it has one.
+    pub fn rejected(r: Rejection, lot: LotView) -> Self {
+        match r {
+            Rejection::NotRegistered => ApiError::NotFound {
+                lot_id: lot.lot_id.to_string(),
+            },
+            r if r.field().is_some() => ApiError::BadRequest {
+                field: r.field().map(str::to_owned),
+                message: r.to_string(),
+            },
+            rejection => ApiError::Conflict {
+                rejection,
+                lot: lot.registered.then(|| Box::new(lot)),
+            },
         }
     }
 

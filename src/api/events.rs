@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{body_kind, read_body, Ack, ApiError, ApiState, BodyKind};
 use crate::actors::{LotHandle, Outcome, Request};
-use crate::domain::{LotId, Rejection, Timestamp};
+use crate::domain::{LotId, Timestamp};
 use crate::ingest::{self, BodyError, EdgeRules, FieldError, Shape};
 
 /// One event's result in a batch reply.
@@ -156,14 +156,7 @@ async fn one(
     match outcome {
         Outcome::Accepted { offset } => Ok(Ack::ok("accepted", offset, &lot)),
         Outcome::Duplicate { offset } => Ok(Ack::ok("duplicate", offset, &lot)),
-        Outcome::Rejected(Rejection::NotRegistered) => Err(ApiError::NotFound {
-            lot_id: lot.lot_id.to_string(),
-        }),
-        Outcome::Rejected(r @ Rejection::InvalidTime(_)) => Err(ApiError::rejected_field(r)),
-        Outcome::Rejected(rejection) => Err(ApiError::Conflict {
-            rejection,
-            lot: Some(Box::new(lot)),
-        }),
+        Outcome::Rejected(rejection) => Err(ApiError::rejected(rejection, lot)),
     }
 }
 

@@ -125,14 +125,7 @@ fn reply(outcome: Outcome, view: LotView, created: bool) -> Result<HttpResponse,
         })),
         Outcome::Accepted { offset } => Ok(Ack::ok("accepted", offset, &view)),
         Outcome::Duplicate { offset } => Ok(Ack::ok("duplicate", offset, &view)),
-        Outcome::Rejected(Rejection::NotRegistered) => Err(ApiError::NotFound {
-            lot_id: view.lot_id.to_string(),
-        }),
-        Outcome::Rejected(r @ Rejection::InvalidTime(_)) => Err(ApiError::rejected_field(r)),
-        Outcome::Rejected(rejection) => Err(ApiError::Conflict {
-            rejection,
-            lot: view.registered.then(|| Box::new(view)),
-        }),
+        Outcome::Rejected(rejection) => Err(ApiError::rejected(rejection, view)),
     }
 }
 

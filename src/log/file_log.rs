@@ -208,19 +208,23 @@ pub(super) struct Problem {
 }
 
 impl Problem {
-    /// The error that refuses to open (or repair-less read) this segment.
-    fn refuse(&self, path: &Path) -> LogError {
-        let reason = match self.followed_by {
+    /// The reason, with the valid record that follows the damage when there is one.
+    pub(super) fn describe(&self) -> String {
+        match self.followed_by {
             Some((at, offset)) => format!(
                 "{}; a valid record (offset {offset}) follows at byte {at}",
                 self.reason
             ),
             None => self.reason.clone(),
-        };
+        }
+    }
+
+    /// The error that refuses to open (or repair-less read) this segment.
+    fn refuse(&self, path: &Path) -> LogError {
         LogError::Corrupt {
             path: path.to_path_buf(),
             pos: self.pos,
-            reason,
+            reason: self.describe(),
         }
     }
 }
@@ -364,6 +368,17 @@ pub(super) fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> 
     })
 }
 
+/// The directory's writer lock (`LOCK`), held while the returned file is open.
+pub(super) fn take_lock(dir: &Path) -> Result<File, LogError> {
+    let lock_path = dir.join("LOCK");
+    let f = File::create(&lock_path).map_err(io_err(&lock_path))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&lock_path)(e)),
+    }
+}
+
 /// Segment files of a directory, sorted by base offset.
 pub(super) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
     let mut out = Vec::new();
@@ -395,13 +410,7 @@ impl FileLog {
         let lock = if read_only {
             None
         } else {
-            let lock_path = dir.join("LOCK");
-            let f = File::create(&lock_path).map_err(io_err(&lock_path))?;
-            match f.try_lock() {
-                Ok(()) => Some(f),
-                Err(std::fs::TryLockError::WouldBlock) => return Err(LogError::Locked(dir)),
-                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
-            }
+            Some(take_lock(&dir)?)
         };
         let mut recovery = Recovery::default();
         let files = if dir.exists() {

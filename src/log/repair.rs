@@ -13,7 +13,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::file_log::{list_segments, scan_segment};
+use super::file_log::{list_segments, scan_segment, take_lock};
 use super::format::{self, Frame, HEADER_LEN};
 use super::LogError;
 
@@ -132,8 +132,17 @@ fn file_len(path: &Path) -> Result<u64, LogError> {
     Ok(std::fs::metadata(path).map_err(io_err(path))?.len())
 }
 
+/// What [`plan`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The log opens as it is, with this many events (a torn tail is cut at open).
+    Readable { events: u64 },
+    /// The first damage that opening refuses, and the cut that removes it.
+    Damaged(RepairPlan),
+}
+
 /// Find the first damage that opening the log refuses, and the cut that removes it.
-pub fn plan(dir: &Path) -> Result<Option<RepairPlan>, LogError> {
+pub fn plan(dir: &Path) -> Result<Finding, LogError> {
     let files = list_segments(dir)?;
     let count = files.len();
     let mut next = 0u64;
@@ -164,7 +173,7 @@ pub fn plan(dir: &Path) -> Result<Option<RepairPlan>, LogError> {
                 format!("segment starts at offset {base}, but the log before it ends at {next}"),
                 next,
             )
-            .map(Some);
+            .map(Finding::Damaged);
         }
         let scanned = scan_segment(path, *base)?;
         let Some(header) = scanned.header else {
@@ -175,7 +184,7 @@ pub fn plan(dir: &Path) -> Result<Option<RepairPlan>, LogError> {
             let reason = scanned
                 .problem
                 .map_or_else(|| "bad header".to_owned(), |p| p.reason);
-            return cut(0, reason, next).map(Some);
+            return cut(0, reason, next).map(Finding::Damaged);
         };
         if header.base_offset != *base {
             return cut(
@@ -183,7 +192,7 @@ pub fn plan(dir: &Path) -> Result<Option<RepairPlan>, LogError> {
                 "header and file name disagree on the base offset".into(),
                 next,
             )
-            .map(Some);
+            .map(Finding::Damaged);
         }
         match log_id {
             Some(id) if id != header.log_id => {
@@ -192,25 +201,18 @@ pub fn plan(dir: &Path) -> Result<Option<RepairPlan>, LogError> {
                     "segment belongs to another log (log id differs)".into(),
                     next,
                 )
-                .map(Some)
+                .map(Finding::Damaged)
             }
             _ => log_id = Some(header.log_id),
         }
         if let Some(p) = scanned.problem {
             if !last || p.followed_by.is_some() {
-                let reason = match p.followed_by {
-                    Some((at, offset)) => format!(
-                        "{}; a valid record (offset {offset}) follows at byte {at}",
-                        p.reason
-                    ),
-                    None => p.reason,
-                };
-                return cut(p.pos, reason, scanned.end).map(Some);
+                return cut(p.pos, p.describe(), scanned.end).map(Finding::Damaged);
             }
         }
         next = scanned.end;
     }
-    Ok(None)
+    Ok(Finding::Readable { events: next })
 }
 
 /// Plan the cut and, with `apply`, make it: copy the cut file and move the later ones
@@ -222,20 +224,10 @@ pub fn repair(dir: &Path, apply: bool) -> Result<RepairOutcome, LogError> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no event log here"),
         });
     }
-    let lock_path = dir.join("LOCK");
-    let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(LogError::Locked(dir.into())),
-        Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
-    }
-    let Some(plan) = plan(dir)? else {
-        let events = list_segments(dir)?
-            .last()
-            .map(|(base, path)| scan_segment(path, *base).map(|s| s.end))
-            .transpose()?
-            .unwrap_or(0);
-        return Ok(RepairOutcome::Healthy { events });
+    let _lock = take_lock(dir)?;
+    let plan = match plan(dir)? {
+        Finding::Readable { events } => return Ok(RepairOutcome::Healthy { events }),
+        Finding::Damaged(plan) => plan,
     };
     if !apply {
         return Ok(RepairOutcome::Planned(plan));

@@ -37,13 +37,14 @@ if ! pg_up; then
 fi
 echo "test.sh: PostgreSQL is up at $PARKADE_TEST_DATABASE_URL"
 
-# An independent Parquet reader for the archive tests: pyarrow from PyPI, in a
-# virtualenv kept in the build cache when there is one.
+# Independent readers from PyPI, in a virtualenv kept in the build cache when there is
+# one: pyarrow (Parquet, for the archive tests) and the Prometheus project's own text
+# format parser (prometheus-client, for the /metrics test).
 if [ -d "$cache" ]; then venv="$cache/venv"; else venv="$PWD/target/py-venv"; fi
-if ! "$venv/bin/python" -c "import pyarrow" >/dev/null 2>&1; then
-  echo "test.sh: installing pyarrow into $venv"
+if ! "$venv/bin/python" -c "import pyarrow, prometheus_client" >/dev/null 2>&1; then
+  echo "test.sh: installing pyarrow and prometheus-client into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q pyarrow
+  "$venv/bin/pip" install -q pyarrow prometheus-client==0.26.0
 fi
 export PARKADE_TEST_PYTHON="$venv/bin/python"
 
@@ -54,6 +55,16 @@ if ! command -v chromedriver >/dev/null 2>&1 || ! [ -x /usr/bin/chromium ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
   else
     echo "test.sh: chromium and chromedriver are missing (apt-get install chromium chromium-driver); the dashboard test will fail" >&2
+  fi
+fi
+
+# systemd-analyze, to check the unit in deploy/ (Debian's systemd package).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing systemd for systemd-analyze"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+  else
+    echo "test.sh: systemd-analyze is missing (apt-get install systemd); the unit tests will fail" >&2
   fi
 fi
 

@@ -23,6 +23,8 @@ pub struct Hooks {
     pub projection_fault: FaultPoint,
     /// Write through this storage instead of the OS filesystem.
     pub storage: Option<Arc<dyn crate::log::Storage>>,
+    /// Notify this service manager socket instead of the one `NOTIFY_SOCKET` names.
+    pub notifier: Option<crate::supervisor::Notifier>,
 }
 
 /// A built, not yet running, parkade service.
@@ -43,6 +45,11 @@ impl Application {
     pub async fn build(config: Config, hooks: Hooks) -> anyhow::Result<Application> {
         // Access control first: a service that would start open by mistake does not start.
         let auth = load_auth(&config)?;
+        for o in &config.auth.cors_origins {
+            api::auth::check_origin(o).map_err(|e| anyhow::anyhow!("[auth] cors_origins: {e}"))?;
+        }
+        // Before the log opens: its writer binds its metrics when it starts.
+        let metrics_handle = crate::metrics::install();
         let mut log_opts = LogOptions {
             segment_bytes: config.log.segment_bytes,
             ..LogOptions::default()
@@ -126,6 +133,13 @@ impl Application {
             )?);
         }
 
+        fit_open_files(config.limits.max_connections)?;
+        let connections = api::limits::Connections::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_address,
+        );
+        let counting = connections.clone();
+        let cors_origins = config.auth.cors_origins.clone();
         let live_at_stop = live.clone();
         let state = web::Data::new(ApiState {
             lots: lots.clone(),
@@ -139,7 +153,18 @@ impl Application {
             live,
             forecast_interval_secs: config.forecast.interval_secs,
             replay: Arc::new(tokio::sync::Mutex::new(())),
+            live_config: config.live.clone(),
+            ws_slots: Arc::new(tokio::sync::Semaphore::new(config.live.max_subscribers)),
+            ingest_rate: api::limits::IngestRate::new(
+                config.limits.ingest_events_per_sec,
+                config.limits.max_batch_events,
+            ),
+            connections,
+            metrics: metrics_handle,
         });
+        if let Some(rate) = state.ingest_rate.clone() {
+            actix_web::rt::spawn(tidy_rates(rate, shutdown.subscribe()));
+        }
         let auth_data = web::Data::new(auth.clone());
         let hosts = api::auth::Hosts::new(&config.auth.allowed_hosts, config.bind);
         if hosts.0.is_none() {
@@ -166,8 +191,15 @@ impl Application {
                     closed,
                     actix_web::middleware::from_fn(api::auth::authorize),
                 ))
-                // Outermost: an unknown Host is refused before anything else.
+                // An unknown Host is refused before anything else...
                 .wrap(actix_web::middleware::from_fn(api::auth::check_host))
+                // ...but a connection over a cap is refused before that.
+                .wrap(actix_web::middleware::from_fn(api::limits::refuse_over_cap))
+                .wrap(actix_web::middleware::Condition::new(
+                    !cors_origins.is_empty(),
+                    api::auth::cors(&cors_origins),
+                ))
+                .wrap(actix_web::middleware::from_fn(api::observe))
                 // The path, never the query string: it may hold an access token.
                 .wrap(actix_web::middleware::Condition::new(
                     log_requests,
@@ -177,7 +209,11 @@ impl Application {
                 ))
                 .configure(api::routes)
         })
+        .on_connect(move |conn, data| counting.on_connect(conn, data))
         .workers(config.http_workers.max(1))
+        // A backstop under our own count: connections past the caps are still taken,
+        // to be told why, up to twice the cap (beyond that they wait in the backlog).
+        .max_connections((2 * config.limits.max_connections).div_ceil(config.http_workers.max(1)))
         .backlog(2048)
         // Replies and websocket frames are small and wanted now: without this, Nagle's
         // algorithm holds a frame until the client acknowledges the previous one, which
@@ -201,6 +237,14 @@ impl Application {
             handle.stop(false).await;
         });
         tracing::info!(address = %config.bind, port, "HTTP server listening");
+        if let Some(n) = hooks
+            .notifier
+            .clone()
+            .or_else(crate::supervisor::Notifier::from_env)
+        {
+            n.send("READY=1");
+            actix_web::rt::spawn(n.watch(log.clone(), shutdown.subscribe()));
+        }
         Ok(Application {
             port,
             server,
@@ -246,6 +290,46 @@ impl Application {
         tracing::info!("stopped");
         result.context("HTTP server failed")
     }
+}
+
+/// Forget idle tokens' rate state once a minute, so the limiter's memory follows the
+/// tokens in use.
+async fn tidy_rates(rate: api::limits::IngestRate, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => rate.tidy(),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Make room for `max_connections` open files beside the log's and the archive's:
+/// raise the soft open-files limit up to the hard one if needed, and refuse to start
+/// when even that is too low, rather than fail to accept at an unknown point.
+fn fit_open_files(max_connections: usize) -> anyhow::Result<()> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    // The log's segments, the archive, PostgreSQL, the runtime's own.
+    const RESERVE: u64 = 256;
+    let want = max_connections as u64 + RESERVE;
+    let mut lim = getrlimit(Resource::Nofile);
+    let soft = lim.current.unwrap_or(u64::MAX);
+    if soft >= want {
+        return Ok(());
+    }
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    if hard < want {
+        anyhow::bail!(
+            "[limits] max_connections = {max_connections} needs {want} open files, but the hard limit is {hard}: lower max_connections or raise LimitNOFILE"
+        );
+    }
+    lim.current = Some(want);
+    setrlimit(Resource::Nofile, lim).context("raising the open-files limit")?;
+    tracing::info!(
+        from = soft,
+        to = want,
+        "raised the open-files limit to fit [limits] max_connections"
+    );
+    Ok(())
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

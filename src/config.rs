@@ -51,6 +51,10 @@ pub struct AuthConfig {
     /// `127.0.0.1` and `[::1]` when listening on loopback; on another address, the
     /// `Host` header is not checked until names are given here.
     pub allowed_hosts: Vec<String>,
+    /// Web origins (`https://maps.campus.example`) whose pages may read the API (GET:
+    /// lots, history, forecasts) from a browser; writes are never allowed cross-origin.
+    /// Default: none (no CORS headers).
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -60,6 +64,7 @@ impl Default for AuthConfig {
             reads_open: true,
             allow_open: false,
             allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -71,12 +76,24 @@ pub struct LiveConfig {
     /// Changes a websocket subscriber may fall behind before it is closed (code 4008).
     /// Default 4,096.
     pub buffer_messages: usize,
+    /// Bytes a websocket connection may leave untaken (changes, snapshots, pongs) before
+    /// it is closed (code 4008). Default 8 MiB.
+    pub outbox_bytes: usize,
+    /// Most websocket subscribers at once; one more is answered 503
+    /// `too_many_subscribers`. Default 1,024.
+    pub max_subscribers: usize,
+    /// How many events back `?from_offset=` may resume from (400 above: start from a
+    /// snapshot instead). Default 1,000,000.
+    pub max_replay_events: u64,
 }
 
 impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
             buffer_messages: 4_096,
+            outbox_bytes: 8 << 20,
+            max_subscribers: 1_024,
+            max_replay_events: 1_000_000,
         }
     }
 }
@@ -134,6 +151,9 @@ pub struct ArchiveConfig {
     pub roll_secs: u64,
     /// Rows per Parquet row group. Default 131,072.
     pub row_group_rows: usize,
+    /// Most event dates (so files) one flush covers; events spread over more dates are
+    /// written in several flushes. Default 366.
+    pub max_dates_per_flush: usize,
     /// Write the lake to S3 (or an S3-compatible store) instead of the local folder.
     pub s3: Option<crate::projections::archive::S3Config>,
 }
@@ -147,6 +167,7 @@ impl Default for ArchiveConfig {
             roll_events: o.roll_events,
             roll_secs: o.roll_secs,
             row_group_rows: o.row_group_rows,
+            max_dates_per_flush: o.max_dates,
             s3: None,
         }
     }
@@ -179,6 +200,26 @@ pub struct Limits {
     /// `lot_limit`), since every lot costs an actor and a place in every snapshot.
     /// Default 10,000.
     pub max_lots: usize,
+    /// Most open connections in all; one past it is answered 503 `too_many_connections`
+    /// and closed. Default 4,096 (the service raises its open-files limit to fit, and
+    /// refuses to start when it cannot).
+    pub max_connections: usize,
+    /// Most open connections from one client address; one past it is answered 429
+    /// `too_many_connections` and closed. Default 256. Behind a reverse proxy every
+    /// client shares the proxy's address: raise it to `max_connections` there.
+    pub max_connections_per_address: usize,
+    /// Events of one `POST /v1/events` request may span at most this many seconds of
+    /// event time (413 `span_too_large` above), so one request cannot scatter events
+    /// over years of archive partitions. Default 2,678,400 (31 days).
+    pub max_request_span_secs: i64,
+    /// Most points (buckets) one history or forecast request may ask for (400 above).
+    /// Default 10,000.
+    pub max_history_points: i64,
+    /// Events per second one `ingest` token may post to `/v1/events` and `/count`
+    /// (429 with `Retry-After` above); a request may use up to a second's worth, or one
+    /// full batch, at once. Admin tokens (imports) are not limited. 0 turns it off.
+    /// Default 5,000.
+    pub ingest_events_per_sec: u32,
 }
 
 /// Settings of the lot actors.
@@ -244,6 +285,11 @@ impl Default for Limits {
             max_future_secs: DEFAULT_MAX_FUTURE_SECS,
             body_timeout_secs: 30,
             max_lots: 10_000,
+            max_connections: 4_096,
+            max_connections_per_address: 256,
+            max_request_span_secs: 31 * 86_400,
+            max_history_points: 10_000,
+            ingest_events_per_sec: 5_000,
         }
     }
 }
@@ -330,6 +376,7 @@ impl Config {
                 roll_events: self.archive.roll_events,
                 roll_secs: self.archive.roll_secs,
                 row_group_rows: self.archive.row_group_rows,
+                max_dates: self.archive.max_dates_per_flush,
             },
         )
     }

@@ -22,12 +22,14 @@
 //! | [`live`] | The live fan-out: follows the log, encodes each change once as a websocket frame and puts it in every subscriber's outbox (the connection's response body), with snapshots and catch-ups consistent with the stream; closes subscribers that fall behind. |
 //! | [`ingest`] | Edge standardisation of incoming events (JSON, NDJSON, CSV rows): lot ids, event types, timestamps, event ids, each problem named by field. |
 //! | [`import`] | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server. |
-//! | [`api`] | The actix-web HTTP API under `/v1`: access control (bearer tokens with roles), edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness, the dashboard. |
+//! | [`api`] | The actix-web HTTP API under `/v1`: access control (bearer tokens with roles), limits (connections, subscribers, the ingest rate per token), edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness, the dashboard. |
 //! | [`simulate`] | `parkade simulate`/`demo`: campus traffic (SFU Burnaby preset) or a fixed load sent to a server over HTTP, with a latency summary. |
 //! | [`config`] | Typed configuration: defaults, a TOML file, `PARKADE_*` environment variables and flags. |
 //! | [`app`] | Startup: opens the log, rebuilds the lots, starts projections and the HTTP server. |
 //! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`, `repair-log`, `train`, `backtest`, `holdout`, `simulate`, `demo`). |
 //! | [`telemetry`] | `tracing` subscriber set-up. |
+//! | [`supervisor`] | systemd's notify protocol: ready, stopping, and a watchdog pinged only while the log accepts writes. |
+//! | [`metrics`] | The Prometheus page (`GET /metrics`): counters and histograms recorded where things happen (log, live, API), gauges read from the status board at scrape time. |
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls [`cli::main`].
 
@@ -42,8 +44,10 @@ pub mod import;
 pub mod ingest;
 pub mod live;
 pub mod log;
+pub mod metrics;
 pub mod projections;
 pub mod simulate;
+pub mod supervisor;
 pub mod telemetry;
 
 pub use actors::{LotHandle, Lots};

@@ -416,6 +416,62 @@ async fn a_full_disk_answers_503_acknowledges_nothing_and_leaks_nothing() {
     app.stop().await;
 }
 
+/// Watchdog messages received within `within`.
+async fn pings(socket: &tokio::net::UnixDatagram, within: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    got
+}
+
+#[actix_web::test]
+async fn a_log_that_refuses_writes_stops_the_watchdog_so_systemd_restarts_the_service() {
+    let disk = SlowDisk::default();
+    let dir = common::data_dir();
+    let path = dir.path().join("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let hooks = Hooks {
+        storage: Some(Arc::new(disk.clone())),
+        notifier: Some(parkade::supervisor::Notifier::new(
+            path.to_str().unwrap(),
+            Some(Duration::from_millis(200)),
+        )),
+        ..Hooks::default()
+    };
+    let app = TestApp::spawn(test_config(dir.path(), None), hooks).await;
+    register(&app, "north", 100).await;
+    let healthy = pings(&socket, Duration::from_millis(600)).await;
+    assert_eq!(
+        healthy.first().map(String::as_str),
+        Some("READY=1"),
+        "{healthy:?}"
+    );
+    let watchdog = healthy.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(
+        watchdog >= 3,
+        "a ping every 100 ms while healthy: {healthy:?}"
+    );
+
+    disk.full.store(true, Ordering::SeqCst);
+    let (s, _) = app
+        .post(
+            "/v1/events",
+            json!({"lot_id": "north", "event_type": "ARRIVAL"}),
+        )
+        .await;
+    assert_eq!(s, 503);
+    pings(&socket, Duration::from_millis(150)).await; // one may have been on its way
+    let failed = pings(&socket, Duration::from_millis(600)).await;
+    assert!(
+        !failed.iter().any(|m| m == "WATCHDOG=1"),
+        "no ping once the log refuses writes: {failed:?}"
+    );
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn a_second_rebuild_of_a_projection_is_refused_not_run_beside_the_first() {
     let db = TestDb::new();

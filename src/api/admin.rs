@@ -23,6 +23,28 @@ pub(super) async fn healthz(st: web::Data<ApiState>) -> HttpResponse {
     }
 }
 
+/// `GET /metrics`: Prometheus text format 0.0.4 (see [`crate::metrics`] for the list).
+pub(super) async fn metrics(st: web::Data<ApiState>) -> HttpResponse {
+    let Some(handle) = &st.metrics else {
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "error": "metrics_unavailable",
+            "message": "another metrics recorder was installed in this process",
+        }));
+    };
+    let page = crate::metrics::render(
+        handle,
+        crate::metrics::Views {
+            board: &st.board,
+            log_end: st.log.durable_end(),
+            subscribers: st.live.subscribers(),
+            connections: st.connections.open_now(),
+        },
+    );
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(page)
+}
+
 /// `GET /readyz`: the log accepts writes and no projection is failing. Each reason is a
 /// stable code and message; the errors themselves are in the server's log and in
 /// `GET /v1/admin/projections`. With tokens configured, the reasons (and the log's end)
@@ -151,7 +173,8 @@ fn rebuild_error(e: crate::projections::ProjectionError) -> ApiError {
     }
 }
 
-/// Most ids one `known-events` request may ask about (about 40 MB of JSON).
+/// Most ids one `known-events` request may ask about (also bounded by
+/// `[limits] max_body_bytes`: about 100,000 ids fit in the default 4 MiB).
 pub const KNOWN_EVENTS_MAX: usize = 1_000_000;
 
 #[derive(serde::Deserialize)]
@@ -170,7 +193,7 @@ pub(super) async fn known_events(
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     super::body_kind(&req, false)?;
-    let body = super::read_body(&req, payload, KNOWN_EVENTS_MAX * 40 + 1024).await?;
+    let body = super::read_body(&req, payload, st.limits.max_body_bytes).await?;
     let parsed: KnownEventsBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(
             None,

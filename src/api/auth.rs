@@ -260,6 +260,42 @@ impl Auth {
     }
 }
 
+/// CORS for the read endpoints: pages of `origins` may `GET` (with a bearer token);
+/// a preflight for anything else is refused, so a browser never sends a cross-origin
+/// write. A request from another origin is served without CORS headers (the browser
+/// keeps its reply from the page).
+pub fn cors(origins: &[String]) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET", "HEAD"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::ACCEPT,
+        ])
+        .block_on_origin_mismatch(false)
+        .max_age(3600);
+    for o in origins {
+        cors = cors.allowed_origin(o);
+    }
+    cors
+}
+
+/// An origin for `[auth] cors_origins`: `scheme://host[:port]`, nothing else.
+pub fn check_origin(origin: &str) -> Result<(), String> {
+    let url = url::Url::parse(origin).map_err(|e| format!("{origin:?}: {e}"))?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.path() == "/"
+        && !origin.ends_with('/')
+        && url.query().is_none()
+        && url.username().is_empty();
+    if !plain {
+        return Err(format!(
+            "{origin:?} is not an origin (scheme://host[:port], like \"https://maps.campus.example\")"
+        ));
+    }
+    Ok(())
+}
+
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {

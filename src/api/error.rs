@@ -46,6 +46,15 @@ pub enum ApiError {
     /// A rebuild of the same projection is already running.
     #[error("{0}")]
     ReplayRunning(String),
+    /// A configured limit was crossed: its own status (413, 429, 503), a code naming
+    /// the limit and, for a rate, when to try again.
+    #[error("{message}")]
+    Limited {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -76,6 +85,16 @@ impl ApiError {
         }
     }
 
+    /// A crossed limit with no retry time.
+    pub fn limited(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Limited {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { .. } => "invalid_request",
@@ -89,6 +108,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::LotLimit(_) => "lot_limit",
+            ApiError::Limited { code, .. } => code,
             ApiError::Internal(_) => "internal",
         }
     }
@@ -123,6 +143,7 @@ impl ResponseError for ApiError {
             ApiError::LotLimit(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Limited { status, .. } => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -147,6 +168,15 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        HttpResponse::build(self.status_code()).json(body)
+        let mut reply = HttpResponse::build(self.status_code());
+        if let ApiError::Limited {
+            retry_after_secs: Some(secs),
+            ..
+        } = self
+        {
+            body["retry_after_secs"] = json!(secs);
+            reply.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        reply.json(body)
     }
 }

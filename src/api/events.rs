@@ -80,6 +80,8 @@ pub(super) async fn post_events(
                 "{count} events in one request; the limit is {limit}"
             )),
         })?;
+    check_span(&parsed, st.limits.max_request_span_secs)?;
+    st.spend_ingest(&req, parsed.len())?;
     let caller = super::auth::caller(&req);
     let forbids = |lot: &LotId| caller.as_ref().is_some_and(|c| !c.may_move(lot));
     if shape == Shape::One {
@@ -140,19 +142,51 @@ pub(super) async fn post_events(
     ))
 }
 
+/// The events of one request may span at most `max_secs` of event time, so that one
+/// request cannot scatter events over years of archive partitions.
+fn check_span(
+    parsed: &[Result<ingest::Standardised, FieldError>],
+    max_secs: i64,
+) -> Result<(), ApiError> {
+    let mut times = parsed
+        .iter()
+        .flatten()
+        .map(|s| s.request.occurred_at.micros());
+    let Some(first) = times.next() else {
+        return Ok(());
+    };
+    let (lo, hi) = times.fold((first, first), |(lo, hi), t| (lo.min(t), hi.max(t)));
+    let span = (hi - lo) / 1_000_000;
+    if span > max_secs {
+        return Err(ApiError::limited(
+            actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "span_too_large",
+            format!("the events of this request span {span} s of event time; at most {max_secs} s may go in one request ([limits] max_request_span_secs): send them in several"),
+        ));
+    }
+    Ok(())
+}
+
 /// A one-event request answers with that event's own status.
 async fn one(
     st: &ApiState,
     parsed: Result<ingest::Standardised, FieldError>,
 ) -> Result<HttpResponse, ApiError> {
-    let s = parsed.map_err(|e| ApiError::BadRequest {
-        field: e.field,
-        message: e.message,
+    let s = parsed.map_err(|e| {
+        crate::metrics::events("rejected", "invalid_event", 1);
+        ApiError::BadRequest {
+            field: e.field,
+            message: e.message,
+        }
     })?;
-    let handle = st.lots.get(&s.lot_id).ok_or_else(|| ApiError::NotFound {
-        lot_id: s.lot_id.to_string(),
+    let handle = st.lots.get(&s.lot_id).ok_or_else(|| {
+        crate::metrics::events("rejected", "lot_not_found", 1);
+        ApiError::NotFound {
+            lot_id: s.lot_id.to_string(),
+        }
     })?;
     let (outcome, lot) = handle.execute_one(s.request).await?;
+    super::count_outcome(&outcome);
     match outcome {
         Outcome::Accepted { offset } => Ok(Ack::ok("accepted", offset, &lot)),
         Outcome::Duplicate { offset } => Ok(Ack::ok("duplicate", offset, &lot)),
@@ -162,6 +196,7 @@ async fn one(
 
 fn batch(done: impl Iterator<Item = Done>, caller: Option<&super::auth::Caller>) -> HttpResponse {
     let mut reply = BatchReply::default();
+    let mut rejected: HashMap<&'static str, u64> = HashMap::new();
     for d in done {
         let item = match d {
             Done::Invalid(e) => Item::Rejected {
@@ -191,13 +226,22 @@ fn batch(done: impl Iterator<Item = Done>, caller: Option<&super::auth::Caller>)
                 message: super::error::NOT_DURABLE.into(),
             },
         };
-        match item {
+        match &item {
             Item::Accepted { .. } => reply.accepted += 1,
             Item::Duplicate { .. } => reply.duplicates += 1,
-            Item::Rejected { .. } => reply.rejected += 1,
+            Item::Rejected { code, .. } => {
+                reply.rejected += 1;
+                *rejected.entry(*code).or_insert(0) += 1;
+            }
             Item::Error { .. } => reply.errors += 1,
         }
         reply.results.push(item);
+    }
+    crate::metrics::events("accepted", "", reply.accepted as u64);
+    crate::metrics::events("duplicate", "", reply.duplicates as u64);
+    crate::metrics::events("error", "unavailable", reply.errors as u64);
+    for (code, n) in rejected {
+        crate::metrics::events("rejected", code, n);
     }
     if reply.errors > 0 {
         HttpResponse::ServiceUnavailable().json(reply)

@@ -9,9 +9,6 @@ use super::{ApiError, ApiState};
 use crate::domain::Timestamp;
 use crate::ingest::parse_timestamp_text;
 
-/// Most points one request may return.
-pub const MAX_POINTS: i64 = 10_000;
-
 #[derive(serde::Deserialize)]
 pub(super) struct HistoryQuery {
     from: Option<String>,
@@ -71,10 +68,11 @@ pub(super) async fn history(
         }
     };
     let points = (to - from).num_seconds() / secs;
-    if points > MAX_POINTS {
+    let max = st.limits.max_history_points;
+    if points > max {
         return Err(ApiError::bad(
             Some("bucket".into()),
-            format!("{points} {bucket} buckets between from and to; at most {MAX_POINTS} per request: use a larger bucket or a shorter range"),
+            format!("{points} {bucket} buckets between from and to; at most {max} per request ([limits] max_history_points): use a larger bucket or a shorter range"),
         ));
     }
     let Some(pool) = st.db.clone() else {
@@ -217,10 +215,11 @@ pub(super) async fn timespan(
     let default_to = (Utc::now() + chrono::Duration::hours(24)).to_rfc3339();
     let to_text = q.to.clone().unwrap_or(default_to);
     let (from, to) = range(q.from.as_deref(), Some(&to_text), 48 * 3600)?;
-    if (to - from).num_seconds() / 900 > MAX_POINTS {
+    let max = st.limits.max_history_points;
+    if (to - from).num_seconds() / 900 > max {
         return Err(ApiError::bad(
             Some("from".into()),
-            format!("at most {MAX_POINTS} points of 15 minutes per request"),
+            format!("at most {max} points of 15 minutes per request ([limits] max_history_points)"),
         ));
     }
     let pool = database(&st, "the timespan view")?;

@@ -117,6 +117,7 @@ pub(super) fn handle(st: &ApiState, raw: &str) -> Result<LotHandle, ApiError> {
 
 /// Render the outcome of a single command.
 fn reply(outcome: Outcome, view: LotView, created: bool) -> Result<HttpResponse, ApiError> {
+    super::count_outcome(&outcome);
     match outcome {
         Outcome::Accepted { offset } if created => Ok(HttpResponse::Created().json(Ack {
             status: "accepted",
@@ -216,6 +217,7 @@ pub(super) async fn count(
             )));
         }
     }
+    st.spend_ingest(&req, 1)?;
     let count = f.req_int("count")?;
     let count = u32::try_from(count).map_err(|_| {
         ApiError::bad(

@@ -10,6 +10,7 @@
 //! | `POST /v1/admin/replay`, `GET /v1/admin/projections`, `POST /v1/admin/known-events` | `admin` |
 //! | `GET /v1/ws` | `ws`: live occupancy (snapshot + changes, resume from an offset) |
 //! | `GET /healthz`, `GET /readyz` | `admin` |
+//! | `GET /metrics` | `admin`: Prometheus text ([`crate::metrics`]) |
 //!
 //! Every reply that shows lot state carries the log offset it reflects, and is sent only
 //! once that offset is durable. With tokens configured, [`auth`] checks every request
@@ -21,6 +22,7 @@ mod dashboard;
 mod error;
 mod events;
 mod history;
+pub mod limits;
 mod lots;
 mod ws;
 
@@ -58,6 +60,26 @@ pub struct ApiState {
     pub features_lateness_secs: u64,
     /// Held while a rebuild runs, so two never overlap.
     pub replay: Arc<tokio::sync::Mutex<()>>,
+    /// Websocket limits (outbox bytes, subscribers, replay reach).
+    pub live_config: crate::config::LiveConfig,
+    /// One permit per websocket subscriber (`[live] max_subscribers`).
+    pub ws_slots: Arc<tokio::sync::Semaphore>,
+    /// The per-token ingest rate; `None` when off.
+    pub ingest_rate: Option<limits::IngestRate>,
+    /// Open connections (for `/metrics`).
+    pub connections: limits::Connections,
+    /// The metrics recorder's page; `None` when another recorder was installed first.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+impl ApiState {
+    /// Spend `events` of the caller's ingest allowance (429 when it is used up).
+    fn spend_ingest(&self, req: &HttpRequest, events: usize) -> Result<(), ApiError> {
+        match &self.ingest_rate {
+            Some(rate) => rate.spend(auth::caller(req).as_ref(), events),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Mount every route.
@@ -66,6 +88,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/assets/{file}", web::get().to(dashboard::asset))
         .route("/healthz", web::get().to(admin::healthz))
         .route("/readyz", web::get().to(admin::readyz))
+        .route("/metrics", web::get().to(admin::metrics))
         .service(
             web::scope("/v1")
                 .route("/events", web::post().to(events::post_events))
@@ -99,6 +122,37 @@ impl ApiError {
             "message": self.to_string(),
         }))
     }
+}
+
+/// Count one command's outcome in `parkade_events_total`.
+fn count_outcome(o: &crate::actors::Outcome) {
+    use crate::actors::Outcome;
+    match o {
+        Outcome::Accepted { .. } => crate::metrics::events("accepted", "", 1),
+        Outcome::Duplicate { .. } => crate::metrics::events("duplicate", "", 1),
+        Outcome::Rejected(r) => crate::metrics::events("rejected", r.code(), 1),
+    }
+}
+
+/// Middleware: count each request and time it to its response head, by the pattern of
+/// the route it matched (never the path itself, which would make a series per lot).
+pub async fn observe(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let res = next.call(req).await;
+    let status = match &res {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.as_response_error().status_code().as_u16(),
+    };
+    metrics::counter!("parkade_http_requests_total", "method" => method, "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("parkade_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed());
+    res
 }
 
 /// The reply to one accepted or duplicate command.

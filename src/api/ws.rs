@@ -80,15 +80,37 @@ pub(super) async fn ws(
             ),
         ));
     }
+    let reach = st.live_config.max_replay_events;
+    if let Some(n) = q.from_offset.filter(|n| end - n - 1 > reach) {
+        return Err(ApiError::bad(
+            Some("from_offset".into()),
+            format!(
+                "from_offset {n} is {} events back; at most {reach} may be replayed ([live] max_replay_events): connect without from_offset for a snapshot",
+                end - n - 1
+            ),
+        ));
+    }
+    // Held for as long as the connection lives.
+    let slot = st.ws_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::limited(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            format!(
+                "{} websocket subscribers are connected, the most this server takes ([live] max_subscribers); try again later",
+                st.live_config.max_subscribers
+            ),
+        )
+    })?;
     let mut handshake =
         actix_http::ws::handshake(req.head()).map_err(|e| ApiError::bad(None, e.to_string()))?;
-    let (out, body) = crate::live::outbox();
+    let (out, body) = crate::live::outbox(st.live_config.outbox_bytes);
     let response = handshake
         .message_body(BodyStream::new(body).boxed())
         .map_err(|e| ApiError::bad(None, e.to_string()))?;
     let st = st.into_inner();
     let from = q.from_offset;
     actix_web::rt::spawn(async move {
+        let _slot = slot;
         let joined = match from {
             None => {
                 let history = st.db.is_some();

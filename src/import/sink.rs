@@ -217,6 +217,11 @@ impl HttpSink {
     async fn run_lot(&self, lot: LotId, requests: Vec<Request>) -> Result<Vec<RowOutcome>, String> {
         let mut out = Vec::with_capacity(requests.len());
         let mut events: Vec<String> = Vec::new();
+        // Event time of the first event in `events`: a request spans at most the
+        // server's default `max_request_span_secs` (a smaller limit answers 413, and the
+        // batch is sent in halves).
+        let mut batch_from = i64::MAX;
+        let span = crate::config::Limits::default().max_request_span_secs * 1_000_000;
         for r in requests {
             let ts = r
                 .occurred_at
@@ -234,6 +239,13 @@ impl HttpSink {
                             v["count"] = count.into();
                         }
                         _ => unreachable!("matched above"),
+                    }
+                    let t = r.occurred_at.micros();
+                    if !events.is_empty() && (t - batch_from).abs() > span {
+                        out.extend(self.send_events(std::mem::take(&mut events)).await?);
+                    }
+                    if events.is_empty() {
+                        batch_from = t;
                     }
                     events.push(v.to_string());
                     if events.len() >= HTTP_BATCH {
@@ -276,6 +288,12 @@ impl HttpSink {
                 events.join("\n"),
             )
             .await?;
+        if status == 429 {
+            // A rate-limited (ingest) token: wait as told, then send the same batch.
+            let secs = reply["retry_after_secs"].as_u64().unwrap_or(1).clamp(1, 60);
+            tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+            return Box::pin(self.send_events(events)).await;
+        }
         if status == 413 && n > 1 {
             // The server's limits are smaller than our batch: send it in halves.
             let mut first = events;
@@ -352,12 +370,21 @@ impl Sink for HttpSink {
     }
 
     async fn look_up(&mut self, ids: Vec<Uuid>) -> Result<(), String> {
-        // A quarter of the server's per-request limit keeps each body near 10 MB.
-        for chunk in ids.chunks(250_000) {
+        // 50,000 ids are about 2 MB, under the server's default body limit (4 MiB); a
+        // server with a smaller limit answers 413 and is asked in smaller pieces.
+        let mut size = 50_000;
+        let mut rest = &ids[..];
+        while !rest.is_empty() {
+            let chunk = &rest[..size.min(rest.len())];
             let body = serde_json::json!({ "event_ids": chunk }).to_string();
             let (status, reply) = self
                 .call("POST", "/v1/admin/known-events", "application/json", body)
                 .await?;
+            if status == 413 && size > 1 {
+                size /= 2;
+                continue;
+            }
+            rest = &rest[chunk.len()..];
             if status != 200 {
                 return Err(format!(
                     "POST /v1/admin/known-events: the server answered {status}: {reply}"

@@ -51,6 +51,16 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     frame(CLOSE, &payload)
 }
 
+/// The status code of a close frame made by [`close`]; `None` for any other frame.
+pub fn close_code(frame: &[u8]) -> Option<u16> {
+    match frame {
+        [b0, len, hi, lo, ..] if *b0 == FIN | CLOSE && *len >= 2 && *len < 126 => {
+            Some(u16::from_be_bytes([*hi, *lo]))
+        }
+        _ => None,
+    }
+}
+
 pub fn ping(payload: &[u8]) -> Bytes {
     frame(PING, &payload[..payload.len().min(CONTROL_MAX)])
 }
@@ -84,6 +94,15 @@ mod tests {
                 other => panic!("{len}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_code_of_a_close_frame_is_read_back() {
+        assert_eq!(close_code(&close(4008, "slow consumer")), Some(4008));
+        assert_eq!(close_code(&close(1000, "")), Some(1000));
+        assert_eq!(close_code(&close(1011, &"x".repeat(300))), Some(1011));
+        assert_eq!(close_code(&text("{}")), None);
+        assert_eq!(close_code(&ping(b"12")), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! never waits: the fan-out counts what a connection has not taken yet and closes a
 //! connection that falls too far behind, so ingestion never waits for a websocket.
 //!
-//! Every outbox is also bounded in bytes ([`MAX_QUEUED_BYTES`]), whatever is put in it
+//! Every outbox is also bounded in bytes (`[live] outbox_bytes`), whatever is put in it
 //! (changes, snapshots, and control frames such as the pongs a client's pings ask for):
 //! a put that would pass the bound ends the outbox with a 4008 close instead, so a
 //! client that sends and never reads cannot grow the server's memory.
@@ -27,10 +27,12 @@ enum Item {
     End,
 }
 
-/// Most bytes an outbox holds that its connection has not taken: 8 MiB.
+/// Default of the most bytes an outbox holds that its connection has not taken: 8 MiB.
 pub const MAX_QUEUED_BYTES: usize = 8 << 20;
 
 struct Shared {
+    /// Most bytes held that the connection has not taken.
+    max_bytes: usize,
     /// Changes put in and not yet taken by the connection.
     queued: AtomicUsize,
     /// Bytes put in and not yet taken.
@@ -67,10 +69,11 @@ pub struct Body {
     done: bool,
 }
 
-/// A new, empty outbox and the body that drains it.
-pub fn outbox() -> (Outbox, Body) {
+/// A new, empty outbox holding at most `max_bytes` untaken, and the body that drains it.
+pub fn outbox(max_bytes: usize) -> (Outbox, Body) {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
+        max_bytes,
         queued: AtomicUsize::new(0),
         queued_bytes: AtomicUsize::new(0),
         taken_at: AtomicU64::new(now_ms()),
@@ -94,19 +97,17 @@ pub fn outbox() -> (Outbox, Body) {
 impl Outbox {
     /// Queue frames carrying `changes` changes (0 for control frames). False when the
     /// outbox has ended or the connection is gone.
-    /// A put past [`MAX_QUEUED_BYTES`] ends the outbox with a 4008 close and is false.
+    /// A put past the outbox's byte bound ends it with a 4008 close and is false.
     pub fn put(&self, frames: Bytes, changes: usize) -> bool {
         if self.is_ended() {
             return false;
         }
         let len = frames.len();
         let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        if before + len > MAX_QUEUED_BYTES {
+        let max = self.shared.max_bytes;
+        if before + len > max {
             self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            let why = format!(
-                "slow consumer: more than {} MiB not taken",
-                MAX_QUEUED_BYTES >> 20
-            );
+            let why = format!("slow consumer: more than {max} bytes not taken");
             self.end(Some(super::frame::close(super::SLOW_CONSUMER, &why)));
             return false;
         }
@@ -126,6 +127,9 @@ impl Outbox {
             return;
         }
         if let Some(b) = last {
+            if let Some(code) = super::frame::close_code(&b) {
+                crate::metrics::ws_closed(code);
+            }
             let _ = self.tx.send(Item::Frames(b, 0));
         }
         let _ = self.tx.send(Item::End);
@@ -219,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_come_out_in_order_and_the_count_follows_what_was_taken() {
-        let (out, mut body) = outbox();
+        let (out, mut body) = outbox(MAX_QUEUED_BYTES);
         assert!(out.put(Bytes::from_static(b"a"), 2));
         assert!(out.put(Bytes::from_static(b"b"), 3));
         assert_eq!(out.queued(), 5);
@@ -235,7 +239,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_outbox_never_holds_more_than_its_byte_bound() {
-        let (out, mut body) = outbox();
+        let (out, mut body) = outbox(MAX_QUEUED_BYTES);
         let pong = Bytes::from(vec![0x8a; 127]);
         let mut put = 0usize;
         while out.put(pong.clone(), 0) {
@@ -263,7 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn drained_to_waits_for_the_connection_and_gives_up_at_its_limit() {
-        let (out, mut body) = outbox();
+        let (out, mut body) = outbox(MAX_QUEUED_BYTES);
         out.put(Bytes::from_static(b"a"), 10);
         assert!(!out.drained_to(5, Duration::from_millis(50)).await);
         let waiter = {

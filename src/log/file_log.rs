@@ -106,6 +106,8 @@ struct Pending {
     /// The writer thread is waiting for work (so appenders must wake it). While it is
     /// busy writing or syncing, appenders skip the wake-up system call.
     writer_idle: bool,
+    /// When the oldest record in `buf` was appended (for the append-latency metric).
+    since: Option<std::time::Instant>,
 }
 
 /// A segment as readers see it: only its durable part.
@@ -580,6 +582,7 @@ impl FileLog {
                 },
                 closed: false,
                 writer_idle: false,
+                since: None,
             }),
             wake: Condvar::new(),
             durable,
@@ -677,8 +680,12 @@ fn writer_loop(
 ) {
     let mut buf = Vec::new();
     let mut index = Vec::new();
+    // Handles bound once: recording is then a few atomic operations.
+    let append_wait = metrics::histogram!("parkade_log_append_seconds");
+    let sync_time = metrics::histogram!("parkade_log_sync_seconds");
+    let commit_events = metrics::histogram!("parkade_log_commit_events");
     loop {
-        let (first, end) = {
+        let (first, end, since) = {
             let mut p = lock(&inner.pending);
             while p.buf.is_empty() && !p.closed {
                 p.writer_idle = true;
@@ -692,8 +699,9 @@ fn writer_loop(
             std::mem::swap(&mut p.index, &mut index);
             let first = p.buf_first;
             p.buf_first = p.next_offset;
-            (first, p.next_offset)
+            (first, p.next_offset, p.since.take())
         };
+        let started = std::time::Instant::now();
         match write_batch(
             &inner,
             &mut active,
@@ -706,6 +714,11 @@ fn writer_loop(
         ) {
             Ok(()) => {
                 inner.durable.send_modify(|d| d.end = end);
+                sync_time.record(started.elapsed());
+                commit_events.record((end - first) as f64);
+                if let Some(t) = since {
+                    append_wait.record(t.elapsed());
+                }
             }
             Err(e) => {
                 let msg: Arc<str> = e.to_string().into();
@@ -806,6 +819,9 @@ impl EventLog for FileLog {
         }
         let now = Timestamp::now();
         let first = p.next_offset;
+        if p.buf.is_empty() {
+            p.since = Some(std::time::Instant::now());
+        }
         for e in events {
             let offset = p.next_offset;
             if offset.is_multiple_of(INDEX_EVERY) {

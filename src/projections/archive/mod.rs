@@ -18,7 +18,9 @@
 //! exactly once. `parkade replay --projection archive` writes a whole new generation
 //! and moves `_current` to it only when it is complete.
 //!
-//! Files roll after `roll_events` events or `roll_secs` seconds, whichever comes first.
+//! Files roll after `roll_events` events or `roll_secs` seconds, whichever comes first,
+//! and a flush covers at most `max_dates` dates (so at most that many files), however
+//! the events of its range are spread in time.
 //!
 //! # Schema (for Athena/Glue: partition column `date string`)
 //!
@@ -70,6 +72,8 @@ pub struct ArchiveOptions {
     pub roll_secs: u64,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
+    /// Most dates (files) one flush covers.
+    pub max_dates: usize,
 }
 
 impl Default for ArchiveOptions {
@@ -78,7 +82,60 @@ impl Default for ArchiveOptions {
             roll_events: 1_000_000,
             roll_secs: 300,
             row_group_rows: 131_072,
+            max_dates: 366,
         }
+    }
+}
+
+/// Cuts a stream of events into flushes of at most `max_events` events and `max_dates`
+/// event dates, each a contiguous offset range.
+struct Chunker {
+    buf: Vec<RecordedEvent>,
+    dates: std::collections::HashSet<i64>,
+    max_events: usize,
+    max_dates: usize,
+}
+
+impl Chunker {
+    fn new(opts: &ArchiveOptions) -> Chunker {
+        Chunker {
+            buf: Vec::new(),
+            dates: Default::default(),
+            max_events: opts.roll_events.max(1),
+            max_dates: opts.max_dates.max(1),
+        }
+    }
+
+    /// Take `events` in; the flushes they completed, in order.
+    fn push_all(&mut self, events: Vec<RecordedEvent>) -> Vec<Vec<RecordedEvent>> {
+        let mut full = Vec::new();
+        for e in events {
+            let date = e.event.occurred_at.micros().div_euclid(86_400_000_000);
+            if !self.dates.contains(&date) && self.dates.len() >= self.max_dates {
+                full.push(self.take());
+            }
+            self.dates.insert(date);
+            self.buf.push(e);
+            if self.buf.len() >= self.max_events {
+                full.push(self.take());
+            }
+        }
+        full
+    }
+
+    /// Room left before the next flush is full, in events.
+    fn room(&self) -> usize {
+        self.max_events - self.buf.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// What is buffered, as one (not full) flush.
+    fn take(&mut self) -> Vec<RecordedEvent> {
+        self.dates.clear();
+        std::mem::take(&mut self.buf)
     }
 }
 
@@ -258,21 +315,19 @@ impl Archive {
         let gen = self.current_generation().await?;
         let next = self.resume(&gen).await?;
         let end = log.durable_end();
-        let chunk = self.opts.roll_events.max(1);
+        let mut chunker = Chunker::new(&self.opts);
         let mut cursor = log.cursor(next);
         while cursor.position() < end {
-            let mut buf = Vec::new();
-            while buf.len() < chunk && cursor.position() < end {
-                let b = cursor.next_batch((chunk - buf.len()).min(65_536))?;
-                if b.is_empty() {
-                    break;
-                }
-                buf.extend(b.into_iter().filter(|e| e.offset < end));
-            }
-            if buf.is_empty() {
+            let b = cursor.next_batch(chunker.room().min(65_536))?;
+            if b.is_empty() {
                 break;
             }
-            self.flush(&gen, Arc::new(buf)).await?;
+            for full in chunker.push_all(b.into_iter().filter(|e| e.offset < end).collect()) {
+                self.flush(&gen, Arc::new(full)).await?;
+            }
+        }
+        if !chunker.is_empty() {
+            self.flush(&gen, Arc::new(chunker.take())).await?;
         }
         Ok(cursor.position().min(end))
     }
@@ -286,30 +341,28 @@ impl Archive {
         let started = Instant::now();
         let gen = new_generation();
         let end = log.durable_end();
-        let chunk = self.opts.roll_events.max(1);
+        let mut chunker = Chunker::new(&self.opts);
         // Read on a blocking thread while the previous chunk is encoded and written.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<RecordedEvent>, LogError>>(1);
         let reader = tokio::task::spawn_blocking(move || {
             let mut cursor = log.cursor(0);
-            let mut buf = Vec::with_capacity(chunk);
             while cursor.position() < end {
-                match cursor.next_batch((chunk - buf.len()).min(65_536)) {
+                let b = match cursor.next_batch(chunker.room().min(65_536)) {
                     Ok(b) if b.is_empty() => break,
-                    Ok(b) => buf.extend(b.into_iter().filter(|e| e.offset < end)),
+                    Ok(b) => b,
                     Err(e) => {
                         let _ = tx.blocking_send(Err(e));
                         return;
                     }
-                }
-                if buf.len() >= chunk {
-                    if tx.blocking_send(Ok(std::mem::take(&mut buf))).is_err() {
+                };
+                for full in chunker.push_all(b.into_iter().filter(|e| e.offset < end).collect()) {
+                    if tx.blocking_send(Ok(full)).is_err() {
                         return;
                     }
-                    buf.reserve(chunk);
                 }
             }
-            if !buf.is_empty() {
-                let _ = tx.blocking_send(Ok(buf));
+            if !chunker.is_empty() {
+                let _ = tx.blocking_send(Ok(chunker.take()));
             }
         });
         // Encode two ranges at a time (one per core) but store them, and their
@@ -407,9 +460,8 @@ impl ArchiveRunner {
             s.checkpoint = next;
         });
         let mut sub = Subscription::new(self.log.clone(), next);
-        let roll = self.archive.opts.roll_events.max(1);
         let max_wait = Duration::from_secs(self.archive.opts.roll_secs.max(1));
-        let mut buf: Vec<RecordedEvent> = Vec::new();
+        let mut chunker = Chunker::new(&self.archive.opts);
         let mut oldest: Option<Instant> = None;
         loop {
             let deadline = oldest.map(|t| t + max_wait);
@@ -420,24 +472,31 @@ impl ArchiveRunner {
                 }
             };
             let mut stop = false;
+            let mut full = Vec::new();
             tokio::select! {
-                batch = sub.next_batch((roll - buf.len()).clamp(1, 65_536)) => {
-                    buf.extend(batch?);
+                batch = sub.next_batch(chunker.room().clamp(1, 65_536)) => {
+                    full = chunker.push_all(batch?);
                     oldest.get_or_insert_with(Instant::now);
                 }
                 _ = due => {}
                 _ = shutdown.changed() => stop = true,
             }
             let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-            if !buf.is_empty() && (buf.len() >= roll || timed_out || stop) {
-                let batch = Arc::new(std::mem::take(&mut buf));
-                let to = batch.last().map_or(0, |e| e.offset + 1);
-                self.archive.flush(&gen, batch).await?;
-                oldest = None;
-                self.board.set(NAME, |s| {
-                    s.state = ProjectionState::Running;
-                    s.checkpoint = to;
-                });
+            if !chunker.is_empty() && (timed_out || stop) {
+                full.push(chunker.take());
+            }
+            if !full.is_empty() {
+                for batch in full {
+                    let to = batch.last().map_or(0, |e| e.offset + 1);
+                    self.archive.flush(&gen, Arc::new(batch)).await?;
+                    self.board.set(NAME, |s| {
+                        s.state = ProjectionState::Running;
+                        s.checkpoint = to;
+                    });
+                }
+                if chunker.is_empty() {
+                    oldest = None;
+                }
                 // A rebuild may have switched generations: follow the new one (unless
                 // stopping: the stop was seen here and will not be signalled again).
                 if !stop && self.archive.current_generation().await? != gen {

@@ -1,0 +1,237 @@
+//! Limits on what one client may hold or do: open connections (in all and per client
+//! address), and the event rate of an `ingest` token.
+//!
+//! Connections are counted as the server accepts them ([`Connections::on_connect`]
+//! puts a [`Slot`] in the connection's data; dropping it with the connection gives the
+//! place back). A connection past a cap is still read, so that its client gets a clear
+//! answer (503 or 429 `too_many_connections`) rather than a silent hang, and is closed
+//! after that answer ([`refuse_over_cap`]). A connection that never sends a request is
+//! closed by the server's request-head timeout (5 s).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::ResponseError;
+use governor::clock::{Clock, DefaultClock};
+
+use super::ApiError;
+
+/// Open connections, in all and per client address.
+#[derive(Clone)]
+pub struct Connections {
+    inner: Arc<Counts>,
+}
+
+struct Counts {
+    max_total: usize,
+    max_per_address: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One accepted connection's place; what it may do.
+pub struct Slot {
+    counts: Arc<Counts>,
+    peer: Option<IpAddr>,
+    refused: Option<Refusal>,
+}
+
+#[derive(Clone, Copy)]
+enum Refusal {
+    Total(usize),
+    PerAddress(usize),
+}
+
+impl Connections {
+    pub fn new(max_total: usize, max_per_address: usize) -> Connections {
+        Connections {
+            inner: Arc::new(Counts {
+                max_total,
+                max_per_address,
+                open: Mutex::new((0, HashMap::new())),
+            }),
+        }
+    }
+
+    /// Count a connection from `peer`: its slot says whether it is over a cap.
+    pub fn open(&self, peer: Option<IpAddr>) -> Slot {
+        let mut open = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_peer) = &mut *open;
+        *total += 1;
+        let mine = match peer {
+            Some(ip) => {
+                let n = by_peer.entry(ip).or_insert(0);
+                *n += 1;
+                *n
+            }
+            None => 0,
+        };
+        let refused = if *total > self.inner.max_total {
+            Some(Refusal::Total(self.inner.max_total))
+        } else if mine > self.inner.max_per_address {
+            Some(Refusal::PerAddress(self.inner.max_per_address))
+        } else {
+            None
+        };
+        Slot {
+            counts: self.inner.clone(),
+            peer,
+            refused,
+        }
+    }
+
+    /// Connections open now.
+    pub fn open_now(&self) -> usize {
+        self.inner.open.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// For `HttpServer::on_connect`: count each accepted TCP connection.
+    pub fn on_connect(&self, conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
+        let peer = conn
+            .downcast_ref::<actix_web::rt::net::TcpStream>()
+            .and_then(|s| s.peer_addr().ok())
+            .map(|a| a.ip());
+        data.insert(self.open(peer));
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_peer) = &mut *open;
+        *total -= 1;
+        if let Some(ip) = self.peer {
+            if let Some(n) = by_peer.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by_peer.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Middleware: a request on a connection past a cap is answered with the cap's error
+/// and the connection closed.
+pub async fn refuse_over_cap(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let refused = req.request().conn_data::<Slot>().and_then(|s| s.refused);
+    let Some(refusal) = refused else {
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    };
+    let err = match refusal {
+        Refusal::Total(max) => ApiError::limited(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            format!("the server holds {max} connections, the most it takes ([limits] max_connections); try again later"),
+        ),
+        Refusal::PerAddress(max) => ApiError::limited(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            format!("{max} connections are open from your address, the most one address may hold ([limits] max_connections_per_address)"),
+        ),
+    };
+    let mut reply = err.error_response();
+    reply
+        .head_mut()
+        .set_connection_type(actix_web::http::ConnectionType::Close);
+    Ok(req.into_response(reply).map_into_right_body())
+}
+
+/// Events per second per `ingest` token (a keyed GCRA from `governor`).
+#[derive(Clone)]
+pub struct IngestRate {
+    limiter: Arc<governor::DefaultKeyedRateLimiter<Arc<str>>>,
+    per_sec: u32,
+}
+
+impl IngestRate {
+    /// `None` when the limit is off (0). A token may spend a second's worth at once, or
+    /// one full batch of `max_batch` events, whichever is more.
+    pub fn new(per_sec: u32, max_batch: usize) -> Option<IngestRate> {
+        let rate = NonZeroU32::new(per_sec)?;
+        let burst = NonZeroU32::new(per_sec.max(u32::try_from(max_batch).unwrap_or(u32::MAX)))
+            .unwrap_or(rate);
+        let quota = governor::Quota::per_second(rate).allow_burst(burst);
+        Some(IngestRate {
+            limiter: Arc::new(governor::RateLimiter::keyed(quota)),
+            per_sec,
+        })
+    }
+
+    /// Spend `events` of the caller's allowance, or the 429 to answer. Only `ingest`
+    /// tokens are limited.
+    pub fn spend(
+        &self,
+        caller: Option<&super::auth::Caller>,
+        events: usize,
+    ) -> Result<(), ApiError> {
+        let Some(c) = caller.filter(|c| c.role == super::auth::Role::Ingest) else {
+            return Ok(());
+        };
+        let n = NonZeroU32::new(u32::try_from(events).unwrap_or(u32::MAX).max(1))
+            .expect("at least one");
+        let wait = match self.limiter.check_key_n(&c.name, n) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(not_until)) => not_until.wait_time_from(DefaultClock::default().now()),
+            // More than the burst: never allowed in one request.
+            Err(_) => {
+                return Err(ApiError::limited(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "rate_limited",
+                    format!("{events} events in one request is more than token {:?} may post at once ([limits] ingest_events_per_sec = {})", &*c.name, self.per_sec),
+                ))
+            }
+        };
+        Err(ApiError::Limited {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            message: format!(
+                "token {:?} may post {} events a second ([limits] ingest_events_per_sec); nothing of this request was taken",
+                &*c.name, self.per_sec
+            ),
+            retry_after_secs: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
+        })
+    }
+
+    /// Forget tokens whose allowance is full again (called now and then).
+    pub fn tidy(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_count_in_all_and_per_address_and_give_places_back() {
+        let c = Connections::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = c.open(Some(a));
+        let s2 = c.open(Some(a));
+        let s3 = c.open(Some(a));
+        assert!(s1.refused.is_none() && s2.refused.is_none());
+        assert!(matches!(s3.refused, Some(Refusal::PerAddress(2))));
+        let s4 = c.open(Some(b));
+        assert!(matches!(s4.refused, Some(Refusal::Total(3))));
+        drop((s3, s4));
+        assert_eq!(c.open_now(), 2);
+        assert!(c.open(Some(b)).refused.is_none());
+        drop((s1, s2));
+        assert_eq!(c.open_now(), 0);
+        assert!(c.inner.open.lock().unwrap().1.is_empty());
+    }
+}

@@ -1,0 +1,514 @@
+//! Every configurable limit crossed against the real server: the client past it gets a
+//! clear, specific error while other clients keep being served. Connections, websocket
+//! subscribers and their outbox and replay reach, the time span of one request, the
+//! history range, `known-events` under the body limit, the ingest rate per token, and
+//! CORS.
+
+use std::io::Write;
+use std::time::Duration;
+
+use awc::ws::Frame;
+use futures_util::{SinkExt, StreamExt};
+use parkade::app::Hooks;
+use parkade::Config;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+mod common;
+use common::{register, test_config, TestApp};
+
+fn port(app: &TestApp) -> u16 {
+    app.base.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// A connection to the app from source address `ip` (any of 127.0.0.0/8).
+async fn connect_from(ip: &str, port: u16) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    sock.connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// `GET path` on an open connection: status, head (lower case) and body.
+async fn get_on(s: &mut TcpStream, path: &str) -> (u16, String, Value) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("a reply within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a reply: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let Some(at) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = text[..at].to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if buf.len() >= at + 4 + len {
+            let status = head[9..12].parse().unwrap();
+            let body = serde_json::from_slice(&buf[at + 4..at + 4 + len]).unwrap_or(Value::Null);
+            return (status, head, body);
+        }
+    }
+}
+
+/// True once the server has closed the connection.
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+async fn spawn(config: Config) -> TestApp {
+    TestApp::spawn(config, Hooks::default()).await
+}
+
+#[actix_web::test]
+async fn connections_past_the_cap_of_one_address_get_429_and_others_are_served() {
+    let dir = common::data_dir();
+    let mut c = test_config(dir.path(), None);
+    c.limits.max_connections_per_address = 3;
+    let app = spawn(c).await;
+    let p = port(&app);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from("127.0.0.2", p).await;
+        assert_eq!(get_on(&mut s, "/healthz").await.0, 200);
+        held.push(s);
+    }
+    let mut fourth = connect_from("127.0.0.2", p).await;
+    let (status, head, body) = get_on(&mut fourth, "/healthz").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "too_many_connections", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_connections_per_address"),
+        "{body}"
+    );
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        closed(&mut fourth).await,
+        "the refused connection is closed"
+    );
+    // Another address is served meanwhile, and so is a held connection.
+    let mut other = connect_from("127.0.0.3", p).await;
+    assert_eq!(get_on(&mut other, "/v1/lots").await.0, 200);
+    assert_eq!(get_on(&mut held[0], "/v1/lots").await.0, 200);
+    // A place given back is taken again.
+    drop(held.pop());
+    common::eventually(Duration::from_secs(5), "a freed place", || async {
+        let mut s = connect_from("127.0.0.2", p).await;
+        match get_on(&mut s, "/healthz").await {
+            (200, _, _) => Ok(()),
+            (status, _, body) => Err(format!("{status} {body}")),
+        }
+    })
+    .await;
+    drop((held, other));
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn connections_past_the_total_cap_get_503() {
+    let dir = common::data_dir();
+    let mut c = test_config(dir.path(), None);
+    c.limits.max_connections = 4;
+    let app = spawn(c).await;
+    let p = port(&app);
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut s = connect_from(&format!("127.0.0.{}", 10 + i), p).await;
+        assert_eq!(get_on(&mut s, "/healthz").await.0, 200);
+        held.push(s);
+    }
+    let mut fifth = connect_from("127.0.0.20", p).await;
+    let (status, _, body) = get_on(&mut fifth, "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "too_many_connections");
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("[limits] max_connections"));
+    assert!(closed(&mut fifth).await);
+    // The held ones are still served.
+    assert_eq!(get_on(&mut held[3], "/v1/lots").await.0, 200);
+    drop(held);
+    common::eventually(Duration::from_secs(5), "places given back", || async {
+        let mut s = connect_from("127.0.0.20", p).await;
+        match get_on(&mut s, "/healthz").await {
+            (200, _, _) => Ok(()),
+            (status, _, body) => Err(format!("{status} {body}")),
+        }
+    })
+    .await;
+    app.stop().await;
+}
+
+type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+async fn ws(app: &TestApp, query: &str) -> Result<Socket, (u16, Value)> {
+    let url = format!("{}/v1/ws{query}", app.base.replace("http://", "ws://"));
+    match awc::Client::new().ws(url).connect().await {
+        Ok((_, s)) => Ok(s),
+        Err(awc::error::WsClientError::InvalidResponseStatus(s)) => Err((s.as_u16(), Value::Null)),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+/// The error a refused websocket handshake answers, read as a plain request.
+async fn ws_refusal(app: &TestApp, query: &str) -> (u16, Value) {
+    common::request(
+        awc::Client::new()
+            .get(app.url(&format!("/v1/ws{query}")))
+            .insert_header(("connection", "upgrade"))
+            .insert_header(("upgrade", "websocket"))
+            .insert_header(("sec-websocket-version", "13"))
+            .insert_header(("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")),
+        None,
+        None,
+    )
+    .await
+}
+
+async fn close_frame(ws: &mut Socket) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Frame::Close(r)))) => return r.map(|r| u16::from(r.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[actix_web::test]
+async fn websocket_subscribers_past_the_cap_get_503_until_one_leaves() {
+    let dir = common::data_dir();
+    let mut c = test_config(dir.path(), None);
+    c.live.max_subscribers = 2;
+    let app = spawn(c).await;
+    register(&app, "north", 10).await;
+    let mut a = ws(&app, "").await.expect("first subscriber");
+    let b = ws(&app, "").await.expect("second subscriber");
+    assert_eq!(ws(&app, "").await.err().map(|e| e.0), Some(503));
+    let (status, body) = ws_refusal(&app, "").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "too_many_subscribers", "{body}");
+    // Plain requests go on.
+    assert_eq!(app.get("/v1/lots/north").await.0, 200);
+    a.send(awc::ws::Message::Close(None)).await.unwrap();
+    assert_eq!(close_frame(&mut a).await, Some(1000));
+    let c = common::eventually(
+        Duration::from_secs(5),
+        "a freed subscriber place",
+        || async { ws(&app, "").await.map_err(|(status, _)| status.to_string()) },
+    )
+    .await;
+    for mut s in [b, c] {
+        let _ = s.send(awc::ws::Message::Close(None)).await;
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_snapshot_larger_than_the_outbox_closes_that_subscriber_only() {
+    let dir = common::data_dir();
+    let mut c = test_config(dir.path(), None);
+    c.live.outbox_bytes = 300;
+    let app = spawn(c).await;
+    for lot in ["north", "south", "east", "west"] {
+        register(&app, lot, 10).await;
+    }
+    let mut s = ws(&app, "").await.expect("handshake");
+    assert_eq!(close_frame(&mut s).await, Some(4008), "slow consumer close");
+    // One lot's snapshot fits.
+    let mut one = ws(&app, "?lots=north").await.expect("handshake");
+    match tokio::time::timeout(Duration::from_secs(5), one.next()).await {
+        Ok(Some(Ok(Frame::Text(t)))) => {
+            let v: Value = serde_json::from_slice(&t).unwrap();
+            assert_eq!(v["type"], "snapshot", "{v}");
+        }
+        other => panic!("expected the snapshot: {other:?}"),
+    }
+    let _ = one.send(awc::ws::Message::Close(None)).await;
+    assert_eq!(app.get("/v1/lots").await.0, 200);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn from_offset_may_reach_back_only_so_far() {
+    let dir = common::data_dir();
+    let mut c = test_config(dir.path(), None);
+    c.live.max_replay_events = 5;
+    let app = spawn(c).await;
+    register(&app, "north", 100).await;
+    for _ in 0..10 {
+        common::arrive(&app, "north").await;
+    }
+    let end = app.log_end().await; // 11
+    let (status, body) = ws_refusal(&app, "?from_offset=0").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "from_offset", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_replay_events"),
+        "{body}"
+    );
+    // Five back is within reach: the changes after it arrive.
+    let mut s = ws(&app, &format!("?from_offset={}", end - 6))
+        .await
+        .expect("within reach");
+    let mut offsets = Vec::new();
+    while offsets.len() < 5 {
+        match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+            Ok(Some(Ok(Frame::Text(t)))) => {
+                let v: Value = serde_json::from_slice(&t).unwrap();
+                if v["type"] == "change" {
+                    offsets.push(v["offset"].as_u64().unwrap());
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(offsets, ((end - 5)..end).collect::<Vec<_>>());
+    let _ = s.send(awc::ws::Message::Close(None)).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn one_request_may_span_only_so_much_event_time() {
+    let dir = common::data_dir();
+    let mut c = test_config(dir.path(), None);
+    c.limits.max_request_span_secs = 7 * 86_400;
+    let app = spawn(c).await;
+    let now = chrono::Utc::now();
+    let at = |days: i64| (now - chrono::Duration::days(days)).to_rfc3339();
+    let (s, r) = app
+        .post(
+            "/v1/lots",
+            json!({"lot_id": "north", "name": "North", "capacity": 100, "timestamp": at(60)}),
+        )
+        .await;
+    assert_eq!(s, 201, "{r}");
+    let end = app.log_end().await;
+    let wide = json!([
+        {"lot_id": "north", "event_type": "ARRIVAL", "timestamp": at(30)},
+        {"lot_id": "north", "event_type": "ARRIVAL", "timestamp": at(1)},
+    ]);
+    let (s, r) = app.post("/v1/events", wide).await;
+    assert_eq!(s, 413, "{r}");
+    assert_eq!(r["error"], "span_too_large", "{r}");
+    assert!(r["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_request_span_secs"));
+    assert_eq!(app.log_end().await, end, "nothing of the request was taken");
+    let narrow = json!([
+        {"lot_id": "north", "event_type": "ARRIVAL", "timestamp": at(7)},
+        {"lot_id": "north", "event_type": "ARRIVAL", "timestamp": at(1)},
+    ]);
+    let (s, r) = app.post("/v1/events", narrow).await;
+    assert_eq!((s, r["accepted"].as_u64()), (200, Some(2)), "{r}");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn history_ranges_are_bounded_by_points() {
+    let dir = common::data_dir();
+    let mut c = test_config(dir.path(), None);
+    c.limits.max_history_points = 10;
+    let app = spawn(c).await;
+    register(&app, "north", 100).await;
+    let (s, r) = app
+        .get("/v1/lots/north/history?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z")
+        .await;
+    assert_eq!(s, 400, "{r}");
+    assert_eq!(r["field"], "bucket", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_history_points"),
+        "{r}"
+    );
+    let (s, r) = app
+        .get("/v1/lots/north/timespan?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z")
+        .await;
+    assert_eq!(s, 400, "{r}");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn known_events_is_held_to_the_body_limit() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    // 64 KiB in the tests' config: 3,000 ids are about 117 KB.
+    let ids: Vec<String> = (0..3_000)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let (s, r) = app
+        .post("/v1/admin/known-events", json!({ "event_ids": ids }))
+        .await;
+    assert_eq!(s, 413, "{r}");
+    assert_eq!(r["error"], "payload_too_large", "{r}");
+    let (s, r) = app
+        .post(
+            "/v1/admin/known-events",
+            json!({ "event_ids": &ids[..100] }),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    app.stop().await;
+}
+
+/// A tokens file with an ingest token, a second ingest token and an admin token.
+fn tokens(dir: &std::path::Path) -> (std::path::PathBuf, [String; 3]) {
+    let mut text = String::new();
+    let mut out = Vec::new();
+    for (name, role) in [("gate-1", "ingest"), ("gate-2", "ingest"), ("ops", "admin")] {
+        let (token, hash) = parkade::api::auth::new_token().unwrap();
+        text.push_str(&format!(
+            "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{hash}\"\n"
+        ));
+        out.push(token);
+    }
+    let path = dir.join("tokens.toml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    (path, out.try_into().unwrap())
+}
+
+async fn post_as(app: &TestApp, token: &str, body: Value) -> (u16, Option<String>, Value) {
+    let mut resp = awc::Client::new()
+        .post(app.url("/v1/events"))
+        .bearer_auth(token)
+        .insert_header(("content-type", "application/json"))
+        .send_body(body.to_string())
+        .await
+        .unwrap();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = serde_json::from_slice(&resp.body().await.unwrap()).unwrap();
+    (resp.status().as_u16(), retry, body)
+}
+
+#[actix_web::test]
+async fn an_ingest_token_past_its_rate_gets_429_with_retry_after() {
+    let dir = common::data_dir();
+    let (file, [gate1, gate2, ops]) = tokens(dir.path());
+    let mut c = test_config(dir.path(), None);
+    c.auth.tokens_file = Some(file);
+    c.limits.ingest_events_per_sec = 5;
+    c.limits.max_batch_events = 5;
+    let app = spawn(c).await;
+    let reg = awc::Client::new()
+        .post(app.url("/v1/lots"))
+        .bearer_auth(&ops)
+        .insert_header(("content-type", "application/json"))
+        .send_body(json!({"lot_id": "north", "name": "North", "capacity": 1000}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(reg.status(), 201);
+    let five = Value::Array(vec![json!({"lot_id": "north", "event_type": "ARRIVAL"}); 5]);
+    let (s, _, r) = post_as(&app, &gate1, five.clone()).await;
+    assert_eq!(s, 200, "{r}");
+    let (s, retry, r) = post_as(&app, &gate1, five.clone()).await;
+    assert_eq!(s, 429, "{r}");
+    assert_eq!(r["error"], "rate_limited", "{r}");
+    assert!(r["message"].as_str().unwrap().contains("gate-1"), "{r}");
+    let secs: u64 = retry.expect("a Retry-After header").parse().unwrap();
+    assert!((1..=2).contains(&secs), "Retry-After {secs}");
+    // Another token, and an admin, are served meanwhile; nothing of the 429 was taken.
+    let (s, _, r) = post_as(&app, &gate2, five.clone()).await;
+    assert_eq!(s, 200, "{r}");
+    let (s, _, r) = post_as(&app, &ops, five.clone()).await;
+    assert_eq!(s, 200, "{r}");
+    let (_, lot) = app.get("/v1/lots/north").await;
+    assert_eq!(lot["occupancy"], 15, "{lot}");
+    // After the wait it names, the first token may post again.
+    actix_web::rt::time::sleep(Duration::from_secs(secs)).await;
+    let (s, _, r) = post_as(&app, &gate1, five).await;
+    assert_eq!(s, 200, "{r}");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn cors_lets_configured_origins_read_and_no_origin_write() {
+    let dir = common::data_dir();
+    let mut c = test_config(dir.path(), None);
+    c.auth.cors_origins = vec!["https://maps.campus.example".into()];
+    let app = spawn(c).await;
+    register(&app, "north", 10).await;
+    let get = |origin: &'static str| {
+        let url = app.url("/v1/lots/north");
+        async move {
+            let resp = awc::Client::new()
+                .get(url)
+                .insert_header(("origin", origin))
+                .send()
+                .await
+                .unwrap();
+            let allow = resp
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (resp.status().as_u16(), allow)
+        }
+    };
+    assert_eq!(
+        get("https://maps.campus.example").await,
+        (200, Some("https://maps.campus.example".into()))
+    );
+    // Another origin gets the data without the header, so its page cannot read it.
+    assert_eq!(get("https://evil.example").await, (200, None));
+    // A preflight for a write is refused.
+    let pre = awc::Client::new()
+        .request(awc::http::Method::OPTIONS, app.url("/v1/events"))
+        .insert_header(("origin", "https://maps.campus.example"))
+        .insert_header(("access-control-request-method", "POST"))
+        .insert_header(("access-control-request-headers", "content-type"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !pre.status().is_success()
+            || pre
+                .headers()
+                .get("access-control-allow-methods")
+                .is_none_or(|m| !m.to_str().unwrap().contains("POST")),
+        "{:?}",
+        pre.headers()
+    );
+    app.stop().await;
+
+    let mut bad = test_config(dir.path(), None);
+    bad.auth.cors_origins = vec!["*".into()];
+    let err = parkade::app::Application::build(bad, Hooks::default())
+        .await
+        .err()
+        .expect("a wildcard origin is refused");
+    assert!(err.to_string().contains("cors_origins"), "{err}");
+}

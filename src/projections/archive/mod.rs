@@ -513,3 +513,67 @@ impl ArchiveRunner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{LotEvent, LotId, NewEvent, Timestamp};
+
+    const DAY: i64 = 86_400_000_000;
+
+    fn on_day(offset: u64, day: i64) -> RecordedEvent {
+        RecordedEvent {
+            offset,
+            recorded_at: Timestamp::from_micros(20_000 * DAY),
+            schema_version: 1,
+            event: NewEvent {
+                lot_id: LotId::parse("north").unwrap(),
+                lot_seq: offset + 1,
+                event_id: uuid::Uuid::from_u128(u128::from(offset)),
+                client_event_id: false,
+                occurred_at: Timestamp::from_micros((11_000 + day) * DAY + 3_600_000_000),
+                event: LotEvent::VehicleArrived,
+                occupancy: 1,
+                capacity: 10,
+            },
+        }
+    }
+
+    #[test]
+    fn a_flush_covers_at_most_max_dates_and_roll_events_in_offset_order() {
+        let opts = ArchiveOptions {
+            roll_events: 5,
+            max_dates: 3,
+            ..ArchiveOptions::default()
+        };
+        // Dates jump about as a hostile request would spread them: 0, 9, 0, 4, 7, ...
+        let days = [0, 9, 0, 4, 7, 7, 1, 2, 2, 2, 2, 2, 2, 8, 3];
+        let events: Vec<RecordedEvent> = days
+            .iter()
+            .enumerate()
+            .map(|(i, d)| on_day(i as u64, *d))
+            .collect();
+        let mut chunker = Chunker::new(&opts);
+        let mut flushes = chunker.push_all(events[..7].to_vec());
+        flushes.extend(chunker.push_all(events[7..].to_vec()));
+        if !chunker.is_empty() {
+            flushes.push(chunker.take());
+        }
+        let offsets: Vec<u64> = flushes.iter().flatten().map(|e| e.offset).collect();
+        assert_eq!(offsets, (0..days.len() as u64).collect::<Vec<_>>());
+        for f in &flushes {
+            let dates: std::collections::HashSet<i64> = f
+                .iter()
+                .map(|e| e.event.occurred_at.micros().div_euclid(DAY))
+                .collect();
+            assert!(dates.len() <= 3, "{} dates in one flush", dates.len());
+            assert!(f.len() <= 5 && !f.is_empty());
+        }
+        // Dates 0,9,0,4 end before the fourth date (7); 7,7,1,2,2 roll at 5 events;
+        // 2,2,2,2,8 too; 3 is what is left.
+        assert_eq!(
+            flushes.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![4, 5, 5, 1]
+        );
+    }
+}

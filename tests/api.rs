@@ -304,9 +304,11 @@ async fn arrays_and_ndjson_answer_every_event_in_order() {
         (Some(4), Some(4))
     );
 
-    let nd = "{\"lot_id\":\"a\",\"event_type\":\"departure\"}\n\n{\"lot_id\":\"b\",\"event_type\":\"arrival\",\"timestamp\":1764234000000}\nnot json\n";
+    // Epoch milliseconds, an hour ago (one request spans at most 31 days of event time).
+    let ms = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    let nd = format!("{{\"lot_id\":\"a\",\"event_type\":\"departure\"}}\n\n{{\"lot_id\":\"b\",\"event_type\":\"arrival\",\"timestamp\":{ms}}}\nnot json\n");
     let (status, reply) = app
-        .post_raw("/v1/events", Some("application/x-ndjson"), nd.into())
+        .post_raw("/v1/events", Some("application/x-ndjson"), nd)
         .await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(

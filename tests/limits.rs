@@ -161,6 +161,31 @@ async fn connections_past_the_total_cap_get_503() {
     app.stop().await;
 }
 
+#[actix_web::test]
+async fn a_connection_that_sends_nothing_is_closed() {
+    let dir = common::data_dir();
+    let app = spawn(test_config(dir.path(), None)).await;
+    let mut s = connect_from("127.0.0.4", port(&app)).await;
+    let started = std::time::Instant::now();
+    let mut b = [0u8; 256];
+    let gone = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "an idle connection is closed within 15 s");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+}
+
 type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
 
 async fn ws(app: &TestApp, query: &str) -> Result<Socket, (u16, Value)> {

@@ -530,6 +530,7 @@ mod tests {
         );
         assert_eq!(r(Method::GET, "/v1/lots"), Need::Role(Role::Read));
         assert_eq!(r(Method::GET, "/v1/ws"), Need::Role(Role::Read));
+        assert_eq!(r(Method::GET, "/metrics"), Need::Role(Role::Read));
         assert_eq!(r(Method::GET, "/"), Need::Open);
         assert_eq!(r(Method::GET, "/v1/lots/a/history"), Need::Role(Role::Read));
         assert_eq!(r(Method::DELETE, "/v1/lots/a"), Need::Role(Role::Admin));

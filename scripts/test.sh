@@ -37,14 +37,15 @@ if ! pg_up; then
 fi
 echo "test.sh: PostgreSQL is up at $PARKADE_TEST_DATABASE_URL"
 
-# Independent readers from PyPI, in a virtualenv kept in the build cache when there is
-# one: pyarrow (Parquet, for the archive tests) and the Prometheus project's own text
-# format parser (prometheus-client, for the /metrics test).
+# Independent tools from PyPI, in a virtualenv kept in the build cache when there is
+# one: pyarrow (Parquet, for the archive tests), the Prometheus project's own text
+# format parser (prometheus-client, for the /metrics test) and schemathesis (the API
+# contract test against /openapi.json).
 if [ -d "$cache" ]; then venv="$cache/venv"; else venv="$PWD/target/py-venv"; fi
-if ! "$venv/bin/python" -c "import pyarrow, prometheus_client" >/dev/null 2>&1; then
-  echo "test.sh: installing pyarrow and prometheus-client into $venv"
+if ! "$venv/bin/python" -c "import pyarrow, prometheus_client, schemathesis" >/dev/null 2>&1; then
+  echo "test.sh: installing pyarrow, prometheus-client and schemathesis into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q pyarrow prometheus-client==0.26.0
+  "$venv/bin/pip" install -q pyarrow prometheus-client==0.26.0 schemathesis==4.32.5
 fi
 export PARKADE_TEST_PYTHON="$venv/bin/python"
 

@@ -177,9 +177,9 @@ pub fn ws_closed(code: u16) {
 }
 
 /// Count `n` events of one outcome (`reason` is the rejection's code, else empty).
-pub fn events(outcome: &'static str, reason: &'static str, n: u64) {
+pub fn events(outcome: &'static str, reason: &str, n: u64) {
     if n > 0 {
-        metrics::counter!("parkade_events_total", "outcome" => outcome, "reason" => reason)
+        metrics::counter!("parkade_events_total", "outcome" => outcome, "reason" => reason.to_owned())
             .increment(n);
     }
 }

@@ -1,7 +1,7 @@
 //! Health, readiness and the admin endpoints.
 
+use super::wire::{self, Health, LiveView, NotReadyReason, ProjectionView, Ready};
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
 use super::{ApiError, ApiState};
 use crate::projections::{archive, features, occupancy};
@@ -12,24 +12,45 @@ const LOG_FAILED: &str = "the event log refused a write; no event is accepted un
 
 /// `GET /healthz`: the process can serve; 503 once the log has stopped accepting writes
 /// (a supervisor should restart the process so recovery runs).
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses(
+        (status = 200, description = "The process can serve", body = wire::Health),
+        (status = 503, description = "The log refuses writes: restart the process", body = wire::Health),
+    )
+)]
 pub(super) async fn healthz(st: web::Data<ApiState>) -> HttpResponse {
     match st.log.health() {
-        Ok(()) => HttpResponse::Ok().json(json!({"status": "ok"})),
+        Ok(()) => HttpResponse::Ok().json(Health {
+            status: "ok".into(),
+            reason: None,
+            message: None,
+        }),
         Err(e) => {
             tracing::error!(error = %e, "health check: the log refuses writes");
-            HttpResponse::ServiceUnavailable()
-                .json(json!({"status": "failed", "reason": "log_failed", "message": LOG_FAILED}))
+            HttpResponse::ServiceUnavailable().json(Health {
+                status: "failed".into(),
+                reason: Some("log_failed".into()),
+                message: Some(LOG_FAILED.into()),
+            })
         }
     }
 }
 
 /// `GET /metrics`: Prometheus text format 0.0.4 (see [`crate::metrics`] for the list).
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 503, description = "No metrics recorder in this process", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn metrics(st: web::Data<ApiState>) -> HttpResponse {
     let Some(handle) = &st.metrics else {
-        return HttpResponse::ServiceUnavailable().json(json!({
-            "error": "metrics_unavailable",
-            "message": "another metrics recorder was installed in this process",
-        }));
+        return HttpResponse::ServiceUnavailable().json(wire::ErrorBody::new(
+            "metrics_unavailable",
+            "another metrics recorder was installed in this process",
+        ));
     };
     let page = crate::metrics::render(
         handle,
@@ -49,57 +70,89 @@ pub(super) async fn metrics(st: web::Data<ApiState>) -> HttpResponse {
 /// stable code and message; the errors themselves are in the server's log and in
 /// `GET /v1/admin/projections`. With tokens configured, the reasons (and the log's end)
 /// are shown to admin tokens only; everyone else gets the status alone.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = wire::Ready),
+        (status = 503, description = "Not ready (the log failed, or a projection is failing)", body = wire::Ready),
+    )
+)]
 pub(super) async fn readyz(req: actix_web::HttpRequest, st: web::Data<ApiState>) -> HttpResponse {
     let mut reasons = Vec::new();
     if let Err(e) = st.log.health() {
         tracing::error!(error = %e, "readiness check: the log refuses writes");
-        reasons.push(json!({"reason": "log_failed", "message": LOG_FAILED}));
+        reasons.push(NotReadyReason {
+            reason: "log_failed".into(),
+            message: LOG_FAILED.into(),
+            projection: None,
+            checkpoint: None,
+            failures: None,
+        });
     }
     for status in st.board.all() {
         if status.state == crate::projections::ProjectionState::Failing {
-            reasons.push(json!({
-                "reason": "projection_failing",
-                "projection": status.name,
-                "checkpoint": status.checkpoint,
-                "failures": status.failures,
-                "message": format!(
+            reasons.push(NotReadyReason {
+                reason: "projection_failing".into(),
+                message: format!(
                     "projection {} is failing and retrying from offset {} ({} failures so far)",
                     status.name, status.checkpoint, status.failures
                 ),
-            }));
+                projection: Some(status.name.into()),
+                checkpoint: Some(status.checkpoint),
+                failures: Some(status.failures),
+            });
         }
     }
     let details = super::auth::sees_details(&req);
-    match (reasons.is_empty(), details) {
-        (true, true) => {
-            HttpResponse::Ok().json(json!({"status": "ready", "log_end": st.log.durable_end()}))
-        }
-        (true, false) => HttpResponse::Ok().json(json!({"status": "ready"})),
-        (false, true) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not_ready", "reasons": reasons})),
-        (false, false) => HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready"})),
+    let ready = reasons.is_empty();
+    let body = Ready {
+        status: if ready { "ready" } else { "not_ready" }.into(),
+        log_end: (ready && details).then(|| st.log.durable_end()),
+        reasons: (!ready && details).then_some(reasons),
+    };
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 
 /// `GET /v1/admin/projections`: each projection's state, checkpoint and lag.
+#[utoipa::path(
+    get, path = "/v1/admin/projections", tag = "admin",
+    responses((status = 200, description = "Each projection's state, checkpoint and lag", body = wire::Projections))
+)]
 pub(super) async fn projections(st: web::Data<ApiState>) -> HttpResponse {
     let log_end = st.log.durable_end();
-    let list: Vec<_> = st
+    let projections = st
         .board
         .all()
         .into_iter()
         .map(|s| {
             // The predictor and the features exporter follow tables, not log offsets.
             let follows_log = [occupancy::NAME, features::NAME, archive::NAME].contains(&s.name);
-            let lag = follows_log.then(|| log_end.saturating_sub(s.checkpoint));
-            json!({"name": s.name, "state": s.state, "checkpoint": s.checkpoint, "lag": lag,
-                   "failures": s.failures, "too_late": s.too_late, "last_error": s.last_error, "updated_at": s.updated_at})
+            ProjectionView {
+                name: s.name.into(),
+                state: s.state.as_str().into(),
+                checkpoint: s.checkpoint,
+                lag: follows_log.then(|| log_end.saturating_sub(s.checkpoint)),
+                failures: s.failures,
+                too_late: s.too_late,
+                last_error: s.last_error,
+                updated_at: s.updated_at,
+            }
         })
         .collect();
     let position = st.live.position();
-    let live = json!({"position": position, "lag": log_end.saturating_sub(position),
-                      "subscribers": st.live.subscribers()});
-    HttpResponse::Ok().json(json!({"log_end": log_end, "projections": list, "live": live}))
+    HttpResponse::Ok().json(wire::Projections {
+        log_end,
+        projections,
+        live: LiveView {
+            position,
+            lag: log_end.saturating_sub(position),
+            subscribers: st.live.subscribers(),
+        },
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -109,6 +162,16 @@ pub(super) struct ReplayQuery {
 
 /// `POST /v1/admin/replay?projection=occupancy`: rebuild a read model from offset zero
 /// while the service keeps running; answers when the rebuild has been swapped in.
+#[utoipa::path(
+    post, path = "/v1/admin/replay", tag = "admin",
+    params(("projection" = Option<String>, Query, description = "occupancy (default), features or archive")),
+    responses(
+        (status = 200, description = "Rebuilt and swapped in", body = wire::Replayed),
+        (status = 400, description = "Unknown projection", body = wire::ErrorBody),
+        (status = 409, description = "A rebuild of it is already running", body = wire::ErrorBody),
+        (status = 503, description = "Its store is not configured", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn replay(
     q: web::Query<ReplayQuery>,
     st: web::Data<ApiState>,
@@ -159,7 +222,10 @@ pub(super) async fn replay(
         serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?
     };
     tracing::info!(projection = name, "replay finished");
-    Ok(HttpResponse::Ok().json(json!({"projection": name, "stats": stats})))
+    Ok(HttpResponse::Ok().json(wire::Replayed {
+        projection: name.into(),
+        stats,
+    }))
 }
 
 /// A rebuild already running (here or in a `parkade replay` beside this server) is 409;
@@ -187,6 +253,17 @@ struct KnownEventsBody {
 /// ids the whole log holds, however old (the idempotency window only covers recent
 /// ones). One read of the log per request; `parkade import --url` asks once per
 /// re-imported file chunk.
+#[utoipa::path(
+    post, path = "/v1/admin/known-events", tag = "admin",
+    request_body(content = wire::KnownEventsIn, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Which of the ids the log holds", body = wire::Known),
+        (status = 400, description = "Malformed body or not a UUID", body = wire::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = wire::ErrorBody),
+        (status = 413, description = "Body or list too large", body = wire::ErrorBody),
+        (status = 415, description = "Not JSON", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn known_events(
     req: actix_web::HttpRequest,
     payload: web::Payload,
@@ -237,5 +314,8 @@ pub(super) async fn known_events(
     .await
     .map_err(|e| ApiError::Internal(e.into()))?
     .map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(HttpResponse::Ok().json(json!({"known": found, "log_end": end})))
+    Ok(HttpResponse::Ok().json(wire::Known {
+        known: found,
+        log_end: end,
+    }))
 }

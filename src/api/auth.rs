@@ -348,7 +348,7 @@ fn deny(
     if status == StatusCode::UNAUTHORIZED {
         reply.insert_header((WWW_AUTHENTICATE, "Bearer"));
     }
-    req.into_response(reply.json(serde_json::json!({"error": code, "message": message})))
+    req.into_response(reply.json(super::wire::ErrorBody::new(code, message)))
 }
 
 /// The middleware: 401 without a known token where one is needed, 403 when the token's

@@ -40,9 +40,10 @@ pub(super) async fn asset(file: web::Path<String>) -> HttpResponse {
         "app.js" => (SCRIPT, "text/javascript; charset=utf-8"),
         "style.css" => (STYLE, "text/css; charset=utf-8"),
         _ => {
-            return HttpResponse::NotFound().json(serde_json::json!({
-                "error": "not_found", "message": format!("no asset {:?}", file.as_str())
-            }))
+            return HttpResponse::NotFound().json(super::wire::ErrorBody::new(
+                "not_found",
+                format!("no asset {:?}", file.as_str()),
+            ))
         }
     };
     page(kind, body)

@@ -3,7 +3,6 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 
 use crate::actors::{LotError, LotView};
 use crate::domain::Rejection;
@@ -152,19 +151,19 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(e) = self {
             tracing::error!(error = ?e, "internal error");
         }
-        let mut body = json!({ "error": self.code(), "message": self.to_string() });
+        let mut body = super::wire::ErrorBody::new(self.code(), self.to_string());
         match self {
-            ApiError::BadRequest { field: Some(f), .. } => body["field"] = json!(f),
-            ApiError::NotFound { lot_id } => body["lot_id"] = json!(lot_id),
-            ApiError::Conflict { lot: Some(lot), .. } => body["lot"] = json!(lot),
+            ApiError::BadRequest { field: Some(f), .. } => body.field = Some(f.clone()),
+            ApiError::NotFound { lot_id } => body.lot_id = Some(lot_id.clone()),
+            ApiError::Conflict { lot: Some(lot), .. } => body.lot = Some(lot.as_ref().into()),
             ApiError::NotEnoughHistory {
                 lot_id,
                 days,
                 needed,
             } => {
-                body["lot_id"] = json!(lot_id);
-                body["days_of_history"] = json!(days);
-                body["days_needed"] = json!(needed);
+                body.lot_id = Some(lot_id.clone());
+                body.days_of_history = Some(*days);
+                body.days_needed = Some(*needed);
             }
             _ => {}
         }
@@ -174,7 +173,7 @@ impl ResponseError for ApiError {
             ..
         } = self
         {
-            body["retry_after_secs"] = json!(secs);
+            body.retry_after_secs = Some(*secs);
             reply.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
         }
         reply.json(body)

@@ -2,45 +2,12 @@
 
 use std::collections::HashMap;
 
-use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Serialize;
-
+use super::wire::{self, AckStatus, BatchItem as Item, BatchReply};
 use super::{body_kind, read_body, Ack, ApiError, ApiState, BodyKind};
 use crate::actors::{LotHandle, Outcome, Request};
 use crate::domain::{LotId, Timestamp};
 use crate::ingest::{self, BodyError, EdgeRules, FieldError, Shape};
-
-/// One event's result in a batch reply.
-#[derive(Debug, Serialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-enum Item {
-    Accepted {
-        offset: u64,
-    },
-    Duplicate {
-        offset: u64,
-    },
-    Rejected {
-        code: &'static str,
-        message: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        field: Option<String>,
-    },
-    /// The log could not make the event durable: not acknowledged, safe to retry.
-    Error {
-        code: &'static str,
-        message: String,
-    },
-}
-
-#[derive(Serialize, Default)]
-struct BatchReply {
-    accepted: usize,
-    duplicates: usize,
-    rejected: usize,
-    errors: usize,
-    results: Vec<Item>,
-}
+use actix_web::{web, HttpRequest, HttpResponse};
 
 /// What one event came to, before it is rendered.
 enum Done {
@@ -60,6 +27,21 @@ fn forbidden(caller: &super::auth::Caller, lot: &LotId) -> String {
     )
 }
 
+#[utoipa::path(
+    post, path = "/v1/events", tag = "ingest",
+    description = "One event (answered with its own status), an array of events or NDJSON (`application/x-ndjson`, one event a line; answered with every event's outcome, in order).",
+    request_body(content = wire::EventsIn, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Accepted or duplicate (one event); every event's outcome (a batch)", body = wire::EventsReply),
+        (status = 400, description = "Malformed body or a bad field (one event)", body = wire::ErrorBody),
+        (status = 404, description = "Unknown lot (one event)", body = wire::ErrorBody),
+        (status = 409, description = "The lot refused the event (one event)", body = wire::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = wire::ErrorBody),
+        (status = 413, description = "Body, batch, time span or rate burst too large", body = wire::ErrorBody),
+        (status = 415, description = "Not JSON or NDJSON", body = wire::ErrorBody),
+        (status = 503, description = "The log cannot write: nothing acknowledged (a batch lists each event)", body = wire::Unavailable),
+    )
+)]
 pub(super) async fn post_events(
     req: HttpRequest,
     payload: web::Payload,
@@ -188,41 +170,41 @@ async fn one(
     let (outcome, lot) = handle.execute_one(s.request).await?;
     super::count_outcome(&outcome);
     match outcome {
-        Outcome::Accepted { offset } => Ok(Ack::ok("accepted", offset, &lot)),
-        Outcome::Duplicate { offset } => Ok(Ack::ok("duplicate", offset, &lot)),
+        Outcome::Accepted { offset } => Ok(Ack::ok(AckStatus::Accepted, offset, &lot)),
+        Outcome::Duplicate { offset } => Ok(Ack::ok(AckStatus::Duplicate, offset, &lot)),
         Outcome::Rejected(rejection) => Err(ApiError::rejected(rejection, lot)),
     }
 }
 
 fn batch(done: impl Iterator<Item = Done>, caller: Option<&super::auth::Caller>) -> HttpResponse {
     let mut reply = BatchReply::default();
-    let mut rejected: HashMap<&'static str, u64> = HashMap::new();
+    let mut rejected: HashMap<String, u64> = HashMap::new();
     for d in done {
         let item = match d {
             Done::Invalid(e) => Item::Rejected {
-                code: "invalid_event",
+                code: "invalid_event".into(),
                 message: e.message,
                 field: e.field,
             },
             Done::Unknown(lot) => Item::Rejected {
-                code: "lot_not_found",
+                code: "lot_not_found".into(),
                 message: format!("lot {:?} is not registered", lot.as_str()),
                 field: Some("lot_id".into()),
             },
             Done::Decided(Outcome::Accepted { offset }) => Item::Accepted { offset },
             Done::Decided(Outcome::Duplicate { offset }) => Item::Duplicate { offset },
             Done::Decided(Outcome::Rejected(r)) => Item::Rejected {
-                code: r.code(),
+                code: r.code().into(),
                 message: r.to_string(),
                 field: r.field().map(str::to_owned),
             },
             Done::Forbidden(lot) => Item::Rejected {
-                code: "forbidden",
+                code: "forbidden".into(),
                 message: caller.map_or_else(String::new, |c| forbidden(c, &lot)),
                 field: Some("lot_id".into()),
             },
             Done::Failed => Item::Error {
-                code: "unavailable",
+                code: "unavailable".into(),
                 message: super::error::NOT_DURABLE.into(),
             },
         };
@@ -231,7 +213,7 @@ fn batch(done: impl Iterator<Item = Done>, caller: Option<&super::auth::Caller>)
             Item::Duplicate { .. } => reply.duplicates += 1,
             Item::Rejected { code, .. } => {
                 reply.rejected += 1;
-                *rejected.entry(*code).or_insert(0) += 1;
+                *rejected.entry(code.clone()).or_insert(0) += 1;
             }
             Item::Error { .. } => reply.errors += 1,
         }
@@ -241,7 +223,7 @@ fn batch(done: impl Iterator<Item = Done>, caller: Option<&super::auth::Caller>)
     crate::metrics::events("duplicate", "", reply.duplicates as u64);
     crate::metrics::events("error", "unavailable", reply.errors as u64);
     for (code, n) in rejected {
-        crate::metrics::events("rejected", code, n);
+        crate::metrics::events("rejected", &code, n);
     }
     if reply.errors > 0 {
         HttpResponse::ServiceUnavailable().json(reply)

@@ -3,8 +3,8 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde_json::json;
 
+use super::wire::{self, ForecastPoint, HistoryPoint, RecentPoint, SpanKind, SpanPoint};
 use super::{ApiError, ApiState};
 use crate::domain::Timestamp;
 use crate::ingest::parse_timestamp_text;
@@ -45,6 +45,21 @@ pub(super) fn range(
 /// milliseconds); `1h` and `1d` buckets are hours and days of the lots' local time
 /// (`[forecast] timezone`), so a day bucket runs from local midnight to midnight (23 or
 /// 25 hours on the days clocks change).
+#[utoipa::path(
+    get, path = "/v1/lots/{id}/history", tag = "history",
+    params(
+        ("id" = String, Path, description = "Lot id", example = "north"),
+        ("from" = Option<String>, Query, description = "Start (RFC 3339); default 24 hours before `to`"),
+        ("to" = Option<String>, Query, description = "End (RFC 3339); default now"),
+        ("bucket" = Option<String>, Query, description = "15m (default), 1h or 1d"),
+    ),
+    responses(
+        (status = 200, description = "The buckets", body = wire::History),
+        (status = 400, description = "A bad parameter, or too many points", body = wire::ErrorBody),
+        (status = 404, description = "Unknown lot", body = wire::ErrorBody),
+        (status = 503, description = "No database configured", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn history(
     path: web::Path<String>,
     q: web::Query<HistoryQuery>,
@@ -111,21 +126,32 @@ pub(super) async fn history(
         .fetch_all(&pool)
         .await
         .map_err(|e| ApiError::Internal(e.into()))?;
-    let points: Vec<_> = rows
+    let points = rows
         .into_iter()
         .map(
-            |(t, start, end, min, max, mean, arr, dep, counts, cap, n)| {
-                json!({"start": t, "occupancy_start": start, "occupancy_end": end,
-                   "occupancy_min": min, "occupancy_max": max, "occupancy_mean": mean,
-                   "arrivals": arr, "departures": dep, "counts": counts, "capacity": cap,
-                   "buckets_15m": n})
+            |(t, start, end, min, max, mean, arr, dep, counts, cap, n)| HistoryPoint {
+                start: t,
+                occupancy_start: start,
+                occupancy_end: end,
+                occupancy_min: min,
+                occupancy_max: max,
+                occupancy_mean: mean,
+                arrivals: arr,
+                departures: dep,
+                counts,
+                capacity: cap,
+                buckets_15m: n,
             },
         )
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "lot_id": lot.lot_id, "bucket": bucket, "timezone": st.forecast_tz.name(),
-        "from": from, "to": to, "points": points,
-    })))
+    Ok(HttpResponse::Ok().json(wire::History {
+        lot_id: lot.lot_id.to_string(),
+        bucket: bucket.to_owned(),
+        timezone: st.forecast_tz.name().to_owned(),
+        from,
+        to,
+        points,
+    }))
 }
 
 type ForecastRow = (
@@ -180,6 +206,17 @@ fn database(st: &ApiState, what: &str) -> Result<sqlx::PgPool, ApiError> {
 
 /// `GET /v1/lots/{id}/forecast`: the newest forecast run, every 15 minutes ahead, with
 /// an interval; 409 `not_enough_history` for a lot the model cannot forecast yet.
+#[utoipa::path(
+    get, path = "/v1/lots/{id}/forecast", tag = "history",
+    params(("id" = String, Path, description = "Lot id", example = "north")),
+    responses(
+        (status = 200, description = "The newest forecast run", body = wire::Forecast),
+        (status = 400, description = "Not a lot id", body = wire::ErrorBody),
+        (status = 404, description = "Unknown lot", body = wire::ErrorBody),
+        (status = 409, description = "Not enough history for a forecast yet", body = wire::ErrorBody),
+        (status = 503, description = "No database configured", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn forecast(
     path: web::Path<String>,
     st: web::Data<ApiState>,
@@ -190,22 +227,44 @@ pub(super) async fn forecast(
     let Some(first) = rows.first() else {
         return Err(no_forecast(&st, &pool, lot.lot_id.as_str()).await);
     };
-    let points: Vec<_> = rows
+    let points = rows
         .iter()
-        .map(|(_, t, h, occ, low, high, cap, _)| {
-            json!({"time": t, "horizon_min": h, "occupancy": occ, "low": low, "high": high,
-                   "rate": occ / f64::from((*cap).max(1)), "capacity": cap})
+        .map(|(_, t, h, occ, low, high, cap, _)| ForecastPoint {
+            time: *t,
+            horizon_min: *h,
+            occupancy: *occ,
+            low: *low,
+            high: *high,
+            rate: occ / f64::from((*cap).max(1)),
+            capacity: *cap,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "lot_id": lot.lot_id, "issued_at": first.0, "model_version": first.7, "points": points,
-    })))
+    Ok(HttpResponse::Ok().json(wire::Forecast {
+        lot_id: lot.lot_id.to_string(),
+        issued_at: first.0,
+        model_version: first.7.clone(),
+        points,
+    }))
 }
 
 /// `GET /v1/lots/{id}/timespan?from=&to=`: one series of 15-minute points, history
 /// (`"kind": "history"`, the mean occupancy of each bucket) up to the newest features,
 /// then the newest forecast run (`"kind": "forecast"`, with its interval) after it.
 /// By default from 24 hours ago to 24 hours ahead.
+#[utoipa::path(
+    get, path = "/v1/lots/{id}/timespan", tag = "history",
+    params(
+        ("id" = String, Path, description = "Lot id", example = "north"),
+        ("from" = Option<String>, Query, description = "Start (RFC 3339); default 24 hours ago"),
+        ("to" = Option<String>, Query, description = "End (RFC 3339); default 24 hours ahead"),
+    ),
+    responses(
+        (status = 200, description = "History, then forecast", body = wire::Timespan),
+        (status = 400, description = "A bad parameter, or too many points", body = wire::ErrorBody),
+        (status = 404, description = "Unknown lot", body = wire::ErrorBody),
+        (status = 503, description = "No database configured", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn timespan(
     path: web::Path<String>,
     q: web::Query<HistoryQuery>,
@@ -234,43 +293,72 @@ pub(super) async fn timespan(
     .await
     .map_err(|e| ApiError::Internal(e.into()))?;
     let last_past = past.last().map(|p| p.0);
-    let mut series: Vec<serde_json::Value> = past
+    let mut series: Vec<SpanPoint> = past
         .into_iter()
-        .map(|(t, mean, cap)| json!({"time": t, "kind": "history", "occupancy": mean, "capacity": cap}))
+        .map(|(t, mean, cap)| SpanPoint {
+            time: t,
+            kind: SpanKind::History,
+            occupancy: mean,
+            capacity: cap,
+            low: None,
+            high: None,
+            horizon_min: None,
+        })
         .collect();
     let fc = latest_forecast(&pool, lot.lot_id.as_str()).await?;
     let issued = fc.first().map(|r| (r.0, r.7.clone()));
     series.extend(
         fc.into_iter()
             .filter(|r| r.1 >= from && r.1 < to && last_past.is_none_or(|p| r.1 > p))
-            .map(|(_, t, h, occ, low, high, cap, _)| {
-                json!({"time": t, "kind": "forecast", "occupancy": occ, "low": low, "high": high,
-                       "capacity": cap, "horizon_min": h})
+            .map(|(_, t, h, occ, low, high, cap, _)| SpanPoint {
+                time: t,
+                kind: SpanKind::Forecast,
+                occupancy: occ,
+                capacity: cap,
+                low: Some(low),
+                high: Some(high),
+                horizon_min: Some(h),
             }),
     );
-    Ok(HttpResponse::Ok().json(json!({
-        "lot_id": lot.lot_id, "from": from, "to": to,
-        "forecast_issued_at": issued.as_ref().map(|i| i.0),
-        "model_version": issued.map(|i| i.1),
-        "series": series,
-    })))
+    Ok(HttpResponse::Ok().json(wire::Timespan {
+        lot_id: lot.lot_id.to_string(),
+        from,
+        to,
+        forecast_issued_at: issued.as_ref().map(|i| i.0),
+        model_version: issued.map(|i| i.1),
+        series,
+    }))
 }
 
 /// `GET /v1/lots/{id}/recent`: the lot's occupancy every 5 minutes of event time, from
 /// the live fan-out (no database needed; what the service has seen since it started,
 /// at most 24 hours of samples).
+#[utoipa::path(
+    get, path = "/v1/lots/{id}/recent", tag = "history",
+    params(("id" = String, Path, description = "Lot id", example = "north")),
+    responses(
+        (status = 200, description = "5-minute samples seen since the service started", body = wire::Recent),
+        (status = 400, description = "Not a lot id", body = wire::ErrorBody),
+        (status = 404, description = "Unknown lot", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn recent(
     path: web::Path<String>,
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let lot = super::lots::handle(&st, &path)?.view().await?;
-    let points: Vec<_> = st
+    let points = st
         .live
         .recent(&lot.lot_id)
         .into_iter()
-        .map(|(t, occ)| json!({"time": Timestamp::from_micros(t), "occupancy": occ}))
+        .map(|(t, occ)| RecentPoint {
+            time: Timestamp::from_micros(t),
+            occupancy: occ,
+        })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "lot_id": lot.lot_id, "capacity": lot.capacity, "points": points,
-    })))
+    Ok(HttpResponse::Ok().json(wire::Recent {
+        lot_id: lot.lot_id.to_string(),
+        capacity: lot.capacity,
+        points,
+    }))
 }

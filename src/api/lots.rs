@@ -1,9 +1,10 @@
 //! Lot endpoints: register, list, read, change capacity, absolute count.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::wire::{self, AckStatus};
 use super::{body_kind, read_body, Ack, ApiError, ApiState};
 use crate::actors::{LotHandle, LotView, Outcome, Request};
 use crate::domain::{check_event_time, Capacity, Command, LotId, LotName, Rejection, Timestamp};
@@ -119,19 +120,32 @@ pub(super) fn handle(st: &ApiState, raw: &str) -> Result<LotHandle, ApiError> {
 fn reply(outcome: Outcome, view: LotView, created: bool) -> Result<HttpResponse, ApiError> {
     super::count_outcome(&outcome);
     match outcome {
-        Outcome::Accepted { offset } if created => Ok(HttpResponse::Created().json(Ack {
-            status: "accepted",
+        Outcome::Accepted { offset } if created => Ok(HttpResponse::Created().json(wire::Ack {
+            status: AckStatus::Accepted,
             offset,
-            lot: &view,
+            lot: (&view).into(),
         })),
-        Outcome::Accepted { offset } => Ok(Ack::ok("accepted", offset, &view)),
-        Outcome::Duplicate { offset } => Ok(Ack::ok("duplicate", offset, &view)),
+        Outcome::Accepted { offset } => Ok(Ack::ok(AckStatus::Accepted, offset, &view)),
+        Outcome::Duplicate { offset } => Ok(Ack::ok(AckStatus::Duplicate, offset, &view)),
         Outcome::Rejected(rejection) => Err(ApiError::rejected(rejection, view)),
     }
 }
 
 /// `POST /v1/lots {lot_id, name, capacity, event_id?}`. Registering the same lot again
 /// with the same name and capacity is answered 200 and appends nothing.
+#[utoipa::path(
+    post, path = "/v1/lots", tag = "lots",
+    request_body(content = wire::RegisterIn, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Registered", body = wire::Ack),
+        (status = 200, description = "The same registration again (duplicate or unchanged)", body = wire::Ack),
+        (status = 400, description = "A bad field", body = wire::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = wire::ErrorBody),
+        (status = 409, description = "Registered otherwise, or the lot limit is reached", body = wire::ErrorBody),
+        (status = 413, description = "Body too large", body = wire::ErrorBody),
+        (status = 415, description = "Not JSON", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn register(
     req: HttpRequest,
     payload: web::Payload,
@@ -157,29 +171,58 @@ pub(super) async fn register(
     }) = &outcome
     {
         if n == name.as_str() && *c == cap.get() {
-            let body = json!({"status": "unchanged", "offset": view.offset, "lot": view});
-            return Ok(HttpResponse::Ok().json(body));
+            let offset = view.offset.unwrap_or_default();
+            return Ok(Ack::ok(AckStatus::Unchanged, offset, &view));
         }
     }
     reply(outcome, view, true)
 }
 
 /// `GET /v1/lots`.
+#[utoipa::path(
+    get, path = "/v1/lots", tag = "lots",
+    responses((status = 200, description = "Every lot", body = wire::LotList))
+)]
 pub(super) async fn list(st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let lots = st.lots.views().await?;
-    Ok(HttpResponse::Ok().json(json!({ "lots": lots })))
+    Ok(HttpResponse::Ok().json(wire::LotList {
+        lots: lots.iter().map(wire::Lot::from).collect(),
+    }))
 }
 
 /// `GET /v1/lots/{id}`.
+#[utoipa::path(
+    get, path = "/v1/lots/{id}", tag = "lots",
+    params(("id" = String, Path, description = "Lot id", example = "north")),
+    responses(
+        (status = 200, description = "The lot", body = wire::Lot),
+        (status = 400, description = "Not a lot id", body = wire::ErrorBody),
+        (status = 404, description = "Unknown lot", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn get(
     path: web::Path<String>,
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let view = handle(&st, &path)?.view().await?;
-    Ok(HttpResponse::Ok().json(view))
+    Ok(HttpResponse::Ok().json(wire::Lot::from(&view)))
 }
 
 /// `PATCH /v1/lots/{id} {capacity, event_id?}`.
+#[utoipa::path(
+    patch, path = "/v1/lots/{id}", tag = "lots",
+    params(("id" = String, Path, description = "Lot id", example = "north")),
+    request_body(content = wire::CapacityIn, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Changed (or a duplicate)", body = wire::Ack),
+        (status = 400, description = "A bad field", body = wire::ErrorBody),
+        (status = 404, description = "Unknown lot", body = wire::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = wire::ErrorBody),
+        (status = 409, description = "Below the occupancy", body = wire::ErrorBody),
+        (status = 413, description = "Body too large", body = wire::ErrorBody),
+        (status = 415, description = "Not JSON", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn change_capacity(
     req: HttpRequest,
     path: web::Path<String>,
@@ -200,6 +243,20 @@ pub(super) async fn change_capacity(
 }
 
 /// `POST /v1/lots/{id}/count {count, timestamp?, event_id?}`: an absolute recount.
+#[utoipa::path(
+    post, path = "/v1/lots/{id}/count", tag = "ingest",
+    params(("id" = String, Path, description = "Lot id", example = "north")),
+    request_body(content = wire::CountIn, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Counted (or a duplicate)", body = wire::Ack),
+        (status = 400, description = "A bad field", body = wire::ErrorBody),
+        (status = 404, description = "Unknown lot", body = wire::ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = wire::ErrorBody),
+        (status = 409, description = "Above the capacity", body = wire::ErrorBody),
+        (status = 413, description = "Body too large, or more than the token may post at once", body = wire::ErrorBody),
+        (status = 415, description = "Not JSON", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn count(
     req: HttpRequest,
     path: web::Path<String>,

@@ -11,6 +11,7 @@
 //! | `GET /v1/ws` | `ws`: live occupancy (snapshot + changes, resume from an offset) |
 //! | `GET /healthz`, `GET /readyz` | `admin` |
 //! | `GET /metrics` | `admin`: Prometheus text ([`crate::metrics`]) |
+//! | `GET /openapi.json` | `openapi`: the OpenAPI document, generated from the handlers and the [`wire`] types |
 //!
 //! Every reply that shows lot state carries the log offset it reflects, and is sent only
 //! once that offset is durable. With tokens configured, [`auth`] checks every request
@@ -24,6 +25,8 @@ mod events;
 mod history;
 pub mod limits;
 mod lots;
+pub mod openapi;
+pub mod wire;
 mod ws;
 
 use std::sync::Arc;
@@ -84,43 +87,51 @@ impl ApiState {
 
 /// Mount every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(dashboard::index))
-        .route("/assets/{file}", web::get().to(dashboard::asset))
-        .route("/healthz", web::get().to(admin::healthz))
-        .route("/readyz", web::get().to(admin::readyz))
-        .route("/metrics", web::get().to(admin::metrics))
-        .service(
-            web::scope("/v1")
-                .route("/events", web::post().to(events::post_events))
-                .route("/lots", web::post().to(lots::register))
-                .route("/lots", web::get().to(lots::list))
-                .route("/lots/{id}", web::get().to(lots::get))
-                .route("/lots/{id}", web::patch().to(lots::change_capacity))
-                .route("/lots/{id}/count", web::post().to(lots::count))
-                .route("/lots/{id}/history", web::get().to(history::history))
-                .route("/lots/{id}/forecast", web::get().to(history::forecast))
-                .route("/lots/{id}/timespan", web::get().to(history::timespan))
-                .route("/lots/{id}/recent", web::get().to(history::recent))
-                .route("/ws", web::get().to(ws::ws))
-                .route("/admin/replay", web::post().to(admin::replay))
-                .route("/admin/projections", web::get().to(admin::projections))
-                .route("/admin/known-events", web::post().to(admin::known_events)),
+    // Path and query strings that do not parse get our JSON 400 too.
+    cfg.app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::bad(None, format!("bad path: {e}")).into()),
+    )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::bad(None, format!("bad query string: {e}")).into()),
+    )
+    .route("/", web::get().to(dashboard::index))
+    .route("/assets/{file}", web::get().to(dashboard::asset))
+    .route("/healthz", web::get().to(admin::healthz))
+    .route("/readyz", web::get().to(admin::readyz))
+    .route("/metrics", web::get().to(admin::metrics))
+    .route("/openapi.json", web::get().to(openapi::openapi_json))
+    .service(
+        web::scope("/v1")
+            .route("/events", web::post().to(events::post_events))
+            .route("/lots", web::post().to(lots::register))
+            .route("/lots", web::get().to(lots::list))
+            .route("/lots/{id}", web::get().to(lots::get))
+            .route("/lots/{id}", web::patch().to(lots::change_capacity))
+            .route("/lots/{id}/count", web::post().to(lots::count))
+            .route("/lots/{id}/history", web::get().to(history::history))
+            .route("/lots/{id}/forecast", web::get().to(history::forecast))
+            .route("/lots/{id}/timespan", web::get().to(history::timespan))
+            .route("/lots/{id}/recent", web::get().to(history::recent))
+            .route("/ws", web::get().to(ws::ws))
+            .route("/admin/replay", web::post().to(admin::replay))
+            .route("/admin/projections", web::get().to(admin::projections))
+            .route("/admin/known-events", web::post().to(admin::known_events)),
+    )
+    .default_service(web::to(|| async {
+        ApiError::bad(
+            None,
+            "no such route; the API lives under /v1 (see the README)",
         )
-        .default_service(web::to(|| async {
-            ApiError::bad(
-                None,
-                "no such route; the API lives under /v1 (see the README)",
-            )
-            .into_not_found()
-        }));
+        .into_not_found()
+    }));
 }
 
 impl ApiError {
     fn into_not_found(self) -> actix_web::HttpResponse {
-        actix_web::HttpResponse::NotFound().json(serde_json::json!({
-            "error": "not_found",
-            "message": self.to_string(),
-        }))
+        actix_web::HttpResponse::NotFound()
+            .json(wire::ErrorBody::new("not_found", self.to_string()))
     }
 }
 
@@ -156,23 +167,18 @@ pub async fn observe(
 }
 
 /// The reply to one accepted or duplicate command.
-#[derive(serde::Serialize)]
-struct Ack<'a> {
-    status: &'static str,
-    offset: u64,
-    lot: &'a crate::actors::LotView,
-}
+struct Ack;
 
-impl Ack<'_> {
+impl Ack {
     fn ok(
-        status: &'static str,
+        status: wire::AckStatus,
         offset: u64,
         lot: &crate::actors::LotView,
     ) -> actix_web::HttpResponse {
-        actix_web::HttpResponse::Ok().json(Ack {
+        actix_web::HttpResponse::Ok().json(wire::Ack {
             status,
             offset,
-            lot,
+            lot: lot.into(),
         })
     }
 }

@@ -31,7 +31,7 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::{ApiError, ApiState};
+use super::{wire, ApiError, ApiState};
 use crate::domain::{LotId, RecordedEvent};
 use crate::live::{change_of, frame, wanted, Outbox, SEND_LIMIT, SLOW_CONSUMER};
 
@@ -53,6 +53,19 @@ pub(super) struct WsQuery {
     from_offset: Option<u64>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/ws", tag = "live",
+    description = "A websocket of occupancy changes: a snapshot then changes, or every change after `from_offset` (see the README).",
+    params(
+        ("lots" = Option<String>, Query, description = "Comma-separated lot ids; default all"),
+        ("from_offset" = Option<u64>, Query, description = "Resume after this log offset"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the websocket protocol"),
+        (status = 400, description = "Not a websocket handshake, a bad lot id or offset", body = wire::ErrorBody),
+        (status = 503, description = "Too many subscribers", body = wire::ErrorBody),
+    )
+)]
 pub(super) async fn ws(
     req: HttpRequest,
     payload: web::Payload,

@@ -25,6 +25,17 @@ pub enum ProjectionState {
     Stopped,
 }
 
+impl ProjectionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProjectionState::Starting => "starting",
+            ProjectionState::Running => "running",
+            ProjectionState::Failing => "failing",
+            ProjectionState::Stopped => "stopped",
+        }
+    }
+}
+
 /// One projection's line on the [`StatusBoard`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProjectionStatus {

@@ -1,0 +1,435 @@
+//! The API's wire format: the JSON bodies the server sends (and the ones it accepts),
+//! as types. Handlers build replies from these types, and the OpenAPI document
+//! (`GET /openapi.json`, [`super::openapi`]) is generated from the same types, so the
+//! two cannot drift apart.
+//!
+//! Request bodies are read by the edge parsers (`ingest`, `lots::Fields`), which name
+//! each bad field in their 400 replies; the request types here describe what those
+//! parsers accept.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::actors::LotView;
+use crate::domain::Timestamp;
+
+/// A lot as the service sees it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Lot {
+    /// Normalised id (lower case, spaces joined with `-`).
+    pub lot_id: String,
+    pub name: String,
+    pub capacity: u32,
+    pub occupancy: u32,
+    pub free: u32,
+    /// Log offset of the last event of this lot that this view reflects (`null` before
+    /// the lot's first event).
+    pub offset: Option<u64>,
+    /// Event time of that event (RFC 3339, UTC).
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub updated_at: Option<Timestamp>,
+}
+
+impl From<&LotView> for Lot {
+    fn from(v: &LotView) -> Lot {
+        Lot {
+            lot_id: v.lot_id.to_string(),
+            name: v.name.clone(),
+            capacity: v.capacity,
+            occupancy: v.occupancy,
+            free: v.free,
+            offset: v.offset,
+            updated_at: v.updated_at,
+        }
+    }
+}
+
+/// What became of one command.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    Accepted,
+    /// The same `event_id` was accepted before: nothing new was appended.
+    Duplicate,
+    /// A registration equal to the lot's own: nothing was appended.
+    Unchanged,
+}
+
+/// The reply to one accepted, duplicate or unchanged command, once durable.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ack {
+    pub status: AckStatus,
+    /// Log offset of the event (of the earlier one for a duplicate).
+    pub offset: u64,
+    pub lot: Lot,
+}
+
+/// One event's outcome in a batch reply.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum BatchItem {
+    Accepted {
+        offset: u64,
+    },
+    Duplicate {
+        offset: u64,
+    },
+    Rejected {
+        /// `invalid_event`, `lot_not_found`, `forbidden`, or the lot's rejection
+        /// (`lot_full`, `lot_empty`, `count_above_capacity`, `invalid_timestamp`, ...).
+        code: String,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+    },
+    /// The log could not make the event durable: not acknowledged, safe to retry.
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// The reply to an array or NDJSON request: every event's outcome, in order.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct BatchReply {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
+    pub errors: usize,
+    pub results: Vec<BatchItem>,
+}
+
+/// `GET /v1/lots`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LotList {
+    pub lots: Vec<Lot>,
+}
+
+/// Every error reply: a stable code, a message for people, and what else applies.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable code (`invalid_request`, `lot_not_found`, `lot_full`, `payload_too_large`,
+    /// `span_too_large`, `rate_limited`, `too_many_connections`, `unauthorized`, ...).
+    pub error: String,
+    pub message: String,
+    /// The request field at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lot_id: Option<String>,
+    /// The lot's state, for a rejection by the lot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lot: Option<Lot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub days_of_history: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub days_needed: Option<usize>,
+    /// With 429 `rate_limited`: seconds to wait (also in `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ErrorBody {
+    pub fn new(error: impl Into<String>, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+            message: message.into(),
+            field: None,
+            lot_id: None,
+            lot: None,
+            days_of_history: None,
+            days_needed: None,
+            retry_after_secs: None,
+        }
+    }
+}
+
+/// One bucket of `GET /v1/lots/{id}/history`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryPoint {
+    #[schema(value_type = String, format = DateTime)]
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub occupancy_start: i32,
+    pub occupancy_end: i32,
+    pub occupancy_min: i32,
+    pub occupancy_max: i32,
+    pub occupancy_mean: f64,
+    pub arrivals: i64,
+    pub departures: i64,
+    pub counts: i64,
+    pub capacity: i32,
+    /// 15-minute buckets folded into this one.
+    pub buckets_15m: i64,
+}
+
+/// `GET /v1/lots/{id}/history`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct History {
+    pub lot_id: String,
+    /// `15m`, `1h` or `1d`.
+    pub bucket: String,
+    /// Zone of the hours and days of `1h` and `1d` buckets.
+    pub timezone: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub from: chrono::DateTime<chrono::Utc>,
+    #[schema(value_type = String, format = DateTime)]
+    pub to: chrono::DateTime<chrono::Utc>,
+    pub points: Vec<HistoryPoint>,
+}
+
+/// One point of a forecast.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ForecastPoint {
+    #[schema(value_type = String, format = DateTime)]
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub horizon_min: i32,
+    pub occupancy: f64,
+    /// The interval (p10 to p90 of the model's residuals).
+    pub low: f64,
+    pub high: f64,
+    /// Occupancy over capacity.
+    pub rate: f64,
+    pub capacity: i32,
+}
+
+/// `GET /v1/lots/{id}/forecast`: the newest run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Forecast {
+    pub lot_id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub issued_at: chrono::DateTime<chrono::Utc>,
+    pub model_version: String,
+    pub points: Vec<ForecastPoint>,
+}
+
+/// Whether a timespan point is history or forecast.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SpanKind {
+    History,
+    Forecast,
+}
+
+/// One point of `GET /v1/lots/{id}/timespan`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SpanPoint {
+    #[schema(value_type = String, format = DateTime)]
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub kind: SpanKind,
+    /// The bucket's mean (history) or the forecast.
+    pub occupancy: f64,
+    pub capacity: i32,
+    /// Forecast points only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub low: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub high: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub horizon_min: Option<i32>,
+}
+
+/// `GET /v1/lots/{id}/timespan`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Timespan {
+    pub lot_id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub from: chrono::DateTime<chrono::Utc>,
+    #[schema(value_type = String, format = DateTime)]
+    pub to: chrono::DateTime<chrono::Utc>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub forecast_issued_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub model_version: Option<String>,
+    pub series: Vec<SpanPoint>,
+}
+
+/// One 5-minute sample of `GET /v1/lots/{id}/recent`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecentPoint {
+    #[schema(value_type = String, format = DateTime)]
+    pub time: Timestamp,
+    pub occupancy: u32,
+}
+
+/// `GET /v1/lots/{id}/recent`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Recent {
+    pub lot_id: String,
+    pub capacity: u32,
+    pub points: Vec<RecentPoint>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `failed`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Why the service is not ready.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NotReadyReason {
+    /// `log_failed` or `projection_failing`.
+    pub reason: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub projection: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u64>,
+}
+
+/// `GET /readyz`. With tokens configured, the log's end and the reasons are shown to
+/// admin tokens only.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_end: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<Vec<NotReadyReason>>,
+}
+
+/// One projection on `GET /v1/admin/projections`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectionView {
+    pub name: String,
+    /// `starting`, `running`, `failing` or `stopped`.
+    pub state: String,
+    pub checkpoint: u64,
+    /// Log events not folded yet (`null` for those that follow tables, not the log).
+    pub lag: Option<u64>,
+    pub failures: u64,
+    pub too_late: u64,
+    pub last_error: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+}
+
+/// The live fan-out on `GET /v1/admin/projections`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiveView {
+    pub position: u64,
+    pub lag: u64,
+    pub subscribers: usize,
+}
+
+/// `GET /v1/admin/projections`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Projections {
+    pub log_end: u64,
+    pub projections: Vec<ProjectionView>,
+    pub live: LiveView,
+}
+
+/// `POST /v1/admin/replay`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replayed {
+    pub projection: String,
+    /// The rebuild's figures (events, rows or files, seconds; by projection).
+    #[schema(value_type = Object)]
+    pub stats: serde_json::Value,
+}
+
+/// `POST /v1/admin/known-events`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Known {
+    /// The asked ids the log holds.
+    pub known: Vec<String>,
+    pub log_end: u64,
+}
+
+/// An event as `POST /v1/events` accepts it: one object, an array of them, or NDJSON.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // read by the ingest parser; here for the document
+pub struct EventIn {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "north")]
+    pub lot_id: String,
+    /// `ARRIVAL`, `DEPARTURE` or `COUNT` (any case; `ENTRY`/`EXIT`, `IN`/`OUT` too).
+    #[schema(example = "ARRIVAL")]
+    pub event_type: String,
+    /// RFC 3339 text or epoch milliseconds; default: the server's clock. At most
+    /// `[limits] max_future_secs` ahead, not before 2000-01-01.
+    #[schema(value_type = Option<String>)]
+    pub timestamp: Option<serde_json::Value>,
+    /// A UUID for idempotent retries.
+    pub event_id: Option<String>,
+    /// With `COUNT`: the lot's occupancy.
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    pub count: Option<u32>,
+}
+
+/// The body of `POST /v1/events` as JSON: one event or an array of them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum EventsIn {
+    One(EventIn),
+    Many(Vec<EventIn>),
+}
+
+/// The reply of `POST /v1/events`: one event's own status, or a batch's outcomes.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EventsReply {
+    One(Ack),
+    Batch(BatchReply),
+}
+
+/// A 503: an error, or a batch reply whose events the log could not write.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Unavailable {
+    Error(ErrorBody),
+    Batch(BatchReply),
+}
+
+/// `POST /v1/lots`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct RegisterIn {
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "north")]
+    pub lot_id: String,
+    /// 1 to 200 bytes of text, no control characters.
+    #[schema(min_length = 1, max_length = 200, example = "North lot")]
+    pub name: String,
+    #[schema(minimum = 1, maximum = 1_000_000, example = 120)]
+    pub capacity: u32,
+    pub event_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub timestamp: Option<serde_json::Value>,
+}
+
+/// `PATCH /v1/lots/{id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct CapacityIn {
+    #[schema(minimum = 1, maximum = 1_000_000, example = 150)]
+    pub capacity: u32,
+    pub event_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub timestamp: Option<serde_json::Value>,
+}
+
+/// `POST /v1/lots/{id}/count`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct CountIn {
+    #[schema(minimum = 0, maximum = 1_000_000, example = 12)]
+    pub count: u32,
+    pub event_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub timestamp: Option<serde_json::Value>,
+}
+
+/// `POST /v1/admin/known-events`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct KnownEventsIn {
+    pub event_ids: Vec<String>,
+}

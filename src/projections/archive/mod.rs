@@ -440,6 +440,15 @@ impl ArchiveRunner {
         self.board.set(NAME, |s| s.state = ProjectionState::Stopped);
     }
 
+    /// Follow the log in the generation that is current now.
+    async fn refollow(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), ArchiveError> {
+        tracing::info!(
+            projection = NAME,
+            "the archive generation changed; resuming in the new one"
+        );
+        Box::pin(self.follow(shutdown)).await
+    }
+
     /// Follow the log; returns Ok on shutdown, Err to be retried.
     async fn follow(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), ArchiveError> {
         if *shutdown.borrow() {
@@ -486,9 +495,26 @@ impl ArchiveRunner {
                 full.push(chunker.take());
             }
             if !full.is_empty() {
+                // A rebuild may have switched generations: follow the new one, which
+                // reads these events again from the log (unless stopping: the stop was
+                // seen here and will not be signalled again). Checked before writing,
+                // and again after, before the board shows a checkpoint: a checkpoint of
+                // the old generation must never look like the new one's.
+                let moved = || async {
+                    Ok::<_, ArchiveError>(!stop && self.archive.current_generation().await? != gen)
+                };
+                if moved().await? {
+                    return self.refollow(shutdown).await;
+                }
+                let mut to = None;
                 for batch in full {
-                    let to = batch.last().map_or(0, |e| e.offset + 1);
+                    to = batch.last().map(|e| e.offset + 1);
                     self.archive.flush(&gen, Arc::new(batch)).await?;
+                }
+                if moved().await? {
+                    return self.refollow(shutdown).await;
+                }
+                if let Some(to) = to {
                     self.board.set(NAME, |s| {
                         s.state = ProjectionState::Running;
                         s.checkpoint = to;
@@ -496,15 +522,6 @@ impl ArchiveRunner {
                 }
                 if chunker.is_empty() {
                     oldest = None;
-                }
-                // A rebuild may have switched generations: follow the new one (unless
-                // stopping: the stop was seen here and will not be signalled again).
-                if !stop && self.archive.current_generation().await? != gen {
-                    tracing::info!(
-                        projection = NAME,
-                        "the archive generation changed; resuming in the new one"
-                    );
-                    return Box::pin(self.follow(shutdown)).await;
                 }
             }
             if stop {

@@ -525,9 +525,12 @@ fn replay_remote(url: &str, projection: &str, token: Option<&str>) -> anyhow::Re
             client = client.bearer_auth(t);
         }
         let client = client.finish();
+        // JSON, like every write a browser form cannot make (the server refuses others
+        // that carry no token).
         let mut resp = client
             .post(&target)
-            .send()
+            .insert_header(("content-type", "application/json"))
+            .send_body("{}")
             .await
             .map_err(|e| anyhow::anyhow!("cannot reach {target}: {e}"))?;
         let body = resp.body().limit(1 << 20).await?;

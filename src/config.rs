@@ -436,6 +436,15 @@ mod tests {
         );
         assert_eq!(c.limits.max_future_secs, DEFAULT_MAX_FUTURE_SECS);
         assert!(c.auth.reads_open && !c.auth.allow_open && c.auth.tokens_file.is_none());
+        // The example carries no password, not even in a comment.
+        let text = std::fs::read_to_string(&path).unwrap();
+        for url in text.split_whitespace().filter(|w| w.contains("://")) {
+            let url = url.trim_matches('"');
+            assert!(
+                !redact_url(url).contains("***"),
+                "a password in deploy/parkade.toml: {url}"
+            );
+        }
     }
 
     #[test]

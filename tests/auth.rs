@@ -235,16 +235,66 @@ async fn open_reads_need_no_token_but_writes_do() {
     )
     .await;
     assert_eq!(s, 401, "{r}");
-    // A cross-site form post carries no token: the replay it aimed at is refused.
+    // A cross-site form post carries no token and no JSON: the replay it aimed at is
+    // refused as a form (415) before the token is even looked for.
     let (s, _) = common::request(
         awc::Client::new().post(app.url("/v1/admin/replay?projection=occupancy")),
         Some("application/x-www-form-urlencoded"),
         Some("a=b".into()),
     )
     .await;
-    assert_eq!(s, 401);
+    assert_eq!(s, 415);
     let (s, _) = call(&app, "GET", "/v1/lots", Some(&t.read), None).await;
     assert_eq!(s, 200);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn without_tokens_a_cross_site_form_can_make_no_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    common::register(&app, "north", 10).await;
+    let end = app.log_end().await;
+    let (_, before) = app.get("/v1/admin/projections").await;
+    let writes = [
+        ("POST", "/v1/events"),
+        ("POST", "/v1/lots"),
+        ("PATCH", "/v1/lots/north"),
+        ("POST", "/v1/lots/north/count"),
+        ("POST", "/v1/admin/replay?projection=archive"),
+        ("POST", "/v1/admin/known-events"),
+    ];
+    // What an HTML form (or a no-preflight fetch) can send.
+    let kinds = [
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("text/plain"),
+        None,
+    ];
+    for (method, path) in writes {
+        for ct in kinds {
+            let req = awc::Client::new().request(method.parse().unwrap(), app.url(path));
+            let (s, r) =
+                common::request(req, ct, Some("lot_id=north&event_type=ARRIVAL".into())).await;
+            assert_eq!(s, 415, "{method} {path} as {ct:?}: {r}");
+            assert_eq!(r["error"], "unsupported_media_type", "{r}");
+        }
+    }
+    assert_eq!(app.log_end().await, end, "nothing was appended");
+    let (_, after) = app.get("/v1/admin/projections").await;
+    assert_eq!(
+        common::projection(&before, "archive")["checkpoint"],
+        common::projection(&after, "archive")["checkpoint"],
+        "no rebuild ran"
+    );
+    // JSON is taken, as before.
+    let (s, r) = app
+        .post(
+            "/v1/events",
+            json!({"lot_id": "north", "event_type": "ARRIVAL"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
     app.stop().await;
 }
 

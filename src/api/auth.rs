@@ -460,9 +460,48 @@ impl Hosts {
     }
 }
 
+/// A write a web page could make cross-site without asking (a form post: no token, and
+/// a body that is not JSON): the reason to refuse it. Browsers send a JSON body or an
+/// `Authorization` header cross-site only after a CORS preflight, which writes never
+/// pass (see [`cors`]).
+fn form_write(req: &ServiceRequest) -> Option<String> {
+    if matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) || req
+        .headers()
+        .contains_key(actix_web::http::header::AUTHORIZATION)
+    {
+        return None;
+    }
+    let ct = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let json = matches!(
+        essence.as_str(),
+        "application/json" | "application/x-ndjson" | "application/ndjson"
+    );
+    (!json).then(|| {
+        format!(
+            "a {} without a bearer token must carry a JSON body (Content-Type: application/json; got {:?}), so that no web page can make it with a form",
+            req.method(),
+            if ct.is_empty() { "none" } else { ct }
+        )
+    })
+}
+
 /// Refuse a request whose `Host` is not one of the server's names (421), before
 /// anything else looks at it: a page that rebinds its own name to this address gets
-/// nothing. A request without `Host` (HTTP/1.0, no browser) passes.
+/// nothing. A request without `Host` (HTTP/1.0, no browser) passes. Then refuse a
+/// write a form could make ([`form_write`], 415).
 pub async fn check_host(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -478,6 +517,17 @@ pub async fn check_host(
         },
         _ => None,
     };
+    if refused.is_none() {
+        if let Some(message) = form_write(&req) {
+            let r = deny(
+                req,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                message,
+            );
+            return Ok(r.map_into_right_body());
+        }
+    }
     match refused {
         None => Ok(next.call(req).await?.map_into_left_body()),
         Some(host) => {

@@ -183,6 +183,7 @@ async fn a_connection_that_sends_nothing_is_closed() {
         "{:?}",
         started.elapsed()
     );
+    assert_eq!(app.get("/v1/lots").await.0, 200, "others are served");
     app.stop().await;
 }
 
@@ -297,6 +298,7 @@ async fn from_offset_may_reach_back_only_so_far() {
             .contains("max_replay_events"),
         "{body}"
     );
+    assert_eq!(app.get("/v1/lots").await.0, 200, "others are served");
     // Five back is within reach: the changes after it arrive.
     let mut s = ws(&app, &format!("?from_offset={}", end - 6))
         .await
@@ -374,6 +376,11 @@ async fn history_ranges_are_bounded_by_points() {
             .unwrap()
             .contains("max_history_points"),
         "{r}"
+    );
+    assert_eq!(
+        app.get("/v1/lots/north/recent").await.0,
+        200,
+        "others are served"
     );
     let (s, r) = app
         .get("/v1/lots/north/timespan?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z")

@@ -474,17 +474,7 @@ fn form_write(req: &ServiceRequest) -> Option<String> {
     {
         return None;
     }
-    let ct = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let (ct, essence) = super::content_type(req.headers());
     let json = matches!(
         essence.as_str(),
         "application/json" | "application/x-ndjson" | "application/ndjson"

@@ -190,9 +190,9 @@ enum BodyKind {
     Ndjson,
 }
 
-fn body_kind(req: &HttpRequest, allow_ndjson: bool) -> Result<BodyKind, ApiError> {
-    let raw = req
-        .headers()
+/// The declared `Content-Type` as sent, and its essence (type/subtype, lower case).
+fn content_type(headers: &actix_web::http::header::HeaderMap) -> (&str, String) {
+    let raw = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
@@ -202,6 +202,11 @@ fn body_kind(req: &HttpRequest, allow_ndjson: bool) -> Result<BodyKind, ApiError
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
+    (raw, essence)
+}
+
+fn body_kind(req: &HttpRequest, allow_ndjson: bool) -> Result<BodyKind, ApiError> {
+    let (raw, essence) = content_type(req.headers());
     match essence.as_str() {
         "application/json" => Ok(BodyKind::Json),
         "application/x-ndjson" | "application/ndjson" if allow_ndjson => Ok(BodyKind::Ndjson),

@@ -344,6 +344,18 @@ pub struct Known {
     pub log_end: u64,
 }
 
+/// What every command may carry beside its own fields.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct Stamp {
+    /// A UUID for idempotent retries; default: the server makes one.
+    pub event_id: Option<String>,
+    /// Event time: RFC 3339 text or epoch milliseconds; default: the server's clock. At
+    /// most `[limits] max_future_secs` ahead, not before 2000-01-01.
+    #[schema(value_type = Option<String>)]
+    pub timestamp: Option<serde_json::Value>,
+}
+
 /// An event as `POST /v1/events` accepts it: one object, an array of them, or NDJSON.
 #[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)] // read by the ingest parser; here for the document
@@ -353,12 +365,8 @@ pub struct EventIn {
     /// `ARRIVAL`, `DEPARTURE` or `COUNT` (any case; `ENTRY`/`EXIT`, `IN`/`OUT` too).
     #[schema(example = "ARRIVAL")]
     pub event_type: String,
-    /// RFC 3339 text or epoch milliseconds; default: the server's clock. At most
-    /// `[limits] max_future_secs` ahead, not before 2000-01-01.
-    #[schema(value_type = Option<String>)]
-    pub timestamp: Option<serde_json::Value>,
-    /// A UUID for idempotent retries.
-    pub event_id: Option<String>,
+    #[serde(flatten)]
+    pub stamp: Stamp,
     /// With `COUNT`: the lot's occupancy.
     #[schema(minimum = 0, maximum = 1_000_000)]
     pub count: Option<u32>,
@@ -400,9 +408,8 @@ pub struct RegisterIn {
     pub name: String,
     #[schema(minimum = 1, maximum = 1_000_000, example = 120)]
     pub capacity: u32,
-    pub event_id: Option<String>,
-    #[schema(value_type = Option<String>)]
-    pub timestamp: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub stamp: Stamp,
 }
 
 /// `PATCH /v1/lots/{id}`.
@@ -411,9 +418,8 @@ pub struct RegisterIn {
 pub struct CapacityIn {
     #[schema(minimum = 1, maximum = 1_000_000, example = 150)]
     pub capacity: u32,
-    pub event_id: Option<String>,
-    #[schema(value_type = Option<String>)]
-    pub timestamp: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub stamp: Stamp,
 }
 
 /// `POST /v1/lots/{id}/count`.
@@ -422,9 +428,8 @@ pub struct CapacityIn {
 pub struct CountIn {
     #[schema(minimum = 0, maximum = 1_000_000, example = 12)]
     pub count: u32,
-    pub event_id: Option<String>,
-    #[schema(value_type = Option<String>)]
-    pub timestamp: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub stamp: Stamp,
 }
 
 /// `POST /v1/admin/known-events`.

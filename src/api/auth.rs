@@ -491,7 +491,7 @@ fn form_write(req: &ServiceRequest) -> Option<String> {
 /// Refuse a request whose `Host` is not one of the server's names (421), before
 /// anything else looks at it: a page that rebinds its own name to this address gets
 /// nothing. A request without `Host` (HTTP/1.0, no browser) passes. Then refuse a
-/// write a form could make ([`form_write`], 415).
+/// write a form could make (`form_write`, 415).
 pub async fn check_host(
     req: ServiceRequest,
     next: Next<impl MessageBody>,

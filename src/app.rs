@@ -14,13 +14,16 @@ use crate::actors::{LotOptions, Lots};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::log::{EventLog, FileLog, LogOptions};
-use crate::projections::{db, FaultPoint, Runner, StatusBoard};
+use crate::projections::supervisor::supervise;
+use crate::projections::{db, features, occupancy, FaultPoint, Runner, StatusBoard};
 
 /// Knobs for tests and drills that a config file does not offer.
 #[derive(Clone, Default)]
 pub struct Hooks {
     /// Fails projection batches between write and commit while armed.
     pub projection_fault: FaultPoint,
+    /// Makes the occupancy projection panic after folding a batch while armed.
+    pub projection_panic: FaultPoint,
     /// Write through this storage instead of the OS filesystem.
     pub storage: Option<Arc<dyn crate::log::Storage>>,
     /// Notify this service manager socket instead of the one `NOTIFY_SOCKET` names.
@@ -111,7 +114,7 @@ impl Application {
                 dyn_log.clone(),
                 board.clone(),
                 &config,
-                hooks.projection_fault.clone(),
+                &hooks,
                 shutdown_rx,
             )?);
         } else {
@@ -352,15 +355,16 @@ async fn stop_signal() {
     }
 }
 
-/// Run the PostgreSQL projections (occupancy, features) on their own thread and runtime,
-/// so their log reads and database round trips never share a thread with request
-/// handling.
+/// Run the PostgreSQL projections (occupancy, features, the features lake, the
+/// predictor) on their own thread and runtime, so their log reads and database round
+/// trips never share a thread with request handling; each under its own supervision
+/// (`projections::supervisor`), so that one failing or panicking does not stop the others.
 fn spawn_projection(
     url: String,
     log: Arc<dyn EventLog>,
     board: StatusBoard,
     config: &Config,
-    fault: FaultPoint,
+    hooks: &Hooks,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let batch_events = config.projections.batch_events.max(1);
@@ -375,76 +379,118 @@ fn spawn_projection(
     let data_dir = config.data_dir.clone();
     // The features go to the lake beside the archive, when there is one.
     let lake_config = config.archive.enabled.then(|| config.clone());
+    let (fault, panic) = (
+        hooks.projection_fault.clone(),
+        hooks.projection_panic.clone(),
+    );
     on_own_thread("parkade-projection", async move {
-        let mut backoff = Duration::from_millis(200);
-        let pool = loop {
-            match db::connect(&url).await {
-                Ok(pool) => break pool,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot reach PostgreSQL or migrate it; retrying");
-                    board.report_failure(crate::projections::occupancy::NAME, &e);
-                    let mut rx = shutdown.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {},
-                        _ = rx.changed() => return,
-                    }
-                    backoff = (backoff * 2).min(max_backoff);
-                }
-            }
+        let Some(pool) = connect_until_stopped(&url, &board, max_backoff, shutdown.clone()).await
+        else {
+            return;
+        };
+        let occupancy = Runner {
+            pool: pool.clone(),
+            log: log.clone(),
+            board: board.clone(),
+            batch_events,
+            max_backoff,
+            fault,
+            panic,
         };
         let features = crate::projections::features::FeaturesRunner {
             pool: pool.clone(),
-            log: log.clone(),
+            log,
             board: board.clone(),
             batch_events,
             lateness_secs,
             max_backoff,
         };
-        let occupancy = Runner {
-            pool,
-            log,
-            board,
-            batch_events,
-            max_backoff,
-            fault,
-        };
         let predictor = forecast.map(|(tz, f)| crate::forecast::service::Predictor {
-            pool: occupancy.pool.clone(),
+            pool: pool.clone(),
             data_dir,
             tz,
             interval: Duration::from_secs(f.interval_secs.max(1)),
             horizon_hours: f.horizon_hours.max(1),
             keep_hours: f.keep_hours.max(1),
-            board: occupancy.board.clone(),
+            board: board.clone(),
         });
-        let predict = async {
-            if let Some(p) = predictor {
-                p.run(shutdown.clone()).await
-            }
+        let lake = match &lake_config {
+            Some(c) => Some(crate::projections::features::lake::LakeExporter {
+                pool,
+                store: c.archive().await.store().clone(),
+                board: board.clone(),
+                every: Duration::from_secs(c.archive.roll_secs.clamp(1, 60)),
+            }),
+            None => None,
         };
-        let (lake_pool, lake_board) = (occupancy.pool.clone(), occupancy.board.clone());
-        let lake = async {
-            if let Some(c) = &lake_config {
-                crate::projections::features::lake::LakeExporter {
-                    pool: lake_pool,
-                    store: c.archive().await.store().clone(),
-                    board: lake_board,
-                    every: Duration::from_secs(c.archive.roll_secs.clamp(1, 60)),
-                }
-                .run(shutdown.clone())
-                .await
-            }
-        };
+        let watch = |name: &'static str| (name, board.clone(), max_backoff, shutdown.clone());
         tokio::join!(
-            occupancy.run(shutdown.clone()),
-            features.run(shutdown.clone()),
-            predict,
-            lake
+            supervised(watch(occupancy::NAME), occupancy, Runner::run),
+            supervised(watch(features::NAME), features, |r, sd| r.run(sd)),
+            async {
+                if let Some(p) = predictor {
+                    supervised(watch(crate::forecast::service::NAME), p, |p, sd| p.run(sd)).await
+                }
+            },
+            async {
+                if let Some(l) = lake {
+                    supervised(watch(features::lake::NAME), l, |l, sd| l.run(sd)).await
+                }
+            },
         );
     })
 }
 
-/// Run the archive projection on its own thread and runtime.
+/// Connect to PostgreSQL (and migrate it), retrying with backoff; `None` once stopped.
+async fn connect_until_stopped(
+    url: &str,
+    board: &StatusBoard,
+    max_backoff: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<sqlx::PgPool> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match db::connect(url).await {
+            Ok(pool) => return Some(pool),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach PostgreSQL or migrate it; retrying");
+                board.report_failure(occupancy::NAME, &e);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = shutdown.changed() => return None,
+                }
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+}
+
+/// Supervise a runner whose `run` returns once stopped: each restart runs a fresh
+/// clone of it, and a panic is reported like an error.
+async fn supervised<R, Fut>(
+    (name, board, max_backoff, shutdown): (
+        &'static str,
+        StatusBoard,
+        Duration,
+        watch::Receiver<bool>,
+    ),
+    runner: R,
+    run: impl Fn(R, watch::Receiver<bool>) -> Fut,
+) where
+    R: Clone,
+    Fut: std::future::Future<Output = ()>,
+{
+    supervise(name, board, max_backoff, shutdown, |sd| {
+        let done = run(runner.clone(), sd);
+        async move {
+            done.await;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Run the archive projection on its own thread and runtime, under supervision.
 fn spawn_archive(
     archive: crate::projections::archive::Archive,
     log: Arc<dyn EventLog>,
@@ -453,15 +499,24 @@ fn spawn_archive(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let max_backoff = Duration::from_secs(config.projections.max_backoff_secs.max(1));
+    let runner = crate::projections::archive::ArchiveRunner {
+        archive,
+        log,
+        board: board.clone(),
+        max_backoff,
+    };
     on_own_thread(
         "parkade-archive",
-        crate::projections::archive::ArchiveRunner {
-            archive,
-            log,
-            board,
-            max_backoff,
-        }
-        .run(shutdown),
+        supervised(
+            (
+                crate::projections::archive::NAME,
+                board,
+                max_backoff,
+                shutdown,
+            ),
+            runner,
+            |r, sd| r.run(sd),
+        ),
     )
 }
 

@@ -122,7 +122,19 @@ async fn metrics_are_prometheus_text_and_count_what_happened() {
         .await;
     assert_eq!(s, 404);
     let mut sub = subscribe(&app).await;
-    let m = scrape(&app).await;
+    // The subscriber joins the fan-out just after its handshake.
+    let m = common::eventually(
+        Duration::from_secs(5),
+        "the subscriber on the page",
+        || async {
+            let m = scrape(&app).await;
+            match sample(&m, "parkade_ws_subscribers", "parkade_ws_subscribers", &[]) {
+                Some(n) if n >= 1.0 => Ok(m),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 
     assert_eq!(
         count(&m, "accepted", "") - count(&before, "accepted", ""),
@@ -184,8 +196,6 @@ async fn metrics_are_prometheus_text_and_count_what_happened() {
         sample(&m, "parkade_log_end_offset", "parkade_log_end_offset", &[]),
         Some(3.0)
     );
-    let subscribers = sample(&m, "parkade_ws_subscribers", "parkade_ws_subscribers", &[]);
-    assert!(subscribers.unwrap() >= 1.0);
     let lag = sample(
         &m,
         "parkade_projection_lag_events",

@@ -194,3 +194,51 @@ async fn verify_reports_a_read_model_that_drifted_from_the_log() {
     let (code, out) = cli(&["verify"], dir.path(), &db);
     assert_eq!(code, 0, "replay repaired the drift: {out}");
 }
+
+#[actix_web::test]
+async fn a_panicking_projection_is_reported_restarted_and_the_others_go_on() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let panic = FaultPoint::default();
+    let hooks = Hooks {
+        projection_panic: panic.clone(),
+        ..Hooks::default()
+    };
+    let app = TestApp::spawn(test_config(dir.path(), Some(&db)), hooks).await;
+    common::register(&app, "north", 100).await;
+    app.wait_projection_caught_up().await;
+    panic.fail_next(3);
+    common::arrive(&app, "north").await;
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the panic on the board and in /readyz",
+        || async {
+            let (_, p) = app.get("/v1/admin/projections").await;
+            let occ = common::projection(&p, "occupancy");
+            let (status, ready) = app.get("/readyz").await;
+            let panicked = occ["state"] == "failing"
+                && occ["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("panicked: a panic injected"));
+            match (panicked, status) {
+                (true, 503) if ready["reasons"][0]["projection"] == "occupancy" => Ok(()),
+                _ => Err(format!("{occ} / {status} {ready}")),
+            }
+        },
+    )
+    .await;
+    // The other projections go on meanwhile.
+    common::arrive(&app, "north").await;
+    app.wait_caught_up("features").await;
+    // Once the injected panics are spent, the occupancy projection is running again,
+    // has every event once, and the service is ready.
+    app.wait_projection_caught_up().await;
+    let rows = db
+        .query("SELECT occupancy::int8 FROM current_lot_occupancy WHERE lot_id = 'north'")
+        .await;
+    assert_eq!(rows, vec![vec!["2".to_owned()]]);
+    let (_, p) = app.get("/v1/admin/projections").await;
+    assert_eq!(common::projection(&p, "occupancy")["failures"], 3, "{p}");
+    assert_eq!(app.get("/readyz").await.0, 200);
+    app.stop().await;
+}

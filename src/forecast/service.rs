@@ -259,6 +259,7 @@ pub async fn days_of_history(pool: &PgPool, lot: &str, tz: Tz) -> Result<usize, 
 /// Runs the predictor until shut down: every `interval`, forecast every lot. Without a
 /// saved model it trains one from the features first (and saves it) once there is
 /// enough history.
+#[derive(Clone)]
 pub struct Predictor {
     pub pool: PgPool,
     pub data_dir: PathBuf,

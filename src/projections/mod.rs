@@ -21,6 +21,7 @@ pub mod db;
 pub mod features;
 pub mod occupancy;
 mod runner;
+pub mod supervisor;
 pub(crate) use runner::failed_then_wait;
 pub mod verify;
 

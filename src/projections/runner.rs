@@ -122,6 +122,7 @@ impl FaultPoint {
 }
 
 /// Runs the occupancy projection until shut down.
+#[derive(Clone)]
 pub struct Runner {
     pub pool: PgPool,
     pub log: Arc<dyn EventLog>,
@@ -129,6 +130,8 @@ pub struct Runner {
     pub batch_events: usize,
     pub max_backoff: Duration,
     pub fault: FaultPoint,
+    /// Panics after folding a batch while armed (tests of the supervision).
+    pub panic: FaultPoint,
 }
 
 impl Runner {
@@ -167,6 +170,9 @@ impl Runner {
                 let mut fold = Fold::default();
                 for e in &batch {
                     fold.add(e);
+                }
+                if self.panic.trip() {
+                    panic!("a panic injected after folding offsets {from}..{to}");
                 }
                 loop {
                     match occupancy::write_batch(

@@ -410,6 +410,7 @@ impl Archive {
 }
 
 /// Keeps the archive caught up with the log until shut down.
+#[derive(Clone)]
 pub struct ArchiveRunner {
     pub archive: Archive,
     pub log: Arc<dyn EventLog>,

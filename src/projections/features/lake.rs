@@ -152,6 +152,7 @@ pub async fn export_dirty(pool: &PgPool, store: &Store) -> Result<usize, String>
 }
 
 /// Exports changed days every `every` until shut down.
+#[derive(Clone)]
 pub struct LakeExporter {
     pub pool: PgPool,
     pub store: Store,

@@ -260,6 +260,7 @@ pub async fn catch_up(
 }
 
 /// Keeps `lot_features_15m` caught up with the log.
+#[derive(Clone)]
 pub struct FeaturesRunner {
     pub pool: PgPool,
     pub log: Arc<dyn EventLog>,

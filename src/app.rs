@@ -15,7 +15,9 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::log::{EventLog, FileLog, LogOptions};
 use crate::projections::supervisor::supervise;
-use crate::projections::{db, features, occupancy, FaultPoint, Runner, StatusBoard};
+use crate::projections::{
+    db, features, occupancy, FaultPoint, ProjectionName, Runner, StatusBoard,
+};
 
 /// Knobs for tests and drills that a config file does not offer.
 #[derive(Clone, Default)]
@@ -423,7 +425,7 @@ fn spawn_projection(
             }),
             None => None,
         };
-        let watch = |name: &'static str| (name, board.clone(), max_backoff, shutdown.clone());
+        let watch = |name: ProjectionName| (name, board.clone(), max_backoff, shutdown.clone());
         tokio::join!(
             supervised(watch(occupancy::NAME), occupancy, Runner::run),
             supervised(watch(features::NAME), features, |r, sd| r.run(sd)),
@@ -469,7 +471,7 @@ async fn connect_until_stopped(
 /// clone of it, and a panic is reported like an error.
 async fn supervised<R, Fut>(
     (name, board, max_backoff, shutdown): (
-        &'static str,
+        ProjectionName,
         StatusBoard,
         Duration,
         watch::Receiver<bool>,

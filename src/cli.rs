@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::app::{Application, Hooks};
 use crate::config::{Config, LogFormat};
 use crate::log::{EventLog, FileLog, LogOptions, OpenMode};
-use crate::projections::{archive, db, features, occupancy, verify};
+use crate::projections::{db, features, occupancy, verify, ProjectionName};
 
 #[derive(Parser)]
 #[command(
@@ -210,8 +210,8 @@ struct ReplayArgs {
     common: Common,
     /// The projection to rebuild: occupancy or features (PostgreSQL), or archive (Parquet
     /// lake).
-    #[arg(long, default_value = "occupancy")]
-    projection: String,
+    #[arg(long, default_value = "occupancy", value_parser = ProjectionName::rebuildable)]
+    projection: ProjectionName,
     /// Ask a running server to rebuild (POST /v1/admin/replay) instead of doing it here.
     #[arg(long)]
     url: Option<String>,
@@ -348,14 +348,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Replay(a) => {
             let c = a.common.config()?;
             crate::telemetry::init(c.log_format);
-            match (a.url, a.projection.as_str()) {
-                (Some(url), _) => replay_remote(&url, &a.projection, a.token.as_deref()),
-                (None, occupancy::NAME) => replay_local(&c),
-                (None, archive::NAME) => replay_archive(&c),
-                (None, features::NAME) => replay_features(&c),
-                (None, other) => {
-                    bail!("unknown projection {other:?} (known: occupancy, archive, features)")
-                }
+            match (a.url, a.projection) {
+                (Some(url), p) => replay_remote(&url, p, a.token.as_deref()),
+                (None, ProjectionName::Archive) => replay_archive(&c),
+                (None, ProjectionName::Features) => replay_features(&c),
+                // The value parser lets only the rebuildable ones through.
+                (None, _) => replay_local(&c),
             }
         }
         Cmd::Backtest(a) => backtest(a),
@@ -514,7 +512,11 @@ fn replay_archive(c: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn replay_remote(url: &str, projection: &str, token: Option<&str>) -> anyhow::Result<ExitCode> {
+fn replay_remote(
+    url: &str,
+    projection: ProjectionName,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let target = format!(
         "{}/v1/admin/replay?projection={projection}",
         url.trim_end_matches('/')

@@ -134,7 +134,7 @@ pub struct Views<'a> {
 pub fn render(handle: &PrometheusHandle, v: Views<'_>) -> String {
     metrics::gauge!("parkade_log_end_offset").set(v.log_end as f64);
     for p in v.board.all() {
-        let name = p.name;
+        let name = p.name.as_str();
         metrics::gauge!("parkade_projection_checkpoint", "projection" => name)
             .set(p.checkpoint as f64);
         metrics::gauge!("parkade_projection_lag_events", "projection" => name)

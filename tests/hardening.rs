@@ -481,9 +481,12 @@ async fn a_second_rebuild_of_a_projection_is_refused_not_run_beside_the_first() 
     app.wait_projection_caught_up().await;
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     // A rebuild beside the server (`parkade replay`) holds the lock...
-    let held = parkade::projections::db::lock_rebuild(&pool, "occupancy")
-        .await
-        .unwrap();
+    let held = parkade::projections::db::lock_rebuild(
+        &pool,
+        parkade::projections::ProjectionName::Occupancy,
+    )
+    .await
+    .unwrap();
     for name in ["occupancy"] {
         let (s, r) = app
             .post(&format!("/v1/admin/replay?projection={name}"), Value::Null)

@@ -4,7 +4,7 @@ use super::wire::{self, Health, LiveView, NotReadyReason, ProjectionView, Ready}
 use actix_web::{web, HttpResponse};
 
 use super::{ApiError, ApiState};
-use crate::projections::{archive, features, occupancy};
+use crate::projections::{archive, features, occupancy, ProjectionName};
 
 /// What `/healthz` and `/readyz` tell a client when the log refuses writes: a stable
 /// code and message; the cause (paths, OS errors) is in the server's log only.
@@ -97,7 +97,7 @@ pub(super) async fn readyz(req: actix_web::HttpRequest, st: web::Data<ApiState>)
                     "projection {} is failing and retrying from offset {} ({} failures so far)",
                     status.name, status.checkpoint, status.failures
                 ),
-                projection: Some(status.name.into()),
+                projection: Some(status.name.as_str().into()),
                 checkpoint: Some(status.checkpoint),
                 failures: Some(status.failures),
             });
@@ -130,9 +130,9 @@ pub(super) async fn projections(st: web::Data<ApiState>) -> HttpResponse {
         .into_iter()
         .map(|s| {
             // The predictor and the features exporter follow tables, not log offsets.
-            let follows_log = [occupancy::NAME, features::NAME, archive::NAME].contains(&s.name);
+            let follows_log = s.name.follows_log();
             ProjectionView {
-                name: s.name.into(),
+                name: s.name.as_str().into(),
                 state: s.state.as_str().into(),
                 checkpoint: s.checkpoint,
                 lag: follows_log.then(|| log_end.saturating_sub(s.checkpoint)),
@@ -176,19 +176,17 @@ pub(super) async fn replay(
     q: web::Query<ReplayQuery>,
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = q.projection.as_deref().unwrap_or(occupancy::NAME);
-    if ![occupancy::NAME, archive::NAME, features::NAME].contains(&name) {
-        return Err(ApiError::bad(
-            Some("projection".into()),
-            format!("unknown projection {name:?} (known: occupancy, archive, features)"),
-        ));
-    }
+    let name = match q.projection.as_deref() {
+        None => occupancy::NAME,
+        Some(p) => ProjectionName::rebuildable(p)
+            .map_err(|e| ApiError::bad(Some("projection".into()), e))?,
+    };
     let Ok(_guard) = st.replay.try_lock() else {
         return Err(ApiError::ReplayRunning(
             "a replay is already running on this server; wait for it to finish".into(),
         ));
     };
-    tracing::info!(projection = name, "replay requested over HTTP");
+    tracing::info!(projection = %name, "replay requested over HTTP");
     let stats = if name == archive::NAME {
         let Some(a) = st.archive.clone() else {
             return Err(ApiError::Unavailable(
@@ -221,9 +219,9 @@ pub(super) async fn replay(
             .map_err(rebuild_error)?;
         serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?
     };
-    tracing::info!(projection = name, "replay finished");
+    tracing::info!(projection = %name, "replay finished");
     Ok(HttpResponse::Ok().json(wire::Replayed {
-        projection: name.into(),
+        projection: name.as_str().into(),
         stats,
     }))
 }

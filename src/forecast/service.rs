@@ -19,7 +19,7 @@ use super::model::{self, Model};
 use crate::projections::{ProjectionState, StatusBoard};
 
 /// Name of the predictor on the status board.
-pub const NAME: &str = "predictor";
+pub const NAME: crate::projections::ProjectionName = crate::projections::ProjectionName::Predictor;
 /// Weeks of features read for training and forecasting.
 const WEEKS_READ: i64 = 12;
 

@@ -3,7 +3,7 @@
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use super::ProjectionError;
+use super::{ProjectionError, ProjectionName};
 
 /// Connect and apply the migrations in `migrations/`.
 pub async fn connect(url: &str) -> Result<PgPool, ProjectionError> {
@@ -49,11 +49,11 @@ pub struct Checkpoint {
 /// Read projection `name`'s checkpoint, creating it (at offset 0 of `log_id`) when missing.
 pub async fn ensure_checkpoint(
     pool: &PgPool,
-    name: &str,
+    name: ProjectionName,
     log_id: uuid::Uuid,
 ) -> Result<Checkpoint, ProjectionError> {
     sqlx::query("INSERT INTO projection_checkpoints (projection, log_id, next_offset) VALUES ($1, $2, 0) ON CONFLICT (projection) DO NOTHING")
-        .bind(name)
+        .bind(name.as_str())
         .bind(log_id)
         .execute(pool)
         .await?;
@@ -72,7 +72,7 @@ pub async fn ensure_checkpoint(
 /// Projection `name`'s checkpoint, if it has one.
 pub async fn read_checkpoint<'e, E>(
     executor: E,
-    name: &str,
+    name: ProjectionName,
 ) -> Result<Option<Checkpoint>, ProjectionError>
 where
     E: sqlx::PgExecutor<'e>,
@@ -80,7 +80,7 @@ where
     let row: Option<(uuid::Uuid, i64)> = sqlx::query_as(
         "SELECT log_id, next_offset FROM projection_checkpoints WHERE projection = $1",
     )
-    .bind(name)
+    .bind(name.as_str())
     .fetch_optional(executor)
     .await?;
     Ok(row.map(|(log_id, next)| Checkpoint {
@@ -93,14 +93,14 @@ where
 /// `log_id` (the batch may be written); `Ok(Some(next))` when a rebuild moved it.
 pub async fn lock_checkpoint(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    name: &str,
+    name: ProjectionName,
     log_id: uuid::Uuid,
     from: u64,
 ) -> Result<Option<u64>, ProjectionError> {
     let row: Option<(uuid::Uuid, i64)> = sqlx::query_as(
         "SELECT log_id, next_offset FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
     )
-    .bind(name)
+    .bind(name.as_str())
     .fetch_optional(&mut **tx)
     .await?;
     let Some((found_log, next)) = row else {
@@ -119,12 +119,12 @@ pub async fn lock_checkpoint(
 /// Move projection `name`'s checkpoint to `to` in `tx`.
 pub async fn set_checkpoint(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    name: &str,
+    name: ProjectionName,
     log_id: uuid::Uuid,
     to: u64,
 ) -> Result<(), ProjectionError> {
     sqlx::query("INSERT INTO projection_checkpoints (projection, log_id, next_offset) VALUES ($1, $2, $3) ON CONFLICT (projection) DO UPDATE SET log_id = $2, next_offset = $3, updated_at = now()")
-        .bind(name)
+        .bind(name.as_str())
         .bind(log_id)
         .bind(i64::try_from(to).unwrap_or(i64::MAX))
         .execute(&mut **tx)
@@ -160,15 +160,15 @@ pub struct RebuildLock {
     key: i64,
 }
 
-fn rebuild_key(name: &str) -> i64 {
+fn rebuild_key(name: ProjectionName) -> i64 {
     // A fixed high word for parkade's rebuild locks, the name's CRC in the low one.
-    (0x7061_726b_i64 << 32) | i64::from(crc32c::crc32c(name.as_bytes()))
+    (0x7061_726b_i64 << 32) | i64::from(crc32c::crc32c(name.as_str().as_bytes()))
 }
 
 /// Take projection `name`'s rebuild lock, or fail at once when a rebuild holds it.
 pub async fn lock_rebuild(
     pool: &PgPool,
-    name: &'static str,
+    name: ProjectionName,
 ) -> Result<RebuildLock, ProjectionError> {
     let mut conn = pool.acquire().await?;
     let key = rebuild_key(name);

@@ -19,12 +19,14 @@
 pub mod archive;
 pub mod db;
 pub mod features;
+mod name;
 pub mod occupancy;
 mod runner;
 pub mod supervisor;
 pub(crate) use runner::failed_then_wait;
 pub mod verify;
 
+pub use name::ProjectionName;
 pub use runner::{FaultPoint, ProjectionState, ProjectionStatus, Runner, StatusBoard};
 
 /// Errors of the projections.
@@ -56,7 +58,7 @@ pub enum ProjectionError {
     #[error("the log could be read only up to offset {read} of {end}; nothing was replaced")]
     ShortRead { read: u64, end: u64 },
     #[error("a rebuild of the {0} projection is already running (by this server or a `parkade replay` beside it); wait for it to finish")]
-    RebuildRunning(&'static str),
+    RebuildRunning(ProjectionName),
     #[error("event at offset {offset} (lot {lot}) cannot be stored in PostgreSQL ({reason}); the projection stops here rather than skip it")]
     Unstorable {
         offset: u64,

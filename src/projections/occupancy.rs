@@ -13,12 +13,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{FaultPoint, ProjectionError};
+use super::{FaultPoint, ProjectionError, ProjectionName};
 use crate::domain::{LotEvent, LotId, RecordedEvent};
 use crate::log::EventLog;
 
 /// The projection's name in `projection_checkpoints`.
-pub const NAME: &str = "occupancy";
+pub const NAME: ProjectionName = ProjectionName::Occupancy;
 const TABLE_REBUILD: &str = "current_lot_occupancy_rebuild";
 
 /// One row of `current_lot_occupancy`.
@@ -179,7 +179,7 @@ pub async fn write_batch(
     let row: Option<(Uuid, i64)> = sqlx::query_as(
         "SELECT log_id, next_offset FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
     )
-    .bind(NAME)
+    .bind(NAME.as_str())
     .fetch_optional(&mut *tx)
     .await?;
     let Some((found_log, next)) = row else {
@@ -197,7 +197,7 @@ pub async fn write_batch(
     }
     fold.write(&mut tx, "current_lot_occupancy").await?;
     sqlx::query("UPDATE projection_checkpoints SET next_offset = $2, updated_at = now() WHERE projection = $1")
-        .bind(NAME)
+        .bind(NAME.as_str())
         .bind(i64::try_from(to).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await?;
@@ -303,17 +303,17 @@ pub async fn rebuild(
 
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO projection_checkpoints (projection, log_id, next_offset) VALUES ($1, $2, 0) ON CONFLICT (projection) DO NOTHING")
-        .bind(NAME)
+        .bind(NAME.as_str())
         .bind(log_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query("SELECT next_offset FROM projection_checkpoints WHERE projection = $1 FOR UPDATE")
-        .bind(NAME)
+        .bind(NAME.as_str())
         .execute(&mut *tx)
         .await?;
     super::db::swap_in(&mut tx, "current_lot_occupancy", TABLE_REBUILD).await?;
     sqlx::query("UPDATE projection_checkpoints SET log_id = $2, next_offset = $3, updated_at = now() WHERE projection = $1")
-        .bind(NAME)
+        .bind(NAME.as_str())
         .bind(log_id)
         .bind(i64::try_from(end).unwrap_or(i64::MAX))
         .execute(&mut *tx)

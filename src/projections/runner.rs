@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use super::occupancy::{self, Fold, Written};
-use super::ProjectionError;
+use super::{ProjectionError, ProjectionName};
 use crate::domain::Timestamp;
 use crate::log::{EventLog, Subscription};
 
@@ -39,7 +39,7 @@ impl ProjectionState {
 /// One projection's line on the [`StatusBoard`].
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProjectionStatus {
-    pub name: &'static str,
+    pub name: ProjectionName,
     pub state: ProjectionState,
     /// Next log offset to fold: every event below it is in the read model.
     pub checkpoint: u64,
@@ -52,10 +52,10 @@ pub struct ProjectionStatus {
 
 /// Shared status of all projections, read by `/readyz` and `/v1/admin/projections`.
 #[derive(Clone, Default)]
-pub struct StatusBoard(Arc<Mutex<BTreeMap<&'static str, ProjectionStatus>>>);
+pub struct StatusBoard(Arc<Mutex<BTreeMap<ProjectionName, ProjectionStatus>>>);
 
 impl StatusBoard {
-    pub(crate) fn set(&self, name: &'static str, f: impl FnOnce(&mut ProjectionStatus)) {
+    pub(crate) fn set(&self, name: ProjectionName, f: impl FnOnce(&mut ProjectionStatus)) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.entry(name).or_insert_with(|| ProjectionStatus {
             name,
@@ -71,12 +71,12 @@ impl StatusBoard {
     }
 
     /// Mark a projection as failing with this error.
-    pub fn report_failure(&self, name: &'static str, e: &ProjectionError) {
+    pub fn report_failure(&self, name: ProjectionName, e: &ProjectionError) {
         self.report_failure_text(name, e.to_string());
     }
 
     /// Mark a projection as failing with this message.
-    pub fn report_failure_text(&self, name: &'static str, msg: String) {
+    pub fn report_failure_text(&self, name: ProjectionName, msg: String) {
         self.set(name, |s| {
             s.state = ProjectionState::Failing;
             s.last_error = Some(msg);
@@ -94,7 +94,7 @@ impl StatusBoard {
     }
 
     /// Names of projections that are failing.
-    pub fn failing(&self) -> Vec<&'static str> {
+    pub fn failing(&self) -> Vec<ProjectionName> {
         self.all()
             .into_iter()
             .filter(|s| s.state == ProjectionState::Failing)
@@ -195,7 +195,7 @@ impl Runner {
                         }
                         Ok(Written::Moved(next)) => {
                             tracing::info!(
-                                projection = name,
+                                projection = %name,
                                 from,
                                 resume = next,
                                 "checkpoint moved by a rebuild; resuming there"
@@ -249,13 +249,13 @@ impl Runner {
 /// `max`). Returns true when shutting down.
 pub(crate) async fn failed_then_wait(
     board: &StatusBoard,
-    name: &'static str,
+    name: ProjectionName,
     e: &ProjectionError,
     backoff: &mut Duration,
     max: Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
-    tracing::error!(projection = name, error = %e, retry_in_ms = backoff.as_millis() as u64, "projection failed; retrying");
+    tracing::error!(projection = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "projection failed; retrying");
     board.report_failure(name, e);
     let wait = *backoff;
     *backoff = (*backoff * 2).min(max);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use tokio::sync::watch;
 
-use super::{ProjectionState, StatusBoard};
+use super::{ProjectionName, ProjectionState, StatusBoard};
 
 /// The first wait before a restart.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -23,7 +23,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Run `run` under supervision until the stop signal. `run` is called again for each
 /// restart, with the stop signal; it returns `Ok(())` once stopped, or why it failed.
 pub async fn supervise<F, Fut>(
-    name: &'static str,
+    name: ProjectionName,
     board: StatusBoard,
     max_backoff: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -47,7 +47,7 @@ pub async fn supervise<F, Fut>(
         if started.elapsed() > max_backoff.max(FIRST_BACKOFF) * 2 {
             backoff = FIRST_BACKOFF;
         }
-        tracing::error!(projection = name, error = %why, restart_in_ms = backoff.as_millis() as u64, "projection stopped; restarting it");
+        tracing::error!(projection = %name, error = %why, restart_in_ms = backoff.as_millis() as u64, "projection stopped; restarting it");
         board.report_failure_text(name, why);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -80,7 +80,7 @@ mod tests {
         let seen = board.clone();
         let counted = runs.clone();
         let task = tokio::spawn(supervise(
-            "test",
+            ProjectionName::Predictor,
             board.clone(),
             Duration::from_millis(400),
             rx,
@@ -92,7 +92,9 @@ mod tests {
                         0 => panic!("boom {n}"),
                         1 => Err("a plain failure".to_owned()),
                         _ => {
-                            seen.set("test", |s| s.state = ProjectionState::Running);
+                            seen.set(ProjectionName::Predictor, |s| {
+                                s.state = ProjectionState::Running
+                            });
                             let _ = sd.changed().await;
                             Ok(())
                         }
@@ -103,7 +105,7 @@ mod tests {
         let failing = async {
             loop {
                 let s = board.all();
-                if let Some(s) = s.iter().find(|s| s.name == "test") {
+                if let Some(s) = s.iter().find(|s| s.name == ProjectionName::Predictor) {
                     if s.state == ProjectionState::Failing
                         && s.last_error.as_deref() == Some("panicked: boom 0")
                     {

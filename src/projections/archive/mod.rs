@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{ProjectionState, StatusBoard};
+use super::{ProjectionName, ProjectionState, StatusBoard};
 use crate::domain::RecordedEvent;
 use crate::log::{EventLog, LogError, Subscription};
 
@@ -60,7 +60,7 @@ pub use s3::{S3Config, S3Store, MULTIPART_THRESHOLD};
 pub use store::{LocalStore, Store, StoreError};
 
 /// The projection's name on the status board and in `parkade replay`.
-pub const NAME: &str = "archive";
+pub const NAME: ProjectionName = ProjectionName::Archive;
 const CURRENT: &str = "_current";
 
 /// Settings of the archive.
@@ -428,7 +428,7 @@ impl ArchiveRunner {
             match self.follow(&mut shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::error!(projection = NAME, error = %e, retry_in_ms = backoff.as_millis() as u64, "archive failed; retrying");
+                    tracing::error!(projection = %NAME, error = %e, retry_in_ms = backoff.as_millis() as u64, "archive failed; retrying");
                     self.board.report_failure_text(NAME, e.to_string());
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -444,7 +444,7 @@ impl ArchiveRunner {
     /// Follow the log in the generation that is current now.
     async fn refollow(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), ArchiveError> {
         tracing::info!(
-            projection = NAME,
+            projection = %NAME,
             "the archive generation changed; resuming in the new one"
         );
         Box::pin(self.follow(shutdown)).await
@@ -464,7 +464,7 @@ impl ArchiveRunner {
                 next - 1
             )));
         }
-        tracing::info!(projection = NAME, generation = %gen, from = next, store = %self.archive.store.describe(), "archive following the log");
+        tracing::info!(projection = %NAME, generation = %gen, from = next, store = %self.archive.store.describe(), "archive following the log");
         self.board.set(NAME, |s| {
             s.state = ProjectionState::Running;
             s.checkpoint = next;

@@ -20,10 +20,10 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::projections::archive::Store;
-use crate::projections::{ProjectionState, StatusBoard};
+use crate::projections::{ProjectionName, ProjectionState, StatusBoard};
 
 /// Name on the status board.
-pub const NAME: &str = "features-lake";
+pub const NAME: ProjectionName = ProjectionName::FeaturesLake;
 
 /// The columns of a features file.
 pub fn schema() -> SchemaRef {

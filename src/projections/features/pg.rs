@@ -14,10 +14,10 @@ use tokio::sync::watch;
 
 use super::fold::{FeatureFold, FeatureRow};
 use crate::log::{EventLog, Subscription};
-use crate::projections::{db, ProjectionError, ProjectionState, StatusBoard};
+use crate::projections::{db, ProjectionError, ProjectionName, ProjectionState, StatusBoard};
 
 /// The projection's name in `projection_checkpoints` and `parkade replay --projection`.
-pub const NAME: &str = "features";
+pub const NAME: ProjectionName = ProjectionName::Features;
 const TABLE: &str = "lot_features_15m";
 const TABLE_REBUILD: &str = "lot_features_15m_rebuild";
 
@@ -206,7 +206,7 @@ pub async fn rebuild(
     let mut tx = pool.begin().await?;
     db::set_checkpoint(&mut tx, NAME, log_id, 0).await?;
     sqlx::query("SELECT next_offset FROM projection_checkpoints WHERE projection = $1 FOR UPDATE")
-        .bind(NAME)
+        .bind(NAME.as_str())
         .execute(&mut *tx)
         .await?;
     db::swap_in(&mut tx, TABLE, TABLE_REBUILD).await?;
@@ -348,7 +348,7 @@ impl FeaturesRunner {
                         }
                         Ok(Some(next)) => {
                             tracing::info!(
-                                projection = NAME,
+                                projection = %NAME,
                                 resume = next,
                                 "checkpoint moved by a rebuild; resuming there"
                             );

@@ -69,21 +69,23 @@ impl Lots {
     pub fn recover(log: Arc<dyn EventLog>, opts: LotOptions) -> Result<Lots, LogError> {
         let started = std::time::Instant::now();
         let mut cores: HashMap<LotId, LotCore> = HashMap::new();
-        let mut cursor = log.cursor(0);
         let mut events = 0u64;
-        loop {
-            let batch = cursor.next_batch(65_536)?;
-            if batch.is_empty() {
-                break;
-            }
-            events += batch.len() as u64;
-            for e in &batch {
-                cores
-                    .entry(e.event.lot_id.clone())
-                    .or_insert_with(|| LotCore::new(e.event.lot_id.clone(), opts.dedupe_window))
-                    .replay(e);
-            }
-        }
+        crate::log::scan(
+            &*log,
+            0,
+            log.durable_end(),
+            crate::log::SCAN_BATCH,
+            |batch| {
+                events += batch.len() as u64;
+                for e in batch {
+                    cores
+                        .entry(e.event.lot_id.clone())
+                        .or_insert_with(|| LotCore::new(e.event.lot_id.clone(), opts.dedupe_window))
+                        .replay(e);
+                }
+                std::ops::ControlFlow::Continue(())
+            },
+        )?;
         let arbiters: Vec<Arbiter> = (0..opts.threads.max(1)).map(|_| Arbiter::new()).collect();
         let lots = Lots {
             inner: Arc::new(Inner {

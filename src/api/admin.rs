@@ -295,18 +295,18 @@ pub(super) async fn known_events(
     let (found, end) = web::block(move || -> Result<_, crate::log::LogError> {
         let end = log.durable_end();
         let mut found = Vec::new();
-        let mut cursor = log.cursor(0);
-        while !wanted.is_empty() {
-            let batch = cursor.next_batch(65_536)?;
-            if batch.is_empty() {
-                break;
-            }
+        crate::log::scan(&*log, 0, end, crate::log::SCAN_BATCH, |batch| {
             for e in batch.iter().filter(|e| e.event.client_event_id) {
                 if wanted.remove(&e.event.event_id.as_u128()) {
                     found.push(e.event.event_id.to_string());
                 }
             }
-        }
+            if wanted.is_empty() {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })?;
         Ok((found, end))
     })
     .await

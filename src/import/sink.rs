@@ -63,19 +63,15 @@ impl LocalSink {
     /// recognised however far back the first import was.
     pub fn new(lots: Lots, log: &dyn EventLog) -> Result<LocalSink, LogError> {
         let mut in_log = FxHashSet::default();
-        let mut cursor = log.cursor(0);
-        loop {
-            let batch = cursor.next_batch(65_536)?;
-            if batch.is_empty() {
-                break;
-            }
+        crate::log::scan(log, 0, log.durable_end(), crate::log::SCAN_BATCH, |batch| {
             in_log.extend(
                 batch
                     .iter()
                     .filter(|e| e.event.client_event_id)
                     .map(|e| e.event.event_id.as_u128()),
             );
-        }
+            std::ops::ControlFlow::Continue(())
+        })?;
         Ok(LocalSink { lots, in_log })
     }
 }

@@ -62,6 +62,41 @@ pub enum LogError {
     Closed,
     #[error("the log in {0} is in use by another parkade process")]
     Locked(PathBuf),
+    /// A scan meant to read up to `end` found the log ending at `read` (a damaged log:
+    /// what was durable is gone).
+    #[error("the log could be read only up to offset {read} of {end}")]
+    ShortRead { read: u64, end: u64 },
+}
+
+/// Events a scan reads at once unless it needs otherwise.
+pub const SCAN_BATCH: usize = 65_536;
+
+/// Read the log from `from` up to `to` (exclusive) in batches of at most `batch`
+/// events, handing each (never past `to`) to `each`, until `to` or until `each`
+/// breaks. Returns where it stopped; [`LogError::ShortRead`] when the log ended before
+/// `to`, so that nothing built from a part of the log passes for the whole.
+pub fn scan(
+    log: &dyn EventLog,
+    from: u64,
+    to: u64,
+    batch: usize,
+    mut each: impl FnMut(&[RecordedEvent]) -> std::ops::ControlFlow<()>,
+) -> Result<u64, LogError> {
+    let mut cursor = log.cursor(from);
+    while cursor.position() < to {
+        let mut events = cursor.next_batch(batch.max(1))?;
+        if events.is_empty() {
+            return Err(LogError::ShortRead {
+                read: cursor.position(),
+                end: to,
+            });
+        }
+        events.retain(|e| e.offset < to);
+        if each(&events).is_break() {
+            return Ok(cursor.position().min(to));
+        }
+    }
+    Ok(cursor.position().min(to))
 }
 
 /// An append-only, durable, totally ordered log of lot events.

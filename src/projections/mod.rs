@@ -55,8 +55,6 @@ pub enum ProjectionError {
     Unknown(String),
     #[error("stopped by a stop signal")]
     Stopped,
-    #[error("the log could be read only up to offset {read} of {end}; nothing was replaced")]
-    ShortRead { read: u64, end: u64 },
     #[error("a rebuild of the {0} projection is already running (by this server or a `parkade replay` beside it); wait for it to finish")]
     RebuildRunning(ProjectionName),
     #[error("event at offset {offset} (lot {lot}) cannot be stored in PostgreSQL ({reason}); the projection stops here rather than skip it")]
@@ -65,16 +63,6 @@ pub enum ProjectionError {
         lot: String,
         reason: String,
     },
-}
-
-/// A rebuild must read the whole log it set out to: `Err` when the cursor stopped at
-/// `read` short of `end` (an unreadable log), so the old read model stays in place.
-pub(crate) fn read_to(read: u64, end: u64) -> Result<(), ProjectionError> {
-    if read < end {
-        Err(ProjectionError::ShortRead { read, end })
-    } else {
-        Ok(())
-    }
 }
 
 impl From<sqlx::Error> for ProjectionError {

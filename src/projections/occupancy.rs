@@ -271,18 +271,15 @@ pub async fn rebuild(
     let log_id = log.log_id();
     let fold = tokio::task::spawn_blocking(move || -> Result<Fold, ProjectionError> {
         let mut fold = Fold::default();
-        let mut cursor = log.cursor(0);
-        while cursor.position() < end {
-            let batch = cursor.next_batch(65_536)?;
-            if batch.is_empty() {
-                break;
-            }
-            for e in batch.iter().filter(|e| e.offset < end) {
+        let mut done = 0;
+        crate::log::scan(&*log, 0, end, crate::log::SCAN_BATCH, |batch| {
+            for e in batch {
                 fold.add(e);
             }
-            progress(cursor.position().min(end), end);
-        }
-        super::read_to(cursor.position(), end)?;
+            done += batch.len() as u64;
+            progress(done, end);
+            std::ops::ControlFlow::Continue(())
+        })?;
         Ok(fold)
     })
     .await

@@ -114,13 +114,8 @@ fn fold(
 ) -> Result<(BTreeMap<String, Folded>, Vec<String>), ProjectionError> {
     let mut lots: BTreeMap<String, Folded> = BTreeMap::new();
     let mut problems = Vec::new();
-    let mut cursor = log.cursor(0);
-    while cursor.position() < end {
-        let batch = cursor.next_batch(65_536)?;
-        if batch.is_empty() {
-            break;
-        }
-        for e in batch.iter().filter(|e| e.offset < end) {
+    crate::log::scan(&*log, 0, end, crate::log::SCAN_BATCH, |batch| {
+        for e in batch {
             let f = lots
                 .entry(e.event.lot_id.to_string())
                 .or_insert_with(|| Folded {
@@ -145,7 +140,8 @@ fn fold(
                 ));
             }
         }
-    }
+        std::ops::ControlFlow::Continue(())
+    })?;
     lots.retain(|_, f| f.state.is_registered());
     Ok((lots, problems))
 }

@@ -131,21 +131,26 @@ fn fold_to(
     mut rows: impl FnMut(Vec<FeatureRow>),
 ) -> Result<FeatureFold, ProjectionError> {
     let mut fold = FeatureFold::new(lateness_secs);
-    let mut cursor = log.cursor(0);
-    while cursor.position() < end {
-        if stop() {
-            return Err(ProjectionError::Stopped);
-        }
-        let batch = cursor.next_batch(8_192)?;
-        if batch.is_empty() {
-            break;
-        }
-        for e in batch.iter().filter(|e| e.offset < end) {
+    if stop() {
+        return Err(ProjectionError::Stopped);
+    }
+    let mut stopped = false;
+    // Small batches, so that a stop signal is seen soon and rows go out often.
+    crate::log::scan(log, 0, end, 8_192, |batch| {
+        for e in batch {
             fold.add(e);
         }
         rows(fold.take_rows());
+        stopped = stop();
+        if stopped {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    })?;
+    if stopped {
+        return Err(ProjectionError::Stopped);
     }
-    crate::projections::read_to(cursor.position(), end)?;
     Ok(fold)
 }
 

@@ -48,6 +48,7 @@ pub struct Application {
 impl Application {
     /// Build everything. Must run inside an actix system (`actix_web::rt::System`).
     pub async fn build(config: Config, hooks: Hooks) -> anyhow::Result<Application> {
+        config.validate()?;
         // Access control first: a service that would start open by mistake does not start.
         let auth = load_auth(&config)?;
         for o in &config.auth.cors_origins {
@@ -215,10 +216,10 @@ impl Application {
                 .configure(api::routes)
         })
         .on_connect(move |conn, data| counting.on_connect(conn, data))
-        .workers(config.http_workers.max(1))
+        .workers(config.http_workers)
         // A backstop under our own count: connections past the caps are still taken,
         // to be told why, up to twice the cap (beyond that they wait in the backlog).
-        .max_connections((2 * config.limits.max_connections).div_ceil(config.http_workers.max(1)))
+        .max_connections((2 * config.limits.max_connections).div_ceil(config.http_workers))
         .backlog(2048)
         // Replies and websocket frames are small and wanted now: without this, Nagle's
         // algorithm holds a frame until the client acknowledges the previous one, which
@@ -369,8 +370,8 @@ fn spawn_projection(
     hooks: &Hooks,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let batch_events = config.projections.batch_events.max(1);
-    let max_backoff = Duration::from_secs(config.projections.max_backoff_secs.max(1));
+    let batch_events = config.projections.batch_events;
+    let max_backoff = Duration::from_secs(config.projections.max_backoff_secs);
     let lateness_secs = config.projections.features_lateness_secs;
     let forecast = if config.forecast.enabled {
         let tz = config.forecast.tz().map_err(anyhow::Error::msg)?;
@@ -411,9 +412,9 @@ fn spawn_projection(
             pool: pool.clone(),
             data_dir,
             tz,
-            interval: Duration::from_secs(f.interval_secs.max(1)),
-            horizon_hours: f.horizon_hours.max(1),
-            keep_hours: f.keep_hours.max(1),
+            interval: Duration::from_secs(f.interval_secs),
+            horizon_hours: f.horizon_hours,
+            keep_hours: f.keep_hours,
             board: board.clone(),
         });
         let lake = match &lake_config {
@@ -500,7 +501,7 @@ fn spawn_archive(
     config: &Config,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let max_backoff = Duration::from_secs(config.projections.max_backoff_secs.max(1));
+    let max_backoff = Duration::from_secs(config.projections.max_backoff_secs);
     let runner = crate::projections::archive::ArchiveRunner {
         archive,
         log,

@@ -84,8 +84,8 @@ struct SimArgs {
     #[arg(long)]
     start: Option<String>,
     /// The campus's time zone (for the daily curve).
-    #[arg(long, default_value = "America/Vancouver")]
-    timezone: String,
+    #[arg(long, default_value = "America/Vancouver", value_parser = parse_tz)]
+    timezone: chrono_tz::Tz,
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -124,8 +124,8 @@ struct TrainArgs {
     csv: Option<PathBuf>,
     /// Zone of local times: of the CSV's LastUpdated, or of the lots for the features.
     /// Default: [forecast] timezone (the CSV: Europe/London).
-    #[arg(long)]
-    timezone: Option<String>,
+    #[arg(long, value_parser = parse_tz)]
+    timezone: Option<chrono_tz::Tz>,
 }
 
 #[derive(Args)]
@@ -143,8 +143,8 @@ struct BacktestArgs {
     #[arg(long, value_delimiter = ',', default_value = "30,60,120,1440")]
     horizons: Vec<u32>,
     /// Time zone of LastUpdated.
-    #[arg(long, default_value = "Europe/London")]
-    timezone: String,
+    #[arg(long, default_value = "Europe/London", value_parser = parse_tz)]
+    timezone: chrono_tz::Tz,
 }
 
 #[derive(Args)]
@@ -231,8 +231,8 @@ struct ImportArgs {
     #[arg(long, value_enum)]
     format: Option<crate::import::Format>,
     /// Time zone of local times in count files.
-    #[arg(long, default_value = "Europe/London")]
-    timezone: String,
+    #[arg(long, default_value = "Europe/London", value_parser = parse_tz)]
+    timezone: chrono_tz::Tz,
     /// Write every rejected row to this CSV file (appended).
     #[arg(long)]
     rejects: Option<PathBuf>,
@@ -292,8 +292,15 @@ impl Common {
         if let Some(f) = self.log_format {
             c.log_format = f;
         }
+        c.validate()?;
         Ok(c)
     }
+}
+
+/// `--timezone`: an IANA zone name, refused by the parser when it is not one.
+fn parse_tz(s: &str) -> Result<chrono_tz::Tz, String> {
+    s.parse()
+        .map_err(|e| format!("{s:?} is not an IANA time zone (like America/Vancouver): {e}"))
 }
 
 /// Parse the command line and run it.
@@ -574,12 +581,9 @@ fn verify_local(c: &Config) -> anyhow::Result<ExitCode> {
 
 fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
     use crate::import::{import_file, HttpSink, LocalSink, Options};
-    let timezone: chrono_tz::Tz = a.timezone.parse().map_err(|e| {
-        anyhow::anyhow!("--timezone {:?} is not an IANA time zone: {e}", a.timezone)
-    })?;
     let opts = Options {
         format: a.format,
-        timezone,
+        timezone: a.timezone,
         rejects: a.rejects.clone(),
         max_future_secs: c.limits.max_future_secs,
     };
@@ -645,7 +649,7 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(db_url) = &config.database_url {
                     let pool = db::connect(db_url).await?;
-                    let at = occupancy::catch_up(&pool, dyn_log.as_ref(), config.projections.batch_events.max(1)).await?;
+                    let at = occupancy::catch_up(&pool, dyn_log.as_ref(), config.projections.batch_events).await?;
                     println!("occupancy read model caught up to offset {at}");
                     let at = features::catch_up(&pool, dyn_log.as_ref(), config.projections.features_lateness_secs).await?;
                     println!("features caught up to offset {at}");
@@ -676,10 +680,7 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
 
 fn backtest(a: BacktestArgs) -> anyhow::Result<ExitCode> {
     use crate::forecast::backtest;
-    let timezone: chrono_tz::Tz = a
-        .timezone
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--timezone {:?}: {e}", a.timezone))?;
+    let timezone = a.timezone;
     if a.horizons.is_empty() || a.horizons.contains(&0) {
         bail!("--horizons: give one or more horizons in minutes, each above zero");
     }
@@ -701,14 +702,11 @@ fn backtest(a: BacktestArgs) -> anyhow::Result<ExitCode> {
 
 fn train(c: &Config, a: TrainArgs) -> anyhow::Result<ExitCode> {
     use crate::forecast::{backtest as bt, service};
-    let zone = match (&a.timezone, &a.csv) {
-        (Some(z), _) => z.clone(),
-        (None, Some(_)) => "Europe/London".into(),
-        (None, None) => c.forecast.timezone.clone(),
+    let tz = match (a.timezone, &a.csv) {
+        (Some(z), _) => z,
+        (None, Some(_)) => chrono_tz::Europe::London,
+        (None, None) => c.forecast.tz().map_err(anyhow::Error::msg)?,
     };
-    let tz: chrono_tz::Tz = zone
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--timezone {zone:?}: {e}"))?;
     let data_dir = c.data_dir.clone();
     let db_url = c.database_url.clone();
     runtime()?.block_on(async move {
@@ -765,10 +763,7 @@ fn sim_settings(a: &SimArgs, url: String) -> anyhow::Result<crate::simulate::Set
         "sfu" => crate::simulate::sfu_burnaby(),
         path => crate::simulate::lots_from_file(std::path::Path::new(path))?,
     };
-    let timezone: chrono_tz::Tz = a
-        .timezone
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--timezone {:?}: {e}", a.timezone))?;
+    let timezone = a.timezone;
     if !(a.speed > 0.0 && a.speed.is_finite()) {
         bail!("--speed must be a positive number (got {})", a.speed);
     }
@@ -832,11 +827,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     if sim.start.is_none() {
         // From the morning of the latest weekday, so the lots fill at once.
-        let tz: chrono_tz::Tz = sim
-            .timezone
-            .parse()
-            .unwrap_or(chrono_tz::America::Vancouver);
-        sim.start = Some(demo_start(chrono::Utc::now(), tz).to_rfc3339());
+        sim.start = Some(demo_start(chrono::Utc::now(), sim.timezone).to_rfc3339());
     }
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config, Hooks::default()).await?;

@@ -335,6 +335,13 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    /// A value out of its range, named by its key (`[section] key`).
+    #[error("config {key} = {value}: {rule}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        rule: String,
+    },
 }
 
 impl Config {
@@ -347,10 +354,104 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
-        })
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuse values that would not work, naming the key, instead of bending them later
+    /// (a 0 taken for 1, an unknown zone taken for another).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn at_least(key: &'static str, value: i128, min: i128) -> Result<(), ConfigError> {
+            if value < min {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: value.to_string(),
+                    rule: format!("must be at least {min}"),
+                });
+            }
+            Ok(())
+        }
+        let l = &self.limits;
+        let n = |v: usize| v as i128;
+        for (key, value, min) in [
+            ("http_workers", n(self.http_workers), 1),
+            ("[limits] max_body_bytes", n(l.max_body_bytes), 1024),
+            ("[limits] max_batch_events", n(l.max_batch_events), 1),
+            ("[limits] body_timeout_secs", l.body_timeout_secs.into(), 1),
+            ("[limits] max_lots", n(l.max_lots), 1),
+            ("[limits] max_connections", n(l.max_connections), 1),
+            (
+                "[limits] max_connections_per_address",
+                n(l.max_connections_per_address),
+                1,
+            ),
+            (
+                "[limits] max_request_span_secs",
+                l.max_request_span_secs.into(),
+                1,
+            ),
+            (
+                "[limits] max_history_points",
+                l.max_history_points.into(),
+                1,
+            ),
+            ("[limits] max_future_secs", l.max_future_secs.into(), 0),
+            ("[lots] dedupe_window", n(self.lots.dedupe_window), 1),
+            ("[lots] threads", n(self.lots.threads), 1),
+            (
+                "[log] segment_bytes",
+                self.log.segment_bytes.into(),
+                1 << 20,
+            ),
+            (
+                "[projections] batch_events",
+                n(self.projections.batch_events),
+                1,
+            ),
+            (
+                "[projections] max_backoff_secs",
+                self.projections.max_backoff_secs.into(),
+                1,
+            ),
+            ("[archive] roll_events", n(self.archive.roll_events), 1),
+            ("[archive] roll_secs", self.archive.roll_secs.into(), 1),
+            (
+                "[archive] row_group_rows",
+                n(self.archive.row_group_rows),
+                1,
+            ),
+            (
+                "[archive] max_dates_per_flush",
+                n(self.archive.max_dates_per_flush),
+                1,
+            ),
+            (
+                "[forecast] interval_secs",
+                self.forecast.interval_secs.into(),
+                1,
+            ),
+            (
+                "[forecast] horizon_hours",
+                self.forecast.horizon_hours.into(),
+                1,
+            ),
+            ("[forecast] keep_hours", self.forecast.keep_hours.into(), 1),
+            ("[live] buffer_messages", n(self.live.buffer_messages), 16),
+            ("[live] outbox_bytes", n(self.live.outbox_bytes), 256),
+            ("[live] max_subscribers", n(self.live.max_subscribers), 1),
+        ] {
+            at_least(key, value, min)?;
+        }
+        self.forecast.tz().map_err(|rule| ConfigError::Invalid {
+            key: "[forecast] timezone",
+            value: format!("{:?}", self.forecast.timezone),
+            rule,
+        })?;
+        Ok(())
     }
 
     /// Directory of the embedded event log.
@@ -462,6 +563,40 @@ mod tests {
         assert!(!r.contains("hunter2") && !r.contains("=x"), "{r}");
         assert!(r.contains("sslmode=require"), "{r}");
         assert!(!redact_url("not a url with secret").contains("secret"));
+    }
+
+    #[test]
+    fn values_that_would_not_work_are_refused_with_their_key() {
+        assert!(Config::default().validate().is_ok());
+        let bad = |text: &str| {
+            let c: Config = toml::from_str(text).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        let e = bad("[projections]\nbatch_events = 0\n");
+        assert!(
+            e.contains("[projections] batch_events = 0: must be at least 1"),
+            "{e}"
+        );
+        let e = bad("[forecast]\ntimezone = \"Mars/Olympus\"\n");
+        assert!(
+            e.contains("[forecast] timezone") && e.contains("Mars/Olympus"),
+            "{e}"
+        );
+        let e = bad("[live]\nouter = 1\n"
+            .replace("outer", "outbox_bytes")
+            .as_str());
+        assert!(e.contains("[live] outbox_bytes"), "{e}");
+        let e = bad("[limits]\nmax_future_secs = -5\n");
+        assert!(
+            e.contains("max_future_secs = -5: must be at least 0"),
+            "{e}"
+        );
+        // Through a file, the error names it too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[archive]\nroll_secs = 0\n").unwrap();
+        let e = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("[archive] roll_secs"), "{e}");
     }
 
     #[test]

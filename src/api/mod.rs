@@ -237,7 +237,7 @@ async fn read_body(
 ) -> Result<web::BytesMut, ApiError> {
     let secs = req
         .app_data::<web::Data<ApiState>>()
-        .map_or(30, |st| st.limits.body_timeout_secs.max(1));
+        .map_or(30, |st| st.limits.body_timeout_secs);
     let within = std::time::Duration::from_secs(secs);
     match tokio::time::timeout(within, read_body_until(req, payload, limit)).await {
         Ok(body) => body,

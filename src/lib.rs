@@ -21,7 +21,7 @@
 //! | [`forecast`] | The forecasting model (weekly profile + deviation, fitted per horizon) as pure computation over readings bounded by an issue time; `parkade backtest`; training from the features, the model artifact and the predictor writing `lot_forecasts`. Reads projections, never the actors. |
 //! | [`live`] | The live fan-out: follows the log, encodes each change once as a websocket frame and puts it in every subscriber's outbox (the connection's response body), with snapshots and catch-ups consistent with the stream; closes subscribers that fall behind. |
 //! | [`ingest`] | Edge standardisation of incoming events (JSON, NDJSON, CSV rows): lot ids, event types, timestamps, event ids, each problem named by field. |
-//! | [`import`] | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server. |
+//! | [`import`] | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server; `import::birmingham` reads that layout for `import` and `backtest` alike. |
 //! | [`api`] | The actix-web HTTP API under `/v1`: access control (bearer tokens with roles), limits (connections, subscribers, the ingest rate per token), edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness, the dashboard. |
 //! | [`simulate`] | `parkade simulate`/`demo`: campus traffic (SFU Burnaby preset) or a fixed load sent to a server over HTTP, with a latency summary. |
 //! | [`config`] | Typed configuration: defaults, a TOML file, `PARKADE_*` environment variables and flags. |

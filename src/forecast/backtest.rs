@@ -96,13 +96,7 @@ pub fn read_readings(path: &Path, tz: Tz) -> Result<(Vec<Reading>, Dropped), Bac
         .headers()
         .map_err(|e| BacktestError::Read(path.into(), e))?
         .clone();
-    let col = |name: &str| headers.iter().position(|h| h.trim() == name);
-    let (Some(a), Some(b), Some(c), Some(d)) = (
-        col("SystemCodeNumber"),
-        col("Capacity"),
-        col("Occupancy"),
-        col("LastUpdated"),
-    ) else {
+    let Some(cols) = crate::import::birmingham::Columns::find(&headers) else {
         return Err(BacktestError::Layout(
             path.into(),
             headers.iter().collect::<Vec<_>>().join(","),
@@ -122,31 +116,9 @@ pub fn read_readings(path: &Path, tz: Tz) -> Result<(Vec<Reading>, Dropped), Bac
             line,
             message,
         };
-        let field = |i: usize| record.get(i).unwrap_or("").trim();
-        let lot = field(a).to_owned();
-        if lot.is_empty() {
-            return Err(bad("SystemCodeNumber is empty".into()));
-        }
-        let capacity: f64 = field(b)
-            .parse::<u32>()
-            .ok()
-            .filter(|c| *c > 0)
-            .ok_or_else(|| {
-                bad(format!(
-                    "Capacity {:?} is not a positive whole number",
-                    field(b)
-                ))
-            })?
-            .into();
-        let occupancy: i64 = field(c)
-            .parse()
-            .map_err(|_| bad(format!("Occupancy {:?} is not a whole number", field(c))))?;
-        let raw_time = field(d).to_owned();
-        let local = NaiveDateTime::parse_from_str(&raw_time, "%Y-%m-%d %H:%M:%S").map_err(|e| {
-            bad(format!(
-                "LastUpdated {raw_time:?}: {e} (expected YYYY-MM-DD HH:MM:SS)"
-            ))
-        })?;
+        let row = crate::import::birmingham::row(&record, &cols).map_err(bad)?;
+        let (lot, raw_time, local) = (row.code.to_owned(), row.updated_raw.to_owned(), row.updated);
+        let (capacity, occupancy) = (f64::from(row.capacity.get()), row.occupancy);
         if occupancy < 0 {
             *dropped.0.entry("negative counts").or_default() += 1;
             continue;
@@ -399,7 +371,7 @@ pub fn split_last_week(
         let rec = rec.map_err(|e| BacktestError::Read(input.into(), e))?;
         let line = rec.position().map_or(0, |p| p.line());
         let raw = rec.get(d).unwrap_or("").trim();
-        let day = NaiveDateTime::parse_from_str(raw, "%Y-%m-%d %H:%M:%S")
+        let day = crate::import::birmingham::local_time(raw)
             .map_err(|e| BacktestError::Row {
                 path: input.into(),
                 line,

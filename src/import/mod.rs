@@ -25,13 +25,14 @@
 //! `POST /v1/admin/known-events`. A row an earlier import refused for the lot's state
 //! is refused again (`previously_rejected`), see `Run::find_prior`.
 
+pub mod birmingham;
 mod sink;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use chrono::{NaiveDateTime, TimeZone};
+use chrono::TimeZone;
 use chrono_tz::Tz;
 use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
@@ -231,40 +232,17 @@ fn parse_count<'r>(
     tz: Tz,
     rules: &EdgeRules,
 ) -> Result<Count<'r>, Reject> {
-    let field = |i: usize| record.get(i).map(str::trim).unwrap_or("");
-    let code = field(cols.a);
-    let lot = LotId::parse(code)
+    let bham = birmingham::Columns {
+        code: cols.a,
+        capacity: cols.b,
+        occupancy: cols.c.expect("birmingham has occupancy"),
+        updated: cols.d.expect("birmingham has a time"),
+    };
+    let row = birmingham::row(record, &bham).map_err(|m| Reject::new("unparsable", m))?;
+    let lot = LotId::parse(row.code)
         .map_err(|e| Reject::new("unparsable", format!("SystemCodeNumber: {e}")))?;
-    let capacity = field(cols.b)
-        .parse::<i64>()
-        .ok()
-        .and_then(|c| Capacity::new(c).ok())
-        .ok_or_else(|| {
-            Reject::new(
-                "unparsable",
-                format!(
-                    "Capacity {:?} is not a whole number between 1 and {}",
-                    field(cols.b),
-                    crate::domain::MAX_CAPACITY
-                ),
-            )
-        })?;
-    let occupancy_raw = field(cols.c.expect("birmingham has occupancy"));
-    let occupancy = occupancy_raw.parse::<i64>().map_err(|_| {
-        Reject::new(
-            "unparsable",
-            format!("Occupancy {occupancy_raw:?} is not a whole number"),
-        )
-    })?;
-    let when_raw = field(cols.d.expect("birmingham has a time"));
-    let naive = NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M:%S")
-        .or_else(|_| NaiveDateTime::parse_from_str(when_raw, "%Y-%m-%d %H:%M"))
-        .map_err(|e| {
-            Reject::new(
-                "unparsable",
-                format!("LastUpdated {when_raw:?}: {e} (expected YYYY-MM-DD HH:MM:SS)"),
-            )
-        })?;
+    let (capacity, occupancy, when_raw, naive) =
+        (row.capacity, row.occupancy, row.updated_raw, row.updated);
     let (at, ambiguous) = match tz.from_local_datetime(&naive) {
         chrono::LocalResult::Single(t) => (Timestamp::from_datetime(t.to_utc()), false),
         chrono::LocalResult::Ambiguous(early, _) => {

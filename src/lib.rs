@@ -15,7 +15,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`domain`] | Pure, synchronous lot rules: newtypes parsed at the edge ([`LotId`], [`Capacity`], [`LotName`](domain::LotName)), the one event-time rule every path keeps, the events, `decide` and `apply`. No I/O. |
-//! | [`log`] | The event log: the [`EventLog`] trait and the embedded segment-file backend with group commit, recovery that cuts only a torn tail (other damage refuses to open), the operator's `repair-log` cut, reads and subscriptions from any offset. |
+//! | [`log`] | The event log: the [`EventLog`] trait and the embedded segment-file backend with group commit, recovery that cuts only a torn tail (other damage refuses to open), the operator's `repair-log` cut, reads and subscriptions from any offset, `log::scan` for reading a range in batches, and `MemoryLog`, a log in memory for unit tests. |
 //! | [`actors`] | One actix actor per lot, reached through a typed [`LotHandle`]; the [`Lots`] registry that rebuilds every lot from the log at start. |
 //! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the 15-minute features (PostgreSQL and the lake), the Parquet archive (local folder or S3), the runners that keep them caught up, each under one supervision (an error or a panic is reported and restarted with backoff), `replay` and `verify`. |
 //! | [`forecast`] | The forecasting model (weekly profile + deviation, fitted per horizon) as pure computation over readings bounded by an issue time; `parkade backtest`; training from the features, the model artifact and the predictor writing `lot_forecasts`. Reads projections, never the actors. |

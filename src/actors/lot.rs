@@ -402,3 +402,163 @@ impl LotHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Capacity, Command, LotName, Rejection};
+    use crate::log::MemoryLog;
+
+    const MAX_FUTURE: i64 = 900_000_000;
+
+    fn core() -> LotCore {
+        LotCore::new(LotId::parse("north").unwrap(), 100)
+    }
+
+    fn request(command: Command, id: Option<u128>) -> Request {
+        Request {
+            command,
+            event_id: id.map(Uuid::from_u128),
+            occurred_at: Timestamp::now(),
+        }
+    }
+
+    fn register(capacity: i64) -> Request {
+        request(
+            Command::Register {
+                name: LotName::parse("North").unwrap(),
+                capacity: Capacity::new(capacity).unwrap(),
+            },
+            None,
+        )
+    }
+
+    fn run(core: &mut LotCore, log: &MemoryLog, requests: Vec<Request>) -> (Vec<Outcome>, u64) {
+        core.execute(log, requests, Timestamp::now(), MAX_FUTURE)
+            .expect("the memory log takes it")
+    }
+
+    #[test]
+    fn a_batch_is_decided_in_order_and_only_accepted_events_are_appended() {
+        let log = MemoryLog::new();
+        let mut c = core();
+        let arrive = || request(Command::Arrive, None);
+        let (outcomes, end) = run(
+            &mut c,
+            &log,
+            vec![register(2), arrive(), arrive(), arrive()],
+        );
+        assert_eq!(
+            outcomes,
+            vec![
+                Outcome::Accepted { offset: 0 },
+                Outcome::Accepted { offset: 1 },
+                Outcome::Accepted { offset: 2 },
+                Outcome::Rejected(Rejection::LotFull {
+                    capacity: 2,
+                    occupancy: 2
+                }),
+            ]
+        );
+        assert_eq!(end, 3, "the reply waits for the last appended event");
+        assert_eq!(log.events().len(), 3);
+        let v = c.view();
+        assert_eq!((v.occupancy, v.free, v.offset), (2, 0, Some(2)));
+        // Every appended event carries the lot's state after it.
+        let seqs: Vec<_> = log
+            .events()
+            .iter()
+            .map(|e| (e.event.lot_seq, e.event.occupancy))
+            .collect();
+        assert_eq!(seqs, vec![(1, 0), (2, 1), (3, 2)]);
+    }
+
+    #[test]
+    fn a_client_event_id_is_taken_once_in_a_batch_and_across_batches() {
+        let log = MemoryLog::new();
+        let mut c = core();
+        run(&mut c, &log, vec![register(10)]);
+        let (outcomes, _) = run(
+            &mut c,
+            &log,
+            vec![
+                request(Command::Arrive, Some(7)),
+                request(Command::Arrive, Some(7)),
+            ],
+        );
+        assert_eq!(
+            outcomes,
+            vec![
+                Outcome::Accepted { offset: 1 },
+                Outcome::Duplicate { offset: 1 }
+            ]
+        );
+        // A later retry appends nothing, and still waits for the first one's durability.
+        let (outcomes, end) = run(&mut c, &log, vec![request(Command::Arrive, Some(7))]);
+        assert_eq!(outcomes, vec![Outcome::Duplicate { offset: 1 }]);
+        assert_eq!(end, 2);
+        assert_eq!((log.events().len(), c.view().occupancy), (2, 1));
+    }
+
+    #[test]
+    fn an_event_time_out_of_bounds_is_refused_here_too() {
+        let log = MemoryLog::new();
+        let mut c = core();
+        run(&mut c, &log, vec![register(10)]);
+        let mut late = request(Command::Arrive, None);
+        late.occurred_at = Timestamp::from_micros(Timestamp::now().micros() + 2 * MAX_FUTURE);
+        let (outcomes, _) = run(&mut c, &log, vec![late]);
+        assert!(
+            matches!(outcomes[0], Outcome::Rejected(Rejection::InvalidTime(_))),
+            "{outcomes:?}"
+        );
+        assert_eq!(log.events().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_append_leaves_the_lot_as_it_was() {
+        let log = MemoryLog::new();
+        let mut c = core();
+        run(
+            &mut c,
+            &log,
+            vec![register(10), request(Command::Arrive, None)],
+        );
+        let before = c.view();
+        log.fail("disk full");
+        let r = c.execute(
+            log.as_ref(),
+            vec![
+                request(Command::Arrive, Some(9)),
+                request(Command::Arrive, None),
+            ],
+            Timestamp::now(),
+            MAX_FUTURE,
+        );
+        assert!(matches!(r, Err(LogError::Failed(_))), "{r:?}");
+        assert_eq!(c.view(), before);
+        assert_eq!(c.seq, 2);
+        assert!(
+            c.dedupe.get(&Uuid::from_u128(9)).is_none(),
+            "the id is not remembered"
+        );
+    }
+
+    #[test]
+    fn replaying_the_log_rebuilds_the_same_lot() {
+        let log = MemoryLog::new();
+        let mut c = core();
+        let mut reqs = vec![register(5)];
+        reqs.extend((0..4).map(|i| request(Command::Arrive, Some(i))));
+        reqs.push(request(Command::Depart, None));
+        reqs.push(request(Command::Count { count: 2 }, None));
+        run(&mut c, &log, reqs);
+        let mut rebuilt = core();
+        for e in log.events() {
+            rebuilt.replay(&e);
+        }
+        assert_eq!(rebuilt.view(), c.view());
+        assert_eq!(rebuilt.seq, c.seq);
+        assert_eq!(rebuilt.dedupe.get(&Uuid::from_u128(3)), Some(4));
+    }
+}

@@ -387,3 +387,95 @@ impl Live {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{NewEvent, Timestamp};
+    use crate::log::MemoryLog;
+    use futures_util::StreamExt;
+
+    fn event(lot: &str, seq: u64, occupancy: u32) -> NewEvent {
+        NewEvent {
+            lot_id: LotId::parse(lot).unwrap(),
+            lot_seq: seq,
+            event_id: uuid::Uuid::now_v7(),
+            client_event_id: false,
+            occurred_at: Timestamp::now(),
+            event: LotEvent::VehicleArrived,
+            occupancy,
+            capacity: 10,
+        }
+    }
+
+    /// The frames in `bytes` (server frames: unmasked), as (opcode, payload).
+    fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while bytes.len() >= 2 {
+            let (len, head) = match bytes[1] {
+                126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+                127 => (
+                    u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (usize::from(n), 2),
+            };
+            out.push((bytes[0] & 0x0f, bytes[head..head + len].to_vec()));
+            bytes = &bytes[head + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_gets_its_lots_changes_in_order_after_its_snapshot_then_a_goodbye() {
+        let log = MemoryLog::new();
+        let live = Live::new(Vec::new(), 0, 64);
+        let (stop, rx) = watch::channel(false);
+        let follower = tokio::spawn(live.clone().follow(log.clone(), rx));
+        let (out, mut body) = crate::live::outbox(1 << 20);
+        let keep = Some(HashSet::from([LotId::parse("north").unwrap()]));
+        live.subscribe(keep, out, |snap| {
+            assert_eq!(snap.next_offset, 0);
+            frame::text("snapshot")
+        });
+        assert_eq!(live.subscribers(), 1);
+        for (i, lot) in ["north", "south", "north", "north", "south"]
+            .iter()
+            .enumerate()
+        {
+            log.append(&[event(lot, i as u64 + 1, i as u32)]).unwrap();
+        }
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+                .await
+                .expect("frames within 5 s")
+                .expect("the body goes on")
+                .unwrap();
+            seen.extend(frames(&chunk));
+        }
+        assert_eq!(seen[0], (0x1, b"snapshot".to_vec()));
+        let offsets: Vec<u64> = seen[1..]
+            .iter()
+            .map(|(_, p)| {
+                let v: Value = serde_json::from_slice(p).unwrap();
+                assert_eq!(v["lot_id"], "north", "{v}");
+                v["offset"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(
+            offsets,
+            vec![0, 2, 3],
+            "north's changes, in order, no others"
+        );
+        stop.send(true).unwrap();
+        follower.await.unwrap();
+        let mut rest = Vec::new();
+        while let Some(chunk) = body.next().await {
+            rest.extend(frames(&chunk.unwrap()));
+        }
+        let (opcode, payload) = rest.last().expect("a close frame").clone();
+        assert_eq!(opcode, 0x8);
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), GOING_AWAY);
+    }
+}

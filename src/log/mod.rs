@@ -19,6 +19,7 @@
 
 mod file_log;
 pub mod format;
+pub mod memory;
 pub mod repair;
 mod storage;
 
@@ -32,6 +33,7 @@ use uuid::Uuid;
 use crate::domain::{NewEvent, RecordedEvent};
 
 pub use file_log::{FileLog, LogOptions, OpenMode, Recovery};
+pub use memory::MemoryLog;
 pub use storage::{OsStorage, Storage, WritableFile};
 
 /// A boxed future, so the trait stays object-safe.

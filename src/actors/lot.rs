@@ -62,10 +62,17 @@ pub struct Executed {
 pub enum LotError {
     #[error(transparent)]
     Log(#[from] LogError),
-    #[error("the lot actor is not running: {0}")]
-    Mailbox(#[from] MailboxError),
+    /// The lot's actor is gone (the service is stopping) or its mailbox is full.
+    #[error("the lot actor is not taking requests: {0}")]
+    NotRunning(String),
     #[error("the service holds {0} lots, the most it may ([limits] max_lots)")]
     TooManyLots(usize),
+}
+
+impl From<MailboxError> for LotError {
+    fn from(e: MailboxError) -> Self {
+        LotError::NotRunning(e.to_string())
+    }
 }
 
 /// Recently seen client event ids of one lot and the offsets they got.
@@ -383,6 +390,36 @@ impl LotHandle {
     ) -> Result<(Outcome, LotView), LotError> {
         self.execute_one(Request {
             command: Command::Depart,
+            event_id,
+            occurred_at,
+        })
+        .await
+    }
+
+    /// An absolute recount of the lot's occupancy.
+    pub async fn count(
+        &self,
+        count: u32,
+        occurred_at: Timestamp,
+        event_id: Option<Uuid>,
+    ) -> Result<(Outcome, LotView), LotError> {
+        self.execute_one(Request {
+            command: Command::Count { count },
+            event_id,
+            occurred_at,
+        })
+        .await
+    }
+
+    /// A new capacity.
+    pub async fn change_capacity(
+        &self,
+        capacity: crate::domain::Capacity,
+        occurred_at: Timestamp,
+        event_id: Option<Uuid>,
+    ) -> Result<(Outcome, LotView), LotError> {
+        self.execute_one(Request {
+            command: Command::ChangeCapacity { capacity },
             event_id,
             occurred_at,
         })

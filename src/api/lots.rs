@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use super::wire::{self, AckStatus};
 use super::{body_kind, read_body, Ack, ApiError, ApiState};
-use crate::actors::{LotHandle, LotView, Outcome, Request};
-use crate::domain::{check_event_time, Capacity, Command, LotId, LotName, Rejection, Timestamp};
+use crate::actors::{LotHandle, LotView, Outcome};
+use crate::domain::{check_event_time, Capacity, LotId, LotName, Rejection, Timestamp};
 use crate::ingest::{parse_event_id, parse_timestamp_millis, parse_timestamp_text};
 
 /// Small bodies of the lot endpoints, checked field by field.
@@ -231,14 +231,9 @@ pub(super) async fn change_capacity(
 ) -> Result<HttpResponse, ApiError> {
     let f = Fields::read(&req, payload, &["capacity", "event_id", "timestamp"]).await?;
     let h = handle(&st, &path)?;
-    let request = Request {
-        command: Command::ChangeCapacity {
-            capacity: capacity(&f)?,
-        },
-        event_id: f.event_id()?,
-        occurred_at: f.timestamp(&st)?,
-    };
-    let (outcome, view) = h.execute_one(request).await?;
+    let (outcome, view) = h
+        .change_capacity(capacity(&f)?, f.timestamp(&st)?, f.event_id()?)
+        .await?;
     reply(outcome, view, false)
 }
 
@@ -282,11 +277,6 @@ pub(super) async fn count(
             format!("count must be 0 or more (got {count})"),
         )
     })?;
-    let request = Request {
-        command: Command::Count { count },
-        event_id: f.event_id()?,
-        occurred_at: f.timestamp(&st)?,
-    };
-    let (outcome, view) = h.execute_one(request).await?;
+    let (outcome, view) = h.count(count, f.timestamp(&st)?, f.event_id()?).await?;
     reply(outcome, view, false)
 }

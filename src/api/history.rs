@@ -8,6 +8,7 @@ use super::wire::{self, ForecastPoint, HistoryPoint, RecentPoint, SpanKind, Span
 use super::{ApiError, ApiState};
 use crate::domain::Timestamp;
 use crate::ingest::parse_timestamp_text;
+use crate::projections::features::query::{self, Width};
 
 #[derive(serde::Deserialize)]
 pub(super) struct HistoryQuery {
@@ -68,20 +69,13 @@ pub(super) async fn history(
     let lot = super::lots::handle(&st, &path)?.view().await?;
     let (from, to) = range(q.from.as_deref(), q.to.as_deref(), 86_400)?;
     let bucket = q.bucket.as_deref().unwrap_or("15m");
-    let (secs, start_of): (i64, &str) = match bucket {
-        "15m" => (
-            900,
-            "date_bin(interval '15 minutes', bucket_start, TIMESTAMPTZ '2000-01-03 00:00:00+00')",
-        ),
-        "1h" => (3_600, "date_trunc('hour', bucket_start, $4)"),
-        "1d" => (86_400, "date_trunc('day', bucket_start, $4)"),
-        other => {
-            return Err(ApiError::bad(
-                Some("bucket".into()),
-                format!("unknown bucket {other:?} (expected 15m, 1h or 1d)"),
-            ))
-        }
-    };
+    let width = Width::parse(bucket).ok_or_else(|| {
+        ApiError::bad(
+            Some("bucket".into()),
+            format!("unknown bucket {bucket:?} (expected 15m, 1h or 1d)"),
+        )
+    })?;
+    let secs = width.seconds();
     let points = (to - from).num_seconds() / secs;
     let max = st.limits.max_history_points;
     if points > max {
@@ -95,55 +89,31 @@ pub(super) async fn history(
             "history is served from PostgreSQL (lot_features_15m); no database is configured (PARKADE_DATABASE_URL)".into(),
         ));
     };
-    type Point = (
-        DateTime<Utc>,
-        i32,
-        i32,
-        i32,
-        i32,
-        f64,
-        i64,
-        i64,
-        i64,
-        i32,
-        i64,
-    );
-    let sql = format!(
-        "SELECT {start_of} AS t, \
-           (array_agg(occupancy_start ORDER BY bucket_start))[1], \
-           (array_agg(occupancy_end ORDER BY bucket_start DESC))[1], \
-           min(occupancy_min), max(occupancy_max), avg(occupancy_mean), \
-           sum(arrivals)::int8, sum(departures)::int8, sum(counts)::int8, \
-           (array_agg(capacity ORDER BY bucket_start DESC))[1], count(*) \
-         FROM lot_features_15m WHERE lot_id = $1 AND bucket_start >= $2 AND bucket_start < $3 \
-         GROUP BY 1 ORDER BY 1"
-    );
-    let rows: Vec<Point> = sqlx::query_as(&sql)
-        .bind(lot.lot_id.as_str())
-        .bind(from)
-        .bind(to)
-        .bind(st.forecast_tz.name())
-        .fetch_all(&pool)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let points = rows
-        .into_iter()
-        .map(
-            |(t, start, end, min, max, mean, arr, dep, counts, cap, n)| HistoryPoint {
-                start: t,
-                occupancy_start: start,
-                occupancy_end: end,
-                occupancy_min: min,
-                occupancy_max: max,
-                occupancy_mean: mean,
-                arrivals: arr,
-                departures: dep,
-                counts,
-                capacity: cap,
-                buckets_15m: n,
-            },
-        )
-        .collect();
+    let points = query::buckets(
+        &pool,
+        lot.lot_id.as_str(),
+        from,
+        to,
+        width,
+        st.forecast_tz.name(),
+    )
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .into_iter()
+    .map(|b| HistoryPoint {
+        start: b.start,
+        occupancy_start: b.occupancy_start,
+        occupancy_end: b.occupancy_end,
+        occupancy_min: b.occupancy_min,
+        occupancy_max: b.occupancy_max,
+        occupancy_mean: b.occupancy_mean,
+        arrivals: b.arrivals,
+        departures: b.departures,
+        counts: b.counts,
+        capacity: b.capacity,
+        buckets_15m: b.buckets_15m,
+    })
+    .collect();
     Ok(HttpResponse::Ok().json(wire::History {
         lot_id: lot.lot_id.to_string(),
         bucket: bucket.to_owned(),
@@ -154,29 +124,14 @@ pub(super) async fn history(
     }))
 }
 
-type ForecastRow = (
-    DateTime<Utc>,
-    DateTime<Utc>,
-    i32,
-    f64,
-    f64,
-    f64,
-    i32,
-    String,
-);
-
 /// The newest forecast run of a lot, oldest target first.
-async fn latest_forecast(pool: &sqlx::PgPool, lot: &str) -> Result<Vec<ForecastRow>, ApiError> {
-    sqlx::query_as(
-        "SELECT issued_at, target_time, horizon_min, predicted_occupancy, low, high, capacity, model_version \
-         FROM lot_forecasts WHERE lot_id = $1 \
-           AND issued_at = (SELECT max(issued_at) FROM lot_forecasts WHERE lot_id = $1) \
-         ORDER BY target_time",
-    )
-    .bind(lot)
-    .fetch_all(pool)
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))
+async fn latest_forecast(
+    pool: &sqlx::PgPool,
+    lot: &str,
+) -> Result<Vec<crate::forecast::query::Point>, ApiError> {
+    crate::forecast::query::latest(pool, lot)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// Why there is no forecast: not enough history, or the predictor has not run yet.
@@ -229,20 +184,20 @@ pub(super) async fn forecast(
     };
     let points = rows
         .iter()
-        .map(|(_, t, h, occ, low, high, cap, _)| ForecastPoint {
-            time: *t,
-            horizon_min: *h,
-            occupancy: *occ,
-            low: *low,
-            high: *high,
-            rate: occ / f64::from((*cap).max(1)),
-            capacity: *cap,
+        .map(|p| ForecastPoint {
+            time: p.target_time,
+            horizon_min: p.horizon_min,
+            occupancy: p.predicted_occupancy,
+            low: p.low,
+            high: p.high,
+            rate: p.predicted_occupancy / f64::from(p.capacity.max(1)),
+            capacity: p.capacity,
         })
         .collect();
     Ok(HttpResponse::Ok().json(wire::Forecast {
         lot_id: lot.lot_id.to_string(),
-        issued_at: first.0,
-        model_version: first.7.clone(),
+        issued_at: first.issued_at,
+        model_version: first.model_version.clone(),
         points,
     }))
 }
@@ -282,42 +237,39 @@ pub(super) async fn timespan(
         ));
     }
     let pool = database(&st, "the timespan view")?;
-    let past: Vec<(DateTime<Utc>, f64, i32)> = sqlx::query_as(
-        "SELECT bucket_start, occupancy_mean, capacity FROM lot_features_15m \
-         WHERE lot_id = $1 AND bucket_start >= $2 AND bucket_start < $3 ORDER BY bucket_start",
-    )
-    .bind(lot.lot_id.as_str())
-    .bind(from)
-    .bind(to)
-    .fetch_all(&pool)
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?;
-    let last_past = past.last().map(|p| p.0);
+    let past = query::means(&pool, lot.lot_id.as_str(), from, to)
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let last_past = past.last().map(|p| p.bucket_start);
     let mut series: Vec<SpanPoint> = past
         .into_iter()
-        .map(|(t, mean, cap)| SpanPoint {
-            time: t,
+        .map(|m| SpanPoint {
+            time: m.bucket_start,
             kind: SpanKind::History,
-            occupancy: mean,
-            capacity: cap,
+            occupancy: m.occupancy_mean,
+            capacity: m.capacity,
             low: None,
             high: None,
             horizon_min: None,
         })
         .collect();
     let fc = latest_forecast(&pool, lot.lot_id.as_str()).await?;
-    let issued = fc.first().map(|r| (r.0, r.7.clone()));
+    let issued = fc.first().map(|p| (p.issued_at, p.model_version.clone()));
     series.extend(
         fc.into_iter()
-            .filter(|r| r.1 >= from && r.1 < to && last_past.is_none_or(|p| r.1 > p))
-            .map(|(_, t, h, occ, low, high, cap, _)| SpanPoint {
-                time: t,
+            .filter(|p| {
+                p.target_time >= from
+                    && p.target_time < to
+                    && last_past.is_none_or(|last| p.target_time > last)
+            })
+            .map(|p| SpanPoint {
+                time: p.target_time,
                 kind: SpanKind::Forecast,
-                occupancy: occ,
-                capacity: cap,
-                low: Some(low),
-                high: Some(high),
-                horizon_min: Some(h),
+                occupancy: p.predicted_occupancy,
+                capacity: p.capacity,
+                low: Some(p.low),
+                high: Some(p.high),
+                horizon_min: Some(p.horizon_min),
             }),
     );
     Ok(HttpResponse::Ok().json(wire::Timespan {

@@ -11,6 +11,7 @@
 pub mod backtest;
 pub mod history;
 pub mod model;
+pub mod query;
 pub mod service;
 
 pub use history::{History, Obs, ProfileParams};

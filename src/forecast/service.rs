@@ -59,31 +59,17 @@ pub async fn observations_of(
     until: DateTime<Utc>,
     lot: Option<&str>,
 ) -> Result<History, ForecastError> {
-    // One lot: a condition of its own, so the lookup uses the (lot_id, bucket_start) key.
-    let only_lot = if lot.is_some() { "AND lot_id = $3" } else { "" };
-    let sql = format!(
-        "SELECT lot_id, bucket_start + interval '15 minutes', occupancy_end, capacity \
-         FROM lot_features_15m \
-         WHERE arrivals + departures + counts > 0 AND capacity > 0 \
-           AND bucket_start + interval '15 minutes' <= $1 AND bucket_start >= $1 - make_interval(weeks => $2) \
-           {only_lot}"
-    );
-    let mut query = sqlx::query_as::<_, (String, DateTime<Utc>, i32, i32)>(&sql)
-        .bind(until)
-        .bind(WEEKS_READ as i32);
-    if let Some(lot) = lot {
-        query = query.bind(lot);
-    }
-    let rows = query.fetch_all(pool).await?;
-    Ok(History::new(rows.into_iter().map(|(lot, at, occ, cap)| {
-        let utc = at.timestamp();
+    let rows =
+        crate::projections::features::query::readings(pool, until, WEEKS_READ as i32, lot).await?;
+    Ok(History::new(rows.into_iter().map(|r| {
+        let utc = r.at.timestamp();
         let local = local_of(tz, utc);
         (
-            lot,
+            r.lot_id,
             Obs {
                 utc,
                 local,
-                rate: f64::from(occ) / f64::from(cap),
+                rate: f64::from(r.occupancy_end) / f64::from(r.capacity),
             },
         )
     })))
@@ -186,10 +172,7 @@ pub async fn predict_all(
     horizon_hours: u32,
 ) -> Result<RunSummary, ForecastError> {
     let h = observations(pool, tz, issued_at).await?;
-    let lots: Vec<(String, i32)> =
-        sqlx::query_as("SELECT lot_id, capacity FROM current_lot_occupancy ORDER BY lot_id")
-            .fetch_all(pool)
-            .await?;
+    let lots = crate::projections::occupancy::capacities(pool).await?;
     let origin_utc = issued_at.timestamp();
     let origin = (origin_utc, local_of(tz, origin_utc));
     let first = (origin_utc / 900 + 1) * 900;
@@ -200,7 +183,11 @@ pub async fn predict_all(
     };
     let (mut ids, mut targets, mut horizons, mut occ, mut low, mut high, mut caps) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for (lot, capacity) in lots {
+    for crate::projections::occupancy::LotCapacity {
+        lot_id: lot,
+        capacity,
+    } in lots
+    {
         let cap = f64::from(capacity);
         let mut wrote = false;
         for k in 0..steps {

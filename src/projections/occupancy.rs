@@ -342,3 +342,17 @@ pub async fn snapshot(
     tx.commit().await?;
     Ok((cp, rows))
 }
+
+/// A lot's capacity, as the read model has it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LotCapacity {
+    pub lot_id: String,
+    pub capacity: i32,
+}
+
+/// Every lot of `current_lot_occupancy` with its capacity, by id.
+pub async fn capacities(pool: &PgPool) -> Result<Vec<LotCapacity>, sqlx::Error> {
+    sqlx::query_as("SELECT lot_id, capacity FROM current_lot_occupancy ORDER BY lot_id")
+        .fetch_all(pool)
+        .await
+}

@@ -5,6 +5,7 @@
 pub mod fold;
 pub mod lake;
 mod pg;
+pub mod query;
 
 pub use fold::{bucket_of, FeatureFold, FeatureRow, BUCKET_MICROS};
 pub use pg::{catch_up, rebuild, write_batch, FeaturesRunner, RebuildStats, NAME};

@@ -5,7 +5,8 @@
 //!
 //! Request bodies are read by the edge parsers (`ingest`, `lots::Fields`), which name
 //! each bad field in their 400 replies; the request types here describe what those
-//! parsers accept.
+//! parsers accept, and are what clients (`parkade import --url`) send. Clients read the
+//! replies with the same types.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -14,7 +15,7 @@ use crate::actors::LotView;
 use crate::domain::Timestamp;
 
 /// A lot as the service sees it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Lot {
     /// Normalised id (lower case, spaces joined with `-`).
     pub lot_id: String,
@@ -45,7 +46,7 @@ impl From<&LotView> for Lot {
 }
 
 /// What became of one command.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AckStatus {
     Accepted,
@@ -56,7 +57,7 @@ pub enum AckStatus {
 }
 
 /// The reply to one accepted, duplicate or unchanged command, once durable.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Ack {
     pub status: AckStatus,
     /// Log offset of the event (of the earlier one for a duplicate).
@@ -65,7 +66,7 @@ pub struct Ack {
 }
 
 /// One event's outcome in a batch reply.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum BatchItem {
     Accepted {
@@ -90,7 +91,7 @@ pub enum BatchItem {
 }
 
 /// The reply to an array or NDJSON request: every event's outcome, in order.
-#[derive(Debug, Default, Serialize, ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct BatchReply {
     pub accepted: usize,
     pub duplicates: usize,
@@ -100,13 +101,13 @@ pub struct BatchReply {
 }
 
 /// `GET /v1/lots`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LotList {
     pub lots: Vec<Lot>,
 }
 
 /// Every error reply: a stable code, a message for people, and what else applies.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable code (`invalid_request`, `lot_not_found`, `lot_full`, `payload_too_large`,
     /// `span_too_large`, `rate_limited`, `too_many_connections`, `unauthorized`, ...).
@@ -337,7 +338,7 @@ pub struct Replayed {
 }
 
 /// `POST /v1/admin/known-events`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Known {
     /// The asked ids the log holds.
     pub known: Vec<String>,
@@ -345,20 +346,20 @@ pub struct Known {
 }
 
 /// What every command may carry beside its own fields.
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct Stamp {
     /// A UUID for idempotent retries; default: the server makes one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
     /// Event time: RFC 3339 text or epoch milliseconds; default: the server's clock. At
     /// most `[limits] max_future_secs` ahead, not before 2000-01-01.
     #[schema(value_type = Option<String>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<serde_json::Value>,
 }
 
 /// An event as `POST /v1/events` accepts it: one object, an array of them, or NDJSON.
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)] // read by the ingest parser; here for the document
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct EventIn {
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "north")]
     pub lot_id: String,
@@ -369,13 +370,14 @@ pub struct EventIn {
     pub stamp: Stamp,
     /// With `COUNT`: the lot's occupancy.
     #[schema(minimum = 0, maximum = 1_000_000)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
 }
 
 /// The body of `POST /v1/events` as JSON: one event or an array of them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
-#[allow(dead_code)]
+#[allow(dead_code)] // for the document: the ingest parser reads the body
 pub enum EventsIn {
     One(EventIn),
     Many(Vec<EventIn>),
@@ -398,8 +400,7 @@ pub enum Unavailable {
 }
 
 /// `POST /v1/lots`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct RegisterIn {
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "north")]
     pub lot_id: String,
@@ -413,8 +414,7 @@ pub struct RegisterIn {
 }
 
 /// `PATCH /v1/lots/{id}`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct CapacityIn {
     #[schema(minimum = 1, maximum = 1_000_000, example = 150)]
     pub capacity: u32,
@@ -423,8 +423,7 @@ pub struct CapacityIn {
 }
 
 /// `POST /v1/lots/{id}/count`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct CountIn {
     #[schema(minimum = 0, maximum = 1_000_000, example = 12)]
     pub count: u32,
@@ -433,8 +432,7 @@ pub struct CountIn {
 }
 
 /// `POST /v1/admin/known-events`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct KnownEventsIn {
     pub event_ids: Vec<String>,
 }

@@ -46,6 +46,15 @@ impl serde::Serialize for Timestamp {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        chrono::DateTime::parse_from_rfc3339(&text)
+            .map(|t| Timestamp::from_datetime(t.to_utc()))
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not an RFC 3339 time: {e}")))
+    }
+}
+
 /// The earliest event time parkade accepts: 2000-01-01T00:00:00Z. Older timestamps
 /// are typing or clock errors (an unset RTC reports 1970), not parking history.
 pub const EARLIEST_EVENT_MICROS: i64 = 946_684_800_000_000;

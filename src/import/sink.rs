@@ -7,6 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::actors::{Lots, Outcome, Request};
+use crate::api::wire;
 use crate::domain::{Command, LotId, Rejection};
 use crate::log::{EventLog, LogError};
 
@@ -187,27 +188,41 @@ impl HttpSink {
         &self,
         method: &str,
         path: &str,
-        ct: &str,
-        body: String,
-    ) -> Result<(u16, Value), String> {
+        body: Option<(&str, String)>,
+    ) -> Result<(u16, bytes::Bytes), String> {
         let url = format!("{}{}", self.base, path);
         let req = match method {
             "GET" => self.client.get(&url),
             "PATCH" => self.client.patch(&url),
             _ => self.client.post(&url),
         };
-        let mut resp = req
-            .insert_header(("content-type", ct))
-            .send_body(body)
-            .await
-            .map_err(|e| format!("{method} {url}: {e}"))?;
+        let sent = match body {
+            Some((ct, body)) => {
+                req.insert_header(("content-type", ct))
+                    .send_body(body)
+                    .await
+            }
+            None => req.send().await,
+        };
+        let mut resp = sent.map_err(|e| format!("{method} {url}: {e}"))?;
         let bytes = resp
             .body()
             .limit(64 << 20)
             .await
             .map_err(|e| format!("{method} {url}: {e}"))?;
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((resp.status().as_u16(), value))
+        Ok((resp.status().as_u16(), bytes))
+    }
+
+    /// `POST` or `PATCH` a JSON body.
+    async fn send_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<(u16, bytes::Bytes), String> {
+        let text = serde_json::to_string(body).map_err(|e| e.to_string())?;
+        self.call(method, path, Some(("application/json", text)))
+            .await
     }
 
     async fn run_lot(&self, lot: LotId, requests: Vec<Request>) -> Result<Vec<RowOutcome>, String> {
@@ -219,52 +234,56 @@ impl HttpSink {
         let mut batch_from = i64::MAX;
         let span = crate::config::Limits::default().max_request_span_secs * 1_000_000;
         for r in requests {
-            let ts = r
-                .occurred_at
-                .to_datetime()
-                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
-            let id = r.event_id.map(|i| i.to_string());
-            match &r.command {
-                Command::Arrive | Command::Depart | Command::Count { .. } => {
-                    let mut v = serde_json::json!({"lot_id": lot.as_str(), "timestamp": ts, "event_id": id});
-                    match r.command {
-                        Command::Arrive => v["event_type"] = "ARRIVAL".into(),
-                        Command::Depart => v["event_type"] = "DEPARTURE".into(),
-                        Command::Count { count } => {
-                            v["event_type"] = "COUNT".into();
-                            v["count"] = count.into();
-                        }
-                        _ => unreachable!("matched above"),
-                    }
-                    let t = r.occurred_at.micros();
-                    if !events.is_empty() && (t - batch_from).abs() > span {
-                        out.extend(self.send_events(std::mem::take(&mut events)).await?);
-                    }
-                    if events.is_empty() {
-                        batch_from = t;
-                    }
-                    events.push(v.to_string());
-                    if events.len() >= HTTP_BATCH {
-                        out.extend(self.send_events(std::mem::take(&mut events)).await?);
-                    }
-                }
+            let stamp = wire::Stamp {
+                event_id: r.event_id.map(|i| i.to_string()),
+                timestamp: Some(Value::String(
+                    r.occurred_at
+                        .to_datetime()
+                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                )),
+            };
+            let (event_type, count) = match &r.command {
+                Command::Arrive => ("ARRIVAL", None),
+                Command::Depart => ("DEPARTURE", None),
+                Command::Count { count } => ("COUNT", Some(*count)),
                 Command::Register { name, capacity } => {
                     out.extend(self.send_events(std::mem::take(&mut events)).await?);
-                    let body = serde_json::json!({"lot_id": lot.as_str(), "name": name.as_str(), "capacity": capacity.get(), "event_id": id, "timestamp": ts});
-                    out.push(single(
-                        self.call("POST", "/v1/lots", "application/json", body.to_string())
-                            .await?,
-                    )?);
+                    let body = wire::RegisterIn {
+                        lot_id: lot.to_string(),
+                        name: name.as_str().to_owned(),
+                        capacity: capacity.get(),
+                        stamp,
+                    };
+                    out.push(single(self.send_json("POST", "/v1/lots", &body).await?)?);
+                    continue;
                 }
                 Command::ChangeCapacity { capacity } => {
                     out.extend(self.send_events(std::mem::take(&mut events)).await?);
-                    let body = serde_json::json!({"capacity": capacity.get(), "event_id": id, "timestamp": ts});
+                    let body = wire::CapacityIn {
+                        capacity: capacity.get(),
+                        stamp,
+                    };
                     let path = format!("/v1/lots/{}", lot.as_str());
-                    out.push(single(
-                        self.call("PATCH", &path, "application/json", body.to_string())
-                            .await?,
-                    )?);
+                    out.push(single(self.send_json("PATCH", &path, &body).await?)?);
+                    continue;
                 }
+            };
+            let event = wire::EventIn {
+                lot_id: lot.to_string(),
+                event_type: event_type.to_owned(),
+                stamp,
+                count,
+            };
+            let t = r.occurred_at.micros();
+            if !events.is_empty() && (t - batch_from).abs() > span {
+                out.extend(self.send_events(std::mem::take(&mut events)).await?);
+            }
+            if events.is_empty() {
+                batch_from = t;
+            }
+            events.push(serde_json::to_string(&event).map_err(|e| e.to_string())?);
+            if events.len() >= HTTP_BATCH {
+                out.extend(self.send_events(std::mem::take(&mut events)).await?);
             }
         }
         out.extend(self.send_events(events).await?);
@@ -280,13 +299,16 @@ impl HttpSink {
             .call(
                 "POST",
                 "/v1/events",
-                "application/x-ndjson",
-                events.join("\n"),
+                Some(("application/x-ndjson", events.join("\n"))),
             )
             .await?;
         if status == 429 {
             // A rate-limited (ingest) token: wait as told, then send the same batch.
-            let secs = reply["retry_after_secs"].as_u64().unwrap_or(1).clamp(1, 60);
+            let secs = read::<wire::ErrorBody>(status, &reply)
+                .ok()
+                .and_then(|e| e.retry_after_secs)
+                .unwrap_or(1)
+                .clamp(1, 60);
             tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
             return Box::pin(self.send_events(events)).await;
         }
@@ -299,60 +321,74 @@ impl HttpSink {
             return Ok(out);
         }
         if status != 200 {
-            return Err(format!("the server answered {status}: {reply}"));
+            return Err(unexpected(status, &reply));
         }
-        let results = reply["results"]
-            .as_array()
-            .ok_or("the server's reply has no results")?;
-        if results.len() != n {
+        let reply: wire::BatchReply = read(status, &reply)?;
+        if reply.results.len() != n {
             return Err(format!(
                 "sent {n} events, the server answered for {}",
-                results.len()
+                reply.results.len()
             ));
         }
-        Ok(results
-            .iter()
-            .map(|r| match r["status"].as_str() {
-                Some("accepted") => RowOutcome::Accepted,
-                Some("duplicate") => RowOutcome::Duplicate,
-                _ => RowOutcome::Rejected {
-                    code: r["code"].as_str().unwrap_or("rejected").to_owned(),
-                    detail: r["message"].as_str().unwrap_or("").to_owned(),
+        Ok(reply
+            .results
+            .into_iter()
+            .map(|r| match r {
+                wire::BatchItem::Accepted { .. } => RowOutcome::Accepted,
+                wire::BatchItem::Duplicate { .. } => RowOutcome::Duplicate,
+                wire::BatchItem::Rejected { code, message, .. }
+                | wire::BatchItem::Error { code, message } => RowOutcome::Rejected {
+                    code,
+                    detail: message,
                 },
             })
             .collect())
     }
 }
 
+/// A reply's body as `T`, or why it is not one.
+fn read<T: serde::de::DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the server's {status} reply is not what parkade sends ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
+    })
+}
+
+fn unexpected(status: u16, body: &[u8]) -> String {
+    format!(
+        "the server answered {status}: {}",
+        String::from_utf8_lossy(body)
+    )
+}
+
 /// The outcome of a one-command request (`POST /v1/lots`, `PATCH /v1/lots/{id}`).
-fn single((status, reply): (u16, Value)) -> Result<RowOutcome, String> {
-    match (status, reply["status"].as_str()) {
-        (200 | 201, Some("accepted")) => Ok(RowOutcome::Accepted),
-        (200, Some("duplicate" | "unchanged")) => Ok(RowOutcome::Duplicate),
-        (400 | 404 | 409, _) => Ok(RowOutcome::Rejected {
-            code: reply["error"].as_str().unwrap_or("rejected").to_owned(),
-            detail: reply["message"].as_str().unwrap_or("").to_owned(),
-        }),
-        _ => Err(format!("the server answered {status}: {reply}")),
+fn single((status, reply): (u16, bytes::Bytes)) -> Result<RowOutcome, String> {
+    match status {
+        200 | 201 => match read::<wire::Ack>(status, &reply)?.status {
+            wire::AckStatus::Accepted => Ok(RowOutcome::Accepted),
+            wire::AckStatus::Duplicate | wire::AckStatus::Unchanged => Ok(RowOutcome::Duplicate),
+        },
+        400 | 404 | 409 => {
+            let e: wire::ErrorBody = read(status, &reply)?;
+            Ok(RowOutcome::Rejected {
+                code: e.error,
+                detail: e.message,
+            })
+        }
+        _ => Err(unexpected(status, &reply)),
     }
 }
 
 impl Sink for HttpSink {
     async fn capacity(&mut self, lot: &LotId) -> Result<Option<u32>, String> {
-        let (status, v) = self
-            .call(
-                "GET",
-                &format!("/v1/lots/{}", lot.as_str()),
-                "application/json",
-                String::new(),
-            )
-            .await?;
+        let path = format!("/v1/lots/{}", lot.as_str());
+        let (status, body) = self.call("GET", &path, None).await?;
         match status {
-            200 => Ok(v["capacity"].as_u64().and_then(|c| u32::try_from(c).ok())),
+            200 => Ok(Some(read::<wire::Lot>(status, &body)?.capacity)),
             404 => Ok(None),
-            _ => Err(format!(
-                "GET /v1/lots/{lot}: the server answered {status}: {v}"
-            )),
+            _ => Err(format!("GET {path}: {}", unexpected(status, &body))),
         }
     }
 
@@ -372,9 +408,11 @@ impl Sink for HttpSink {
         let mut rest = &ids[..];
         while !rest.is_empty() {
             let chunk = &rest[..size.min(rest.len())];
-            let body = serde_json::json!({ "event_ids": chunk }).to_string();
+            let body = wire::KnownEventsIn {
+                event_ids: chunk.iter().map(Uuid::to_string).collect(),
+            };
             let (status, reply) = self
-                .call("POST", "/v1/admin/known-events", "application/json", body)
+                .send_json("POST", "/v1/admin/known-events", &body)
                 .await?;
             if status == 413 && size > 1 {
                 size /= 2;
@@ -383,17 +421,14 @@ impl Sink for HttpSink {
             rest = &rest[chunk.len()..];
             if status != 200 {
                 return Err(format!(
-                    "POST /v1/admin/known-events: the server answered {status}: {reply}"
+                    "POST /v1/admin/known-events: {}",
+                    unexpected(status, &reply)
                 ));
             }
-            let known = reply["known"]
-                .as_array()
-                .ok_or("POST /v1/admin/known-events: the reply has no \"known\" list")?;
-            for v in known {
-                let id = v
-                    .as_str()
-                    .and_then(|s| Uuid::parse_str(s).ok())
-                    .ok_or_else(|| format!("POST /v1/admin/known-events: {v} is not a UUID"))?;
+            let known: wire::Known = read(status, &reply)?;
+            for v in known.known {
+                let id = Uuid::parse_str(&v)
+                    .map_err(|_| format!("POST /v1/admin/known-events: {v:?} is not a UUID"))?;
                 self.known.insert(id.as_u128());
             }
         }

@@ -54,38 +54,12 @@ impl Application {
         for o in &config.auth.cors_origins {
             api::auth::check_origin(o).map_err(|e| anyhow::anyhow!("[auth] cors_origins: {e}"))?;
         }
+        fit_open_files(config.limits.max_connections)?;
         // Before the log opens: its writer binds its metrics when it starts.
         let metrics_handle = crate::metrics::install();
-        let mut log_opts = LogOptions {
-            segment_bytes: config.log.segment_bytes,
-            ..LogOptions::default()
-        };
-        if let Some(storage) = hooks.storage.clone() {
-            log_opts.storage = storage;
-        }
-        let log_dir = config.log_dir();
-        let log = Arc::new(
-            FileLog::open(&log_dir, log_opts)
-                .with_context(|| format!("opening the event log in {}", log_dir.display()))?,
-        );
-        let rec = log.recovery();
-        tracing::info!(
-            dir = %log_dir.display(), log_id = %log.log_id(), events = rec.events, segments = rec.segments,
-            truncated_bytes = rec.truncated_bytes, "event log open"
-        );
+        let log = open_log(&config, &hooks)?;
         let dyn_log: Arc<dyn EventLog> = log.clone();
-        let lots = Lots::recover(
-            dyn_log.clone(),
-            LotOptions {
-                dedupe_window: config.lots.dedupe_window,
-                threads: config.lots.threads,
-                max_future_micros: config.limits.max_future_secs.saturating_mul(1_000_000),
-                max_lots: config.limits.max_lots,
-                ..LotOptions::default()
-            },
-        )
-        .context("rebuilding the lots from the log")?;
-
+        let lots = recover_lots(&config, dyn_log.clone())?;
         let board = StatusBoard::default();
         let (shutdown, shutdown_rx) = watch::channel(false);
         // The live fan-out starts from the state the lots were rebuilt to.
@@ -100,63 +74,18 @@ impl Application {
             "parkade-live",
             live.clone().follow(dyn_log.clone(), shutdown.subscribe()),
         )?;
-        let mut db_pool = None;
-        let mut projection = None;
-        if let Some(url) = &config.database_url {
-            let opts: PgConnectOptions = url
-                .parse()
-                .context("PARKADE_DATABASE_URL is not a valid PostgreSQL URL")?;
-            tracing::info!(database = %config.redacted_database_url().unwrap_or_default(), "PostgreSQL read model enabled");
-            db_pool = Some(
-                PgPoolOptions::new()
-                    .max_connections(4)
-                    .connect_lazy_with(opts.clone()),
-            );
-            projection = Some(spawn_projection(
-                url.clone(),
-                dyn_log.clone(),
-                board.clone(),
-                &config,
-                &hooks,
-                shutdown_rx,
-            )?);
-        } else {
-            tracing::info!("no PARKADE_DATABASE_URL: running without the PostgreSQL read model");
-        }
-
-        let mut archive_thread = None;
-        let archive = match config.archive.enabled {
-            true => Some(config.archive().await),
-            false => None,
-        };
-        if let Some(archive) = archive.clone() {
-            archive_thread = Some(spawn_archive(
-                archive,
-                dyn_log.clone(),
-                board.clone(),
-                &config,
-                shutdown.subscribe(),
-            )?);
-        }
-
-        fit_open_files(config.limits.max_connections)?;
-        let connections = api::limits::Connections::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_address,
-        );
-        let counting = connections.clone();
-        let cors_origins = config.auth.cors_origins.clone();
-        let live_at_stop = live.clone();
-        let state = web::Data::new(ApiState {
+        let read =
+            start_read_models(&config, &hooks, &dyn_log, &board, &shutdown, shutdown_rx).await?;
+        let state = ApiState {
             lots: lots.clone(),
             log: dyn_log,
             limits: config.limits.clone(),
             board: board.clone(),
-            db: db_pool,
-            archive,
+            db: read.db,
+            archive: read.archive,
             features_lateness_secs: config.projections.features_lateness_secs,
             forecast_tz: config.forecast.tz().map_err(anyhow::Error::msg)?,
-            live,
+            live: live.clone(),
             forecast_interval_secs: config.forecast.interval_secs,
             replay: Arc::new(tokio::sync::Mutex::new(())),
             live_config: config.live.clone(),
@@ -165,83 +94,18 @@ impl Application {
                 config.limits.ingest_events_per_sec,
                 config.limits.max_batch_events,
             ),
-            connections,
+            connections: api::limits::Connections::new(
+                config.limits.max_connections,
+                config.limits.max_connections_per_address,
+            ),
             metrics: metrics_handle,
-        });
+        };
         if let Some(rate) = state.ingest_rate.clone() {
             actix_web::rt::spawn(tidy_rates(rate, shutdown.subscribe()));
         }
-        let auth_data = web::Data::new(auth.clone());
-        let hosts = api::auth::Hosts::new(&config.auth.allowed_hosts, config.bind);
-        if hosts.0.is_none() {
-            tracing::warn!(
-                "the Host header is not checked: set [auth] allowed_hosts to the names clients use"
-            );
-        }
-        let hosts = web::Data::new(hosts);
-        let closed = !auth.is_open();
-        actix_web::rt::spawn(auth.watch(shutdown.subscribe()));
-        let listener =
-            TcpListener::bind(config.bind).with_context(|| format!("binding {}", config.bind))?;
-        let port = listener.local_addr()?.port();
-        // One line per request only when asked for (RUST_LOG=parkade::http=info): at
-        // tens of thousands of requests a second the wrapper alone costs throughput.
-        let log_requests = tracing::enabled!(target: "parkade::http", tracing::Level::INFO);
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(auth_data.clone())
-                .app_data(hosts.clone())
-                // Without tokens there is nothing to check: no middleware in the way.
-                .wrap(actix_web::middleware::Condition::new(
-                    closed,
-                    actix_web::middleware::from_fn(api::auth::authorize),
-                ))
-                // An unknown Host is refused before anything else...
-                .wrap(actix_web::middleware::from_fn(api::auth::check_host))
-                // ...but a connection over a cap is refused before that.
-                .wrap(actix_web::middleware::from_fn(api::limits::refuse_over_cap))
-                .wrap(actix_web::middleware::Condition::new(
-                    !cors_origins.is_empty(),
-                    api::auth::cors(&cors_origins),
-                ))
-                .wrap(actix_web::middleware::from_fn(api::observe))
-                // The path, never the query string: it may hold an access token.
-                .wrap(actix_web::middleware::Condition::new(
-                    log_requests,
-                    actix_web::middleware::Logger::new("%{method}xi %U %s %Dms")
-                        .custom_request_replace("method", |req| req.method().to_string())
-                        .log_target("parkade::http"),
-                ))
-                .configure(api::routes)
-        })
-        .on_connect(move |conn, data| counting.on_connect(conn, data))
-        .workers(config.http_workers)
-        // A backstop under our own count: connections past the caps are still taken,
-        // to be told why, up to twice the cap (beyond that they wait in the backlog).
-        .max_connections((2 * config.limits.max_connections).div_ceil(config.http_workers))
-        .backlog(2048)
-        // Replies and websocket frames are small and wanted now: without this, Nagle's
-        // algorithm holds a frame until the client acknowledges the previous one, which
-        // a client's delayed acknowledgement can put off for tens of milliseconds.
-        .tcp_nodelay(true)
-        // Stop signals are ours (below): websockets are closed first, else the graceful
-        // stop would wait out its timeout for them.
-        .disable_signals()
-        .listen(listener)?
-        .run();
-        let handle = server.handle();
-        actix_web::rt::spawn(async move {
-            stop_signal().await;
-            tracing::info!(
-                "stop signal: closing websockets and finishing requests (again to stop at once)"
-            );
-            live_at_stop.close_all();
-            actix_web::rt::spawn(handle.stop(true));
-            stop_signal().await;
-            tracing::warn!("second stop signal: stopping without waiting for open requests");
-            handle.stop(false).await;
-        });
+        actix_web::rt::spawn(auth.clone().watch(shutdown.subscribe()));
+        let (server, port) = serve_http(&config, state, auth)?;
+        stop_on_signals(server.handle(), live);
         tracing::info!(address = %config.bind, port, "HTTP server listening");
         if let Some(n) = hooks
             .notifier
@@ -258,8 +122,8 @@ impl Application {
             lots,
             board,
             shutdown,
-            projection,
-            archive_thread,
+            projection: read.projection,
+            archive_thread: read.archive_thread,
             live_thread,
         })
     }
@@ -296,6 +160,188 @@ impl Application {
         tracing::info!("stopped");
         result.context("HTTP server failed")
     }
+}
+
+/// Open the embedded log (read-write), saying what recovery found.
+fn open_log(config: &Config, hooks: &Hooks) -> anyhow::Result<Arc<FileLog>> {
+    let mut log_opts = LogOptions {
+        segment_bytes: config.log.segment_bytes,
+        ..LogOptions::default()
+    };
+    if let Some(storage) = hooks.storage.clone() {
+        log_opts.storage = storage;
+    }
+    let log_dir = config.log_dir();
+    let log = Arc::new(
+        FileLog::open(&log_dir, log_opts)
+            .with_context(|| format!("opening the event log in {}", log_dir.display()))?,
+    );
+    let rec = log.recovery();
+    tracing::info!(
+        dir = %log_dir.display(), log_id = %log.log_id(), events = rec.events, segments = rec.segments,
+        truncated_bytes = rec.truncated_bytes, "event log open"
+    );
+    Ok(log)
+}
+
+/// Every lot rebuilt from the log, each on its actor.
+fn recover_lots(config: &Config, log: Arc<dyn EventLog>) -> anyhow::Result<Lots> {
+    Lots::recover(
+        log,
+        LotOptions {
+            dedupe_window: config.lots.dedupe_window,
+            threads: config.lots.threads,
+            max_future_micros: config.limits.max_future_secs.saturating_mul(1_000_000),
+            max_lots: config.limits.max_lots,
+            ..LotOptions::default()
+        },
+    )
+    .context("rebuilding the lots from the log")
+}
+
+/// The read models as started: the database pool and the archive the API reads, and
+/// the threads their projections run on.
+struct ReadModels {
+    db: Option<sqlx::PgPool>,
+    archive: Option<crate::projections::archive::Archive>,
+    projection: Option<JoinHandle<()>>,
+    archive_thread: Option<JoinHandle<()>>,
+}
+
+/// Start the PostgreSQL projections (when a database is configured) and the archive
+/// (when enabled).
+async fn start_read_models(
+    config: &Config,
+    hooks: &Hooks,
+    log: &Arc<dyn EventLog>,
+    board: &StatusBoard,
+    shutdown: &watch::Sender<bool>,
+    shutdown_rx: watch::Receiver<bool>,
+) -> anyhow::Result<ReadModels> {
+    let mut read = ReadModels {
+        db: None,
+        archive: None,
+        projection: None,
+        archive_thread: None,
+    };
+    if let Some(url) = &config.database_url {
+        let opts: PgConnectOptions = url
+            .parse()
+            .context("PARKADE_DATABASE_URL is not a valid PostgreSQL URL")?;
+        tracing::info!(database = %config.redacted_database_url().unwrap_or_default(), "PostgreSQL read model enabled");
+        read.db = Some(
+            PgPoolOptions::new()
+                .max_connections(4)
+                .connect_lazy_with(opts),
+        );
+        read.projection = Some(spawn_projection(
+            url.clone(),
+            log.clone(),
+            board.clone(),
+            config,
+            hooks,
+            shutdown_rx,
+        )?);
+    } else {
+        tracing::info!("no PARKADE_DATABASE_URL: running without the PostgreSQL read model");
+    }
+    if config.archive.enabled {
+        let archive = config.archive().await;
+        read.archive_thread = Some(spawn_archive(
+            archive.clone(),
+            log.clone(),
+            board.clone(),
+            config,
+            shutdown.subscribe(),
+        )?);
+        read.archive = Some(archive);
+    }
+    Ok(read)
+}
+
+/// Bind and start the HTTP server with its middleware; its port.
+fn serve_http(
+    config: &Config,
+    state: ApiState,
+    auth: api::auth::Auth,
+) -> anyhow::Result<(actix_web::dev::Server, u16)> {
+    let counting = state.connections.clone();
+    let state = web::Data::new(state);
+    let cors_origins = config.auth.cors_origins.clone();
+    let hosts = api::auth::Hosts::new(&config.auth.allowed_hosts, config.bind);
+    if hosts.0.is_none() {
+        tracing::warn!(
+            "the Host header is not checked: set [auth] allowed_hosts to the names clients use"
+        );
+    }
+    let hosts = web::Data::new(hosts);
+    let closed = !auth.is_open();
+    let auth_data = web::Data::new(auth);
+    let listener =
+        TcpListener::bind(config.bind).with_context(|| format!("binding {}", config.bind))?;
+    let port = listener.local_addr()?.port();
+    // One line per request only when asked for (RUST_LOG=parkade::http=info): at
+    // tens of thousands of requests a second the wrapper alone costs throughput.
+    let log_requests = tracing::enabled!(target: "parkade::http", tracing::Level::INFO);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(auth_data.clone())
+            .app_data(hosts.clone())
+            // Without tokens there is nothing to check: no middleware in the way.
+            .wrap(actix_web::middleware::Condition::new(
+                closed,
+                actix_web::middleware::from_fn(api::auth::authorize),
+            ))
+            // An unknown Host is refused before anything else...
+            .wrap(actix_web::middleware::from_fn(api::auth::check_host))
+            // ...but a connection over a cap is refused before that.
+            .wrap(actix_web::middleware::from_fn(api::limits::refuse_over_cap))
+            .wrap(actix_web::middleware::Condition::new(
+                !cors_origins.is_empty(),
+                api::auth::cors(&cors_origins),
+            ))
+            .wrap(actix_web::middleware::from_fn(api::observe))
+            // The path, never the query string: it may hold an access token.
+            .wrap(actix_web::middleware::Condition::new(
+                log_requests,
+                actix_web::middleware::Logger::new("%{method}xi %U %s %Dms")
+                    .custom_request_replace("method", |req| req.method().to_string())
+                    .log_target("parkade::http"),
+            ))
+            .configure(api::routes)
+    })
+    .on_connect(move |conn, data| counting.on_connect(conn, data))
+    .workers(config.http_workers)
+    // A backstop under our own count: connections past the caps are still taken,
+    // to be told why, up to twice the cap (beyond that they wait in the backlog).
+    .max_connections((2 * config.limits.max_connections).div_ceil(config.http_workers))
+    .backlog(2048)
+    // Replies and websocket frames are small and wanted now: without this, Nagle's
+    // algorithm holds a frame until the client acknowledges the previous one, which
+    // a client's delayed acknowledgement can put off for tens of milliseconds.
+    .tcp_nodelay(true)
+    // Stop signals are ours (`stop_on_signals`): websockets are closed first, else the
+    // graceful stop would wait out its timeout for them.
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((server, port))
+}
+
+/// On SIGINT or SIGTERM close the websockets and stop gracefully; on a second one, at once.
+fn stop_on_signals(handle: actix_web::dev::ServerHandle, live: crate::live::Live) {
+    actix_web::rt::spawn(async move {
+        stop_signal().await;
+        tracing::info!(
+            "stop signal: closing websockets and finishing requests (again to stop at once)"
+        );
+        live.close_all();
+        actix_web::rt::spawn(handle.stop(true));
+        stop_signal().await;
+        tracing::warn!("second stop signal: stopping without waiting for open requests");
+        handle.stop(false).await;
+    });
 }
 
 /// Forget idle tokens' rate state once a minute, so the limiter's memory follows the

@@ -121,6 +121,7 @@ async fn every_route_answers_401_403_or_200_by_role() {
         ("GET", "/v1/lots/north", None, [401, 200, 200, 200]),
         ("GET", "/v1/lots/north/recent", None, [401, 200, 200, 200]),
         ("GET", "/metrics", None, [401, 200, 200, 200]),
+        ("GET", "/openapi.json", None, [401, 200, 200, 200]),
         ("POST", "/v1/events", arrival("north"), [401, 403, 200, 200]),
         ("POST", "/v1/events", arrival("south"), [401, 403, 403, 200]),
         (

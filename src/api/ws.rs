@@ -29,11 +29,10 @@ use actix_web::body::{BodyStream, MessageBody};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use serde_json::json;
 
 use super::{wire, ApiError, ApiState};
 use crate::domain::{LotId, RecordedEvent};
-use crate::live::{change_of, frame, wanted, Outbox, SEND_LIMIT, SLOW_CONSUMER};
+use crate::live::{change_of, frame, wanted, Message, Outbox, SEND_LIMIT, SLOW_CONSUMER};
 
 const PING_EVERY: Duration = Duration::from_secs(10);
 const SILENT_LIMIT: Duration = Duration::from_secs(30);
@@ -128,12 +127,13 @@ pub(super) async fn ws(
             None => {
                 let history = st.db.is_some();
                 st.live.subscribe(keep, out.clone(), |snap| {
-                    frame::text(
-                        &json!({"type": "snapshot", "offset": snap.next_offset.checked_sub(1),
-                                "next_offset": snap.next_offset, "lots": snap.lots,
-                                "history": history})
-                        .to_string(),
-                    )
+                    Message::Snapshot {
+                        offset: snap.next_offset.checked_sub(1),
+                        next_offset: snap.next_offset,
+                        lots: &snap.lots,
+                        history,
+                    }
+                    .frame()
                 });
                 true
             }
@@ -240,8 +240,10 @@ async fn catch_up(
                 at = batch[batch.len() - 1].offset + 1;
                 last = put_changes(&out2, &batch, &keep, next).or(last);
             }
-            let live = json!({"type": "live", "next_offset": next.max(from)});
-            out2.put(frame::text(&live.to_string()), 0);
+            let live = Message::Live {
+                next_offset: next.max(from),
+            };
+            out2.put(live.frame(), 0);
             Ok(last)
         })
     })

@@ -43,25 +43,56 @@ pub struct Change {
     pub frame: Bytes,
 }
 
-/// A change message: `{"type":"change", lot_id, occupancy, capacity, free, offset,
-/// occurred_at, event_type}`.
+/// The websocket's messages (`"type"` names the kind), as the server writes them.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message<'a> {
+    /// The wanted lots as they are at `offset` (`null` for an empty log); changes
+    /// follow from `next_offset`. `history`: whether history endpoints can answer.
+    Snapshot {
+        offset: Option<u64>,
+        next_offset: u64,
+        lots: &'a [Value],
+        history: bool,
+    },
+    /// One event's effect on its lot.
+    Change {
+        lot_id: &'a str,
+        occupancy: u32,
+        capacity: u32,
+        free: u32,
+        offset: u64,
+        occurred_at: crate::domain::Timestamp,
+        event_type: &'a str,
+    },
+    /// A resumed subscriber has caught up: live changes follow from `next_offset`.
+    Live { next_offset: u64 },
+}
+
+impl Message<'_> {
+    /// The message as one websocket text frame.
+    pub fn frame(&self) -> Bytes {
+        frame::text(&serde_json::to_string(self).expect("messages serialize"))
+    }
+}
+
+/// The change message of one recorded event.
 pub fn change_of(e: &RecordedEvent) -> Change {
     let ev = &e.event;
-    let json = json!({
-        "type": "change",
-        "lot_id": ev.lot_id.as_str(),
-        "occupancy": ev.occupancy,
-        "capacity": ev.capacity,
-        "free": ev.capacity.saturating_sub(ev.occupancy),
-        "offset": e.offset,
-        "occurred_at": ev.occurred_at,
-        "event_type": ev.event.event_type().as_str(),
-    })
-    .to_string();
+    let frame = Message::Change {
+        lot_id: ev.lot_id.as_str(),
+        occupancy: ev.occupancy,
+        capacity: ev.capacity,
+        free: ev.capacity.saturating_sub(ev.occupancy),
+        offset: e.offset,
+        occurred_at: ev.occurred_at,
+        event_type: ev.event.event_type().as_str(),
+    }
+    .frame();
     Change {
         lot_id: ev.lot_id.clone(),
         offset: e.offset,
-        frame: frame::text(&json),
+        frame,
     }
 }
 

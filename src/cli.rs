@@ -580,7 +580,7 @@ fn verify_local(c: &Config) -> anyhow::Result<ExitCode> {
 }
 
 fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
-    use crate::import::{import_file, HttpSink, LocalSink, Options};
+    use crate::import::{import_file, HttpSink, Options};
     let opts = Options {
         format: a.format,
         timezone: a.timezone,
@@ -601,9 +601,11 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
             let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             let bar = indicatif::ProgressBar::new(len);
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)")
-                    .expect("a valid template")
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
             );
             bar.set_message(format!("importing {}", path.display()));
             bar
@@ -621,52 +623,18 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             None => {
-                let dir = config.log_dir();
-                let log = match FileLog::open(&dir, LogOptions { segment_bytes: config.log.segment_bytes, ..LogOptions::default() }) {
-                    Err(crate::log::LogError::Locked(d)) => bail!(
-                        "the event log in {} is in use by a running parkade server; import through it with --url http://HOST:PORT",
-                        d.display()
-                    ),
-                    other => Arc::new(other.with_context(|| format!("opening the event log in {}", dir.display()))?),
-                };
-                let dyn_log: Arc<dyn EventLog> = log.clone();
-                let lots = crate::actors::Lots::recover(
-                    dyn_log.clone(),
-                    crate::actors::LotOptions {
-                        dedupe_window: config.lots.dedupe_window,
-                        max_future_micros: config.limits.max_future_secs.saturating_mul(1_000_000),
-                        max_lots: config.limits.max_lots,
-                        ..Default::default()
-                    },
-                )?;
-                let mut sink = LocalSink::new(lots, dyn_log.as_ref())?;
+                let mut offline = crate::import::offline::Offline::open(&config)?;
                 for f in &files {
                     let pb = bar(f);
-                    let s = import_file(&mut sink, f, &opts, &|n| pb.set_position(n)).await?;
+                    let s = import_file(offline.sink(), f, &opts, &|n| pb.set_position(n)).await?;
                     pb.finish_and_clear();
                     println!("{s}");
                     summaries.push(s);
                 }
-                if let Some(db_url) = &config.database_url {
-                    let pool = db::connect(db_url).await?;
-                    let at = occupancy::catch_up(&pool, dyn_log.as_ref(), config.projections.batch_events).await?;
-                    println!("occupancy read model caught up to offset {at}");
-                    let at = features::catch_up(&pool, dyn_log.as_ref(), config.projections.features_lateness_secs).await?;
-                    println!("features caught up to offset {at}");
+                for line in offline.catch_up(&config).await? {
+                    println!("{line}");
                 }
-                if config.archive.enabled {
-                    let archive = config.archive().await;
-                    let at = archive.catch_up(dyn_log.clone()).await?;
-                    println!("archive caught up to offset {at} in {}", archive.store().describe());
-                    if let Some(db_url) = &config.database_url {
-                        let pool = db::connect(db_url).await?;
-                        let days = features::lake::export_dirty(&pool, archive.store())
-                            .await
-                            .map_err(anyhow::Error::msg)?;
-                        println!("features of {days} days written to the lake");
-                    }
-                }
-                log.close();
+                offline.close();
             }
         }
         if let Some(r) = &opts.rejects {

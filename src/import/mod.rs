@@ -26,6 +26,7 @@
 //! is refused again (`previously_rejected`), see `Run::find_prior`.
 
 pub mod birmingham;
+pub mod offline;
 mod sink;
 
 use std::collections::{BTreeMap, HashMap};

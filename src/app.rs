@@ -246,7 +246,7 @@ async fn start_read_models(
         tracing::info!("no PARKADE_DATABASE_URL: running without the PostgreSQL read model");
     }
     if config.archive.enabled {
-        let archive = config.archive().await;
+        let archive = crate::projections::archive::Archive::from_config(config).await;
         read.archive_thread = Some(spawn_archive(
             archive.clone(),
             log.clone(),
@@ -466,7 +466,10 @@ fn spawn_projection(
         let lake = match &lake_config {
             Some(c) => Some(crate::projections::features::lake::LakeExporter {
                 pool,
-                store: c.archive().await.store().clone(),
+                store: crate::projections::archive::Archive::from_config(c)
+                    .await
+                    .store()
+                    .clone(),
                 board: board.clone(),
                 every: Duration::from_secs(c.archive.roll_secs.clamp(1, 60)),
             }),

@@ -505,7 +505,7 @@ fn replay_archive(c: &Config) -> anyhow::Result<ExitCode> {
     let bar = progress_bar(log.durable_end(), "archive");
     let progress = bar.clone();
     let stats = runtime()?.block_on(async move {
-        c.archive()
+        crate::projections::archive::Archive::from_config(c)
             .await
             .rebuild(log, move |done, _| progress.set_position(done))
             .await

@@ -459,29 +459,6 @@ impl Config {
         self.data_dir.join("log")
     }
 
-    /// The archive as configured: S3 when `[archive.s3]` is set, else the local folder.
-    pub async fn archive(&self) -> crate::projections::archive::Archive {
-        use crate::projections::archive::{Archive, ArchiveOptions, S3Store, Store};
-        let store = match &self.archive.s3 {
-            Some(s3) => Store::S3(S3Store::connect(s3).await),
-            None => Store::local(
-                self.archive
-                    .dir
-                    .clone()
-                    .unwrap_or_else(|| self.data_dir.join("archive")),
-            ),
-        };
-        Archive::new(
-            store,
-            ArchiveOptions {
-                roll_events: self.archive.roll_events,
-                roll_secs: self.archive.roll_secs,
-                row_group_rows: self.archive.row_group_rows,
-                max_dates: self.archive.max_dates_per_flush,
-            },
-        )
-    }
-
     /// The database URL with any password replaced, for logs.
     pub fn redacted_database_url(&self) -> Option<String> {
         self.database_url.as_deref().map(redact_url)

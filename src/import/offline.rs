@@ -71,7 +71,7 @@ impl Offline {
             said.push(format!("features caught up to offset {at}"));
         }
         if config.archive.enabled {
-            let archive = config.archive().await;
+            let archive = crate::projections::archive::Archive::from_config(config).await;
             let at = archive.catch_up(self.log.clone()).await?;
             said.push(format!(
                 "archive caught up to offset {at} in {}",

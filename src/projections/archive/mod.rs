@@ -188,6 +188,29 @@ fn new_generation() -> String {
 }
 
 impl Archive {
+    /// The archive a configuration describes: S3 when `[archive.s3]` is set (its client
+    /// built here, at start-up), else the local folder.
+    pub async fn from_config(config: &crate::config::Config) -> Archive {
+        let a = &config.archive;
+        let store = match &a.s3 {
+            Some(s3) => Store::S3(S3Store::connect(s3).await),
+            None => Store::local(
+                a.dir
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("archive")),
+            ),
+        };
+        Archive::new(
+            store,
+            ArchiveOptions {
+                roll_events: a.roll_events,
+                roll_secs: a.roll_secs,
+                row_group_rows: a.row_group_rows,
+                max_dates: a.max_dates_per_flush,
+            },
+        )
+    }
+
     pub fn new(store: Store, opts: ArchiveOptions) -> Archive {
         Archive { store, opts }
     }

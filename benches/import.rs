@@ -10,18 +10,13 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Instant;
 
+mod common;
+use common::*;
+
 const LOTS: usize = 30;
 
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    // Under `cargo test --all-targets` / nextest there is nothing to run.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !is_bench_run() {
         return;
     }
     let rows: u64 = env_or("PARKADE_BENCH_IMPORT_ROWS", 1_000_000);
@@ -88,9 +83,8 @@ fn main() {
         );
         rates.push(rows as f64 / secs);
     }
-    rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "event CSV import: {:.0} rows/s (median of {runs}, whole process)",
-        rates[rates.len() / 2]
+        median(&mut rates)
     );
 }

@@ -29,19 +29,13 @@ use parkade::log::{EventLog, FileLog, LogOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod common;
+use common::*;
+
 const LOTS: usize = 30;
 
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    // `cargo test --all-targets` and nextest run bench targets without `--bench`:
-    // there is nothing to test here, so say so and leave.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !is_bench_run() {
         return;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -167,26 +161,6 @@ async fn run() {
     println!("summary (events/s): batch {batch:.0} | single {single:.0} | upsert-per-event {} | replay {} | archive replay {archive:.0}",
         upsert.map_or("skipped".into(), |v| format!("{v:.0}")),
         replay.map_or("skipped".into(), |v| format!("{v:.0}")));
-}
-
-fn fmt_runs(v: &[f64]) -> String {
-    v.iter()
-        .map(|x| format!("{x:.0}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Arrival/departure pairs spread over the lots: never full, never below zero.

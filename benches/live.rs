@@ -14,17 +14,13 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::*;
+
 const LOTS: usize = 20;
 
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    if !is_bench_run() {
         return;
     }
     let rate: usize = env_or("PARKADE_BENCH_RATE", 10_000);
@@ -77,11 +73,7 @@ impl Drop for Server {
 
 fn one_run(rate: usize, subs: usize, dur: Duration, every_ms: u64) -> RunResult {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let _server = Server(
         Command::new(env!("CARGO_BIN_EXE_parkade"))

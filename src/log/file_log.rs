@@ -713,12 +713,14 @@ fn writer_loop(
             storage.as_ref(),
         ) {
             Ok(()) => {
-                inner.durable.send_modify(|d| d.end = end);
+                // Recorded before the end is published: a client that has its reply
+                // finds the commit on /metrics.
                 sync_time.record(started.elapsed());
                 commit_events.record((end - first) as f64);
                 if let Some(t) = since {
                     append_wait.record(t.elapsed());
                 }
+                inner.durable.send_modify(|d| d.end = end);
             }
             Err(e) => {
                 let msg: Arc<str> = e.to_string().into();

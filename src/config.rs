@@ -91,7 +91,7 @@ impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
             buffer_messages: 4_096,
-            outbox_bytes: 8 << 20,
+            outbox_bytes: crate::live::MAX_QUEUED_BYTES,
             max_subscribers: 1_024,
             max_replay_events: 1_000_000,
         }

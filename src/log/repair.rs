@@ -13,7 +13,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::file_log::{list_segments, scan_segment, take_lock};
+use super::file_log::recovery::{list_segments, scan_segment, take_lock};
 use super::format::{self, Frame, HEADER_LEN};
 use super::LogError;
 

@@ -1,0 +1,322 @@
+//! The embedded log backend: segment files in one directory, a writer thread doing
+//! group commit, and recovery of torn tails at open.
+//!
+//! The rooms: `recovery` scans the segments at open and decides (a pure function) what
+//! may be repaired; `writer` is the thread that writes and syncs appended records in
+//! groups and publishes the durable end; `cursor` reads the durable part in order.
+//! This module holds what they share: the segment list, the appenders' buffer and the
+//! durable end.
+
+mod cursor;
+pub(super) mod recovery;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub use self::recovery::Recovery;
+use super::format::{self, HEADER_LEN};
+use super::storage::{OsStorage, Storage};
+use super::{BoxFuture, EventLog, LogCursor, LogError};
+use crate::domain::{NewEvent, Timestamp};
+
+/// One sparse index entry every this many offsets.
+const INDEX_EVERY: u64 = 1024;
+/// Bytes read at once by cursors and recovery.
+const READ_CHUNK: usize = 1 << 20;
+
+/// How the log was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The one writer: takes the directory lock, repairs a torn tail, starts the writer.
+    ReadWrite,
+    /// A reader beside a running server (replay, verify): no lock, no repair; it sees the
+    /// events that were on disk when it opened.
+    ReadOnly,
+}
+
+/// Settings of the embedded log.
+#[derive(Clone)]
+pub struct LogOptions {
+    /// A new segment is started once the active one would grow past this many bytes.
+    pub segment_bytes: u64,
+    pub storage: Arc<dyn Storage>,
+    pub mode: OpenMode,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_bytes: 256 << 20,
+            storage: Arc::new(OsStorage),
+            mode: OpenMode::ReadWrite,
+        }
+    }
+}
+
+/// The embedded, file-backed [`EventLog`].
+pub struct FileLog {
+    inner: Arc<Inner>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    recovery: Recovery,
+}
+
+struct Inner {
+    dir: PathBuf,
+    log_id: Uuid,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    durable: watch::Sender<Durable>,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    read_only: bool,
+    /// The directory lock, released by `close` so the directory can be reopened.
+    lock: Mutex<Option<File>>,
+}
+
+#[derive(Debug, Clone)]
+struct Durable {
+    end: u64,
+    failed: Option<Arc<str>>,
+}
+
+struct Pending {
+    buf: Vec<u8>,
+    /// (offset, position in `buf`) of records to enter into the sparse index.
+    index: Vec<(u64, usize)>,
+    /// Offset of the first record in `buf`.
+    buf_first: u64,
+    next_offset: u64,
+    failed: Option<Arc<str>>,
+    closed: bool,
+    /// The writer thread is waiting for work (so appenders must wake it). While it is
+    /// busy writing or syncing, appenders skip the wake-up system call.
+    writer_idle: bool,
+    /// When the oldest record in `buf` was appended (for the append-latency metric).
+    since: Option<std::time::Instant>,
+}
+
+/// A segment as readers see it: only its durable part.
+struct Segment {
+    base: u64,
+    path: PathBuf,
+    file: File,
+    /// Durable bytes, header included.
+    len: AtomicU64,
+    /// One past the last durable offset in this segment.
+    end: AtomicU64,
+    index: RwLock<Vec<(u64, u64)>>,
+}
+
+impl Segment {
+    fn open(
+        path: PathBuf,
+        base: u64,
+        len: u64,
+        end: u64,
+        index: Vec<(u64, u64)>,
+    ) -> Result<Self, LogError> {
+        let file = File::open(&path).map_err(|source| LogError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Segment {
+            base,
+            path,
+            file,
+            len: AtomicU64::new(len),
+            end: AtomicU64::new(end),
+            index: RwLock::new(index),
+        })
+    }
+
+    /// The file position to start scanning from to find `offset`.
+    fn seek_pos(&self, offset: u64) -> u64 {
+        let index = self.index.read().expect("index lock");
+        match index.partition_point(|(o, _)| *o <= offset) {
+            0 => HEADER_LEN as u64,
+            i => index[i - 1].1,
+        }
+    }
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.seg"))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl FileLog {
+    /// Open (or create) the log in `dir`, recovering a torn tail.
+    pub fn open(dir: impl AsRef<Path>, opts: LogOptions) -> Result<FileLog, LogError> {
+        let dir = dir.as_ref().to_path_buf();
+        let read_only = opts.mode == OpenMode::ReadOnly;
+        let lock = if read_only {
+            None
+        } else {
+            std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            Some(recovery::take_lock(&dir)?)
+        };
+        let recovered = recovery::recover(&dir, &opts)?;
+        let end = recovered.end;
+        let (durable, _) = watch::channel(Durable { end, failed: None });
+        let inner = Arc::new(Inner {
+            dir,
+            log_id: recovered.log_id,
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                index: Vec::new(),
+                buf_first: end,
+                next_offset: end,
+                failed: read_only.then(|| "read-only".into()),
+                closed: false,
+                writer_idle: false,
+                since: None,
+            }),
+            wake: Condvar::new(),
+            durable,
+            segments: RwLock::new(recovered.segments),
+            read_only,
+            lock: Mutex::new(lock),
+        });
+        let writer = match recovered.active {
+            Some(active) => Some(writer::spawn(
+                inner.clone(),
+                active,
+                opts.segment_bytes,
+                opts.storage.clone(),
+            )?),
+            None => None,
+        };
+        Ok(FileLog {
+            inner,
+            writer: Mutex::new(writer),
+            recovery: recovered.recovery,
+        })
+    }
+
+    /// What recovery found at open.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Flush what is pending, stop the writer thread and refuse further appends.
+    pub fn close(&self) {
+        lock(&self.inner.pending).closed = true;
+        self.inner.wake.notify_all();
+        let handle = self.writer.lock().expect("writer handle lock").take();
+        if let Some(h) = handle {
+            if h.join().is_err() {
+                tracing::error!("the log writer thread panicked");
+            }
+        }
+        lock(&self.inner.lock).take();
+    }
+}
+
+impl Drop for FileLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave `Pending` half-updated in a way that
+    // matters more than the panic itself; keep serving the error paths.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl EventLog for FileLog {
+    fn log_id(&self) -> Uuid {
+        self.inner.log_id
+    }
+
+    fn append(&self, events: &[NewEvent]) -> Result<u64, LogError> {
+        if self.inner.read_only {
+            return Err(LogError::ReadOnly);
+        }
+        // Never write a record the reader would refuse: that would stall every reader
+        // at it and look like damage at the next start.
+        if let Some(e) = events.iter().find(|e| !format::encodable(e)) {
+            return Err(LogError::TooLarge {
+                lot: e.lot_id.to_string(),
+                len: format::payload_len(e),
+                max: format::MAX_PAYLOAD,
+            });
+        }
+        let mut p = lock(&self.inner.pending);
+        if let Some(f) = &p.failed {
+            return Err(LogError::Failed(f.clone()));
+        }
+        if p.closed {
+            return Err(LogError::Closed);
+        }
+        let now = Timestamp::now();
+        let first = p.next_offset;
+        if p.buf.is_empty() {
+            p.since = Some(std::time::Instant::now());
+        }
+        for e in events {
+            let offset = p.next_offset;
+            if offset.is_multiple_of(INDEX_EVERY) {
+                let at = p.buf.len();
+                p.index.push((offset, at));
+            }
+            format::encode_record(&mut p.buf, offset, now, e);
+            p.next_offset += 1;
+        }
+        let wake = p.writer_idle;
+        drop(p);
+        if wake {
+            self.inner.wake.notify_one();
+        }
+        Ok(first)
+    }
+
+    fn durable_end(&self) -> u64 {
+        self.inner.durable.borrow().end
+    }
+
+    fn wait_durable(&self, end: u64) -> BoxFuture<'_, Result<(), LogError>> {
+        let mut rx = self.inner.durable.subscribe();
+        Box::pin(async move {
+            let state = rx
+                .wait_for(|d| d.end >= end || d.failed.is_some())
+                .await
+                .map_err(|_| LogError::Closed)?;
+            if state.end >= end {
+                Ok(())
+            } else {
+                Err(LogError::Failed(
+                    state.failed.clone().unwrap_or_else(|| "unknown".into()),
+                ))
+            }
+        })
+    }
+
+    fn cursor(&self, from: u64) -> Box<dyn LogCursor> {
+        Box::new(cursor::FileCursor::new(self.inner.clone(), from))
+    }
+
+    fn health(&self) -> Result<(), LogError> {
+        match &lock(&self.inner.pending).failed {
+            Some(_) if self.inner.read_only => Ok(()),
+            Some(f) => Err(LogError::Failed(f.clone())),
+            None => Ok(()),
+        }
+    }
+}

@@ -14,6 +14,8 @@ use crate::actors::{LotOptions, Lots};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::log::{EventLog, FileLog, LogOptions};
+use crate::projections::features::Features;
+use crate::projections::occupancy::Occupancy;
 use crate::projections::supervisor::supervise;
 use crate::projections::{
     db, features, occupancy, FaultPoint, ProjectionName, Runner, StatusBoard,
@@ -439,21 +441,14 @@ fn spawn_projection(
         };
         let occupancy = Runner {
             pool: pool.clone(),
-            log: log.clone(),
-            board: board.clone(),
-            batch_events,
-            max_backoff,
-            fault,
-            panic,
-        };
-        let features = crate::projections::features::FeaturesRunner {
-            pool: pool.clone(),
             log,
             board: board.clone(),
             batch_events,
-            lateness_secs,
             max_backoff,
+            panic,
+            projection: Occupancy::new(fault),
         };
+        let features = occupancy.driving(Features::new(lateness_secs));
         let predictor = forecast.map(|(tz, f)| crate::forecast::service::Predictor {
             pool: pool.clone(),
             data_dir,
@@ -477,7 +472,7 @@ fn spawn_projection(
         };
         let watch = |name: ProjectionName| (name, board.clone(), max_backoff, shutdown.clone());
         tokio::join!(
-            supervised(watch(occupancy::NAME), occupancy, Runner::run),
+            supervised(watch(occupancy::NAME), occupancy, |r, sd| r.run(sd)),
             supervised(watch(features::NAME), features, |r, sd| r.run(sd)),
             async {
                 if let Some(p) = predictor {

@@ -10,7 +10,8 @@ use anyhow::Context;
 use super::LocalSink;
 use crate::config::Config;
 use crate::log::{EventLog, FileLog, LogError, LogOptions};
-use crate::projections::{db, features, occupancy};
+use crate::projections::occupancy::Occupancy;
+use crate::projections::{catch_up, db, features};
 
 /// The log and the sink of an offline import.
 pub struct Offline {
@@ -57,17 +58,17 @@ impl Offline {
 
     /// Bring every configured read model up to the log's end; a line for each.
     pub async fn catch_up(&self, config: &Config) -> anyhow::Result<Vec<String>> {
-        let log: &dyn EventLog = self.log.as_ref();
         let mut said = Vec::new();
         let pool = match &config.database_url {
             Some(url) => Some(db::connect(url).await?),
             None => None,
         };
         if let Some(pool) = &pool {
-            let at = occupancy::catch_up(pool, log, config.projections.batch_events).await?;
+            let (log, batch) = (self.log.clone(), config.projections.batch_events);
+            let at = catch_up(pool, log.clone(), Occupancy::default(), batch).await?;
             said.push(format!("occupancy read model caught up to offset {at}"));
             let lateness = config.projections.features_lateness_secs;
-            let at = features::catch_up(pool, log, lateness).await?;
+            let at = catch_up(pool, log, features::Features::new(lateness), batch).await?;
             said.push(format!("features caught up to offset {at}"));
         }
         if config.archive.enabled {

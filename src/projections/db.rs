@@ -132,23 +132,91 @@ pub async fn set_checkpoint(
     Ok(())
 }
 
-/// Replace `live` by `rebuilt` (a table made `LIKE live INCLUDING ALL`) in `tx`: drop the
-/// live table, rename the rebuilt one and its primary key. Readers see one or the other.
-pub async fn swap_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    live: &str,
-    rebuilt: &str,
-) -> Result<(), ProjectionError> {
-    sqlx::query(&format!("DROP TABLE {live}"))
-        .execute(&mut **tx)
+/// The one way a projection's table is rebuilt from offset zero, beside the live one:
+/// hold the projection's rebuild lock, fill a side table (`<live>_rebuild`, made
+/// `LIKE live INCLUDING ALL`), then swap it in and move the checkpoint to the end of
+/// the fold in one transaction. Readers see the old table until the swap and the new
+/// one after it; a batch of the running projection that raced the swap finds the
+/// checkpoint moved and resumes there.
+pub struct Rebuild {
+    lock: RebuildLock,
+    name: ProjectionName,
+    live: &'static str,
+    side: String,
+}
+
+impl Rebuild {
+    /// Take projection `name`'s rebuild lock (refused at once while another rebuild
+    /// holds it) for a rebuild of table `live`.
+    pub async fn start(
+        pool: &PgPool,
+        name: ProjectionName,
+        live: &'static str,
+    ) -> Result<Rebuild, ProjectionError> {
+        Ok(Rebuild {
+            lock: lock_rebuild(pool, name).await?,
+            name,
+            live,
+            side: format!("{live}_rebuild"),
+        })
+    }
+
+    /// Create the empty side table (dropping one a failed rebuild left) and return its
+    /// name, for the caller to fill.
+    pub async fn side_table(&self, pool: &PgPool) -> Result<&str, ProjectionError> {
+        let side = &self.side;
+        sqlx::query(&format!("DROP TABLE IF EXISTS {side}"))
+            .execute(pool)
+            .await?;
+        sqlx::query(&format!(
+            "CREATE TABLE {side} (LIKE {} INCLUDING ALL)",
+            self.live
+        ))
+        .execute(pool)
         .await?;
-    sqlx::query(&format!("ALTER TABLE {rebuilt} RENAME TO {live}"))
-        .execute(&mut **tx)
+        Ok(side)
+    }
+
+    /// Swap the filled side table in and move the checkpoint to `end` of `log_id`, in
+    /// one transaction that also runs `also` (statements that must see the new table),
+    /// then release the lock.
+    pub async fn swap_in(
+        self,
+        pool: &PgPool,
+        log_id: uuid::Uuid,
+        end: u64,
+        also: &[&str],
+    ) -> Result<(), ProjectionError> {
+        let (live, side) = (self.live, &self.side);
+        let mut tx = pool.begin().await?;
+        // The checkpoint row is locked first, so a running batch either committed
+        // before the swap or sees the moved checkpoint after it.
+        sqlx::query("INSERT INTO projection_checkpoints (projection, log_id, next_offset) VALUES ($1, $2, 0) ON CONFLICT (projection) DO NOTHING")
+            .bind(self.name.as_str())
+            .bind(log_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "SELECT next_offset FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
+        )
+        .bind(self.name.as_str())
+        .execute(&mut *tx)
         .await?;
-    sqlx::query(&format!("ALTER INDEX {rebuilt}_pkey RENAME TO {live}_pkey"))
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+        for statement in [
+            format!("DROP TABLE {live}"),
+            format!("ALTER TABLE {side} RENAME TO {live}"),
+            format!("ALTER INDEX {side}_pkey RENAME TO {live}_pkey"),
+        ] {
+            sqlx::query(&statement).execute(&mut *tx).await?;
+        }
+        set_checkpoint(&mut tx, self.name, log_id, end).await?;
+        for statement in also {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.lock.release().await;
+        Ok(())
+    }
 }
 
 /// Projection `name`'s rebuild lock: a PostgreSQL session-level advisory lock held on

@@ -23,11 +23,12 @@ mod name;
 pub mod occupancy;
 mod runner;
 pub mod supervisor;
-pub(crate) use runner::failed_then_wait;
 pub mod verify;
 
 pub use name::ProjectionName;
-pub use runner::{FaultPoint, ProjectionState, ProjectionStatus, Runner, StatusBoard};
+pub use runner::{
+    catch_up, FaultPoint, Projection, ProjectionState, ProjectionStatus, Runner, StatusBoard,
+};
 
 /// Errors of the projections.
 #[derive(Debug, thiserror::Error)]

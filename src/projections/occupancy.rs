@@ -8,18 +8,21 @@
 //! checkpoint.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::runner::Projection;
 use super::{FaultPoint, ProjectionError, ProjectionName};
 use crate::domain::{LotEvent, LotId, RecordedEvent};
 use crate::log::EventLog;
 
 /// The projection's name in `projection_checkpoints`.
 pub const NAME: ProjectionName = ProjectionName::Occupancy;
-const TABLE_REBUILD: &str = "current_lot_occupancy_rebuild";
+const TABLE: &str = "current_lot_occupancy";
 
 /// One row of `current_lot_occupancy`.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -144,11 +147,6 @@ impl Fold {
     }
 }
 
-/// Read the checkpoint, creating it (at offset 0 of `log_id`) when missing.
-pub async fn ensure_checkpoint(pool: &PgPool, log_id: Uuid) -> Result<Checkpoint, ProjectionError> {
-    super::db::ensure_checkpoint(pool, NAME, log_id).await
-}
-
 pub async fn read_checkpoint<'e, E>(executor: E) -> Result<Option<Checkpoint>, ProjectionError>
 where
     E: sqlx::PgExecutor<'e>,
@@ -156,17 +154,9 @@ where
     super::db::read_checkpoint(executor, NAME).await
 }
 
-/// What happened to a batch write.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Written {
-    /// Rows and checkpoint committed.
-    Committed,
-    /// The checkpoint was not where this writer expected (a rebuild moved it): nothing
-    /// was written; resume from this offset.
-    Moved(u64),
-}
-
 /// Write a folded batch covering `[from, to)` together with the checkpoint.
+/// `Ok(Some(next))`: the checkpoint was not at `from` (a rebuild moved it), nothing
+/// was written.
 pub async fn write_batch(
     pool: &PgPool,
     log_id: Uuid,
@@ -174,33 +164,13 @@ pub async fn write_batch(
     to: u64,
     fold: &Fold,
     fault: &FaultPoint,
-) -> Result<Written, ProjectionError> {
+) -> Result<Option<u64>, ProjectionError> {
     let mut tx = pool.begin().await?;
-    let row: Option<(Uuid, i64)> = sqlx::query_as(
-        "SELECT log_id, next_offset FROM projection_checkpoints WHERE projection = $1 FOR UPDATE",
-    )
-    .bind(NAME.as_str())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((found_log, next)) = row else {
-        return Ok(Written::Moved(0));
-    };
-    if found_log != log_id {
-        return Err(ProjectionError::OtherLog {
-            found: found_log,
-            expected: log_id,
-        });
+    if let Some(next) = super::db::lock_checkpoint(&mut tx, NAME, log_id, from).await? {
+        return Ok(Some(next));
     }
-    let next = u64::try_from(next).unwrap_or(0);
-    if next != from {
-        return Ok(Written::Moved(next));
-    }
-    fold.write(&mut tx, "current_lot_occupancy").await?;
-    sqlx::query("UPDATE projection_checkpoints SET next_offset = $2, updated_at = now() WHERE projection = $1")
-        .bind(NAME.as_str())
-        .bind(i64::try_from(to).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
+    fold.write(&mut tx, TABLE).await?;
+    super::db::set_checkpoint(&mut tx, NAME, log_id, to).await?;
     if fault.trip() {
         // Dropping the transaction rolls it back, as a crash before COMMIT would.
         return Err(ProjectionError::Injected(
@@ -208,42 +178,63 @@ pub async fn write_batch(
         ));
     }
     tx.commit().await?;
-    Ok(Written::Committed)
+    Ok(None)
 }
 
-/// Fold everything the log holds beyond the checkpoint, then return the new
-/// checkpoint. Used by commands that write the log without a running server (import).
-pub async fn catch_up(
-    pool: &PgPool,
-    log: &dyn EventLog,
-    batch_events: usize,
-) -> Result<u64, ProjectionError> {
-    let log_id = log.log_id();
-    let cp = ensure_checkpoint(pool, log_id).await?;
-    let end = log.durable_end();
-    if cp.next_offset > end {
-        return Err(ProjectionError::AheadOfLog {
-            checkpoint: cp.next_offset,
-            log_end: end,
-        });
-    }
-    let mut cursor = log.cursor(cp.next_offset);
-    let no_fault = FaultPoint::default();
-    while cursor.position() < end {
-        let batch = cursor.next_batch(batch_events)?;
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-            break;
-        };
-        let (from, to) = (first.offset, last.offset + 1);
-        let mut fold = Fold::default();
-        for e in &batch {
-            fold.add(e);
-        }
-        if let Written::Moved(next) = write_batch(pool, log_id, from, to, &fold, &no_fault).await? {
-            cursor = log.cursor(next);
+/// The occupancy projection as the [`Runner`](super::Runner) drives it: each batch is
+/// folded to the last state of its lots and written with the checkpoint.
+#[derive(Default)]
+pub struct Occupancy {
+    /// Fails batch commits while armed (tests and drills).
+    pub fault: FaultPoint,
+    folded: Fold,
+}
+
+impl Occupancy {
+    pub fn new(fault: FaultPoint) -> Occupancy {
+        Occupancy {
+            fault,
+            folded: Fold::default(),
         }
     }
-    Ok(cursor.position())
+}
+
+/// A clone starts with nothing folded (as every run does).
+impl Clone for Occupancy {
+    fn clone(&self) -> Occupancy {
+        Occupancy::new(self.fault.clone())
+    }
+}
+
+impl Projection for Occupancy {
+    const NAME: ProjectionName = NAME;
+
+    async fn resume(
+        &mut self,
+        _log: Arc<dyn EventLog>,
+        _from: u64,
+        _stop: watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        self.folded = Fold::default();
+        Ok(())
+    }
+
+    fn fold(&mut self, batch: &[RecordedEvent]) {
+        self.folded = Fold::default();
+        for e in batch {
+            self.folded.add(e);
+        }
+    }
+
+    async fn write(
+        &mut self,
+        pool: &PgPool,
+        log_id: Uuid,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<u64>, ProjectionError> {
+        write_batch(pool, log_id, from, to, &self.folded, &self.fault).await
+    }
 }
 
 /// Figures of a rebuild.
@@ -264,8 +255,7 @@ pub async fn rebuild(
     log: std::sync::Arc<dyn EventLog>,
     progress: impl Fn(u64, u64) + Send + 'static,
 ) -> Result<RebuildStats, ProjectionError> {
-    // One rebuild of a projection at a time: the side table is shared.
-    let lock = super::db::lock_rebuild(pool, NAME).await?;
+    let rebuild = super::db::Rebuild::start(pool, NAME, TABLE).await?;
     let started = std::time::Instant::now();
     let end = log.durable_end();
     let log_id = log.log_id();
@@ -286,37 +276,11 @@ pub async fn rebuild(
     .expect("the fold task does not panic")?;
     let fold_seconds = started.elapsed().as_secs_f64();
 
-    sqlx::query(&format!("DROP TABLE IF EXISTS {TABLE_REBUILD}"))
-        .execute(pool)
-        .await?;
-    sqlx::query(&format!(
-        "CREATE TABLE {TABLE_REBUILD} (LIKE current_lot_occupancy INCLUDING ALL)"
-    ))
-    .execute(pool)
-    .await?;
+    let side = rebuild.side_table(pool).await?;
     let mut tx = pool.begin().await?;
-    fold.write(&mut tx, TABLE_REBUILD).await?;
+    fold.write(&mut tx, side).await?;
     tx.commit().await?;
-
-    let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO projection_checkpoints (projection, log_id, next_offset) VALUES ($1, $2, 0) ON CONFLICT (projection) DO NOTHING")
-        .bind(NAME.as_str())
-        .bind(log_id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT next_offset FROM projection_checkpoints WHERE projection = $1 FOR UPDATE")
-        .bind(NAME.as_str())
-        .execute(&mut *tx)
-        .await?;
-    super::db::swap_in(&mut tx, "current_lot_occupancy", TABLE_REBUILD).await?;
-    sqlx::query("UPDATE projection_checkpoints SET log_id = $2, next_offset = $3, updated_at = now() WHERE projection = $1")
-        .bind(NAME.as_str())
-        .bind(log_id)
-        .bind(i64::try_from(end).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    lock.release().await;
+    rebuild.swap_in(pool, log_id, end, &[]).await?;
     Ok(RebuildStats {
         events: end,
         lots: fold.len(),

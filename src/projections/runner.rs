@@ -2,6 +2,7 @@
 //! projection reports how it is doing.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,9 +10,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use super::occupancy::{self, Fold, Written};
 use super::{ProjectionError, ProjectionName};
-use crate::domain::Timestamp;
+use crate::domain::{RecordedEvent, Timestamp};
 use crate::log::{EventLog, Subscription};
 
 /// How a projection is doing.
@@ -121,39 +121,98 @@ impl FaultPoint {
     }
 }
 
-/// Runs the occupancy projection until shut down.
+/// A projection folded into PostgreSQL batch by batch under a checkpoint, as the one
+/// [`Runner`] (and [`catch_up`]) drive it: occupancy and the features.
+pub trait Projection: Send + 'static {
+    const NAME: ProjectionName;
+
+    /// Get ready to fold from checkpoint `from`, called at every (re)start before the
+    /// first batch. The features refold the log up to `from` here (writing nothing), so
+    /// their window of open buckets is what it was; `stop` ends that early with
+    /// [`ProjectionError::Stopped`].
+    fn resume(
+        &mut self,
+        log: Arc<dyn EventLog>,
+        from: u64,
+        stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+
+    /// Fold one batch; its offsets follow on from the previous one's.
+    fn fold(&mut self, batch: &[RecordedEvent]);
+
+    /// Write what the last batch folded, moving the checkpoint from `from` to `to` in
+    /// the same transaction. `Ok(None)`: committed. `Ok(Some(next))`: the checkpoint
+    /// was not at `from` (a rebuild moved it), nothing was written. After an error it
+    /// is called again with the same range.
+    fn write(
+        &mut self,
+        pool: &PgPool,
+        log_id: uuid::Uuid,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<Option<u64>, ProjectionError>> + Send;
+
+    /// Add what the projection knows to its line on the board after a commit.
+    fn report(&self, _status: &mut ProjectionStatus) {}
+}
+
+/// The first backoff after a failure, doubled on each failure up to the maximum.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Keeps projection `P` caught up with the log until shut down: resume at the
+/// checkpoint, fold and write each batch the log's subscription hands out, and on any
+/// error report it on the board and start again at the checkpoint after a backoff.
+/// Nothing is skipped: a batch is written, or retried.
 #[derive(Clone)]
-pub struct Runner {
+pub struct Runner<P> {
     pub pool: PgPool,
     pub log: Arc<dyn EventLog>,
     pub board: StatusBoard,
     pub batch_events: usize,
     pub max_backoff: Duration,
-    pub fault: FaultPoint,
     /// Panics after folding a batch while armed (tests of the supervision).
     pub panic: FaultPoint,
+    pub projection: P,
 }
 
-impl Runner {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let name = occupancy::NAME;
-        let mut backoff = Duration::from_millis(100);
-        'restart: loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            let start = match self.start_position().await {
-                Ok(next) => next,
-                Err(e) => {
-                    self.failed(&e, &mut backoff, &mut shutdown).await;
-                    continue 'restart;
-                }
+/// How a batch's write ended.
+enum Outcome {
+    Committed,
+    /// A rebuild moved the checkpoint here.
+    Moved(u64),
+    ShuttingDown,
+}
+
+impl<P> Runner<P> {
+    /// The same settings, driving another projection.
+    pub fn driving<Q>(&self, projection: Q) -> Runner<Q> {
+        Runner {
+            pool: self.pool.clone(),
+            log: self.log.clone(),
+            board: self.board.clone(),
+            batch_events: self.batch_events,
+            max_backoff: self.max_backoff,
+            panic: self.panic.clone(),
+            projection,
+        }
+    }
+}
+
+impl<P: Projection> Runner<P> {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = FIRST_BACKOFF;
+        'restart: while !*shutdown.borrow() {
+            let mut from = match self.resume(&shutdown).await {
+                Ok(from) => from,
+                Err(ProjectionError::Stopped) => break,
+                Err(e) if self.failed(&e, &mut backoff, &mut shutdown).await => break,
+                Err(_) => continue,
             };
-            self.board.set(name, |s| {
-                s.checkpoint = start;
+            self.board.set(P::NAME, |s| {
+                s.checkpoint = from;
                 s.state = ProjectionState::Running;
             });
-            let mut sub = Subscription::new(self.log.clone(), start);
+            let mut sub = Subscription::new(self.log.clone(), from);
             loop {
                 let batch = tokio::select! {
                     b = sub.next_batch(self.batch_events) => b,
@@ -162,68 +221,65 @@ impl Runner {
                 let batch = match batch {
                     Ok(b) => b,
                     Err(e) => {
-                        self.failed(&e.into(), &mut backoff, &mut shutdown).await;
+                        if self.failed(&e.into(), &mut backoff, &mut shutdown).await {
+                            break 'restart;
+                        }
                         continue 'restart;
                     }
                 };
-                let (from, to) = (batch[0].offset, batch[batch.len() - 1].offset + 1);
-                let mut fold = Fold::default();
-                for e in &batch {
-                    fold.add(e);
-                }
+                let to = batch[batch.len() - 1].offset + 1;
+                self.projection.fold(&batch);
                 if self.panic.trip() {
                     panic!("a panic injected after folding offsets {from}..{to}");
                 }
-                loop {
-                    match occupancy::write_batch(
-                        &self.pool,
-                        self.log.log_id(),
-                        from,
-                        to,
-                        &fold,
-                        &self.fault,
-                    )
-                    .await
-                    {
-                        Ok(Written::Committed) => {
-                            backoff = Duration::from_millis(100);
-                            self.board.set(name, |s| {
-                                s.checkpoint = to;
-                                s.state = ProjectionState::Running;
-                            });
-                            break;
-                        }
-                        Ok(Written::Moved(next)) => {
-                            tracing::info!(
-                                projection = %name,
-                                from,
-                                resume = next,
-                                "checkpoint moved by a rebuild; resuming there"
-                            );
-                            continue 'restart;
-                        }
-                        Err(e) => {
-                            if self.failed(&e, &mut backoff, &mut shutdown).await {
-                                break 'restart;
-                            }
-                        }
+                match self.write(from, to, &mut backoff, &mut shutdown).await {
+                    Outcome::Committed => from = to,
+                    Outcome::Moved(next) => {
+                        tracing::info!(projection = %P::NAME, from, resume = next, "checkpoint moved by a rebuild; resuming there");
+                        continue 'restart;
                     }
+                    Outcome::ShuttingDown => break 'restart,
                 }
             }
         }
-        self.board.set(name, |s| s.state = ProjectionState::Stopped);
+        self.board
+            .set(P::NAME, |s| s.state = ProjectionState::Stopped);
     }
 
-    async fn start_position(&self) -> Result<u64, ProjectionError> {
-        let cp = occupancy::ensure_checkpoint(&self.pool, self.log.log_id()).await?;
-        let end = self.log.durable_end();
-        if cp.next_offset > end {
-            return Err(ProjectionError::AheadOfLog {
-                checkpoint: cp.next_offset,
-                log_end: end,
-            });
+    /// The checkpoint, once the projection is ready to fold from it.
+    async fn resume(&mut self, shutdown: &watch::Receiver<bool>) -> Result<u64, ProjectionError> {
+        let from = checkpoint::<P>(&self.pool, &*self.log).await?;
+        let (log, stop) = (self.log.clone(), shutdown.clone());
+        self.projection.resume(log, from, stop).await?;
+        Ok(from)
+    }
+
+    /// Write the folded batch `from..to`, retrying with backoff until it is written.
+    async fn write(
+        &mut self,
+        from: u64,
+        to: u64,
+        backoff: &mut Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Outcome {
+        loop {
+            let log_id = self.log.log_id();
+            match self.projection.write(&self.pool, log_id, from, to).await {
+                Ok(None) => {
+                    *backoff = FIRST_BACKOFF;
+                    let projection = &self.projection;
+                    self.board.set(P::NAME, |s| {
+                        s.checkpoint = to;
+                        s.state = ProjectionState::Running;
+                        projection.report(s);
+                    });
+                    return Outcome::Committed;
+                }
+                Ok(Some(next)) => return Outcome::Moved(next),
+                Err(e) if self.failed(&e, backoff, shutdown).await => return Outcome::ShuttingDown,
+                Err(_) => {}
+            }
         }
-        Ok(cp.next_offset)
     }
 
     /// Record a failure and wait out the backoff. Returns true when shutting down.
@@ -233,21 +289,64 @@ impl Runner {
         backoff: &mut Duration,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
-        failed_then_wait(
-            &self.board,
-            occupancy::NAME,
-            e,
-            backoff,
-            self.max_backoff,
-            shutdown,
-        )
-        .await
+        let (board, max) = (&self.board, self.max_backoff);
+        failed_then_wait(board, P::NAME, e, backoff, max, shutdown).await
+    }
+}
+
+/// Projection `P`'s checkpoint (made at offset 0 when it has none), refused when it
+/// lies beyond the end of the log (the read model belongs to a longer log).
+async fn checkpoint<P: Projection>(
+    pool: &PgPool,
+    log: &dyn EventLog,
+) -> Result<u64, ProjectionError> {
+    let cp = super::db::ensure_checkpoint(pool, P::NAME, log.log_id()).await?;
+    let end = log.durable_end();
+    if cp.next_offset > end {
+        return Err(ProjectionError::AheadOfLog {
+            checkpoint: cp.next_offset,
+            log_end: end,
+        });
+    }
+    Ok(cp.next_offset)
+}
+
+/// Fold everything the log holds beyond projection `P`'s checkpoint and return the new
+/// checkpoint: for commands that write the log without a running server (`import`).
+pub async fn catch_up<P: Projection>(
+    pool: &PgPool,
+    log: Arc<dyn EventLog>,
+    mut projection: P,
+    batch_events: usize,
+) -> Result<u64, ProjectionError> {
+    let end = log.durable_end();
+    // Never stopped: the command waits for it.
+    let (_keep, stop) = watch::channel(false);
+    'restart: loop {
+        let mut from = checkpoint::<P>(pool, &*log).await?;
+        projection.resume(log.clone(), from, stop.clone()).await?;
+        let mut cursor = log.cursor(from);
+        while from < end {
+            let batch = cursor.next_batch(batch_events.min((end - from) as usize))?;
+            let Some(last) = batch.last() else { break };
+            let to = last.offset + 1;
+            projection.fold(&batch);
+            if projection
+                .write(pool, log.log_id(), from, to)
+                .await?
+                .is_some()
+            {
+                continue 'restart;
+            }
+            from = to;
+        }
+        return Ok(from);
     }
 }
 
 /// Log and report a projection's failure, then wait out its backoff (doubling it up to
 /// `max`). Returns true when shutting down.
-pub(crate) async fn failed_then_wait(
+async fn failed_then_wait(
     board: &StatusBoard,
     name: ProjectionName,
     e: &ProjectionError,

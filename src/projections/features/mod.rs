@@ -8,4 +8,4 @@ mod pg;
 pub mod query;
 
 pub use fold::{bucket_of, FeatureFold, FeatureRow, BUCKET_MICROS};
-pub use pg::{catch_up, rebuild, write_batch, FeaturesRunner, RebuildStats, NAME};
+pub use pg::{rebuild, write_batch, Features, RebuildStats, NAME};

@@ -7,19 +7,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 
 use super::fold::{FeatureFold, FeatureRow};
-use crate::log::{EventLog, Subscription};
-use crate::projections::{db, ProjectionError, ProjectionName, ProjectionState, StatusBoard};
+use crate::domain::RecordedEvent;
+use crate::log::EventLog;
+use crate::projections::runner::Projection;
+use crate::projections::{db, ProjectionError, ProjectionName, ProjectionStatus};
 
 /// The projection's name in `projection_checkpoints` and `parkade replay --projection`.
 pub const NAME: ProjectionName = ProjectionName::Features;
 const TABLE: &str = "lot_features_15m";
-const TABLE_REBUILD: &str = "lot_features_15m_rebuild";
 
 /// Upsert rows into `table` (the last row of a key wins).
 async fn write_rows(
@@ -180,8 +180,7 @@ pub async fn rebuild(
     log: Arc<dyn EventLog>,
     lateness_secs: u64,
 ) -> Result<RebuildStats, ProjectionError> {
-    // One rebuild of a projection at a time: the side table is shared.
-    let lock = db::lock_rebuild(pool, NAME).await?;
+    let rebuild = db::Rebuild::start(pool, NAME, TABLE).await?;
     let started = std::time::Instant::now();
     let end = log.durable_end();
     let log_id = log.log_id();
@@ -197,35 +196,19 @@ pub async fn rebuild(
     .await
     .expect("the fold task does not panic")?;
     let n = rows.len();
-    sqlx::query(&format!("DROP TABLE IF EXISTS {TABLE_REBUILD}"))
-        .execute(pool)
-        .await?;
-    sqlx::query(&format!(
-        "CREATE TABLE {TABLE_REBUILD} (LIKE {TABLE} INCLUDING ALL)"
-    ))
-    .execute(pool)
-    .await?;
+    let side = rebuild.side_table(pool).await?;
     let mut tx = pool.begin().await?;
-    write_rows(&mut tx, TABLE_REBUILD, rows).await?;
+    write_rows(&mut tx, side, rows).await?;
     tx.commit().await?;
-    let mut tx = pool.begin().await?;
-    db::set_checkpoint(&mut tx, NAME, log_id, 0).await?;
-    sqlx::query("SELECT next_offset FROM projection_checkpoints WHERE projection = $1 FOR UPDATE")
-        .bind(NAME.as_str())
-        .execute(&mut *tx)
-        .await?;
-    db::swap_in(&mut tx, TABLE, TABLE_REBUILD).await?;
-    db::set_checkpoint(&mut tx, NAME, log_id, end).await?;
     // Every day is rewritten in the lake.
-    sqlx::query(&format!(
+    let dirty_every_day = format!(
         "INSERT INTO lot_features_dirty_days (day, version) \
          SELECT DISTINCT (bucket_start AT TIME ZONE 'UTC')::date, 1 FROM {TABLE} \
          ON CONFLICT (day) DO UPDATE SET version = lot_features_dirty_days.version + 1"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    lock.release().await;
+    );
+    rebuild
+        .swap_in(pool, log_id, end, &[&dirty_every_day])
+        .await?;
     Ok(RebuildStats {
         events: end,
         rows: n,
@@ -234,158 +217,71 @@ pub async fn rebuild(
     })
 }
 
-/// Fold whatever the log holds beyond the checkpoint (commands that write the log
-/// without a running server, such as `import`).
-pub async fn catch_up(
-    pool: &PgPool,
-    log: &dyn EventLog,
+/// The features projection as the [`Runner`](crate::projections::Runner) drives it:
+/// the fold's window of open buckets lives on between batches, and each batch's
+/// changed rows are written with the checkpoint.
+pub struct Features {
     lateness_secs: u64,
-) -> Result<u64, ProjectionError> {
-    let log_id = log.log_id();
-    let cp = db::ensure_checkpoint(pool, NAME, log_id).await?;
-    let end = log.durable_end();
-    let mut fold = warm(log, cp.next_offset, lateness_secs, &|| false)?;
-    let mut cursor = log.cursor(cp.next_offset);
-    let mut from = cp.next_offset;
-    while cursor.position() < end {
-        let batch = cursor.next_batch(65_536)?;
-        if batch.is_empty() {
-            break;
+    fold: FeatureFold,
+    /// The rows the last batch changed, until they are written.
+    rows: Vec<FeatureRow>,
+}
+
+impl Features {
+    /// Events more than `lateness_secs` behind the newest one are counted, not folded.
+    pub fn new(lateness_secs: u64) -> Features {
+        Features {
+            lateness_secs,
+            fold: FeatureFold::new(lateness_secs),
+            rows: Vec::new(),
         }
-        for e in &batch {
-            fold.add(e);
-        }
-        let to = cursor.position();
-        if let Some(next) = write_batch(pool, log_id, from, to, fold.take_rows()).await? {
-            return Ok(next);
-        }
-        from = to;
     }
-    Ok(from)
 }
 
-/// Keeps `lot_features_15m` caught up with the log.
-#[derive(Clone)]
-pub struct FeaturesRunner {
-    pub pool: PgPool,
-    pub log: Arc<dyn EventLog>,
-    pub board: StatusBoard,
-    pub batch_events: usize,
-    pub lateness_secs: u64,
-    pub max_backoff: Duration,
+/// A clone starts with an empty window (every run refolds it in `resume`).
+impl Clone for Features {
+    fn clone(&self) -> Features {
+        Features::new(self.lateness_secs)
+    }
 }
 
-impl FeaturesRunner {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(100);
-        'restart: loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            let started = async {
-                let cp = db::ensure_checkpoint(&self.pool, NAME, self.log.log_id()).await?;
-                let end = self.log.durable_end();
-                if cp.next_offset > end {
-                    return Err(ProjectionError::AheadOfLog {
-                        checkpoint: cp.next_offset,
-                        log_end: end,
-                    });
-                }
-                let log = self.log.clone();
-                let lateness = self.lateness_secs;
-                let next = cp.next_offset;
-                // The warm-up refolds the log; a stop signal ends it between batches.
-                let stop = shutdown.clone();
-                let fold = tokio::task::spawn_blocking(move || {
-                    warm(&*log, next, lateness, &|| *stop.borrow())
-                })
+impl Projection for Features {
+    const NAME: ProjectionName = NAME;
+
+    async fn resume(
+        &mut self,
+        log: Arc<dyn EventLog>,
+        from: u64,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        let lateness = self.lateness_secs;
+        // The warm-up refolds the log; a stop signal ends it between batches.
+        self.fold =
+            tokio::task::spawn_blocking(move || warm(&*log, from, lateness, &|| *stop.borrow()))
                 .await
                 .expect("the warm-up fold does not panic")?;
-                Ok((next, fold))
-            }
-            .await;
-            let (mut from, mut fold) = match started {
-                Ok(s) => s,
-                Err(ProjectionError::Stopped) => break,
-                Err(e) => {
-                    if self.failed(&e, &mut backoff, &mut shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            self.board.set(NAME, |s| {
-                s.checkpoint = from;
-                s.state = ProjectionState::Running;
-            });
-            let mut sub = Subscription::new(self.log.clone(), from);
-            loop {
-                let batch = tokio::select! {
-                    b = sub.next_batch(self.batch_events) => b,
-                    _ = shutdown.changed() => break 'restart,
-                };
-                let batch = match batch {
-                    Ok(b) => b,
-                    Err(e) => {
-                        if self.failed(&e.into(), &mut backoff, &mut shutdown).await {
-                            break 'restart;
-                        }
-                        continue 'restart;
-                    }
-                };
-                for e in &batch {
-                    fold.add(e);
-                }
-                let to = batch[batch.len() - 1].offset + 1;
-                let rows = fold.take_rows();
-                loop {
-                    match write_batch(&self.pool, self.log.log_id(), from, to, rows.clone()).await {
-                        Ok(None) => {
-                            backoff = Duration::from_millis(100);
-                            from = to;
-                            let too_late = fold.too_late;
-                            self.board.set(NAME, |s| {
-                                s.checkpoint = to;
-                                s.state = ProjectionState::Running;
-                                s.too_late = too_late;
-                            });
-                            break;
-                        }
-                        Ok(Some(next)) => {
-                            tracing::info!(
-                                projection = %NAME,
-                                resume = next,
-                                "checkpoint moved by a rebuild; resuming there"
-                            );
-                            continue 'restart;
-                        }
-                        Err(e) => {
-                            if self.failed(&e, &mut backoff, &mut shutdown).await {
-                                break 'restart;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        self.board.set(NAME, |s| s.state = ProjectionState::Stopped);
+        self.rows.clear();
+        Ok(())
     }
 
-    /// Record a failure and wait out the backoff. Returns true when shutting down.
-    async fn failed(
-        &self,
-        e: &ProjectionError,
-        backoff: &mut Duration,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
-        crate::projections::failed_then_wait(
-            &self.board,
-            NAME,
-            e,
-            backoff,
-            self.max_backoff,
-            shutdown,
-        )
-        .await
+    fn fold(&mut self, batch: &[RecordedEvent]) {
+        for e in batch {
+            self.fold.add(e);
+        }
+        self.rows = self.fold.take_rows();
+    }
+
+    async fn write(
+        &mut self,
+        pool: &PgPool,
+        log_id: uuid::Uuid,
+        from: u64,
+        to: u64,
+    ) -> Result<Option<u64>, ProjectionError> {
+        write_batch(pool, log_id, from, to, self.rows.clone()).await
+    }
+
+    fn report(&self, status: &mut ProjectionStatus) {
+        status.too_late = self.fold.too_late;
     }
 }

@@ -2,6 +2,7 @@
 //! `train`, `backtest`, `holdout`, `simulate`, `demo`.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -72,11 +73,11 @@ struct SimArgs {
     #[arg(long)]
     rate: Option<f64>,
     /// Events per request (1: one event per request, as the old simulator did).
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    #[arg(long, default_value = "1")]
+    batch: NonZeroUsize,
     /// Concurrent requests.
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
+    #[arg(long, default_value = "4")]
+    connections: NonZeroUsize,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<f64>,
@@ -317,36 +318,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Cmd::Serve(a) => {
-            let mut c = a.common.config()?;
-            if let Some(b) = a.bind {
-                c.bind = b;
-            }
-            if let Some(n) = a.http_workers {
-                c.http_workers = n;
-            }
-            if let Some(n) = a.max_body_bytes {
-                c.limits.max_body_bytes = n;
-            }
-            if let Some(n) = a.max_batch_events {
-                c.limits.max_batch_events = n;
-            }
-            if let Some(n) = a.dedupe_window {
-                c.lots.dedupe_window = n;
-            }
-            if let Some(n) = a.lot_threads {
-                c.lots.threads = n;
-            }
-            if let Some(f) = a.tokens_file {
-                c.auth.tokens_file = Some(f);
-            }
-            crate::telemetry::init(c.log_format);
-            actix_web::rt::System::new().block_on(async move {
-                let app = Application::build(c, Hooks::default()).await?;
-                app.run_until_stopped().await
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Serve(a) => serve(a),
         Cmd::Import(a) => {
             let c = a.common.config()?;
             crate::telemetry::init(c.log_format);
@@ -364,54 +336,91 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Backtest(a) => backtest(a),
-        Cmd::Simulate(a) => {
-            crate::telemetry::init(LogFormat::Text);
-            let settings = sim_settings(&a.sim, a.url.clone())?;
-            actix_web::rt::System::new().block_on(async move {
-                let stop = stop_on_ctrl_c();
-                let summary = crate::simulate::run(&settings, stop).await?;
-                println!("{summary}");
-                Ok::<_, anyhow::Error>(())
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Simulate(a) => simulate(a),
         Cmd::Demo(a) => demo(a),
         Cmd::Train(a) => {
             let c = a.common.config()?;
             crate::telemetry::init(c.log_format);
             train(&c, a)
         }
-        Cmd::Holdout(a) => {
-            let (monday, h, n) =
-                crate::forecast::backtest::split_last_week(&a.input, &a.history, &a.actuals)?;
-            println!(
-                "{}: the week from {monday} to {} ({n} rows) -> {}; {h} other rows -> {}",
-                a.input.display(),
-                monday + chrono::Days::new(6),
-                a.actuals.display(),
-                a.history.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Holdout(a) => holdout(a),
         Cmd::Verify(a) => {
             let c = a.common.config()?;
             crate::telemetry::init(c.log_format);
             verify_local(&c)
         }
         Cmd::Token(a) => token(a),
-        Cmd::RepairLog(a) => {
-            let c = a.common.config()?;
-            crate::telemetry::init(c.log_format);
-            let dir = c.log_dir();
-            let outcome = crate::log::repair::repair(&dir, a.apply)
-                .with_context(|| format!("repairing the event log in {}", dir.display()))?;
-            println!("{outcome}");
-            Ok(match outcome {
-                crate::log::repair::RepairOutcome::Planned(_) => ExitCode::from(1),
-                _ => ExitCode::SUCCESS,
-            })
-        }
+        Cmd::RepairLog(a) => repair_log(a),
     }
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut c = a.common.config()?;
+    if let Some(b) = a.bind {
+        c.bind = b;
+    }
+    if let Some(n) = a.http_workers {
+        c.http_workers = n;
+    }
+    if let Some(n) = a.max_body_bytes {
+        c.limits.max_body_bytes = n;
+    }
+    if let Some(n) = a.max_batch_events {
+        c.limits.max_batch_events = n;
+    }
+    if let Some(n) = a.dedupe_window {
+        c.lots.dedupe_window = n;
+    }
+    if let Some(n) = a.lot_threads {
+        c.lots.threads = n;
+    }
+    if let Some(f) = a.tokens_file {
+        c.auth.tokens_file = Some(f);
+    }
+    crate::telemetry::init(c.log_format);
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(c, Hooks::default()).await?;
+        app.run_until_stopped().await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init(LogFormat::Text);
+    let settings = sim_settings(&a.sim, a.url.clone())?;
+    actix_web::rt::System::new().block_on(async move {
+        let stop = stop_on_ctrl_c();
+        let summary = crate::simulate::run(&settings, stop).await?;
+        println!("{summary}");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn holdout(a: HoldoutArgs) -> anyhow::Result<ExitCode> {
+    let (monday, h, n) =
+        crate::forecast::backtest::split_last_week(&a.input, &a.history, &a.actuals)?;
+    println!(
+        "{}: the week from {monday} to {} ({n} rows) -> {}; {h} other rows -> {}",
+        a.input.display(),
+        monday + chrono::Days::new(6),
+        a.actuals.display(),
+        a.history.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn repair_log(a: RepairArgs) -> anyhow::Result<ExitCode> {
+    let c = a.common.config()?;
+    crate::telemetry::init(c.log_format);
+    let dir = c.log_dir();
+    let outcome = crate::log::repair::repair(&dir, a.apply)
+        .with_context(|| format!("repairing the event log in {}", dir.display()))?;
+    println!("{outcome}");
+    Ok(match outcome {
+        crate::log::repair::RepairOutcome::Planned(_) => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -737,9 +746,6 @@ fn sim_settings(a: &SimArgs, url: String) -> anyhow::Result<crate::simulate::Set
     }
     if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number of events a second");
-    }
-    if a.batch == 0 || a.connections == 0 {
-        bail!("--batch and --connections must be at least 1");
     }
     let start = match &a.start {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)

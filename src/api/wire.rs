@@ -146,7 +146,7 @@ impl ErrorBody {
 }
 
 /// One bucket of `GET /v1/lots/{id}/history`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HistoryPoint {
     #[schema(value_type = String, format = DateTime)]
     pub start: chrono::DateTime<chrono::Utc>,
@@ -164,7 +164,7 @@ pub struct HistoryPoint {
 }
 
 /// `GET /v1/lots/{id}/history`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct History {
     pub lot_id: String,
     /// `15m`, `1h` or `1d`.
@@ -179,7 +179,7 @@ pub struct History {
 }
 
 /// One point of a forecast.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ForecastPoint {
     #[schema(value_type = String, format = DateTime)]
     pub time: chrono::DateTime<chrono::Utc>,
@@ -194,7 +194,7 @@ pub struct ForecastPoint {
 }
 
 /// `GET /v1/lots/{id}/forecast`: the newest run.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Forecast {
     pub lot_id: String,
     #[schema(value_type = String, format = DateTime)]
@@ -204,7 +204,7 @@ pub struct Forecast {
 }
 
 /// Whether a timespan point is history or forecast.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SpanKind {
     History,
@@ -212,7 +212,7 @@ pub enum SpanKind {
 }
 
 /// One point of `GET /v1/lots/{id}/timespan`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SpanPoint {
     #[schema(value_type = String, format = DateTime)]
     pub time: chrono::DateTime<chrono::Utc>,
@@ -230,7 +230,7 @@ pub struct SpanPoint {
 }
 
 /// `GET /v1/lots/{id}/timespan`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Timespan {
     pub lot_id: String,
     #[schema(value_type = String, format = DateTime)]
@@ -244,7 +244,7 @@ pub struct Timespan {
 }
 
 /// One 5-minute sample of `GET /v1/lots/{id}/recent`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RecentPoint {
     #[schema(value_type = String, format = DateTime)]
     pub time: Timestamp,
@@ -252,7 +252,7 @@ pub struct RecentPoint {
 }
 
 /// `GET /v1/lots/{id}/recent`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Recent {
     pub lot_id: String,
     pub capacity: u32,
@@ -260,7 +260,7 @@ pub struct Recent {
 }
 
 /// `GET /healthz`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     /// `ok` or `failed`.
     pub status: String,
@@ -271,7 +271,7 @@ pub struct Health {
 }
 
 /// Why the service is not ready.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct NotReadyReason {
     /// `log_failed` or `projection_failing`.
     pub reason: String,
@@ -286,7 +286,7 @@ pub struct NotReadyReason {
 
 /// `GET /readyz`. With tokens configured, the log's end and the reasons are shown to
 /// admin tokens only.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Ready {
     /// `ready` or `not_ready`.
     pub status: String,
@@ -297,7 +297,7 @@ pub struct Ready {
 }
 
 /// One projection on `GET /v1/admin/projections`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ProjectionView {
     pub name: String,
     /// `starting`, `running`, `failing` or `stopped`.
@@ -313,7 +313,7 @@ pub struct ProjectionView {
 }
 
 /// The live fan-out on `GET /v1/admin/projections`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LiveView {
     pub position: u64,
     pub lag: u64,
@@ -321,7 +321,7 @@ pub struct LiveView {
 }
 
 /// `GET /v1/admin/projections`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Projections {
     pub log_end: u64,
     pub projections: Vec<ProjectionView>,
@@ -329,7 +329,7 @@ pub struct Projections {
 }
 
 /// `POST /v1/admin/replay`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Replayed {
     pub projection: String,
     /// The rebuild's figures (events, rows or files, seconds; by projection).
@@ -384,7 +384,7 @@ pub enum EventsIn {
 }
 
 /// The reply of `POST /v1/events`: one event's own status, or a batch's outcomes.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum EventsReply {
     One(Ack),
@@ -392,7 +392,7 @@ pub enum EventsReply {
 }
 
 /// A 503: an error, or a batch reply whose events the log could not write.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Unavailable {
     Error(ErrorBody),

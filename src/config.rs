@@ -365,7 +365,7 @@ impl Config {
     /// Refuse values that would not work, naming the key, instead of bending them later
     /// (a 0 taken for 1, an unknown zone taken for another).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn at_least(key: &'static str, value: i128, min: i128) -> Result<(), ConfigError> {
+        for (key, value, min) in self.minimums() {
             if value < min {
                 return Err(ConfigError::Invalid {
                     key,
@@ -373,11 +373,20 @@ impl Config {
                     rule: format!("must be at least {min}"),
                 });
             }
-            Ok(())
         }
+        self.forecast.tz().map_err(|rule| ConfigError::Invalid {
+            key: "[forecast] timezone",
+            value: format!("{:?}", self.forecast.timezone),
+            rule,
+        })?;
+        Ok(())
+    }
+
+    /// Every numeric setting with a lower bound: (key, value, least value).
+    fn minimums(&self) -> Vec<(&'static str, i128, i128)> {
         let l = &self.limits;
         let n = |v: usize| v as i128;
-        for (key, value, min) in [
+        vec![
             ("http_workers", n(self.http_workers), 1),
             ("[limits] max_body_bytes", n(l.max_body_bytes), 1024),
             ("[limits] max_batch_events", n(l.max_batch_events), 1),
@@ -443,15 +452,7 @@ impl Config {
             ("[live] buffer_messages", n(self.live.buffer_messages), 16),
             ("[live] outbox_bytes", n(self.live.outbox_bytes), 256),
             ("[live] max_subscribers", n(self.live.max_subscribers), 1),
-        ] {
-            at_least(key, value, min)?;
-        }
-        self.forecast.tz().map_err(|rule| ConfigError::Invalid {
-            key: "[forecast] timezone",
-            value: format!("{:?}", self.forecast.timezone),
-            rule,
-        })?;
-        Ok(())
+        ]
     }
 
     /// Directory of the embedded event log.

@@ -170,56 +170,13 @@ impl LotCore {
         now: Timestamp,
         max_future_micros: i64,
     ) -> Result<(Vec<Outcome>, u64), LogError> {
-        enum Slot {
-            Done(Outcome),
-            New(u64),
-            SameBatch(u64),
-        }
         let saved = (self.state.clone(), self.seq, self.updated_at);
-        let mut events: Vec<NewEvent> = Vec::new();
-        let mut slots = Vec::with_capacity(requests.len());
-        let mut batch_ids: FxHashMap<u128, u64> = FxHashMap::default();
-        let mut wait_end = 0u64;
-        for r in requests {
-            if let Some(id) = &r.event_id {
-                if let Some(offset) = self.dedupe.get(id) {
-                    wait_end = wait_end.max(offset + 1);
-                    slots.push(Slot::Done(Outcome::Duplicate { offset }));
-                    continue;
-                }
-                if let Some(i) = batch_ids.get(&id.as_u128()) {
-                    slots.push(Slot::SameBatch(*i));
-                    continue;
-                }
-            }
-            if let Err(e) = check_event_time(r.occurred_at, now, max_future_micros) {
-                slots.push(Slot::Done(Outcome::Rejected(Rejection::InvalidTime(e))));
-                continue;
-            }
-            match decide(&self.state, &r.command) {
-                Err(rejection) => slots.push(Slot::Done(Outcome::Rejected(rejection))),
-                Ok(event) => {
-                    apply(&mut self.state, &event);
-                    self.seq += 1;
-                    self.updated_at = Some(r.occurred_at);
-                    let i = events.len() as u64;
-                    if let Some(id) = &r.event_id {
-                        batch_ids.insert(id.as_u128(), i);
-                    }
-                    events.push(NewEvent {
-                        lot_id: self.lot_id.clone(),
-                        lot_seq: self.seq,
-                        event_id: r.event_id.unwrap_or_else(Uuid::now_v7),
-                        client_event_id: r.event_id.is_some(),
-                        occurred_at: r.occurred_at,
-                        event,
-                        occupancy: self.state.occupancy,
-                        capacity: self.state.capacity(),
-                    });
-                    slots.push(Slot::New(i));
-                }
-            }
-        }
+        let mut batch = Batch::default();
+        let slots: Vec<Slot> = requests
+            .into_iter()
+            .map(|r| self.admit(r, now, max_future_micros, &mut batch))
+            .collect();
+        let events = batch.events;
         let first = if events.is_empty() {
             0
         } else {
@@ -236,21 +193,88 @@ impl LotCore {
                 self.dedupe.insert(e.event_id, first + i as u64);
             }
         }
+        let mut wait_end = 0u64;
         if !events.is_empty() {
             let last = first + events.len() as u64 - 1;
             self.last_offset = Some(last);
-            wait_end = wait_end.max(last + 1);
+            wait_end = last + 1;
         }
         let outcomes = slots
             .into_iter()
             .map(|s| match s {
                 Slot::Done(o) => o,
+                Slot::Earlier(offset) => {
+                    wait_end = wait_end.max(offset + 1);
+                    Outcome::Duplicate { offset }
+                }
                 Slot::New(i) => Outcome::Accepted { offset: first + i },
                 Slot::SameBatch(i) => Outcome::Duplicate { offset: first + i },
             })
             .collect();
         Ok((outcomes, wait_end))
     }
+
+    /// Decide one request of a batch: a duplicate, a rejection, or a new event added to
+    /// `batch` and applied to the state.
+    fn admit(
+        &mut self,
+        r: Request,
+        now: Timestamp,
+        max_future_micros: i64,
+        batch: &mut Batch,
+    ) -> Slot {
+        if let Some(id) = &r.event_id {
+            if let Some(offset) = self.dedupe.get(id) {
+                return Slot::Earlier(offset);
+            }
+            if let Some(i) = batch.ids.get(&id.as_u128()) {
+                return Slot::SameBatch(*i);
+            }
+        }
+        if let Err(e) = check_event_time(r.occurred_at, now, max_future_micros) {
+            return Slot::Done(Outcome::Rejected(Rejection::InvalidTime(e)));
+        }
+        let event = match decide(&self.state, &r.command) {
+            Ok(event) => event,
+            Err(rejection) => return Slot::Done(Outcome::Rejected(rejection)),
+        };
+        apply(&mut self.state, &event);
+        self.seq += 1;
+        self.updated_at = Some(r.occurred_at);
+        let i = batch.events.len() as u64;
+        if let Some(id) = &r.event_id {
+            batch.ids.insert(id.as_u128(), i);
+        }
+        batch.events.push(NewEvent {
+            lot_id: self.lot_id.clone(),
+            lot_seq: self.seq,
+            event_id: r.event_id.unwrap_or_else(Uuid::now_v7),
+            client_event_id: r.event_id.is_some(),
+            occurred_at: r.occurred_at,
+            event,
+            occupancy: self.state.occupancy,
+            capacity: self.state.capacity(),
+        });
+        Slot::New(i)
+    }
+}
+
+/// The new events of a batch being executed, and where each client id is among them.
+#[derive(Default)]
+struct Batch {
+    events: Vec<NewEvent>,
+    ids: FxHashMap<u128, u64>,
+}
+
+/// What becomes of one request of a batch.
+enum Slot {
+    Done(Outcome),
+    /// A duplicate of an event already in the log at this offset.
+    Earlier(u64),
+    /// A new event, the `i`th of the batch.
+    New(u64),
+    /// A duplicate of the batch's `i`th new event.
+    SameBatch(u64),
 }
 
 /// The actor wrapping a [`LotCore`].

@@ -21,5 +21,5 @@
 mod lot;
 mod registry;
 
-pub use lot::{Executed, LotError, LotHandle, LotView, Outcome, Request};
+pub use lot::{LotError, LotHandle, LotView, Outcome, Request};
 pub use registry::{LotOptions, Lots};

@@ -75,6 +75,17 @@ pub(super) async fn post_events(
         }
         return one(&st, event).await;
     }
+    let done = run_batch(&st, parsed, forbids).await;
+    Ok(batch(done.into_iter(), caller.as_ref()))
+}
+
+/// Run a batch's events: each lot's events go to its actor in one command, the lots in
+/// parallel; every event gets its result, in the request's order.
+async fn run_batch(
+    st: &ApiState,
+    parsed: Vec<Result<ingest::Standardised, FieldError>>,
+    forbids: impl Fn(&LotId) -> bool,
+) -> Vec<Done> {
     let n = parsed.len();
     let mut done: Vec<Option<Done>> = (0..n).map(|_| None).collect();
     let mut groups: HashMap<LotId, (LotHandle, Vec<usize>, Vec<Request>)> = HashMap::new();
@@ -117,11 +128,9 @@ pub(super) async fn post_events(
             }
         }
     }
-    Ok(batch(
-        done.into_iter()
-            .map(|d| d.expect("every event has a result")),
-        caller.as_ref(),
-    ))
+    done.into_iter()
+        .map(|d| d.expect("every event has a result"))
+        .collect()
 }
 
 /// The events of one request may span at most `max_secs` of event time, so that one

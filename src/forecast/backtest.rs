@@ -250,6 +250,36 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// Fit the model on everything known `longest horizon` before the first actual.
+fn fit_before(
+    all: &History,
+    actuals: &[Reading],
+    source: &Path,
+    s: &Settings,
+) -> Result<Model, BacktestError> {
+    let tz = s.timezone;
+    let longest = i64::from(s.horizons.iter().copied().max().unwrap_or(0));
+    let first_actual = actuals.iter().map(|r| r.obs.utc).min().unwrap_or(0);
+    let fit_until = first_actual - longest * 60;
+    let mut horizons: Vec<u32> = model::FITTED_HORIZONS.to_vec();
+    horizons.extend(&s.horizons);
+    horizons.sort_unstable();
+    horizons.dedup();
+    let fits = model::fit(all, fit_until, &horizons, &s.profile, &|u| local_of(tz, u));
+    if fits.is_empty() {
+        return Err(BacktestError::Fit(format!(
+            "no reading up to {} has {} earlier days of history",
+            chrono::DateTime::from_timestamp(fit_until, 0).unwrap_or_default(),
+            model::MIN_HISTORY_DAYS
+        )));
+    }
+    Ok(super::new_model(
+        source.display().to_string(),
+        s.profile,
+        fits,
+    ))
+}
+
 /// Run the backtest and write `lot_id,target_time,horizon_min,predicted_rate` to `out`.
 pub fn run(
     history_path: &Path,
@@ -265,23 +295,8 @@ pub fn run(
             .chain(&actuals)
             .map(|r| (r.lot.clone(), r.obs)),
     );
-    let longest = i64::from(s.horizons.iter().copied().max().unwrap_or(0));
-    let first_actual = actuals.iter().map(|r| r.obs.utc).min().unwrap_or(0);
     let tz = s.timezone;
-    let fit_until = first_actual - longest * 60;
-    let mut horizons: Vec<u32> = model::FITTED_HORIZONS.to_vec();
-    horizons.extend(&s.horizons);
-    horizons.sort_unstable();
-    horizons.dedup();
-    let fits = model::fit(&all, fit_until, &horizons, &s.profile, &|u| local_of(tz, u));
-    if fits.is_empty() {
-        return Err(BacktestError::Fit(format!(
-            "no reading up to {} has {} earlier days of history",
-            chrono::DateTime::from_timestamp(fit_until, 0).unwrap_or_default(),
-            model::MIN_HISTORY_DAYS
-        )));
-    }
-    let model = super::new_model(history_path.display().to_string(), s.profile, fits);
+    let model = fit_before(&all, &actuals, history_path, s)?;
     let file = std::fs::File::create(out).map_err(|e| BacktestError::Write(out.into(), e))?;
     let mut w = std::io::BufWriter::new(file);
     let werr = |e| BacktestError::Write(out.into(), e);
@@ -316,12 +331,8 @@ pub fn run(
                     last.rate
                 }
             };
-            writeln!(
-                w,
-                "{},{},{},{:.6}",
-                r.lot, r.raw_time, sc.horizon_min, predicted
-            )
-            .map_err(werr)?;
+            let (lot, time, h) = (&r.lot, &r.raw_time, sc.horizon_min);
+            writeln!(w, "{lot},{time},{h},{predicted:.6}").map_err(werr)?;
             sc.rows += 1;
             sc.model_mae += (predicted - r.obs.rate).abs();
             sc.persistence_mae += (last.rate - r.obs.rate).abs();

@@ -14,8 +14,8 @@ pub mod model;
 pub mod query;
 pub mod service;
 
-pub use history::{History, Obs, ProfileParams};
-pub use model::{Forecast, HorizonFit, Model, NoForecast};
+pub use history::{History, ProfileParams};
+pub use model::{HorizonFit, Model};
 
 /// Artifact layout version of [`Model`].
 pub const MODEL_FORMAT: u32 = 1;

@@ -294,6 +294,78 @@ struct Run<'a, S: Sink> {
     prepass: bool,
 }
 
+impl<'s, S: Sink> Run<'s, S> {
+    fn new(
+        sink: &'s mut S,
+        path: &Path,
+        format: Format,
+        opts: &Options,
+    ) -> Result<Self, ImportError> {
+        Ok(Run {
+            sink,
+            summary: Summary {
+                file: path.display().to_string(),
+                format: Some(format),
+                ..Summary::default()
+            },
+            rejects: opts.rejects.as_deref().map(open_rejects).transpose()?,
+            rejects_path: opts.rejects.clone(),
+            pending: Vec::with_capacity(CHUNK_ROWS),
+            raw: HashMap::new(),
+            seen: FxHashSet::default(),
+            capacity: HashMap::new(),
+            lot_cache: FxHashMap::default(),
+            prior: HashMap::new(),
+            prepass: false,
+        })
+    }
+}
+
+/// The layout of a file (given, or found from its header) and where its columns are.
+fn layout(
+    path: &Path,
+    headers: &csv::StringRecord,
+    opts: &Options,
+) -> Result<(Format, Columns), ImportError> {
+    let format = match opts.format {
+        Some(f) => f,
+        None => detect(headers).ok_or_else(|| ImportError::Layout {
+            path: path.to_path_buf(),
+            message: format!(
+                "unrecognised header {:?}: expected lot_id,event_type,timestamp[,event_id][,count] or SystemCodeNumber,Capacity,Occupancy,LastUpdated",
+                headers.iter().collect::<Vec<_>>()
+            ),
+        })?,
+    };
+    let columns = Columns::find(headers, format).map_err(|message| ImportError::Layout {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok((format, columns))
+}
+
+/// The rejects file, appended to (with a header when it is new or empty).
+fn open_rejects(path: &Path) -> Result<csv::Writer<std::fs::File>, ImportError> {
+    let exists = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| ImportError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut w = csv::Writer::from_writer(f);
+    if !exists {
+        w.write_record(["file", "line", "reason", "detail", "row"])
+            .map_err(|source| ImportError::Rejects {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(w)
+}
+
 /// Import one file into `sink`. `progress(bytes_read)` is called as the file is read.
 pub async fn import_file<S: Sink>(
     sink: &mut S,
@@ -310,60 +382,8 @@ pub async fn import_file<S: Sink>(
             source,
         })?
         .clone();
-    let format = match opts.format {
-        Some(f) => f,
-        None => detect(&headers).ok_or_else(|| ImportError::Layout {
-            path: path.to_path_buf(),
-            message: format!(
-                "unrecognised header {:?}: expected lot_id,event_type,timestamp[,event_id][,count] or SystemCodeNumber,Capacity,Occupancy,LastUpdated",
-                headers.iter().collect::<Vec<_>>()
-            ),
-        })?,
-    };
-    let columns = Columns::find(&headers, format).map_err(|message| ImportError::Layout {
-        path: path.to_path_buf(),
-        message,
-    })?;
-    let rejects = match &opts.rejects {
-        None => None,
-        Some(p) => {
-            let exists = p.exists() && std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false);
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|source| ImportError::Read {
-                    path: p.clone(),
-                    source,
-                })?;
-            let mut w = csv::Writer::from_writer(f);
-            if !exists {
-                w.write_record(["file", "line", "reason", "detail", "row"])
-                    .map_err(|source| ImportError::Rejects {
-                        path: p.clone(),
-                        source,
-                    })?;
-            }
-            Some(w)
-        }
-    };
-    let mut run = Run {
-        sink,
-        summary: Summary {
-            file: path.display().to_string(),
-            format: Some(format),
-            ..Summary::default()
-        },
-        rejects,
-        rejects_path: opts.rejects.clone(),
-        pending: Vec::with_capacity(CHUNK_ROWS),
-        raw: HashMap::new(),
-        seen: FxHashSet::default(),
-        capacity: HashMap::new(),
-        lot_cache: FxHashMap::default(),
-        prior: HashMap::new(),
-        prepass: false,
-    };
+    let (format, columns) = layout(path, &headers, opts)?;
+    let mut run = Run::new(sink, path, format, opts)?;
     let mut occurrences: FxHashMap<(LotId, u8, i64), u32> = FxHashMap::default();
     let mut record = csv::StringRecord::new();
     let rules = EdgeRules {
@@ -782,54 +802,8 @@ impl<S: Sink> Run<'_, S> {
                 format!("Occupancy {occupancy} is below zero"),
             )));
         }
-        let known = match self.capacity.get(&lot) {
-            Some(c) => *c,
-            None => {
-                let c = self.sink.capacity(&lot).await.map_err(ImportError::Sink)?;
-                self.capacity.insert(lot.clone(), c);
-                c
-            }
-        };
-        let setup = match known {
-            None => Some((
-                Origin::Register,
-                Command::Register {
-                    name: match LotName::parse(code) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            return Ok(Err(Reject::new(
-                                "invalid_name",
-                                format!("SystemCodeNumber as the lot's name: {e}"),
-                            )))
-                        }
-                    },
-                    capacity,
-                },
-                derived_id(&[b"birmingham-register", lot.as_str().as_bytes()]),
-            )),
-            Some(c) if c != capacity.get() => Some((
-                Origin::CapacityChange,
-                Command::ChangeCapacity { capacity },
-                derived_id(&[
-                    b"birmingham-capacity",
-                    lot.as_str().as_bytes(),
-                    &capacity.get().to_le_bytes(),
-                    &occurred_at.micros().to_le_bytes(),
-                ]),
-            )),
-            Some(_) => None,
-        };
-        if let Some((origin, command, event_id)) = setup {
-            self.pending.push(Item {
-                origin,
-                lot: lot.clone(),
-                request: Request {
-                    command,
-                    event_id: Some(event_id),
-                    occurred_at,
-                },
-            });
-            self.capacity.insert(lot.clone(), Some(capacity.get()));
+        if let Err(r) = self.set_up_lot(&lot, code, capacity, occurred_at).await? {
+            return Ok(Err(r));
         }
         let request = Request {
             command: Command::Count {
@@ -839,6 +813,63 @@ impl<S: Sink> Run<'_, S> {
             occurred_at,
         };
         Ok(Ok(Row::Send(lot, request)))
+    }
+
+    /// Before a count of `lot`: register it (named by its `code`) when the sink does
+    /// not know it, or change its capacity when the row gives another one.
+    async fn set_up_lot(
+        &mut self,
+        lot: &LotId,
+        code: &str,
+        capacity: Capacity,
+        occurred_at: Timestamp,
+    ) -> Result<Result<(), Reject>, ImportError> {
+        let known = match self.capacity.get(lot) {
+            Some(c) => *c,
+            None => {
+                let c = self.sink.capacity(lot).await.map_err(ImportError::Sink)?;
+                self.capacity.insert(lot.clone(), c);
+                c
+            }
+        };
+        let (origin, command, event_id) = match known {
+            None => {
+                let name = match LotName::parse(code) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let detail = format!("SystemCodeNumber as the lot's name: {e}");
+                        return Ok(Err(Reject::new("invalid_name", detail)));
+                    }
+                };
+                let id = derived_id(&[b"birmingham-register", lot.as_str().as_bytes()]);
+                (Origin::Register, Command::Register { name, capacity }, id)
+            }
+            Some(c) if c != capacity.get() => {
+                let id = derived_id(&[
+                    b"birmingham-capacity",
+                    lot.as_str().as_bytes(),
+                    &capacity.get().to_le_bytes(),
+                    &occurred_at.micros().to_le_bytes(),
+                ]);
+                (
+                    Origin::CapacityChange,
+                    Command::ChangeCapacity { capacity },
+                    id,
+                )
+            }
+            Some(_) => return Ok(Ok(())),
+        };
+        self.pending.push(Item {
+            origin,
+            lot: lot.clone(),
+            request: Request {
+                command,
+                event_id: Some(event_id),
+                occurred_at,
+            },
+        });
+        self.capacity.insert(lot.clone(), Some(capacity.get()));
+        Ok(Ok(()))
     }
 
     /// Send the pending items, one batch per lot in file order, and count the outcomes.

@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-pub use outbox::{outbox, Body, Outbox, MAX_QUEUED_BYTES};
+pub use outbox::{outbox, Outbox, MAX_QUEUED_BYTES};
 
 use crate::actors::LotView;
 use crate::domain::{LotEvent, LotId, RecordedEvent};

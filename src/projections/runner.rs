@@ -184,7 +184,8 @@ enum Outcome {
 }
 
 impl<P> Runner<P> {
-    /// The same settings, driving another projection.
+    /// The same settings, driving another projection (with no panic armed: an
+    /// injected panic is meant for one projection).
     pub fn driving<Q>(&self, projection: Q) -> Runner<Q> {
         Runner {
             pool: self.pool.clone(),
@@ -192,7 +193,7 @@ impl<P> Runner<P> {
             board: self.board.clone(),
             batch_events: self.batch_events,
             max_backoff: self.max_backoff,
-            panic: self.panic.clone(),
+            panic: FaultPoint::default(),
             projection,
         }
     }

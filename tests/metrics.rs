@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use parkade::app::Hooks;
 use serde_json::{json, Value};
 
+#[path = "suite/common/mod.rs"]
 mod common;
 use common::{register, test_config, TestApp};
 

@@ -1,10 +1,11 @@
 //! The HTTP API against the real application and a real PostgreSQL, called as a client
 //! would call it.
 
+use parkade::api::wire;
 use parkade::app::Hooks;
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 use common::{register, test_config, TestApp, TestDb};
 
 fn event(lot: &str, kind: &str) -> Value {
@@ -18,37 +19,37 @@ async fn events_flow_from_http_to_the_lot_and_into_postgres() {
     let app = TestApp::spawn(test_config(dir.path(), Some(&db)), Hooks::default()).await;
     register(&app, " North-1 ", 3).await;
 
-    let (status, body) = app.post("/v1/events", event("NORTH-1", "arrival")).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["status"], "accepted");
-    assert_eq!(body["offset"], 1);
-    assert_eq!(body["lot"]["occupancy"], 1);
+    let ack = app
+        .send_event(&common::event("NORTH-1", "arrival"))
+        .await
+        .unwrap();
+    assert_eq!(ack.status, wire::AckStatus::Accepted);
+    assert_eq!((ack.offset, ack.lot.occupancy), (1, 1));
 
-    let (status, body) = app
-        .post("/v1/events", json!({"lot_id": "north-1", "event_type": "ARRIVAL", "timestamp": "2026-11-27T10:00:00+01:00"}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["lot"]["updated_at"], "2026-11-27T09:00:00Z");
-
-    let (status, lot) = app.get("/v1/lots/%20NORTH-1").await;
-    assert_eq!(status, 200, "{lot}");
+    let mut at_ten = common::event("north-1", "ARRIVAL");
+    at_ten.stamp.timestamp = Some(json!("2026-11-27T10:00:00+01:00"));
+    let ack = app.send_event(&at_ten).await.unwrap();
+    let updated = ack.lot.updated_at.expect("an event time").to_datetime();
     assert_eq!(
-        (
-            lot["lot_id"].as_str(),
-            lot["occupancy"].as_u64(),
-            lot["free"].as_u64(),
-            lot["offset"].as_u64()
-        ),
-        (Some("north-1"), Some(2), Some(1), Some(2))
+        updated,
+        "2026-11-27T09:00:00Z"
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
     );
-    let (_, list) = app.get("/v1/lots").await;
-    assert_eq!(list["lots"].as_array().unwrap().len(), 1);
 
-    let (status, body) = app
-        .post("/v1/lots/north-1/count", json!({"count": 0}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["lot"]["occupancy"], 0);
+    let lot = app.lot("%20NORTH-1").await.unwrap();
+    assert_eq!(
+        (lot.lot_id.as_str(), lot.occupancy, lot.free, lot.offset),
+        ("north-1", 2, 1, Some(2))
+    );
+    assert_eq!(app.lots().await.unwrap().lots.len(), 1);
+
+    let counted = wire::CountIn {
+        count: 0,
+        ..Default::default()
+    };
+    let ack = app.count("north-1", &counted).await.unwrap();
+    assert_eq!(ack.lot.occupancy, 0);
 
     app.wait_projection_caught_up().await;
     let rows = db

@@ -8,7 +8,7 @@ use std::process::Command;
 use parkade::app::Hooks;
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 use common::{read_lake, test_config, TestApp};
 
 fn current_events(dir: &Path) -> PathBuf {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use parkade::projections::archive::{S3Config, S3Store};
 
-mod common;
+use crate::common;
 
 /// The bucket given by scripts/test.sh. A missing store fails the test (it never
 /// passes by skipping): run the suite with `./scripts/test.sh`, which starts Garage.

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use parkade::app::Hooks;
 
-mod common;
+use crate::common;
 use common::{register, test_config, TestApp, TestDb};
 
 /// The schemathesis command beside the tests' Python.

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 use common::TestDb;
+use parkade::api::wire;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -157,12 +158,12 @@ async fn no_acknowledged_event_is_lost_when_the_process_is_killed() {
                 .send()
                 .await
                 .unwrap();
-            let v: Value = r.json().await.unwrap();
-            let occupancy = common::projection(&v, "occupancy");
-            if occupancy["lag"] == 0 && occupancy["state"] == "running" {
+            let v: wire::Projections = r.json().await.unwrap();
+            let occupancy = common::projection_view(&v, "occupancy");
+            if occupancy.is_some_and(|p| p.lag == Some(0) && p.state == "running") {
                 Ok(())
             } else {
-                Err(v.to_string())
+                Err(format!("{v:?}"))
             }
         },
     )

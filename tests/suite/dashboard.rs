@@ -10,7 +10,7 @@ use base64::Engine;
 use parkade::app::Hooks;
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 use common::{test_config, TestApp};
 
 struct Driver {

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
+use crate::common;
 
 #[actix_web::test]
 async fn the_demo_starts_and_events_flow_within_seconds() {

@@ -15,8 +15,8 @@ use parkade::app::Hooks;
 use parkade::projections::archive::{S3Config, S3Store};
 use serde_json::{json, Value};
 
-mod common;
-use common::{eventually, projection, register, test_config, FaultProxy, TestApp, TestDb};
+use crate::common;
+use common::{eventually, projection_view, register, test_config, FaultProxy, TestApp, TestDb};
 
 fn fault_secs() -> u64 {
     std::env::var("PARKADE_FAULT_SECS")
@@ -97,10 +97,10 @@ async fn ingest_goes_on_while_postgresql_is_away_and_the_read_model_catches_up()
             .filter_map(|r| r["projection"].as_str())
             .collect();
         assert!(failing.contains(&"occupancy"), "{ready}");
-        let (_, status) = app.get("/v1/admin/projections").await;
-        let occ = projection(&status, "occupancy");
-        assert_eq!(occ["state"], "failing", "{status}");
-        assert!(occ["lag"].as_u64().unwrap() > 0, "{status}");
+        let status = app.projections().await.expect("projections");
+        let occ = projection_view(&status, "occupancy").expect("occupancy");
+        assert_eq!(occ.state, "failing", "{status:?}");
+        assert!(occ.lag.unwrap() > 0, "{status:?}");
     })
     .await;
     assert!(sent > 0);
@@ -161,10 +161,10 @@ async fn ingest_goes_on_while_the_s3_server_is_away_and_the_archive_catches_up_o
 
     proxy.down();
     let sent = ingest_for(&app, fault_secs(), async || {
-        let (_, status) = app.get("/v1/admin/projections").await;
-        let archive = projection(&status, "archive");
-        assert!(archive["lag"].as_u64().unwrap() > 0, "{status}");
-        assert_eq!(archive["state"], "failing", "{status}");
+        let status = app.projections().await.expect("projections");
+        let archive = projection_view(&status, "archive").expect("archive");
+        assert!(archive.lag.unwrap() > 0, "{status:?}");
+        assert_eq!(archive.state, "failing", "{status:?}");
         let (code, ready) = app.get("/readyz").await;
         assert_eq!(code, 503, "{ready}");
     })
@@ -174,12 +174,12 @@ async fn ingest_goes_on_while_the_s3_server_is_away_and_the_archive_catches_up_o
         Duration::from_secs(60),
         "the archive to catch up",
         || async {
-            let (_, status) = app.get("/v1/admin/projections").await;
-            let a = projection(&status, "archive");
-            if a["lag"] == 0 && a["state"] == "running" {
+            let status = app.projections().await.expect("projections");
+            let a = projection_view(&status, "archive");
+            if a.is_some_and(|a| a.lag == Some(0) && a.state == "running") {
                 Ok(())
             } else {
-                Err(status.to_string())
+                Err(format!("{status:?}"))
             }
         },
     )

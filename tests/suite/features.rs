@@ -4,7 +4,7 @@
 use parkade::app::Hooks;
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 use common::{test_config, TestApp, TestDb};
 
 const ROWS: &str = "SELECT lot_id, to_char(bucket_start AT TIME ZONE 'UTC', 'HH24:MI'), \
@@ -351,12 +351,8 @@ async fn the_lake_exporter_writes_a_busy_day_once_per_round() {
     // On a thread and runtime of its own, so it marks while the export runs.
     let marker = {
         let (url, stop) = (db.url.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
+        common::on_own_thread(async move {
+            {
                 let pool = sqlx::PgPool::connect(&url).await.unwrap();
                 let mut marks = 0;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) && marks < 20_000 {
@@ -370,7 +366,7 @@ async fn the_lake_exporter_writes_a_busy_day_once_per_round() {
                 }
                 pool.close().await;
                 marks
-            })
+            }
         })
     };
     actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -448,13 +444,14 @@ async fn a_stop_signal_ends_the_features_warm_up_between_batches() {
         .unwrap();
     let full = t.elapsed();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let runner = parkade::projections::features::FeaturesRunner {
+    let runner = parkade::projections::Runner {
         pool,
         log,
         board: parkade::projections::StatusBoard::default(),
         batch_events: 10_000,
-        lateness_secs: 6 * 3600,
         max_backoff: Duration::from_secs(1),
+        panic: Default::default(),
+        projection: parkade::projections::features::Features::new(6 * 3600),
     };
     let task = actix_web::rt::spawn(runner.run(stopped));
     actix_web::rt::time::sleep((full / 10).min(Duration::from_millis(300))).await;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-mod common;
+use crate::common;
 use common::{birmingham, parkade};
 
 /// `(lot, target_time, horizon) -> predicted_rate` of a predictions file.

@@ -22,7 +22,7 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as PtConfig, TestRng, TestRunner};
 use serde_json::{json, Map, Value};
 
-mod common;
+use crate::common;
 
 fn cases(default: u64) -> u64 {
     env_or("PARKADE_FUZZ_CASES", default)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use parkade::app::Hooks;
 use serde_json::json;
 
-mod common;
+use crate::common;
 use common::{birmingham, parkade, test_config, TestApp, TestDb};
 
 /// Outcome counts computed straight from the CSV, without parkade's code: a repeated

@@ -12,7 +12,7 @@ use parkade::log::{
     WritableFile,
 };
 
-mod common;
+use crate::common;
 
 fn event(i: u64) -> NewEvent {
     NewEvent {

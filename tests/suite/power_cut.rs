@@ -16,7 +16,7 @@ use std::time::Duration;
 use parkade::domain::{LotEvent, LotId, NewEvent, Timestamp};
 use parkade::log::{EventLog, FileLog, LogOptions, OsStorage, Storage, WritableFile};
 
-mod common;
+use crate::common;
 
 /// One change to a file that the disk has not made durable yet.
 enum Op {

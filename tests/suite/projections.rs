@@ -7,7 +7,7 @@ use parkade::app::Hooks;
 use parkade::projections::FaultPoint;
 use serde_json::json;
 
-mod common;
+use crate::common;
 use common::{test_config, TestApp, TestDb};
 
 const TABLE: &str = "SELECT lot_id, name, capacity::bigint, occupancy::bigint, updated_at, last_offset FROM current_lot_occupancy ORDER BY lot_id";
@@ -213,16 +213,18 @@ async fn a_panicking_projection_is_reported_restarted_and_the_others_go_on() {
         std::time::Duration::from_secs(10),
         "the panic on the board and in /readyz",
         || async {
-            let (_, p) = app.get("/v1/admin/projections").await;
-            let occ = common::projection(&p, "occupancy");
+            let p = app.projections().await.expect("projections");
+            let occ = common::projection_view(&p, "occupancy");
             let (status, ready) = app.get("/readyz").await;
-            let panicked = occ["state"] == "failing"
-                && occ["last_error"]
-                    .as_str()
-                    .is_some_and(|e| e.starts_with("panicked: a panic injected"));
+            let panicked = occ.is_some_and(|o| {
+                o.state == "failing"
+                    && o.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("panicked: a panic injected"))
+            });
             match (panicked, status) {
                 (true, 503) if ready["reasons"][0]["projection"] == "occupancy" => Ok(()),
-                _ => Err(format!("{occ} / {status} {ready}")),
+                _ => Err(format!("{p:?} / {status} {ready}")),
             }
         },
     )
@@ -237,8 +239,12 @@ async fn a_panicking_projection_is_reported_restarted_and_the_others_go_on() {
         .query("SELECT occupancy::int8 FROM current_lot_occupancy WHERE lot_id = 'north'")
         .await;
     assert_eq!(rows, vec![vec!["2".to_owned()]]);
-    let (_, p) = app.get("/v1/admin/projections").await;
-    assert_eq!(common::projection(&p, "occupancy")["failures"], 3, "{p}");
+    let p = app.projections().await.expect("projections");
+    assert_eq!(
+        common::projection_view(&p, "occupancy").map(|o| o.failures),
+        Some(3),
+        "{p:?}"
+    );
     assert_eq!(app.get("/readyz").await.0, 200);
     app.stop().await;
 }

@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use parkade::app::Hooks;
 use serde_json::{json, Value};
 
-mod common;
+use crate::common;
 use common::{arrive, test_config, TestApp};
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;

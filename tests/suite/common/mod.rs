@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use parkade::api::wire;
 use parkade::app::{Application, Hooks};
 use parkade::Config;
 use serde_json::Value;
@@ -78,24 +79,32 @@ impl Drop for TestDb {
 /// from sync code and from `Drop`).
 fn run_admin_sql(sql: &str) {
     let sql = sql.to_owned();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let pool = sqlx::PgPool::connect(&admin_url())
-                .await
-                .expect("PostgreSQL must run on 127.0.0.1:5432 (the test script starts it)");
-            sqlx::query(&sql)
-                .execute(&pool)
-                .await
-                .expect("admin statement");
-            pool.close().await;
-        })
+    on_own_thread(async move {
+        let pool = sqlx::PgPool::connect(&admin_url())
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (the test script starts it)");
+        sqlx::query(&sql)
+            .execute(&pool)
+            .await
+            .expect("admin statement");
+        pool.close().await;
     })
     .join()
     .expect("admin SQL thread");
+}
+
+/// Run `work` to its end on a thread and runtime of its own, beside (and outliving) the
+/// test's actix system.
+pub fn on_own_thread<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(work)
+    })
 }
 
 /// A config for tests: port 0, a given data dir, maybe a database.
@@ -191,8 +200,7 @@ impl TestApp {
 
     /// The durable end of the log, as `/readyz` or the projections endpoint reports it.
     pub async fn log_end(&self) -> u64 {
-        let (_, v) = self.get("/v1/admin/projections").await;
-        v["log_end"].as_u64().expect("log_end")
+        self.projections().await.expect("projections").log_end
     }
 
     /// Wait until the occupancy projection has folded everything in the log.
@@ -204,26 +212,181 @@ impl TestApp {
     pub async fn wait_caught_up(&self, name: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let (_, v) = self.get("/v1/admin/projections").await;
-            let end = v["log_end"].as_u64().unwrap();
-            let p = projection(&v, name);
-            if p["checkpoint"].as_u64() == Some(end) && p["state"] == "running" {
+            let all = self.projections().await.expect("projections");
+            let caught_up = all
+                .projections
+                .iter()
+                .any(|p| p.name == name && p.checkpoint == all.log_end && p.state == "running");
+            if caught_up {
                 return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "projection did not catch up: {v}"
+                "projection {name} did not catch up: {all:?}"
             );
             actix_web::rt::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
-pub async fn request(
+/// What an endpoint refused with: the status and the error body (a body that is not
+/// our JSON error is kept as its message).
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub body: wire::ErrorBody,
+}
+
+/// An endpoint's typed reply.
+pub type Reply<T> = Result<T, Refused>;
+
+/// The typed client: one method per endpoint, sending and reading the wire types.
+impl TestApp {
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        req: awc::ClientRequest,
+        body: Option<String>,
+    ) -> Reply<T> {
+        let content_type = body.is_some().then_some("application/json");
+        let (status, bytes) = send(req, content_type, body).await;
+        if (200..300).contains(&status) {
+            return Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!("a {status} reply that does not fit its type ({e}): {bytes:?}")
+            }));
+        }
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| wire::ErrorBody::new("not_json", String::from_utf8_lossy(&bytes)));
+        Err(Refused { status, body })
+    }
+
+    async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> Reply<T> {
+        self.call(awc::Client::new().get(self.url(path)), None)
+            .await
+    }
+
+    async fn post_as<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Reply<T> {
+        let text = serde_json::to_string(body).expect("a request body");
+        self.call(awc::Client::new().post(self.url(path)), Some(text))
+            .await
+    }
+
+    /// `POST /v1/events` with one event.
+    pub async fn send_event(&self, event: &wire::EventIn) -> Reply<wire::Ack> {
+        self.post_as("/v1/events", event).await
+    }
+
+    /// `POST /v1/events` with an array of events.
+    pub async fn send_events(&self, events: &[wire::EventIn]) -> Reply<wire::BatchReply> {
+        self.post_as("/v1/events", &events).await
+    }
+
+    /// `POST /v1/lots`.
+    pub async fn register_lot(&self, lot: &wire::RegisterIn) -> Reply<wire::Ack> {
+        self.post_as("/v1/lots", lot).await
+    }
+
+    /// `GET /v1/lots`.
+    pub async fn lots(&self) -> Reply<wire::LotList> {
+        self.get_as("/v1/lots").await
+    }
+
+    /// `GET /v1/lots/{id}`.
+    pub async fn lot(&self, id: &str) -> Reply<wire::Lot> {
+        self.get_as(&format!("/v1/lots/{id}")).await
+    }
+
+    /// `PATCH /v1/lots/{id}`.
+    pub async fn change_capacity(&self, id: &str, body: &wire::CapacityIn) -> Reply<wire::Ack> {
+        let text = serde_json::to_string(body).expect("a request body");
+        let req = awc::Client::new().patch(self.url(&format!("/v1/lots/{id}")));
+        self.call(req, Some(text)).await
+    }
+
+    /// `POST /v1/lots/{id}/count`.
+    pub async fn count(&self, id: &str, body: &wire::CountIn) -> Reply<wire::Ack> {
+        self.post_as(&format!("/v1/lots/{id}/count"), body).await
+    }
+
+    /// `GET /v1/lots/{id}/history?{query}`.
+    pub async fn history(&self, id: &str, query: &str) -> Reply<wire::History> {
+        self.get_as(&format!("/v1/lots/{id}/history?{query}")).await
+    }
+
+    /// `GET /v1/lots/{id}/forecast`.
+    pub async fn forecast(&self, id: &str) -> Reply<wire::Forecast> {
+        self.get_as(&format!("/v1/lots/{id}/forecast")).await
+    }
+
+    /// `GET /v1/lots/{id}/timespan?{query}`.
+    pub async fn timespan(&self, id: &str, query: &str) -> Reply<wire::Timespan> {
+        self.get_as(&format!("/v1/lots/{id}/timespan?{query}"))
+            .await
+    }
+
+    /// `GET /v1/lots/{id}/recent`.
+    pub async fn recent(&self, id: &str) -> Reply<wire::Recent> {
+        self.get_as(&format!("/v1/lots/{id}/recent")).await
+    }
+
+    /// `GET /v1/admin/projections`.
+    pub async fn projections(&self) -> Reply<wire::Projections> {
+        self.get_as("/v1/admin/projections").await
+    }
+
+    /// `POST /v1/admin/replay?projection={name}`.
+    pub async fn replay(&self, name: &str) -> Reply<wire::Replayed> {
+        let path = format!("/v1/admin/replay?projection={name}");
+        self.post_as(&path, &serde_json::json!({})).await
+    }
+
+    /// `POST /v1/admin/known-events`.
+    pub async fn known_events(&self, ids: &[String]) -> Reply<wire::Known> {
+        let body = wire::KnownEventsIn {
+            event_ids: ids.to_vec(),
+        };
+        self.post_as("/v1/admin/known-events", &body).await
+    }
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Reply<wire::Health> {
+        self.get_as("/healthz").await
+    }
+
+    /// `GET /readyz`.
+    pub async fn ready(&self) -> Reply<wire::Ready> {
+        self.get_as("/readyz").await
+    }
+}
+
+/// An event of `kind` (`ARRIVAL`, `DEPARTURE`, ...) at `lot`, stamped by the server.
+pub fn event(lot: &str, kind: &str) -> wire::EventIn {
+    wire::EventIn {
+        lot_id: lot.into(),
+        event_type: kind.into(),
+        ..Default::default()
+    }
+}
+
+/// A registration of lot `id` named "Lot {id}".
+pub fn lot(id: &str, capacity: u32) -> wire::RegisterIn {
+    wire::RegisterIn {
+        lot_id: id.into(),
+        name: format!("Lot {id}"),
+        capacity,
+        ..Default::default()
+    }
+}
+
+/// Send `req` with `body` (as `content_type`); the status and the whole reply body.
+async fn send(
     req: awc::ClientRequest,
     content_type: Option<&str>,
     body: Option<String>,
-) -> (u16, Value) {
+) -> (u16, actix_web::web::Bytes) {
     let req = match content_type {
         Some(ct) => req.insert_header(("content-type", ct)),
         None => req,
@@ -235,6 +398,15 @@ pub async fn request(
     .expect("the request reaches the server");
     let status = resp.status().as_u16();
     let bytes = resp.body().limit(64 << 20).await.expect("a body");
+    (status, bytes)
+}
+
+pub async fn request(
+    req: awc::ClientRequest,
+    content_type: Option<&str>,
+    body: Option<String>,
+) -> (u16, Value) {
+    let (status, bytes) = send(req, content_type, body).await;
     let value = if bytes.is_empty() {
         Value::Null
     } else {
@@ -244,27 +416,27 @@ pub async fn request(
     (status, value)
 }
 
-/// Register lot `id` named "Lot {id}" with `capacity`, expecting 201.
-pub async fn register(app: &TestApp, id: &str, capacity: i64) {
-    let (status, body) = app
-        .post(
-            "/v1/lots",
-            serde_json::json!({"lot_id": id, "name": format!("Lot {id}"), "capacity": capacity}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+/// Register lot `id` named "Lot {id}" with `capacity`, expecting it accepted.
+pub async fn register(app: &TestApp, id: &str, capacity: u32) {
+    let ack = app.register_lot(&lot(id, capacity)).await;
+    let ack = ack.unwrap_or_else(|e| panic!("registering {id}: {e:?}"));
+    assert_eq!(ack.status, wire::AckStatus::Accepted);
 }
 
 /// One arrival at `lot`, expecting it accepted; its offset.
 pub async fn arrive(app: &TestApp, lot: &str) -> u64 {
-    let (status, r) = app
-        .post(
-            "/v1/events",
-            serde_json::json!({"lot_id": lot, "event_type": "ARRIVAL"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{r}");
-    r["offset"].as_u64().expect("an offset")
+    let ack = app.send_event(&event(lot, "ARRIVAL")).await;
+    ack.unwrap_or_else(|e| panic!("an arrival at {lot}: {e:?}"))
+        .offset
+}
+
+/// Projection `name`'s line in a `/v1/admin/projections` reply (none before it has
+/// reported for the first time).
+pub fn projection_view<'a>(
+    status: &'a wire::Projections,
+    name: &str,
+) -> Option<&'a wire::ProjectionView> {
+    status.projections.iter().find(|p| p.name == name)
 }
 
 /// Projection `name`'s line in a `/v1/admin/projections` reply (null when absent).
@@ -393,12 +565,8 @@ impl FaultProxy {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let (d, c) = (down.clone(), cut.clone());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
+        on_own_thread(async move {
+            {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 loop {
                     let Ok((mut client, _)) = listener.accept().await else {
@@ -419,7 +587,7 @@ impl FaultProxy {
                         }
                     });
                 }
-            });
+            }
         });
         FaultProxy { addr, down, cut }
     }

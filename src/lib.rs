@@ -15,40 +15,40 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`domain`] | Pure, synchronous lot rules: newtypes parsed at the edge ([`LotId`], [`Capacity`], [`LotName`](domain::LotName)), the one event-time rule every path keeps, the events, `decide` and `apply`. No I/O. |
-//! | [`log`] | The event log: the [`EventLog`] trait and the embedded segment-file backend with group commit, recovery that cuts only a torn tail (other damage refuses to open), the operator's `repair-log` cut, reads and subscriptions from any offset, `log::scan` for reading a range in batches, and `MemoryLog`, a log in memory for unit tests. |
-//! | [`actors`] | One actix actor per lot, reached through a typed [`LotHandle`]; the [`Lots`] registry that rebuilds every lot from the log at start. |
-//! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the 15-minute features (PostgreSQL and the lake), the Parquet archive (local folder or S3), the runners that keep them caught up, each under one supervision (an error or a panic is reported and restarted with backoff), `replay` and `verify`. The read side lives with the table's owner: `features::query` (history buckets, means, training readings), `occupancy::capacities`, each a named `sqlx::FromRow` row. |
-//! | [`forecast`] | The forecasting model (weekly profile + deviation, fitted per horizon) as pure computation over readings bounded by an issue time; `parkade backtest`; training from the features, the model artifact and the predictor writing `lot_forecasts` (read back through `forecast::query`). Reads projections, never the actors. |
-//! | [`live`] | The live fan-out: follows the log, encodes each change once as a websocket frame and puts it in every subscriber's outbox (the connection's response body), with snapshots and catch-ups consistent with the stream; closes subscribers that fall behind. |
+//! | [`log`] | The event log: the [`EventLog`] trait and the embedded segment-file backend (`file_log`: `recovery` decides at open, as a pure function of each segment's scan, what may be repaired, cutting only a torn tail and refusing other damage; `writer` is the group-commit thread; `cursor` reads), the operator's `repair-log` cut, reads and subscriptions from any offset, `log::scan` for reading a range in batches, and `MemoryLog`, a log in memory for unit tests. |
+//! | `actors` | One actix actor per lot, reached through a typed [`LotHandle`]; the [`Lots`] registry that rebuilds every lot from the log at start. |
+//! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the 15-minute features (PostgreSQL and the lake), the Parquet archive (local folder or S3), one `Runner` that keeps occupancy and the features caught up through the `Projection` trait (and `catch_up` for offline commands), one `db::Rebuild` path for rebuilds, each projection under one supervision (an error or a panic is reported and restarted with backoff), `replay` and `verify`. The read side lives with the table's owner: `features::query` (history buckets, means, training readings), `occupancy::capacities`, each a named `sqlx::FromRow` row. |
+//! | `forecast` | The forecasting model (weekly profile + deviation, fitted per horizon) as pure computation over readings bounded by an issue time; `parkade backtest`; training from the features, the model artifact and the predictor writing `lot_forecasts` (read back through `forecast::query`). Reads projections, never the actors. |
+//! | `live` | The live fan-out: follows the log, encodes each change once as a websocket frame and puts it in every subscriber's outbox (the connection's response body), with snapshots and catch-ups consistent with the stream; closes subscribers that fall behind. |
 //! | [`ingest`] | Edge standardisation of incoming events (JSON, NDJSON, CSV rows): lot ids, event types, timestamps, event ids, each problem named by field. |
-//! | [`import`] | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server; `import::birmingham` reads that layout for `import` and `backtest` alike. |
-//! | [`api`] | The actix-web HTTP API under `/v1`: access control (bearer tokens with roles), limits (connections, subscribers, the ingest rate per token), edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness, the dashboard. |
-//! | [`simulate`] | `parkade simulate`/`demo`: campus traffic (SFU Burnaby preset) or a fixed load sent to a server over HTTP, with a latency summary. |
+//! | `import` | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server; `import::birmingham` reads that layout for `import` and `backtest` alike. |
+//! | [`api`] | The actix-web HTTP API under `/v1`: `api::wire`, the request and reply types shared by the server, its OpenAPI document and every client (`import --url`, the simulator, the tests); access control (bearer tokens with roles), limits (connections, subscribers, the ingest rate per token), edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness, the dashboard. |
+//! | `simulate` | `parkade simulate`/`demo`: campus traffic (SFU Burnaby preset) or a fixed load sent to a server over HTTP in the wire types, with a latency summary. |
 //! | [`config`] | Typed configuration: defaults, a TOML file, `PARKADE_*` environment variables and flags. |
 //! | [`app`] | Startup: opens the log, rebuilds the lots, starts projections and the HTTP server. |
 //! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`, `repair-log`, `train`, `backtest`, `holdout`, `simulate`, `demo`). |
-//! | [`telemetry`] | `tracing` subscriber set-up. |
+//! | `telemetry` | `tracing` subscriber set-up. |
 //! | [`supervisor`] | systemd's notify protocol: ready, stopping, and a watchdog pinged only while the log accepts writes. |
-//! | [`metrics`] | The Prometheus page (`GET /metrics`): counters and histograms recorded where things happen (log, live, API), gauges read from the status board at scrape time. |
+//! | `metrics` | The Prometheus page (`GET /metrics`): counters and histograms recorded where things happen (log, live, API), gauges read from the status board at scrape time. |
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls [`cli::main`].
 
-pub mod actors;
+pub(crate) mod actors;
 pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
-pub mod forecast;
-pub mod import;
+pub(crate) mod forecast;
+pub(crate) mod import;
 pub mod ingest;
-pub mod live;
+pub(crate) mod live;
 pub mod log;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod projections;
-pub mod simulate;
+pub(crate) mod simulate;
 pub mod supervisor;
-pub mod telemetry;
+pub(crate) mod telemetry;
 
 pub use actors::{LotHandle, Lots};
 pub use config::Config;

@@ -14,6 +14,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use parkade::api::wire;
+
 mod common;
 use common::*;
 
@@ -100,7 +102,12 @@ fn one_run(rate: usize, subs: usize, dur: Duration, every_ms: u64) -> RunResult 
             for i in 0..LOTS {
                 client
                     .post(format!("{base}/v1/lots"))
-                    .send_json(&serde_json::json!({"lot_id": format!("l{i}"), "name": format!("Lot {i}"), "capacity": 100000}))
+                    .send_json(&wire::RegisterIn {
+                        lot_id: format!("l{i}"),
+                        name: format!("Lot {i}"),
+                        capacity: 100_000,
+                        ..Default::default()
+                    })
                     .await
                     .expect("register");
             }
@@ -139,56 +146,84 @@ fn one_run(rate: usize, subs: usize, dur: Duration, every_ms: u64) -> RunResult 
     }
     // The sender: a batch every `every_ms`.
     let per_batch = (rate * every_ms as usize / 1000).max(1);
-    let (sent, events, achieved, post_p50, post_p99) = actix_rt::System::new().block_on(async move {
-        let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
-        let started = Instant::now();
-        let mut next = started;
-        let mut k = 0usize;
-        let mut inflight = Vec::new();
-        // Requests leave on schedule, whether or not the previous one has been answered.
-        while started.elapsed() < dur {
-            next += Duration::from_millis(every_ms);
-            let body: Vec<serde_json::Value> = (0..per_batch)
-                .map(|i| {
-                    k += 1;
-                    let kind = if (k / LOTS).is_multiple_of(2) { "ARRIVAL" } else { "DEPARTURE" };
-                    serde_json::json!({"lot_id": format!("l{}", (k + i) % LOTS), "event_type": kind})
-                })
-                .collect();
-            let client = client.clone();
-            let url = format!("{base}/v1/events");
-            inflight.push(actix_rt::spawn(async move {
-                let at = Instant::now();
-                let mut resp = client.post(url).send_json(&body).await.expect("post");
-                let v: serde_json::Value = resp.json().limit(1 << 24).await.expect("reply");
-                let offsets: Vec<u64> = v["results"].as_array().unwrap().iter().filter_map(|r| r["offset"].as_u64()).collect();
-                (offsets, at, at.elapsed().as_secs_f64() * 1000.0)
-            }));
-            if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                actix_rt::time::sleep(wait).await;
-            }
-        }
-        // Concurrent requests interleave their offsets: keep each offset's send time.
-        let mut sent: Vec<Option<Instant>> = Vec::new();
-        let mut events = 0usize;
-        let mut rtts = Vec::new();
-        for h in inflight {
-            let (offsets, at, rtt) = h.await.unwrap();
-            rtts.push(rtt);
-            events += offsets.len();
-            for o in offsets {
-                let o = o as usize;
-                if sent.len() <= o {
-                    sent.resize(o + 1, None);
+    let (sent, events, achieved, post_p50, post_p99) =
+        actix_rt::System::new().block_on(async move {
+            let client = awc::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .finish();
+            let started = Instant::now();
+            let mut next = started;
+            let mut k = 0usize;
+            let mut inflight = Vec::new();
+            // Requests leave on schedule, whether or not the previous one has been answered.
+            while started.elapsed() < dur {
+                next += Duration::from_millis(every_ms);
+                let body: Vec<wire::EventIn> = (0..per_batch)
+                    .map(|i| {
+                        k += 1;
+                        let kind = if (k / LOTS).is_multiple_of(2) {
+                            "ARRIVAL"
+                        } else {
+                            "DEPARTURE"
+                        };
+                        wire::EventIn {
+                            lot_id: format!("l{}", (k + i) % LOTS),
+                            event_type: kind.into(),
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                let client = client.clone();
+                let url = format!("{base}/v1/events");
+                inflight.push(actix_rt::spawn(async move {
+                    let at = Instant::now();
+                    let mut resp = client.post(url).send_json(&body).await.expect("post");
+                    let reply: wire::BatchReply = resp.json().limit(1 << 24).await.expect("reply");
+                    let offsets: Vec<u64> = reply
+                        .results
+                        .iter()
+                        .filter_map(|r| match r {
+                            wire::BatchItem::Accepted { offset }
+                            | wire::BatchItem::Duplicate { offset } => Some(*offset),
+                            _ => None,
+                        })
+                        .collect();
+                    (offsets, at, at.elapsed().as_secs_f64() * 1000.0)
+                }));
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    actix_rt::time::sleep(wait).await;
                 }
-                sent[o] = Some(at);
             }
-        }
-        let achieved = events as f64 / dur.as_secs_f64();
-        rtts.sort_by(f64::total_cmp);
-        let rtt99 = rtts.get((rtts.len().max(1) - 1) * 99 / 100).copied().unwrap_or(f64::NAN);
-        (sent, events, achieved, rtts.get(rtts.len() / 2).copied().unwrap_or(f64::NAN), rtt99)
-    });
+            // Concurrent requests interleave their offsets: keep each offset's send time.
+            let mut sent: Vec<Option<Instant>> = Vec::new();
+            let mut events = 0usize;
+            let mut rtts = Vec::new();
+            for h in inflight {
+                let (offsets, at, rtt) = h.await.unwrap();
+                rtts.push(rtt);
+                events += offsets.len();
+                for o in offsets {
+                    let o = o as usize;
+                    if sent.len() <= o {
+                        sent.resize(o + 1, None);
+                    }
+                    sent[o] = Some(at);
+                }
+            }
+            let achieved = events as f64 / dur.as_secs_f64();
+            rtts.sort_by(f64::total_cmp);
+            let rtt99 = rtts
+                .get((rtts.len().max(1) - 1) * 99 / 100)
+                .copied()
+                .unwrap_or(f64::NAN);
+            (
+                sent,
+                events,
+                achieved,
+                rtts.get(rtts.len() / 2).copied().unwrap_or(f64::NAN),
+                rtt99,
+            )
+        });
     let mut lat = Vec::new();
     let mut received = 0;
     for h in handles {

@@ -3,19 +3,18 @@
 //! showed state not yet durable, two rebuilds at once, errors that leaked internals, a
 //! replay over an unreadable log, and a disk that fills up.
 
-use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parkade::app::Hooks;
 use parkade::domain::{Capacity, LotEvent, LotId, NewEvent, Timestamp};
-use parkade::log::{EventLog, FileLog, LogOptions, OsStorage, Storage, WritableFile};
+use parkade::log::{EventLog, FileLog, LogOptions};
 use serde_json::{json, Value};
 
 use crate::common;
-use common::{register, test_config, TestApp, TestDb};
+use common::{register, test_config, FaultyDisk, TestApp, TestDb};
 
 #[actix_web::test]
 async fn every_endpoint_that_creates_events_keeps_one_time_rule() {
@@ -244,55 +243,8 @@ async fn a_projection_names_the_event_its_database_cannot_store() {
     app.stop().await;
 }
 
-/// A disk whose syncs wait while `hold` is set, and fail (as a full disk) while `full`
-/// is set.
-#[derive(Clone, Default)]
-struct SlowDisk {
-    hold: Arc<(Mutex<bool>, Condvar)>,
-    full: Arc<AtomicBool>,
-    syncs: Arc<AtomicU64>,
-    /// Syncs begun (counted before a held sync waits).
-    entered: Arc<AtomicU64>,
-}
-
-struct SlowFile(Box<dyn WritableFile>, SlowDisk);
-
-impl Storage for SlowDisk {
-    fn open_writable(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-        Ok(Box::new(SlowFile(
-            OsStorage.open_writable(path)?,
-            self.clone(),
-        )))
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        OsStorage.sync_dir(dir)
-    }
-}
-
-impl WritableFile for SlowFile {
-    fn write_all_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()> {
-        if self.1.full.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(28)); // ENOSPC
-        }
-        self.0.write_all_at(buf, pos)
-    }
-    fn sync_data(&mut self) -> io::Result<()> {
-        self.1.entered.fetch_add(1, Ordering::SeqCst);
-        let (lock, cv) = &*self.1.hold;
-        let mut held = lock.lock().unwrap();
-        while *held {
-            held = cv.wait(held).unwrap();
-        }
-        self.1.syncs.fetch_add(1, Ordering::SeqCst);
-        self.0.sync_data()
-    }
-    fn set_len(&mut self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
-    }
-}
-
 /// The service writing its log through `disk`.
-async fn app_on(disk: &SlowDisk) -> (tempfile::TempDir, TestApp) {
+async fn app_on(disk: &FaultyDisk) -> (tempfile::TempDir, TestApp) {
     let dir = common::data_dir();
     let hooks = Hooks {
         storage: Some(Arc::new(disk.clone())),
@@ -318,17 +270,9 @@ fn arrive_in_background(app: &TestApp, lot: &str) -> actix_web::rt::task::JoinHa
     })
 }
 
-impl SlowDisk {
-    fn hold(&self, on: bool) {
-        let (lock, cv) = &*self.hold;
-        *lock.lock().unwrap() = on;
-        cv.notify_all();
-    }
-}
-
 #[actix_web::test]
 async fn a_rejection_reports_only_state_that_is_durable() {
-    let disk = SlowDisk::default();
+    let disk = FaultyDisk::default();
     let (_dir, app) = app_on(&disk).await;
     register(&app, "small", 1).await;
     disk.hold(true);
@@ -371,7 +315,7 @@ async fn a_rejection_reports_only_state_that_is_durable() {
 
 #[actix_web::test]
 async fn a_full_disk_answers_503_acknowledges_nothing_and_leaks_nothing() {
-    let disk = SlowDisk::default();
+    let disk = FaultyDisk::default();
     let (dir, app) = app_on(&disk).await;
     register(&app, "north", 100).await;
     let mut acked = Vec::new();
@@ -429,7 +373,7 @@ async fn pings(socket: &tokio::net::UnixDatagram, within: Duration) -> Vec<Strin
 
 #[actix_web::test]
 async fn a_log_that_refuses_writes_stops_the_watchdog_so_systemd_restarts_the_service() {
-    let disk = SlowDisk::default();
+    let disk = FaultyDisk::default();
     let dir = common::data_dir();
     let path = dir.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&path).unwrap();

@@ -1,16 +1,12 @@
 //! The embedded event log: recovery of torn and corrupt tails, empty segments, group
 //! commit, fail-stop on a failed sync, reads and subscriptions across segments.
 
-use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parkade::domain::{LotEvent, LotId, NewEvent, Timestamp};
-use parkade::log::{
-    format, EventLog, FileLog, LogError, LogOptions, OpenMode, OsStorage, Storage, Subscription,
-    WritableFile,
-};
+use parkade::log::{format, EventLog, FileLog, LogError, LogOptions, OpenMode, Subscription};
 
 use crate::common;
 
@@ -217,38 +213,14 @@ async fn reads_and_subscriptions_cross_segments_and_follow_live_appends() {
 
 #[tokio::test]
 async fn one_sync_covers_many_waiting_writers() {
-    struct Counting(Arc<AtomicUsize>);
-    struct CountingFile(Box<dyn WritableFile>, Arc<AtomicUsize>);
-    impl Storage for Counting {
-        fn open_writable(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-            Ok(Box::new(CountingFile(
-                OsStorage.open_writable(path)?,
-                self.0.clone(),
-            )))
-        }
-        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            OsStorage.sync_dir(dir)
-        }
-    }
-    impl WritableFile for CountingFile {
-        fn write_all_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()> {
-            self.0.write_all_at(buf, pos)
-        }
-        fn sync_data(&mut self) -> io::Result<()> {
-            self.1.fetch_add(1, Ordering::SeqCst);
-            self.0.sync_data()
-        }
-        fn set_len(&mut self, len: u64) -> io::Result<()> {
-            self.0.set_len(len)
-        }
-    }
-    let syncs = Arc::new(AtomicUsize::new(0));
+    let disk = common::FaultyDisk::default();
+    let syncs = disk.syncs.clone();
     let dir = common::data_dir();
     let log = Arc::new(
         FileLog::open(
             dir.path(),
             LogOptions {
-                storage: Arc::new(Counting(syncs.clone())),
+                storage: Arc::new(disk),
                 ..LogOptions::default()
             },
         )
@@ -271,7 +243,7 @@ async fn one_sync_covers_many_waiting_writers() {
         t.await.unwrap();
     }
     let appends = (writers * per_writer) as usize;
-    let used = syncs.load(Ordering::SeqCst) - before;
+    let used = (syncs.load(Ordering::SeqCst) - before) as usize;
     assert_eq!(log.durable_end(), appends as u64);
     assert!(
         used < appends / 2,
@@ -281,44 +253,18 @@ async fn one_sync_covers_many_waiting_writers() {
 
 #[tokio::test]
 async fn a_failed_sync_acknowledges_nothing_and_stops_appends() {
-    struct Flaky(Arc<AtomicBool>);
-    struct FlakyFile(Box<dyn WritableFile>, Arc<AtomicBool>);
-    impl Storage for Flaky {
-        fn open_writable(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
-            Ok(Box::new(FlakyFile(
-                OsStorage.open_writable(path)?,
-                self.0.clone(),
-            )))
-        }
-        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-            OsStorage.sync_dir(dir)
-        }
-    }
-    impl WritableFile for FlakyFile {
-        fn write_all_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()> {
-            self.0.write_all_at(buf, pos)
-        }
-        fn sync_data(&mut self) -> io::Result<()> {
-            if self.1.load(Ordering::SeqCst) {
-                return Err(io::Error::other("injected: disk full"));
-            }
-            self.0.sync_data()
-        }
-        fn set_len(&mut self, len: u64) -> io::Result<()> {
-            self.0.set_len(len)
-        }
-    }
-    let fail = Arc::new(AtomicBool::new(false));
+    let disk = common::FaultyDisk::default();
+    let fail = disk.failing_syncs.clone();
     let dir = common::data_dir();
     let opts = LogOptions {
-        storage: Arc::new(Flaky(fail.clone())),
+        storage: Arc::new(disk),
         ..LogOptions::default()
     };
     let log = write_events(dir.path(), 3, opts).await;
     fail.store(true, Ordering::SeqCst);
     let off = log.append(&[event(3)]).unwrap();
     let err = log.wait_durable(off + 1).await.unwrap_err();
-    assert!(err.to_string().contains("disk full"), "{err}");
+    assert!(err.to_string().contains("the sync failed"), "{err}");
     assert_eq!(log.durable_end(), 3);
     assert!(log.health().is_err());
     assert!(matches!(log.append(&[event(4)]), Err(LogError::Failed(_))));

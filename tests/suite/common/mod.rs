@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use parkade::api::wire;
 use parkade::app::{Application, Hooks};
+use parkade::log::{OsStorage, Storage, WritableFile};
 use parkade::Config;
 use serde_json::Value;
 
@@ -601,5 +602,69 @@ impl FaultProxy {
     /// The service is back.
     pub fn up(&self) {
         self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The one fault-injecting storage of the tests: a real disk whose syncs wait while
+/// `hold` is set, whose writes fail as a full disk does (ENOSPC) while `full` is set,
+/// and whose syncs fail while `failing_syncs` is set; it counts the syncs.
+#[derive(Clone, Default)]
+pub struct FaultyDisk {
+    pub hold: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    pub full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub failing_syncs: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Syncs done.
+    pub syncs: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Syncs begun (counted before a held sync waits).
+    pub entered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FaultyDisk {
+    /// Hold every sync from now on (`true`) or let them through (`false`).
+    pub fn hold(&self, on: bool) {
+        let (lock, cv) = &*self.hold;
+        *lock.lock().unwrap() = on;
+        cv.notify_all();
+    }
+}
+
+struct FaultyFile(Box<dyn WritableFile>, FaultyDisk);
+
+impl Storage for FaultyDisk {
+    fn open_writable(&self, path: &Path) -> std::io::Result<Box<dyn WritableFile>> {
+        Ok(Box::new(FaultyFile(
+            OsStorage.open_writable(path)?,
+            self.clone(),
+        )))
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        OsStorage.sync_dir(dir)
+    }
+}
+
+impl WritableFile for FaultyFile {
+    fn write_all_at(&mut self, buf: &[u8], pos: u64) -> std::io::Result<()> {
+        if self.1.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.0.write_all_at(buf, pos)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        self.1.entered.fetch_add(1, Ordering::SeqCst);
+        let (lock, cv) = &*self.1.hold;
+        let mut held = lock.lock().unwrap();
+        while *held {
+            held = cv.wait(held).unwrap();
+        }
+        drop(held);
+        if self.1.failing_syncs.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected: the sync failed"));
+        }
+        self.1.syncs.fetch_add(1, Ordering::SeqCst);
+        self.0.sync_data()
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
     }
 }

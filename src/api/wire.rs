@@ -346,7 +346,7 @@ pub struct Known {
 }
 
 /// What every command may carry beside its own fields.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Stamp {
     /// A UUID for idempotent retries; default: the server makes one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -359,7 +359,7 @@ pub struct Stamp {
 }
 
 /// An event as `POST /v1/events` accepts it: one object, an array of them, or NDJSON.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct EventIn {
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "north")]
     pub lot_id: String,

@@ -245,8 +245,7 @@ async fn bad_input_gets_a_specific_error_and_appends_nothing() {
         end,
         "rejected requests appended nothing"
     );
-    let (_, lot) = app.get("/v1/lots/south").await;
-    assert_eq!(lot["occupancy"], 1);
+    assert_eq!(app.lot("south").await.unwrap().occupancy, 1);
     app.stop().await;
 }
 
@@ -266,26 +265,19 @@ async fn arrays_and_ndjson_answer_every_event_in_order() {
         event("b", "DEPARTURE"),
         event("b", "DEPARTURE"),
     ]);
+    // Sent as raw JSON: one of the events is not a valid EventIn.
     let (status, reply) = app.post("/v1/events", batch).await;
     assert_eq!(status, 200, "{reply}");
-    let statuses: Vec<&str> = reply["results"]
-        .as_array()
-        .unwrap()
+    let reply: wire::BatchReply = serde_json::from_value(reply).unwrap();
+    // Each event's outcome, in order: "" for accepted, the code of a rejection.
+    let codes: Vec<&str> = reply
+        .results
         .iter()
-        .map(|r| r["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        statuses,
-        [
-            "accepted", "accepted", "accepted", "rejected", "rejected", "rejected", "accepted",
-            "rejected"
-        ]
-    );
-    let codes: Vec<&str> = reply["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["code"].as_str().unwrap_or(""))
+        .map(|r| match r {
+            wire::BatchItem::Accepted { .. } => "",
+            wire::BatchItem::Rejected { code, .. } => code.as_str(),
+            other => panic!("unexpected {other:?}"),
+        })
         .collect();
     assert_eq!(
         codes,
@@ -300,10 +292,7 @@ async fn arrays_and_ndjson_answer_every_event_in_order() {
             "lot_empty"
         ]
     );
-    assert_eq!(
-        (reply["accepted"].as_u64(), reply["rejected"].as_u64()),
-        (Some(4), Some(4))
-    );
+    assert_eq!((reply.accepted, reply.rejected), (4, 4));
 
     // Epoch milliseconds, an hour ago (one request spans at most 31 days of event time).
     let ms = chrono::Utc::now().timestamp_millis() - 3_600_000;
@@ -312,16 +301,10 @@ async fn arrays_and_ndjson_answer_every_event_in_order() {
         .post_raw("/v1/events", Some("application/x-ndjson"), nd)
         .await;
     assert_eq!(status, 200, "{reply}");
-    assert_eq!(
-        (reply["accepted"].as_u64(), reply["rejected"].as_u64()),
-        (Some(2), Some(1))
-    );
-    let (_, a) = app.get("/v1/lots/a").await;
-    let (_, b) = app.get("/v1/lots/b").await;
-    assert_eq!(
-        (a["occupancy"].as_u64(), b["occupancy"].as_u64()),
-        (Some(1), Some(1))
-    );
+    let reply: wire::BatchReply = serde_json::from_value(reply).unwrap();
+    assert_eq!((reply.accepted, reply.rejected), (2, 1));
+    let (a, b) = (app.lot("a").await.unwrap(), app.lot("b").await.unwrap());
+    assert_eq!((a.occupancy, b.occupancy), (1, 1));
     assert_eq!(app.log_end().await, 2 + 4 + 2);
     app.stop().await;
 }
@@ -329,39 +312,39 @@ async fn arrays_and_ndjson_answer_every_event_in_order() {
 #[actix_web::test]
 async fn a_retry_with_the_same_event_id_is_acknowledged_once_also_after_a_restart() {
     let dir = common::data_dir();
-    let id = uuid::Uuid::new_v4().to_string();
-    let retry = json!({"lot_id": "c", "event_type": "ARRIVAL", "event_id": id});
+    let with_id = |id: &str| {
+        let mut e = common::event("c", "ARRIVAL");
+        e.stamp.event_id = Some(id.to_owned());
+        e
+    };
+    let retry = with_id(&uuid::Uuid::new_v4().to_string());
 
     let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
     register(&app, "c", 10).await;
-    let (status, first) = app.post("/v1/events", retry.clone()).await;
+    let first = app.send_event(&retry).await.unwrap();
+    assert_eq!(first.status, wire::AckStatus::Accepted);
+    let again = app.send_event(&retry).await.unwrap();
     assert_eq!(
-        (status, first["status"].as_str()),
-        (200, Some("accepted")),
-        "{first}"
+        (again.status, again.offset),
+        (wire::AckStatus::Duplicate, first.offset)
     );
-    let (_, again) = app.post("/v1/events", retry.clone()).await;
-    assert_eq!(again["status"], "duplicate");
-    assert_eq!(again["offset"], first["offset"]);
     // In a batch, a repeat of an id in the same request is a duplicate too.
-    let other = uuid::Uuid::new_v4().to_string();
-    let (_, batch) = app
-        .post("/v1/events", json!([{"lot_id": "c", "event_type": "ARRIVAL", "event_id": other}, {"lot_id": "c", "event_type": "ARRIVAL", "event_id": other}]))
-        .await;
-    assert_eq!(batch["results"][1]["status"], "duplicate", "{batch}");
+    let same = with_id(&uuid::Uuid::new_v4().to_string());
+    let batch = app.send_events(&[same.clone(), same]).await.unwrap();
+    assert!(
+        matches!(batch.results[1], wire::BatchItem::Duplicate { .. }),
+        "{batch:?}"
+    );
     app.stop().await;
 
     let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
     let end = app.log_end().await;
-    let (status, after) = app.post("/v1/events", retry).await;
+    let after = app.send_event(&retry).await.unwrap();
     assert_eq!(
-        (status, after["status"].as_str()),
-        (200, Some("duplicate")),
-        "{after}"
+        (after.status, after.offset),
+        (wire::AckStatus::Duplicate, first.offset)
     );
-    assert_eq!(after["offset"], first["offset"]);
     assert_eq!(app.log_end().await, end);
-    let (_, lot) = app.get("/v1/lots/c").await;
-    assert_eq!(lot["occupancy"], 2);
+    assert_eq!(app.lot("c").await.unwrap().occupancy, 2);
     app.stop().await;
 }

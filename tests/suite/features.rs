@@ -1,6 +1,7 @@
 //! The features projection against a real PostgreSQL: live rows with a late event,
 //! replay equal to the live run, and the history endpoint over them.
 
+use parkade::api::wire;
 use parkade::app::Hooks;
 use serde_json::{json, Value};
 
@@ -120,37 +121,31 @@ async fn features_fold_a_late_event_and_a_replay_gives_the_same_rows() {
     assert_eq!(lake_rows, text);
 
     // History over the same rows.
-    let (status, h) = app
-        .get("/v1/lots/north/history?from=2026-11-20T08:00:00Z&to=2026-11-20T09:00:00Z&bucket=1h")
-        .await;
-    assert_eq!(status, 200, "{h}");
-    let p = &h["points"][0];
-    assert_eq!(h["points"].as_array().unwrap().len(), 1, "{h}");
+    let hour = "from=2026-11-20T08:00:00Z&to=2026-11-20T09:00:00Z";
+    let h = app
+        .history("north", &format!("{hour}&bucket=1h"))
+        .await
+        .unwrap();
+    assert_eq!(h.points.len(), 1, "{h:?}");
+    let p = &h.points[0];
     assert_eq!(
-        (
-            &p["occupancy_start"],
-            &p["occupancy_end"],
-            &p["occupancy_max"]
-        ),
-        (&json!(0), &json!(5), &json!(5))
+        (p.occupancy_start, p.occupancy_end, p.occupancy_max),
+        (0, 5, 5)
     );
     assert_eq!(
-        (
-            &p["arrivals"],
-            &p["departures"],
-            &p["counts"],
-            &p["buckets_15m"]
-        ),
-        (&json!(4), &json!(1), &json!(1), &json!(4))
+        (p.arrivals, p.departures, p.counts, p.buckets_15m),
+        (4, 1, 1, 4)
     );
-    let (_, h) = app
-        .get("/v1/lots/north/history?from=2026-11-20T08:00:00Z&to=2026-11-20T09:00:00Z")
-        .await;
-    assert_eq!(h["points"].as_array().unwrap().len(), 4, "{h}");
-    let (status, e) = app.get("/v1/lots/north/history?bucket=5m").await;
-    assert_eq!((status, e["field"].as_str()), (400, Some("bucket")), "{e}");
-    let (status, _) = app.get("/v1/lots/nowhere/history").await;
-    assert_eq!(status, 404);
+    let h = app.history("north", hour).await.unwrap();
+    assert_eq!(h.points.len(), 4, "{h:?}");
+    let e = app.history("north", "bucket=5m").await.unwrap_err();
+    assert_eq!(
+        (e.status, e.body.field.as_deref()),
+        (400, Some("bucket")),
+        "{e:?}"
+    );
+    let e = app.history("nowhere", "").await.unwrap_err();
+    assert_eq!(e.status, 404);
     app.stop().await;
 }
 
@@ -180,19 +175,21 @@ async fn day_buckets_of_history_are_days_of_the_lots_time_zone() {
     )
     .await;
     app.wait_caught_up("features").await;
-    let (status, h) = app
-        .get("/v1/lots/north/history?from=2026-11-20T08:00:00Z&to=2026-11-22T08:00:00Z&bucket=1d")
-        .await;
-    assert_eq!(status, 200, "{h}");
-    assert_eq!(h["timezone"], "America/Vancouver");
-    let days: Vec<(String, u64)> = h["points"]
-        .as_array()
-        .unwrap()
+    let h = app
+        .history(
+            "north",
+            "from=2026-11-20T08:00:00Z&to=2026-11-22T08:00:00Z&bucket=1d",
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.timezone, "America/Vancouver");
+    let days: Vec<(String, i64)> = h
+        .points
         .iter()
         .map(|p| {
             (
-                p["start"].as_str().unwrap().to_owned(),
-                p["arrivals"].as_u64().unwrap(),
+                p.start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                p.arrivals,
             )
         })
         .collect();
@@ -278,60 +275,45 @@ async fn the_predictor_trains_a_model_and_forecasts_registered_lots() {
     let f = common::eventually(
         std::time::Duration::from_secs(30),
         "a forecast of lot busy",
-        || async {
-            let (status, f) = app.get("/v1/lots/busy/forecast").await;
-            if status == 200 {
-                Ok(f)
-            } else {
-                Err(format!("{status} {f}"))
-            }
-        },
+        || async { app.forecast("busy").await.map_err(|e| format!("{e:?}")) },
     )
     .await;
-    let points = f["points"].as_array().unwrap();
-    assert_eq!(points.len(), 96, "24 hours every 15 minutes: {f}");
-    let issued: chrono::DateTime<chrono::Utc> = f["issued_at"].as_str().unwrap().parse().unwrap();
-    for p in points {
-        let t: chrono::DateTime<chrono::Utc> = p["time"].as_str().unwrap().parse().unwrap();
-        assert!(t > issued, "{p}");
-        let (occ, low, high) = (
-            p["occupancy"].as_f64().unwrap(),
-            p["low"].as_f64().unwrap(),
-            p["high"].as_f64().unwrap(),
-        );
+    assert_eq!(f.points.len(), 96, "24 hours every 15 minutes: {f:?}");
+    for p in &f.points {
+        assert!(p.time > f.issued_at, "{p:?}");
+        let (occ, low, high) = (p.occupancy, p.low, p.high);
         assert!(
             (0.0..=100.0).contains(&occ) && low <= occ + 1e-9 && occ <= high + 1e-9,
-            "{p}"
+            "{p:?}"
         );
     }
-    let version = f["model_version"].as_str().unwrap().to_owned();
+    let version = f.model_version.clone();
     let current = std::fs::read_to_string(dir.path().join("models/CURRENT")).unwrap();
     assert_eq!(current.trim(), version);
     let models = db.query("SELECT version FROM forecast_models").await;
     assert_eq!(models, [[version.clone()]]);
 
     // A lot with readings on no earlier day gets a clear answer, not a number.
-    let (status, e) = app.get("/v1/lots/new/forecast").await;
-    assert_eq!(status, 409, "{e}");
-    assert_eq!(e["error"], "not_enough_history");
-    assert!(e["days_of_history"].as_u64().unwrap() < 7, "{e}");
-    assert_eq!(e["days_needed"], 7, "{e}");
+    let e = app.forecast("new").await.unwrap_err();
+    assert_eq!(
+        (e.status, e.body.error.as_str()),
+        (409, "not_enough_history"),
+        "{e:?}"
+    );
+    assert!(e.body.days_of_history.unwrap() < 7, "{e:?}");
+    assert_eq!(e.body.days_needed, Some(7), "{e:?}");
 
     // History and forecast in one series.
-    let (status, ts) = app.get("/v1/lots/busy/timespan").await;
-    assert_eq!(status, 200, "{ts}");
-    let kinds: Vec<&str> = ts["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["kind"].as_str().unwrap())
-        .collect();
+    let ts = app.timespan("busy", "").await.unwrap();
+    let kinds: Vec<wire::SpanKind> = ts.series.iter().map(|p| p.kind).collect();
     let first_forecast = kinds
         .iter()
-        .position(|k| *k == "forecast")
+        .position(|k| matches!(k, wire::SpanKind::Forecast))
         .expect("forecast points");
     assert!(first_forecast > 0, "history comes first: {kinds:?}");
-    assert!(kinds[first_forecast..].iter().all(|k| *k == "forecast"));
+    assert!(kinds[first_forecast..]
+        .iter()
+        .all(|k| matches!(k, wire::SpanKind::Forecast)));
     app.stop().await;
 }
 

@@ -151,13 +151,8 @@ async fn names_a_database_cannot_store_are_refused_on_every_path() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("name"), "{text}");
-    let (_, lots) = app.get("/v1/lots").await;
-    let ids: Vec<&str> = lots["lots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["lot_id"].as_str().unwrap())
-        .collect();
+    let lots = app.lots().await.unwrap().lots;
+    let ids: Vec<&str> = lots.iter().map(|l| l.lot_id.as_str()).collect();
     assert_eq!(ids, vec!["good"], "{text}");
     app.stop().await;
 
@@ -354,9 +349,9 @@ async fn a_full_disk_answers_503_acknowledges_nothing_and_leaks_nothing() {
 
     // After a restart on a disk with room, every acknowledged event is there.
     let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
-    let (_, lot) = app.get("/v1/lots/north").await;
-    assert_eq!(lot["occupancy"], 5, "{lot}");
-    assert_eq!(lot["offset"].as_u64(), acked.last().copied());
+    let lot = app.lot("north").await.unwrap();
+    assert_eq!(lot.occupancy, 5, "{lot:?}");
+    assert_eq!(lot.offset, acked.last().copied());
     app.stop().await;
 }
 

@@ -19,7 +19,7 @@
 //! | `actors` | One actix actor per lot, reached through a typed [`LotHandle`]; the [`Lots`] registry that rebuilds every lot from the log at start. |
 //! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the 15-minute features (PostgreSQL and the lake), the Parquet archive (local folder or S3), one `Runner` that keeps occupancy and the features caught up through the `Projection` trait (and `catch_up` for offline commands), one `db::Rebuild` path for rebuilds, each projection under one supervision (an error or a panic is reported and restarted with backoff), `replay` and `verify`. The read side lives with the table's owner: `features::query` (history buckets, means, training readings), `occupancy::capacities`, each a named `sqlx::FromRow` row. |
 //! | `forecast` | The forecasting model (weekly profile + deviation, fitted per horizon) as pure computation over readings bounded by an issue time; `parkade backtest`; training from the features, the model artifact and the predictor writing `lot_forecasts` (read back through `forecast::query`). Reads projections, never the actors. |
-//! | `live` | The live fan-out: follows the log, encodes each change once as a websocket frame and puts it in every subscriber's outbox (the connection's response body), with snapshots and catch-ups consistent with the stream; closes subscribers that fall behind. |
+//! | [`live`] | The live fan-out: follows the log, encodes each change once as a websocket frame and puts it in every subscriber's outbox (the connection's response body), with snapshots and catch-ups consistent with the stream; closes subscribers that fall behind. |
 //! | [`ingest`] | Edge standardisation of incoming events (JSON, NDJSON, CSV rows): lot ids, event types, timestamps, event ids, each problem named by field. |
 //! | `import` | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server; `import::birmingham` reads that layout for `import` and `backtest` alike. |
 //! | [`api`] | The actix-web HTTP API under `/v1`: `api::wire`, the request and reply types shared by the server, its OpenAPI document and every client (`import --url`, the simulator, the tests); access control (bearer tokens with roles), limits (connections, subscribers, the ingest rate per token), edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness, the dashboard. |
@@ -42,7 +42,7 @@ pub mod domain;
 pub(crate) mod forecast;
 pub(crate) mod import;
 pub mod ingest;
-pub(crate) mod live;
+pub mod live;
 pub mod log;
 pub(crate) mod metrics;
 pub mod projections;

@@ -130,7 +130,7 @@ pub(super) async fn ws(
                     Message::Snapshot {
                         offset: snap.next_offset.checked_sub(1),
                         next_offset: snap.next_offset,
-                        lots: &snap.lots,
+                        lots: (&snap.lots[..]).into(),
                         history,
                     }
                     .frame()

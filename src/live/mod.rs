@@ -13,6 +13,7 @@
 pub mod frame;
 pub mod outbox;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,27 +44,29 @@ pub struct Change {
     pub frame: Bytes,
 }
 
-/// The websocket's messages (`"type"` names the kind), as the server writes them.
-#[derive(Debug, serde::Serialize)]
+/// The websocket's messages (`"type"` names the kind): the server writes them borrowing
+/// what it has; a client reads them as `Message<'static>`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message<'a> {
     /// The wanted lots as they are at `offset` (`null` for an empty log); changes
     /// follow from `next_offset`. `history`: whether history endpoints can answer.
+    /// Each lot is the object `GET /v1/lots/{id}` answers.
     Snapshot {
         offset: Option<u64>,
         next_offset: u64,
-        lots: &'a [Value],
+        lots: Cow<'a, [Value]>,
         history: bool,
     },
     /// One event's effect on its lot.
     Change {
-        lot_id: &'a str,
+        lot_id: Cow<'a, str>,
         occupancy: u32,
         capacity: u32,
         free: u32,
         offset: u64,
         occurred_at: crate::domain::Timestamp,
-        event_type: &'a str,
+        event_type: Cow<'a, str>,
     },
     /// A resumed subscriber has caught up: live changes follow from `next_offset`.
     Live { next_offset: u64 },
@@ -80,13 +83,13 @@ impl Message<'_> {
 pub fn change_of(e: &RecordedEvent) -> Change {
     let ev = &e.event;
     let frame = Message::Change {
-        lot_id: ev.lot_id.as_str(),
+        lot_id: ev.lot_id.as_str().into(),
         occupancy: ev.occupancy,
         capacity: ev.capacity,
         free: ev.capacity.saturating_sub(ev.occupancy),
         offset: e.offset,
         occurred_at: ev.occurred_at,
-        event_type: ev.event.event_type().as_str(),
+        event_type: ev.event.event_type().as_str().into(),
     }
     .frame();
     Change {

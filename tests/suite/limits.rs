@@ -10,6 +10,7 @@ use std::time::Duration;
 use awc::ws::Frame;
 use futures_util::{SinkExt, StreamExt};
 use parkade::app::Hooks;
+use parkade::live::Message;
 use parkade::Config;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -267,8 +268,8 @@ async fn a_snapshot_larger_than_the_outbox_closes_that_subscriber_only() {
     let mut one = ws(&app, "?lots=north").await.expect("handshake");
     match tokio::time::timeout(Duration::from_secs(5), one.next()).await {
         Ok(Some(Ok(Frame::Text(t)))) => {
-            let v: Value = serde_json::from_slice(&t).unwrap();
-            assert_eq!(v["type"], "snapshot", "{v}");
+            let m: Message = serde_json::from_slice(&t).unwrap();
+            assert!(matches!(m, Message::Snapshot { .. }), "{m:?}");
         }
         other => panic!("expected the snapshot: {other:?}"),
     }
@@ -307,9 +308,8 @@ async fn from_offset_may_reach_back_only_so_far() {
     while offsets.len() < 5 {
         match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
             Ok(Some(Ok(Frame::Text(t)))) => {
-                let v: Value = serde_json::from_slice(&t).unwrap();
-                if v["type"] == "change" {
-                    offsets.push(v["offset"].as_u64().unwrap());
+                if let Message::Change { offset, .. } = serde_json::from_slice(&t).unwrap() {
+                    offsets.push(offset);
                 }
             }
             Ok(Some(Ok(_))) => {}

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use awc::ws::Frame;
 use futures_util::{SinkExt, StreamExt};
+use parkade::api::wire;
 use parkade::app::Hooks;
+use parkade::live::Message;
 use serde_json::{json, Value};
 
 use crate::common;
@@ -41,6 +43,20 @@ async fn next_json(ws: &mut Socket) -> Value {
     }
 }
 
+/// The next message, typed.
+async fn next_message(ws: &mut Socket) -> Message<'static> {
+    let v = next_json(ws).await;
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("not a message ({e}): {v}"))
+}
+
+/// A change's offset, or the message that came instead.
+fn change_offset(m: &Message) -> u64 {
+    match m {
+        Message::Change { offset, .. } => *offset,
+        other => panic!("expected a change, got {other:?}"),
+    }
+}
+
 /// Say goodbye, so the server's graceful stop does not wait for the socket.
 async fn close(mut ws: Socket) {
     let _ = ws.send(awc::ws::Message::Close(None)).await;
@@ -68,51 +84,60 @@ async fn a_subscriber_gets_a_snapshot_then_one_message_per_change_of_its_lots() 
     // The fan-out follows the log a moment behind: reconnect until the snapshot is at
     // the end (a snapshot is consistent at whatever offset it names).
     let end = app.log_end().await;
-    let (mut ws, snap) = common::eventually(
+    let snap = common::eventually(
         Duration::from_secs(20),
         "a snapshot at the log's end",
         || async {
             let mut ws = connect(&app, "?lots=a").await;
-            let snap = next_json(&mut ws).await;
-            assert_eq!(snap["type"], "snapshot");
-            if snap["next_offset"].as_u64() == Some(end) {
-                return Ok((ws, snap));
+            match next_message(&mut ws).await {
+                Message::Snapshot {
+                    offset,
+                    next_offset,
+                    lots,
+                    ..
+                } if next_offset == end => return Ok((ws, offset, lots)),
+                Message::Snapshot { .. } => {}
+                other => panic!("a snapshot comes first, not {other:?}"),
             }
             close(ws).await;
-            Err(snap.to_string())
+            Err("a snapshot behind the log's end".to_owned())
         },
     )
     .await;
-    assert_eq!(snap["offset"].as_u64(), Some(end - 1));
-    let (_, status) = app.get("/v1/admin/projections").await;
-    assert_eq!(status["live"]["subscribers"], 1, "{status}");
-    let lots = snap["lots"].as_array().unwrap();
-    assert_eq!(lots.len(), 1, "{snap}");
-    assert_eq!(
-        (lots[0]["lot_id"].as_str(), lots[0]["occupancy"].as_u64()),
-        (Some("a"), Some(1))
-    );
+    let (mut ws, offset, lots) = snap;
+    assert_eq!(offset, Some(end - 1));
+    let status = app.projections().await.unwrap();
+    assert_eq!(status.live.subscribers, 1, "{status:?}");
+    let lots: Vec<wire::Lot> = serde_json::from_value(lots.into_owned().into()).unwrap();
+    assert_eq!(lots.len(), 1, "{lots:?}");
+    assert_eq!((lots[0].lot_id.as_str(), lots[0].occupancy), ("a", 1));
 
     let first = arrive(&app, "a").await;
     arrive(&app, "b").await;
     let last = arrive(&app, "a").await;
-    let m1 = next_json(&mut ws).await;
-    let m2 = next_json(&mut ws).await;
-    assert_eq!(m1["type"], "change");
-    assert_eq!(
-        (
-            m1["offset"].as_u64(),
-            m1["occupancy"].as_u64(),
-            m1["free"].as_u64()
-        ),
-        (Some(first), Some(2), Some(48))
-    );
+    let m1 = next_message(&mut ws).await;
+    let m2 = next_message(&mut ws).await;
+    let Message::Change {
+        offset,
+        occupancy,
+        free,
+        ..
+    } = m1
+    else {
+        panic!("expected a change, got {m1:?}")
+    };
+    assert_eq!((offset, occupancy, free), (first, 2, 48));
     // The change of lot b was not sent to this subscriber.
-    assert_eq!(
-        (m2["offset"].as_u64(), m2["occupancy"].as_u64()),
-        (Some(last), Some(3))
-    );
-    assert_eq!(m2["lot_id"], "a");
+    let Message::Change {
+        offset,
+        occupancy,
+        lot_id,
+        ..
+    } = m2
+    else {
+        panic!("expected a change, got {m2:?}")
+    };
+    assert_eq!((offset, occupancy, lot_id.as_ref()), (last, 3, "a"));
     // A ping is answered with its payload.
     ws.send(awc::ws::Message::Ping("hello".into()))
         .await
@@ -163,13 +188,11 @@ async fn resuming_from_far_back_reads_the_log_then_joins_the_live_stream_without
             expected.push(arrive(&app, "b").await);
             arrive(&app, "a").await;
         }
-        let m = next_json(&mut ws).await;
-        if m["type"] == "live" {
-            lives += 1;
-            continue;
+        match next_message(&mut ws).await {
+            Message::Live { .. } => lives += 1,
+            Message::Change { lot_id, offset, .. } if lot_id == "b" => offsets.push(offset),
+            other => panic!("a change of lot b or the live marker, not {other:?}"),
         }
-        assert_eq!(m["lot_id"], "b", "{m}");
-        offsets.push(m["offset"].as_u64().unwrap());
     }
     assert!(expected.len() > 6_000, "{}", expected.len());
     assert_eq!(lives, 1, "one live marker");
@@ -208,7 +231,10 @@ async fn stopping_the_service_closes_its_websockets_with_going_away() {
         },
     )
     .await;
-    assert_eq!(next_json(&mut ws).await["type"], "snapshot");
+    assert!(matches!(
+        next_message(&mut ws).await,
+        Message::Snapshot { .. }
+    ));
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -249,19 +275,19 @@ async fn resuming_from_an_offset_gets_exactly_the_missing_changes() {
     let mut offsets = Vec::new();
     let mut live_at = None;
     while live_at.is_none() || offsets.last() != Some(&(end - 1)) {
-        let m = next_json(&mut ws).await;
-        if m["type"] == "live" {
+        let m = next_message(&mut ws).await;
+        if let Message::Live { next_offset } = m {
             assert_eq!(live_at, None, "one live marker");
-            live_at = m["next_offset"].as_u64();
-            assert_eq!(live_at, Some(offsets.last().map_or(6, |o| o + 1)), "{m}");
+            live_at = Some(next_offset);
+            assert_eq!(next_offset, offsets.last().map_or(6, |o| o + 1), "{m:?}");
             continue;
         }
-        offsets.push(m["offset"].as_u64().unwrap());
+        offsets.push(change_offset(&m));
     }
     assert!(live_at.is_some());
     assert_eq!(offsets, (6..end).collect::<Vec<_>>());
     let next = arrive(&app, "b").await;
-    assert_eq!(next_json(&mut ws).await["offset"].as_u64(), Some(next));
+    assert_eq!(change_offset(&next_message(&mut ws).await), next);
     close(ws).await;
 
     // An offset the log does not hold is refused at the handshake.
@@ -296,7 +322,10 @@ async fn a_slow_consumer_is_closed_while_ingestion_goes_on() {
         .await;
     assert_eq!(status, 201);
     let mut slow = connect(&app, "").await;
-    assert_eq!(next_json(&mut slow).await["type"], "snapshot");
+    assert!(matches!(
+        next_message(&mut slow).await,
+        Message::Snapshot { .. }
+    ));
     // The subscriber now stops reading. 120,000 events (about 20 MB of messages, more
     // than the socket buffers hold) are all accepted.
     let started = std::time::Instant::now();
@@ -338,12 +367,12 @@ async fn a_slow_consumer_is_closed_while_ingestion_goes_on() {
         "the fan-out to catch up",
         || async {
             let mut ws = connect(&app, "").await;
-            let snap = next_json(&mut ws).await;
-            if snap["next_offset"].as_u64() == Some(end) {
+            let snap = next_message(&mut ws).await;
+            if matches!(snap, Message::Snapshot { next_offset, .. } if next_offset == end) {
                 return Ok(ws);
             }
             close(ws).await;
-            Err(snap.to_string())
+            Err(format!("{snap:?}"))
         },
     )
     .await;
@@ -354,7 +383,7 @@ async fn a_slow_consumer_is_closed_while_ingestion_goes_on() {
         )
         .await;
     assert_eq!(status, 200, "{r}");
-    assert_eq!(next_json(&mut fresh).await["offset"].as_u64(), Some(end));
+    assert_eq!(change_offset(&next_message(&mut fresh).await), end);
     close(fresh).await;
     app.stop().await;
 }
@@ -363,7 +392,10 @@ async fn a_slow_consumer_is_closed_while_ingestion_goes_on() {
 async fn a_ping_flood_from_a_client_that_never_reads_is_bounded_and_closed() {
     let (_dir, app) = setup().await;
     let mut ws = connect(&app, "").await;
-    assert_eq!(next_json(&mut ws).await["type"], "snapshot");
+    assert!(matches!(
+        next_message(&mut ws).await,
+        Message::Snapshot { .. }
+    ));
     // Far more pongs than an outbox may hold (8 MiB), while reading nothing.
     let payload = bytes::Bytes::from(vec![b'p'; 125]);
     let pings = 150_000;

@@ -10,7 +10,7 @@
 //! | `POST /v1/admin/replay`, `GET /v1/admin/projections`, `POST /v1/admin/known-events` | `admin` |
 //! | `GET /v1/ws` | `ws`: live occupancy (snapshot + changes, resume from an offset) |
 //! | `GET /healthz`, `GET /readyz` | `admin` |
-//! | `GET /metrics` | `admin`: Prometheus text ([`crate::metrics`]) |
+//! | `GET /metrics` | `admin`: Prometheus text (`crate::metrics`) |
 //! | `GET /openapi.json` | `openapi`: the OpenAPI document, generated from the handlers and the [`wire`] types |
 //!
 //! Every reply that shows lot state carries the log offset it reflects, and is sent only

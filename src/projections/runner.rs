@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use super::supervisor::Backoff;
 use super::{ProjectionError, ProjectionName};
 use crate::domain::{RecordedEvent, Timestamp};
 use crate::log::{EventLog, Subscription};
@@ -156,9 +157,6 @@ pub trait Projection: Send + 'static {
     fn report(&self, _status: &mut ProjectionStatus) {}
 }
 
-/// The first backoff after a failure, doubled on each failure up to the maximum.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Keeps projection `P` caught up with the log until shut down: resume at the
 /// checkpoint, fold and write each batch the log's subscription hands out, and on any
 /// error report it on the board and start again at the checkpoint after a backoff.
@@ -201,7 +199,7 @@ impl<P> Runner<P> {
 
 impl<P: Projection> Runner<P> {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(self.max_backoff);
         'restart: while !*shutdown.borrow() {
             let mut from = match self.resume(&shutdown).await {
                 Ok(from) => from,
@@ -260,14 +258,14 @@ impl<P: Projection> Runner<P> {
         &mut self,
         from: u64,
         to: u64,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Outcome {
         loop {
             let log_id = self.log.log_id();
             match self.projection.write(&self.pool, log_id, from, to).await {
                 Ok(None) => {
-                    *backoff = FIRST_BACKOFF;
+                    backoff.reset();
                     let projection = &self.projection;
                     self.board.set(P::NAME, |s| {
                         s.checkpoint = to;
@@ -287,11 +285,11 @@ impl<P: Projection> Runner<P> {
     async fn failed(
         &self,
         e: &ProjectionError,
-        backoff: &mut Duration,
+        backoff: &mut Backoff,
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
-        let (board, max) = (&self.board, self.max_backoff);
-        failed_then_wait(board, P::NAME, e, backoff, max, shutdown).await
+        let why = e.to_string();
+        backoff.failed(&self.board, P::NAME, why, shutdown).await
     }
 }
 
@@ -342,25 +340,5 @@ pub async fn catch_up<P: Projection>(
             from = to;
         }
         return Ok(from);
-    }
-}
-
-/// Log and report a projection's failure, then wait out its backoff (doubling it up to
-/// `max`). Returns true when shutting down.
-async fn failed_then_wait(
-    board: &StatusBoard,
-    name: ProjectionName,
-    e: &ProjectionError,
-    backoff: &mut Duration,
-    max: Duration,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    tracing::error!(projection = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "projection failed; retrying");
-    board.report_failure(name, e);
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(max);
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => false,
-        _ = shutdown.changed() => true,
     }
 }

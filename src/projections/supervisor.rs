@@ -17,8 +17,56 @@ use tokio::sync::watch;
 
 use super::{ProjectionName, ProjectionState, StatusBoard};
 
-/// The first wait before a restart.
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The one backoff policy of the projections, for a restart by the supervision and for
+/// a retry inside a run alike: the first wait after a failure is [`Backoff::FIRST`],
+/// each further failure doubles it up to the configured maximum, and a success starts
+/// it over.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(100);
+
+    pub fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Self::FIRST,
+            max: max.max(Self::FIRST),
+        }
+    }
+
+    /// After a success: the next failure waits [`Backoff::FIRST`] again.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// The wait the next failure gets.
+    pub fn next_wait(&self) -> Duration {
+        self.next
+    }
+
+    /// Report projection `name`'s failure (`why`) in the log and on the board, then wait
+    /// out the backoff, doubling it for the next one. True when the stop signal came
+    /// instead.
+    pub async fn failed(
+        &mut self,
+        board: &StatusBoard,
+        name: ProjectionName,
+        why: String,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let wait = self.next;
+        tracing::error!(projection = %name, error = %why, retry_in_ms = wait.as_millis() as u64, "projection failed; retrying");
+        board.report_failure_text(name, why);
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
+            _ = shutdown.changed() => true,
+        }
+    }
+}
 
 /// Run `run` under supervision until the stop signal. `run` is called again for each
 /// restart, with the stop signal; it returns `Ok(())` once stopped, or why it failed.
@@ -32,7 +80,7 @@ pub async fn supervise<F, Fut>(
     F: FnMut(watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(max_backoff);
     loop {
         if *shutdown.borrow() {
             break;
@@ -44,16 +92,12 @@ pub async fn supervise<F, Fut>(
             Err(panic) => format!("panicked: {}", panic_text(panic.as_ref())),
         };
         // A run that went well for a while starts the backoff over.
-        if started.elapsed() > max_backoff.max(FIRST_BACKOFF) * 2 {
-            backoff = FIRST_BACKOFF;
+        if started.elapsed() > max_backoff.max(Backoff::FIRST) * 2 {
+            backoff.reset();
         }
-        tracing::error!(projection = %name, error = %why, restart_in_ms = backoff.as_millis() as u64, "projection stopped; restarting it");
-        board.report_failure_text(name, why);
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => break,
+        if backoff.failed(&board, name, why, &mut shutdown).await {
+            break;
         }
-        backoff = (backoff * 2).min(max_backoff.max(FIRST_BACKOFF));
     }
     board.set(name, |s| s.state = ProjectionState::Stopped);
 }

@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::supervisor::Backoff;
 use super::{ProjectionName, ProjectionState, StatusBoard};
 use crate::domain::RecordedEvent;
 use crate::log::{EventLog, LogError, Subscription};
@@ -443,21 +444,18 @@ pub struct ArchiveRunner {
 
 impl ArchiveRunner {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
+        let mut backoff = Backoff::new(self.max_backoff);
+        while !*shutdown.borrow() {
             match self.follow(&mut shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::error!(projection = %NAME, error = %e, retry_in_ms = backoff.as_millis() as u64, "archive failed; retrying");
-                    self.board.report_failure_text(NAME, e.to_string());
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => break,
+                    let board = &self.board;
+                    if backoff
+                        .failed(board, NAME, e.to_string(), &mut shutdown)
+                        .await
+                    {
+                        break;
                     }
-                    backoff = (backoff * 2).min(self.max_backoff);
                 }
             }
         }

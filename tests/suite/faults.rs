@@ -88,15 +88,15 @@ async fn ingest_goes_on_while_postgresql_is_away_and_the_read_model_catches_up()
 
     proxy.down();
     let sent = ingest_for(&app, fault_secs(), async || {
-        let (code, ready) = app.get("/readyz").await;
-        assert_eq!(code, 503, "{ready}");
-        let failing: Vec<&str> = ready["reasons"]
-            .as_array()
-            .unwrap()
+        let (code, ready) = app.ready().await;
+        assert_eq!(code, 503, "{ready:?}");
+        let failing: Vec<&str> = ready
+            .reasons
             .iter()
-            .filter_map(|r| r["projection"].as_str())
+            .flatten()
+            .filter_map(|r| r.projection.as_deref())
             .collect();
-        assert!(failing.contains(&"occupancy"), "{ready}");
+        assert!(failing.contains(&"occupancy"), "{ready:?}");
         let status = app.projections().await.expect("projections");
         let occ = projection_view(&status, "occupancy").expect("occupancy");
         assert_eq!(occ.state, "failing", "{status:?}");

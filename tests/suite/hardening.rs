@@ -229,11 +229,12 @@ async fn a_projection_names_the_event_its_database_cannot_store() {
         "{err}"
     );
     assert_eq!(checkpoint, 0, "nothing was skipped");
-    let (code, ready) = app.get("/readyz").await;
+    let (code, ready) = app.ready().await;
     assert_eq!(code, 503);
     assert_eq!(
-        ready["reasons"][0]["reason"], "projection_failing",
-        "{ready}"
+        common::first_reason(&ready),
+        Some(("projection_failing", Some("occupancy"))),
+        "{ready:?}"
     );
     app.stop().await;
 }

@@ -352,14 +352,23 @@ impl TestApp {
         self.post_as("/v1/admin/known-events", &body).await
     }
 
-    /// `GET /healthz`.
-    pub async fn health(&self) -> Reply<wire::Health> {
-        self.get_as("/healthz").await
+    /// `GET /healthz`: the status (200 or 503) and the body, which both carry.
+    pub async fn health(&self) -> (u16, wire::Health) {
+        self.status_and::<wire::Health>("/healthz").await
     }
 
-    /// `GET /readyz`.
-    pub async fn ready(&self) -> Reply<wire::Ready> {
-        self.get_as("/readyz").await
+    /// `GET /readyz`: the status (200 or 503) and the body, which both carry.
+    pub async fn ready(&self) -> (u16, wire::Ready) {
+        self.status_and::<wire::Ready>("/readyz").await
+    }
+
+    /// A GET whose reply body has one type whatever the status.
+    async fn status_and<T: serde::de::DeserializeOwned>(&self, path: &str) -> (u16, T) {
+        let (status, bytes) = send(awc::Client::new().get(self.url(path)), None, None).await;
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!("{path}: a {status} reply not of its type ({e}): {bytes:?}")
+        });
+        (status, body)
     }
 }
 
@@ -446,6 +455,12 @@ pub fn projection(status: &Value, name: &str) -> Value {
         .as_array()
         .and_then(|all| all.iter().find(|p| p["name"] == name).cloned())
         .unwrap_or_default()
+}
+
+/// The first reason `/readyz` gives for not being ready: (reason, projection).
+pub fn first_reason(ready: &wire::Ready) -> Option<(&str, Option<&str>)> {
+    let first = ready.reasons.as_ref()?.first()?;
+    Some((first.reason.as_str(), first.projection.as_deref()))
 }
 
 /// A temporary data directory that is removed at the end of the test.

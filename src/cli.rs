@@ -137,7 +137,7 @@ struct BacktestArgs {
     /// Readings to forecast, same columns; also usable as history before each issue time.
     #[arg(long)]
     actuals: PathBuf,
-    /// Predictions: lot_id,target_time,horizon_min,predicted_rate.
+    /// Predictions: lot_id,target_time,horizon_min,predicted_rate,low,high (the model's p10-p90 interval; empty where persistence stood in).
     #[arg(long)]
     out: PathBuf,
     /// Horizons in minutes, comma-separated.

@@ -174,9 +174,18 @@ pub struct Scores {
     pub profile_deviation_mae: f64,
     /// Rows where the model could not forecast and persistence was written instead.
     pub model_fallbacks: usize,
+    /// Model forecasts (with an interval) whose interval held the actual rate.
+    pub covered: usize,
 }
 
 impl Scores {
+    /// The share of the model's intervals (p10 to p90) that held the actual rate, in
+    /// percent: about 80 when the interval says what it means.
+    pub fn coverage_pct(&self) -> f64 {
+        let intervals = self.rows - self.model_fallbacks;
+        100.0 * self.covered as f64 / intervals.max(1) as f64
+    }
+
     /// How much lower the model's MAE is than the better baseline's, in percent.
     pub fn improvement_pct(&self) -> f64 {
         let best = self.persistence_mae.min(self.seasonal_mae);
@@ -214,15 +223,15 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "| horizon | rows | model MAE | persistence MAE | seasonal-weekly MAE | model vs better baseline | target | profile + deviation, fixed weights |"
+            "| horizon | rows | model MAE | persistence MAE | seasonal-weekly MAE | model vs better baseline | target | profile + deviation, fixed weights | p10-p90 interval coverage |"
         )?;
-        writeln!(f, "|---|---|---|---|---|---|---|---|")?;
+        writeln!(f, "|---|---|---|---|---|---|---|---|---|")?;
         for s in &self.scores {
             let target =
                 target_pct(s.horizon_min).map_or("-".to_owned(), |t| format!("≥ {t:.0}% lower"));
             writeln!(
                 f,
-                "| {} min | {} | {:.4} | {:.4} | {:.4} | {:.1}% lower | {} | {:.4} |",
+                "| {} min | {} | {:.4} | {:.4} | {:.4} | {:.1}% lower | {} | {:.4} | {:.1}% |",
                 s.horizon_min,
                 s.rows,
                 s.model_mae,
@@ -230,7 +239,8 @@ impl std::fmt::Display for Report {
                 s.seasonal_mae,
                 s.improvement_pct(),
                 target,
-                s.profile_deviation_mae
+                s.profile_deviation_mae,
+                s.coverage_pct()
             )?;
         }
         write!(
@@ -280,7 +290,7 @@ fn fit_before(
     ))
 }
 
-/// Run the backtest and write `lot_id,target_time,horizon_min,predicted_rate` to `out`.
+/// Run the backtest and write `lot_id,target_time,horizon_min,predicted_rate,low,high` (the interval empty where persistence stood in) to `out`.
 pub fn run(
     history_path: &Path,
     actuals_path: &Path,
@@ -300,7 +310,7 @@ pub fn run(
     let file = std::fs::File::create(out).map_err(|e| BacktestError::Write(out.into(), e))?;
     let mut w = std::io::BufWriter::new(file);
     let werr = |e| BacktestError::Write(out.into(), e);
-    writeln!(w, "lot_id,target_time,horizon_min,predicted_rate").map_err(werr)?;
+    writeln!(w, "lot_id,target_time,horizon_min,predicted_rate,low,high").map_err(werr)?;
     let mut scores: Vec<Scores> = s
         .horizons
         .iter()
@@ -324,15 +334,22 @@ pub fn run(
             let origin = (origin_utc, local_of(tz, origin_utc));
             let fixed = model::inputs(&all, &r.lot, target, origin, &model.profile)
                 .map_or(last.rate, |i| (i.x[0] + i.x[1] + i.x[2]).max(0.0));
+            let (lot, time, h) = (&r.lot, &r.raw_time, sc.horizon_min);
             let predicted = match model.forecast(&all, &r.lot, target, origin) {
-                Ok(f) => f.rate,
+                Ok(f) => {
+                    let (low, high) = (f.low, f.high);
+                    sc.covered += usize::from((low..=high).contains(&r.obs.rate));
+                    writeln!(w, "{lot},{time},{h},{:.6},{low:.6},{high:.6}", f.rate)
+                        .map_err(werr)?;
+                    f.rate
+                }
                 Err(NoForecast::NotEnoughHistory { .. } | NoForecast::NoReading) => {
+                    // Persistence, which comes with no interval.
                     sc.model_fallbacks += 1;
+                    writeln!(w, "{lot},{time},{h},{:.6},,", last.rate).map_err(werr)?;
                     last.rate
                 }
             };
-            let (lot, time, h) = (&r.lot, &r.raw_time, sc.horizon_min);
-            writeln!(w, "{lot},{time},{h},{predicted:.6}").map_err(werr)?;
             sc.rows += 1;
             sc.model_mae += (predicted - r.obs.rate).abs();
             sc.persistence_mae += (last.rate - r.obs.rate).abs();

@@ -7,16 +7,32 @@ use std::path::Path;
 use crate::common;
 use common::{birmingham, parkade};
 
-/// `(lot, target_time, horizon) -> predicted_rate` of a predictions file.
+/// `(lot, target_time, horizon) -> predicted_rate` of a predictions file; every row's
+/// interval, when it has one, holds its forecast.
 fn predictions(path: &Path) -> HashMap<(String, String, u32), f64> {
     let mut r = csv::Reader::from_path(path).unwrap();
     assert_eq!(
         r.headers().unwrap().iter().collect::<Vec<_>>(),
-        ["lot_id", "target_time", "horizon_min", "predicted_rate"]
+        [
+            "lot_id",
+            "target_time",
+            "horizon_min",
+            "predicted_rate",
+            "low",
+            "high"
+        ]
     );
     r.records()
         .map(|rec| {
             let rec = rec.unwrap();
+            if !rec[4].is_empty() {
+                let (low, rate, high): (f64, f64, f64) = (
+                    rec[4].parse().unwrap(),
+                    rec[3].parse().unwrap(),
+                    rec[5].parse().unwrap(),
+                );
+                assert!(low <= rate && rate <= high, "{rec:?}");
+            }
             (
                 (
                     rec[0].to_owned(),
@@ -99,6 +115,12 @@ fn the_model_beats_both_baselines_by_the_margins_asked_on_the_held_out_week() {
         assert!(
             model <= best * (1.0 - needed),
             "{horizon} min: model MAE {model} is not {needed} below the better baseline {best}"
+        );
+        // The p10-p90 interval holds about 80% of the actual rates.
+        let coverage: f64 = cells[9].trim_end_matches('%').parse().unwrap();
+        assert!(
+            (75.0..=90.0).contains(&coverage),
+            "{horizon} min: the p10-p90 interval held {coverage}% of the actuals"
         );
         seen += 1;
     }

@@ -126,12 +126,14 @@ pub(super) async fn ws(
         let joined = match from {
             None => {
                 let history = st.db.is_some();
+                let timezone = st.forecast_tz.name();
                 st.live.subscribe(keep, out.clone(), |snap| {
                     Message::Snapshot {
                         offset: snap.next_offset.checked_sub(1),
                         next_offset: snap.next_offset,
                         lots: (&snap.lots[..]).into(),
                         history,
+                        timezone: timezone.into(),
                     }
                     .frame()
                 });

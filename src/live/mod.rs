@@ -51,12 +51,14 @@ pub struct Change {
 pub enum Message<'a> {
     /// The wanted lots as they are at `offset` (`null` for an empty log); changes
     /// follow from `next_offset`. `history`: whether history endpoints can answer.
-    /// Each lot is the object `GET /v1/lots/{id}` answers.
+    /// `timezone`: the lots' time zone (IANA name), in which their days and hours are
+    /// told. Each lot is the object `GET /v1/lots/{id}` answers.
     Snapshot {
         offset: Option<u64>,
         next_offset: u64,
         lots: Cow<'a, [Value]>,
         history: bool,
+        timezone: Cow<'a, str>,
     },
     /// One event's effect on its lot.
     Change {

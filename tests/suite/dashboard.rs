@@ -22,6 +22,11 @@ struct Driver {
 
 impl Driver {
     async fn start() -> Driver {
+        Driver::start_in(None).await
+    }
+
+    /// A browser whose own time zone is `tz` (the machine's when `None`).
+    async fn start_in(tz: Option<&str>) -> Driver {
         let chromedriver =
             std::env::var("PARKADE_TEST_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let chromium =
@@ -31,7 +36,11 @@ impl Driver {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(&chromedriver)
+        let mut command = Command::new(&chromedriver);
+        if let Some(tz) = tz {
+            command.env("TZ", tz);
+        }
+        let child = command
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -232,6 +241,71 @@ async fn the_dashboard_shows_every_lot_and_follows_a_posted_event_within_a_secon
         .unwrap_or_default();
     assert!(logs.is_array(), "the browser log is readable: {logs}");
     assert!(severe.is_empty(), "console errors: {severe:?}");
+    d.call("DELETE", "", Value::Null).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_dashboard_draws_the_lots_hours_not_the_browsers() {
+    use chrono::TimeZone;
+    let dir = common::data_dir();
+    let mut config = test_config(dir.path(), None);
+    // Birmingham's zone: one the tz databases of chrono-tz and of Chromium agree on
+    // (for America/Vancouver in late 2026 they do not: UTC-8 and UTC-7).
+    config.forecast.timezone = "Europe/London".into();
+    let app = TestApp::spawn(config, Hooks::default()).await;
+    // The last noon in the lots' zone that has passed: a registration a minute before
+    // it and an arrival at it.
+    let tz = chrono_tz::Europe::London;
+    let now = chrono::Utc::now().with_timezone(&tz);
+    let mut day = now.date_naive();
+    if now.time() < chrono::NaiveTime::from_hms_opt(12, 0, 0).unwrap() {
+        day = day.pred_opt().unwrap();
+    }
+    let noon = tz
+        .from_local_datetime(&day.and_hms_opt(12, 0, 0).unwrap())
+        .single()
+        .unwrap()
+        .to_utc();
+    let at = |t: chrono::DateTime<chrono::Utc>| Some(json!(t.to_rfc3339()));
+    let mut lot = common::lot("north", 100);
+    lot.stamp.timestamp = at(noon - chrono::Duration::minutes(1));
+    app.register_lot(&lot).await.unwrap();
+    let mut arrival = common::event("north", "ARRIVAL");
+    arrival.stamp.timestamp = at(noon);
+    app.send_event(&arrival).await.unwrap();
+
+    // A browser in Tokyo, 9 hours ahead of London in winter (8 in summer).
+    let d = Driver::start_in(Some("Asia/Tokyo")).await;
+    let zone = d
+        .js("return Intl.DateTimeFormat().resolvedOptions().timeZone")
+        .await;
+    assert_eq!(zone, "Asia/Tokyo", "the browser runs in another zone");
+    d.call("POST", "/url", json!({"url": format!("{}/", app.base)}))
+        .await;
+    // The chart spans the lot's day, 300 units wide: noon there is at 150.
+    let last_x = "const s = document.querySelector('[data-lot=north] svg.chart .today'); \
+        if (!s) return null; \
+        if (s.tagName === 'circle') return +s.getAttribute('cx'); \
+        const p = s.getAttribute('points').trim().split(' '); \
+        return +p[p.length - 1].split(',')[0];";
+    let x = common::eventually(Duration::from_secs(10), "today's line drawn", || async {
+        match d.js(last_x).await.as_f64() {
+            Some(x) if (x - 150.0).abs() < 1.0 => Ok(x),
+            other => Err(format!("the last point at {other:?}")),
+        }
+    })
+    .await;
+    println!("a London noon drawn at x = {x} in a Tokyo browser");
+    let footer = d
+        .js("return document.querySelector('#clock').textContent")
+        .await;
+    assert!(
+        footer
+            .as_str()
+            .is_some_and(|f| f.contains("Europe/London")),
+        "{footer}"
+    );
     d.call("DELETE", "", Value::Null).await;
     app.stop().await;
 }

@@ -5,6 +5,31 @@ const lots = new Map(); // lot_id -> {view, el, recent: [[ms, occ]], extra}
 const $ = (sel, root = document) => root.querySelector(sel);
 let lastOffset = null;
 let historyServed = null; // from the snapshot: PostgreSQL behind /history and /timespan
+let campusTz; // from the snapshot: the lots' time zone (IANA); the browser's until then
+
+// Days and hours are the campus's, not the browser's: the wall-clock parts of instant
+// `ms` in the lots' time zone.
+const WEEKDAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+let wallFormat = null, wallTz = null;
+function wall(ms) {
+  if (!wallFormat || wallTz !== campusTz) {
+    wallTz = campusTz;
+    wallFormat = new Intl.DateTimeFormat("en-US", {
+      timeZone: campusTz, hourCycle: "h23", weekday: "short",
+      year: "numeric", month: "numeric", day: "numeric", hour: "numeric", minute: "numeric",
+    });
+  }
+  const p = {};
+  for (const { type, value } of wallFormat.formatToParts(new Date(ms))) p[type] = value;
+  return { y: +p.year, mo: +p.month, d: +p.day, h: +p.hour % 24, mi: +p.minute, wd: WEEKDAYS.indexOf(p.weekday) };
+}
+// The instant the campus day of `ms` began: its local midnight (on a day the clocks
+// change, off by the change).
+function campusMidnight(ms) {
+  const w = wall(ms);
+  const offset = Date.UTC(w.y, w.mo - 1, w.d, w.h, w.mi) - Math.floor(ms / 60000) * 60000;
+  return Date.UTC(w.y, w.mo - 1, w.d) - offset;
+}
 
 // Where reads need a token, open the page as /#access_token=TOKEN: the fragment never
 // reaches the server or its logs; the token is kept for this tab only.
@@ -140,12 +165,12 @@ async function loadCharts(id) {
 
 // Mean occupancy by time of day over the same weekday as today.
 function usualProfile(points) {
-  const today = new Date().getDay();
+  const today = wall(Date.now()).wd;
   const sums = new Map();
   for (const p of points) {
-    const d = new Date(p.start);
-    if (d.getDay() !== today) continue;
-    const m = d.getHours() * 60 + d.getMinutes();
+    const w = wall(Date.parse(p.start));
+    if (w.wd !== today) continue;
+    const m = w.h * 60 + w.mi;
     const s = sums.get(m) || [0, 0];
     s[0] += p.occupancy_mean; s[1] += 1; sums.set(m, s);
   }
@@ -160,8 +185,7 @@ function drawChart(id) {
   const W = 300, H = 100;
   // The day of the newest reading (simulated days move fast in the demo).
   const newest = l.recent.length ? l.recent[l.recent.length - 1][0] : Date.now();
-  const day0 = new Date(newest); day0.setHours(0, 0, 0, 0);
-  const t0 = day0.getTime(), span = 864e5;
+  const t0 = campusMidnight(newest), span = 864e5;
   const x = t => ((t - t0) / span) * W;
   const y = v => H - (Math.max(0, Math.min(cap, v)) / cap) * (H - 8) - 2;
   for (const h of [6, 12, 18]) {
@@ -208,7 +232,8 @@ async function showHistory(id) {
   const W = 300, H = 100;
   const poly = pts.map(p => `${(((Date.parse(p.start) - t0) / Math.max(1, t1 - t0)) * W).toFixed(1)},${(H - (p.occupancy_mean / cap) * (H - 8) - 2).toFixed(1)}`).join(" ");
   svg.append(svgEl("polyline", { class: "today", points: poly }));
-  note.textContent = `Hourly mean occupancy, ${new Date(t0).toLocaleDateString()} to ${new Date(t1).toLocaleDateString()}.`;
+  const day = t => new Date(t).toLocaleDateString(undefined, { timeZone: campusTz });
+  note.textContent = `Hourly mean occupancy, ${day(t0)} to ${day(t1)}.`;
 }
 
 // Live -----------------------------------------------------------------------------
@@ -227,6 +252,11 @@ function connect() {
     if (m.type === "snapshot") {
       lastOffset = m.offset;
       historyServed = m.history === true;
+      if (m.timezone && m.timezone !== campusTz) {
+        campusTz = m.timezone;
+        $("#clock").textContent = `Days and hours in ${campusTz}.`;
+        for (const id of lots.keys()) drawChart(id);
+      }
       for (const v of m.lots) upsert(v);
       summary();
     } else if (m.type === "change") {

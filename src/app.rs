@@ -101,6 +101,7 @@ impl Application {
                 config.limits.max_connections_per_address,
             ),
             metrics: metrics_handle,
+            stale_after_secs: config.lots.stale_after_secs,
         };
         if let Some(rate) = state.ingest_rate.clone() {
             actix_web::rt::spawn(tidy_rates(rate, shutdown.subscribe()));

@@ -788,12 +788,15 @@ fn stop_on_ctrl_c() -> Arc<std::sync::atomic::AtomicBool> {
 
 fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(LogFormat::Text);
-    let config = Config {
+    let mut config = Config {
         bind: a.bind,
         data_dir: a.data_dir.clone(),
         database_url: None,
         ..Config::default()
     };
+    // The demo's simulated time starts on the morning of the latest weekday and takes a
+    // while to reach the present: its lots are not stale meanwhile.
+    config.lots.stale_after_secs = 7 * 86_400;
     let mut sim = a.sim.clone();
     if sim.speed == 1.0 && sim.rate.is_none() {
         // A day of campus traffic in 24 minutes.

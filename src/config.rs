@@ -230,6 +230,9 @@ pub struct LotsConfig {
     pub dedupe_window: usize,
     /// Threads the lot actors run on. Default 1.
     pub threads: usize,
+    /// A lot with no event for this long (by event time) is marked stale in the API,
+    /// the websocket and the dashboard. Default 1,800 (30 minutes).
+    pub stale_after_secs: u64,
 }
 
 /// Settings of the embedded event log.
@@ -298,6 +301,7 @@ impl Default for LotsConfig {
     fn default() -> Self {
         LotsConfig {
             dedupe_window: 50_000,
+            stale_after_secs: 1_800,
             threads: 1,
         }
     }
@@ -410,6 +414,11 @@ impl Config {
             ),
             ("[limits] max_future_secs", l.max_future_secs.into(), 0),
             ("[lots] dedupe_window", n(self.lots.dedupe_window), 1),
+            (
+                "[lots] stale_after_secs",
+                self.lots.stale_after_secs.into(),
+                1,
+            ),
             ("[lots] threads", n(self.lots.threads), 1),
             (
                 "[log] segment_bytes",

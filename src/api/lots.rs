@@ -185,8 +185,12 @@ pub(super) async fn register(
 )]
 pub(super) async fn list(st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let lots = st.lots.views().await?;
+    let (now, after) = (Timestamp::now(), st.stale_after_secs);
     Ok(HttpResponse::Ok().json(wire::LotList {
-        lots: lots.iter().map(wire::Lot::from).collect(),
+        lots: lots
+            .iter()
+            .map(|v| wire::Lot::read(v, now, after))
+            .collect(),
     }))
 }
 
@@ -205,7 +209,8 @@ pub(super) async fn get(
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let view = handle(&st, &path)?.view().await?;
-    Ok(HttpResponse::Ok().json(wire::Lot::from(&view)))
+    let lot = wire::Lot::read(&view, Timestamp::now(), st.stale_after_secs);
+    Ok(HttpResponse::Ok().json(lot))
 }
 
 /// `PATCH /v1/lots/{id} {capacity, event_id?}`.

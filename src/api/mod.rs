@@ -73,6 +73,8 @@ pub struct ApiState {
     pub connections: limits::Connections,
     /// The metrics recorder's page; `None` when another recorder was installed first.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// `[lots] stale_after_secs`: a lot this long without an event is stale.
+    pub stale_after_secs: u64,
 }
 
 impl ApiState {

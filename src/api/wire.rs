@@ -29,6 +29,21 @@ pub struct Lot {
     /// Event time of that event (RFC 3339, UTC).
     #[schema(value_type = Option<String>, format = DateTime)]
     pub updated_at: Option<Timestamp>,
+    /// In lot reads: no event for `[lots] stale_after_secs` (default 30 minutes) since
+    /// `updated_at`, so the count may no longer be true (a quiet or broken counter).
+    /// Absent in the replies to commands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<bool>,
+}
+
+impl Lot {
+    /// The lot as a read shows it: with its staleness at `now`.
+    pub fn read(v: &LotView, now: Timestamp, stale_after_secs: u64) -> Lot {
+        Lot {
+            stale: Some(crate::domain::is_stale(v.updated_at, now, stale_after_secs)),
+            ..Lot::from(v)
+        }
+    }
 }
 
 impl From<&LotView> for Lot {
@@ -41,6 +56,7 @@ impl From<&LotView> for Lot {
             free: v.free,
             offset: v.offset,
             updated_at: v.updated_at,
+            stale: None,
         }
     }
 }

@@ -127,13 +127,15 @@ pub(super) async fn ws(
             None => {
                 let history = st.db.is_some();
                 let timezone = st.forecast_tz.name();
+                let stale_after_secs = st.stale_after_secs;
                 st.live.subscribe(keep, out.clone(), |snap| {
                     Message::Snapshot {
                         offset: snap.next_offset.checked_sub(1),
                         next_offset: snap.next_offset,
-                        lots: (&snap.lots[..]).into(),
+                        lots: with_staleness(&snap.lots, stale_after_secs).into(),
                         history,
                         timezone: timezone.into(),
+                        stale_after_secs,
                     }
                     .frame()
                 });
@@ -280,4 +282,17 @@ fn put_changes(
         return None;
     }
     changes.last().map(|c| c.offset)
+}
+
+/// The snapshot's lots, each marked `stale` as of now (see `[lots] stale_after_secs`).
+fn with_staleness(lots: &[serde_json::Value], stale_after_secs: u64) -> Vec<serde_json::Value> {
+    let now = crate::domain::Timestamp::now();
+    lots.iter()
+        .map(|lot| {
+            let last = serde_json::from_value(lot["updated_at"].clone()).ok();
+            let mut lot = lot.clone();
+            lot["stale"] = crate::domain::is_stale(last, now, stale_after_secs).into();
+            lot
+        })
+        .collect()
 }

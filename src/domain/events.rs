@@ -72,6 +72,14 @@ pub enum TimeError {
     TooEarly { at: String },
 }
 
+/// A lot is stale when its last event (by event time) is more than `after_secs` before
+/// `now`: a counter that has gone quiet, whose count may no longer be true. A lot with
+/// no event is not stale (it has nothing to be stale about).
+pub fn is_stale(last_event: Option<Timestamp>, now: Timestamp, after_secs: u64) -> bool {
+    let after = i64::try_from(after_secs.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    last_event.is_some_and(|t| now.micros().saturating_sub(t.micros()) > after)
+}
+
 /// The one rule for the time of every event that enters the log, whatever path it
 /// comes by (HTTP, import, simulator): not before [`EARLIEST_EVENT_MICROS`] and at most
 /// `max_future_micros` ahead of `now` (the server clock).

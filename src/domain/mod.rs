@@ -9,7 +9,7 @@ mod ids;
 mod lot;
 
 pub use events::{
-    check_event_time, EventType, LotEvent, NewEvent, RecordedEvent, TimeError, Timestamp,
+    check_event_time, is_stale, EventType, LotEvent, NewEvent, RecordedEvent, TimeError, Timestamp,
     EARLIEST_EVENT_MICROS, SCHEMA_VERSION,
 };
 pub use ids::{Capacity, IdError, LotId, LotName, MAX_CAPACITY, MAX_LOT_ID_LEN, MAX_NAME_LEN};

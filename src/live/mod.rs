@@ -52,13 +52,16 @@ pub enum Message<'a> {
     /// The wanted lots as they are at `offset` (`null` for an empty log); changes
     /// follow from `next_offset`. `history`: whether history endpoints can answer.
     /// `timezone`: the lots' time zone (IANA name), in which their days and hours are
-    /// told. Each lot is the object `GET /v1/lots/{id}` answers.
+    /// told. Each lot is the object `GET /v1/lots/{id}` answers, `stale` as of the
+    /// snapshot; a lot whose last event (`updated_at`, then each change's
+    /// `occurred_at`) is more than `stale_after_secs` old is stale from then on.
     Snapshot {
         offset: Option<u64>,
         next_offset: u64,
         lots: Cow<'a, [Value]>,
         history: bool,
         timezone: Cow<'a, str>,
+        stale_after_secs: u64,
     },
     /// One event's effect on its lot.
     Change {

@@ -348,3 +348,68 @@ async fn a_retry_with_the_same_event_id_is_acknowledged_once_also_after_a_restar
     assert_eq!(app.lot("c").await.unwrap().occupancy, 2);
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_lot_without_an_event_for_the_stale_time_is_marked_stale_with_its_last_event() {
+    let dir = common::data_dir();
+    let mut config = test_config(dir.path(), None);
+    config.lots.stale_after_secs = 600;
+    let app = TestApp::spawn(config, Hooks::default()).await;
+    // The gate's last event was an hour ago.
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let mut quiet = common::lot("quiet", 10);
+    quiet.stamp.timestamp = Some(json!(hour_ago.to_rfc3339()));
+    app.register_lot(&quiet).await.unwrap();
+    register(&app, "busy", 10).await;
+
+    let lot = app.lot("quiet").await.unwrap();
+    assert_eq!(lot.stale, Some(true), "{lot:?}");
+    let last = lot
+        .updated_at
+        .expect("the time of its last event")
+        .to_datetime();
+    assert_eq!(last.timestamp_millis(), hour_ago.timestamp_millis());
+    assert_eq!(app.lot("busy").await.unwrap().stale, Some(false));
+    let listed: Vec<(String, Option<bool>)> = app
+        .lots()
+        .await
+        .unwrap()
+        .lots
+        .into_iter()
+        .map(|l| (l.lot_id, l.stale))
+        .collect();
+    assert_eq!(
+        listed,
+        [("busy".into(), Some(false)), ("quiet".into(), Some(true))]
+    );
+
+    // The websocket's snapshot says so too, with the rule for what comes after it.
+    let mut ws = awc::Client::new()
+        .ws(app.url("/v1/ws?lots=quiet"))
+        .connect()
+        .await
+        .expect("websocket")
+        .1;
+    let snapshot = loop {
+        use futures_util::StreamExt;
+        match ws.next().await.expect("a frame").expect("a valid frame") {
+            awc::ws::Frame::Text(t) => break serde_json::from_slice::<Value>(&t).unwrap(),
+            _ => continue,
+        }
+    };
+    assert_eq!(snapshot["stale_after_secs"], 600, "{snapshot}");
+    assert_eq!(snapshot["lots"][0]["stale"], true, "{snapshot}");
+    {
+        use futures_util::SinkExt;
+        ws.send(awc::ws::Message::Close(None)).await.unwrap();
+    }
+
+    // An event makes it fresh again; a command's reply does not judge staleness.
+    let ack = app
+        .send_event(&common::event("quiet", "ARRIVAL"))
+        .await
+        .unwrap();
+    assert_eq!(ack.lot.stale, None);
+    assert_eq!(app.lot("quiet").await.unwrap().stale, Some(false));
+    app.stop().await;
+}

@@ -246,22 +246,23 @@ async fn the_dashboard_shows_every_lot_and_follows_a_posted_event_within_a_secon
 }
 
 #[actix_web::test]
-async fn the_dashboard_draws_the_lots_hours_not_the_browsers() {
+async fn the_dashboard_draws_the_lots_hours_not_the_browsers_and_marks_a_quiet_lot_stale() {
     use chrono::TimeZone;
     let dir = common::data_dir();
     let mut config = test_config(dir.path(), None);
     // Birmingham's zone: one the tz databases of chrono-tz and of Chromium agree on
     // (for America/Vancouver in late 2026 they do not: UTC-8 and UTC-7).
     config.forecast.timezone = "Europe/London".into();
+    config.lots.stale_after_secs = 3600;
     let app = TestApp::spawn(config, Hooks::default()).await;
-    // The last noon in the lots' zone that has passed: a registration a minute before
-    // it and an arrival at it.
+    // Yesterday's noon in the lots' zone: a registration a minute before it and an
+    // arrival at it; nothing since, so the lot is stale too.
     let tz = chrono_tz::Europe::London;
-    let now = chrono::Utc::now().with_timezone(&tz);
-    let mut day = now.date_naive();
-    if now.time() < chrono::NaiveTime::from_hms_opt(12, 0, 0).unwrap() {
-        day = day.pred_opt().unwrap();
-    }
+    let day = chrono::Utc::now()
+        .with_timezone(&tz)
+        .date_naive()
+        .pred_opt()
+        .unwrap();
     let noon = tz
         .from_local_datetime(&day.and_hms_opt(12, 0, 0).unwrap())
         .single()
@@ -301,9 +302,7 @@ async fn the_dashboard_draws_the_lots_hours_not_the_browsers() {
         .js("return document.querySelector('#clock').textContent")
         .await;
     assert!(
-        footer
-            .as_str()
-            .is_some_and(|f| f.contains("Europe/London")),
+        footer.as_str().is_some_and(|f| f.contains("Europe/London")),
         "{footer}"
     );
     d.call("DELETE", "", Value::Null).await;

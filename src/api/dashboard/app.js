@@ -6,6 +6,7 @@ const $ = (sel, root = document) => root.querySelector(sel);
 let lastOffset = null;
 let historyServed = null; // from the snapshot: PostgreSQL behind /history and /timespan
 let campusTz; // from the snapshot: the lots' time zone (IANA); the browser's until then
+let staleAfterMs = null; // from the snapshot: a lot this long without an event is stale
 
 // Days and hours are the campus's, not the browser's: the wall-clock parts of instant
 // `ms` in the lots' time zone.
@@ -61,6 +62,7 @@ function svgEl(tag, attrs = {}) {
 function card(view) {
   const c = el("article", { class: "card", "data-lot": view.lot_id });
   c.append(el("h2", {}, view.name || view.lot_id), el("div", { class: "id" }, view.lot_id));
+  const stale = el("p", { class: "stale", hidden: "" });
   const fig = el("div", { class: "figures" });
   fig.append(el("span", { class: "free" }), el("span", { class: "of" }));
   const bar = el("div", { class: "bar" });
@@ -71,7 +73,7 @@ function card(view) {
   const note = el("p", { class: "note" });
   const btn = el("button", { type: "button" }, "History: last 4 weeks");
   btn.addEventListener("click", () => showHistory(view.lot_id));
-  c.append(fig, bar, chart, legend, note, btn);
+  c.append(stale, fig, bar, chart, legend, note, btn);
   return c;
 }
 
@@ -86,7 +88,21 @@ function render(id) {
   $(".of", l.el).textContent = `free of ${v.capacity.toLocaleString()} · ${v.occupancy.toLocaleString()} parked`;
   $(".bar span", l.el).style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
   l.el.setAttribute("aria-label", `${v.name || id}: ${free} free of ${v.capacity}`);
+  markStale(l);
   drawChart(id);
+}
+
+// A lot without an event for the configured time: its count may be a broken counter's.
+function markStale(l) {
+  const last = l.view.updated_at ? Date.parse(l.view.updated_at) : NaN;
+  const stale = staleAfterMs !== null && Number.isFinite(last) && Date.now() - last > staleAfterMs;
+  l.el.classList.toggle("is-stale", stale);
+  const p = $(".stale", l.el);
+  p.hidden = !stale;
+  if (stale) {
+    const when = new Date(last).toLocaleString(undefined, { timeZone: campusTz, dateStyle: "medium", timeStyle: "short" });
+    p.textContent = `Stale: no event since ${when}`;
+  }
 }
 
 function summary() {
@@ -121,6 +137,7 @@ function onChange(m) {
   const l = lots.get(m.lot_id);
   if (!l) { upsert({ lot_id: m.lot_id, name: m.lot_id, capacity: m.capacity, occupancy: m.occupancy }); }
   else { l.view.occupancy = m.occupancy; l.view.capacity = m.capacity; }
+  lots.get(m.lot_id).view.updated_at = m.occurred_at;
   const t = Date.parse(m.occurred_at);
   const rec = lots.get(m.lot_id).recent;
   const slot = Math.floor(t / 300000) * 300000;
@@ -252,6 +269,7 @@ function connect() {
     if (m.type === "snapshot") {
       lastOffset = m.offset;
       historyServed = m.history === true;
+      if (Number.isFinite(m.stale_after_secs)) staleAfterMs = m.stale_after_secs * 1000;
       if (m.timezone && m.timezone !== campusTz) {
         campusTz = m.timezone;
         $("#clock").textContent = `Days and hours in ${campusTz}.`;
@@ -283,3 +301,4 @@ function connect() {
 summary();
 connect();
 setInterval(() => { for (const id of lots.keys()) loadCharts(id); }, 60000);
+setInterval(() => { for (const l of lots.values()) markStale(l); }, 15000);

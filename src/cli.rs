@@ -121,8 +121,12 @@ struct TrainArgs {
     #[command(flatten)]
     common: Common,
     /// Train from this Birmingham-layout CSV instead of lot_features_15m.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "lake")]
     csv: Option<PathBuf>,
+    /// Train from the features in the Parquet lake (the [archive] folder or S3 bucket,
+    /// `features/date=.../features.parquet`) instead of PostgreSQL.
+    #[arg(long)]
+    lake: bool,
     /// Zone of local times: of the CSV's LastUpdated, or of the lots for the features.
     /// Default: [forecast] timezone (the CSV: Europe/London).
     #[arg(long, value_parser = parse_tz)]
@@ -686,12 +690,19 @@ fn train(c: &Config, a: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     let data_dir = c.data_dir.clone();
     let db_url = c.database_url.clone();
+    let config = c.clone();
     runtime()?.block_on(async move {
         let pool = match &db_url {
             Some(u) => Some(db::connect(u).await?),
             None => None,
         };
         let (history, source) = match &a.csv {
+            None if a.lake => {
+                let archive = crate::projections::archive::Archive::from_config(&config).await;
+                let store = archive.store();
+                let history = service::observations_in_lake(store, tz, chrono::Utc::now()).await?;
+                (history, format!("features lake {}", store.describe()))
+            }
             Some(path) => {
                 let (rows, dropped) = bt::read_readings(path, tz)?;
                 println!("{}: {} readings (dropped: {dropped})", path.display(), rows.len());
@@ -715,6 +726,9 @@ fn train(c: &Config, a: TrainArgs) -> anyhow::Result<ExitCode> {
             .filter_map(|l| history.observations(l).last().map(|o| o.utc))
             .max()
             .unwrap_or(0);
+        let readings: usize = history.lots().map(|l| history.observations(l).len()).sum();
+        let lots = history.lots().count();
+        println!("training on {readings} readings of {lots} lots from {source}");
         let model = service::train(&history, until, tz, source)?;
         let path = service::save(&model, &data_dir, pool.as_ref()).await?;
         println!("| horizon | samples | training MAE | interval (p10, p90 of residuals) |");

@@ -41,6 +41,8 @@ pub enum ForecastError {
     },
     #[error("not enough history to train: {0}")]
     NotEnoughHistory(String),
+    #[error("reading the features lake: {0}")]
+    Lake(String),
 }
 
 /// Readings from the features of the last `WEEKS_READ` weeks before `until`.
@@ -61,7 +63,25 @@ pub async fn observations_of(
 ) -> Result<History, ForecastError> {
     let rows =
         crate::projections::features::query::readings(pool, until, WEEKS_READ as i32, lot).await?;
-    Ok(History::new(rows.into_iter().map(|r| {
+    Ok(history_of(rows, tz))
+}
+
+/// The training history in the features lake (`store`): the same readings as
+/// [`observations`] reads from PostgreSQL, from the day files.
+pub async fn observations_in_lake(
+    store: &crate::projections::archive::Store,
+    tz: Tz,
+    until: DateTime<Utc>,
+) -> Result<History, ForecastError> {
+    let rows = crate::projections::features::lake::readings(store, until, WEEKS_READ as u32)
+        .await
+        .map_err(ForecastError::Lake)?;
+    Ok(history_of(rows, tz))
+}
+
+/// Readings (a bucket's occupancy at its end) as a history of rates, hours in `tz`.
+fn history_of(rows: Vec<crate::projections::features::query::Reading>, tz: Tz) -> History {
+    History::new(rows.into_iter().map(|r| {
         let utc = r.at.timestamp();
         let local = local_of(tz, utc);
         (
@@ -72,7 +92,7 @@ pub async fn observations_of(
                 rate: f64::from(r.occupancy_end) / f64::from(r.capacity),
             },
         )
-    })))
+    }))
 }
 
 /// Fit a model on `h` (every reading up to `until`).

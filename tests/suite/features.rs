@@ -447,3 +447,62 @@ async fn a_stop_signal_ends_the_features_warm_up_between_batches() {
         "the warm-up ran on for {took:?} after the stop signal (a full fold takes {full:?})"
     );
 }
+
+#[actix_web::test]
+async fn training_from_the_lake_gives_the_model_training_from_postgresql_gives() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let mut cfg = test_config(dir.path(), Some(&db));
+    cfg.forecast.enabled = false;
+    let app = TestApp::spawn(cfg, Hooks::default()).await;
+    let start = (chrono::Utc::now() - chrono::Duration::days(11)).to_rfc3339();
+    post_ok(
+        &app,
+        "/v1/lots",
+        json!({"lot_id": "busy", "name": "busy", "capacity": 100, "timestamp": start}),
+    )
+    .await;
+    post_ok(&app, "/v1/events", json!(daily_counts("busy", 100.0, 10))).await;
+    app.wait_caught_up("features").await;
+    // The lake holds every row of the table once the exporter has been round.
+    let rows = db
+        .query("SELECT count(*)::int8 FROM lot_features_15m")
+        .await[0][0]
+        .clone();
+    let lake = dir.path().join("archive/features");
+    common::eventually(
+        std::time::Duration::from_secs(30),
+        "the features in the lake",
+        || async {
+            let got = if lake.exists() {
+                common::read_lake(&lake)["rows"].to_string()
+            } else {
+                "no lake yet".to_owned()
+            };
+            if got == rows {
+                Ok(())
+            } else {
+                Err(format!("{got} rows in the lake, {rows} in PostgreSQL"))
+            }
+        },
+    )
+    .await;
+    app.stop().await;
+
+    // The fitted table (samples, training error, interval by horizon) of each source.
+    let table = |args: &[&str]| {
+        let (code, out) = common::parkade(args, dir.path(), Some(&db));
+        assert_eq!(code, 0, "{out}");
+        let lines: Vec<String> = out
+            .lines()
+            .filter(|l| l.starts_with("| ") && l.contains(" min |"))
+            .map(str::to_owned)
+            .collect();
+        assert!(lines.len() > 4, "{out}");
+        (lines, out)
+    };
+    let (from_db, _) = table(&["train"]);
+    let (from_lake, out) = table(&["train", "--lake"]);
+    assert!(out.contains("features lake"), "{out}");
+    assert_eq!(from_lake, from_db);
+}

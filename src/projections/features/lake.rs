@@ -10,9 +10,12 @@ use std::time::Duration;
 use arrow_array::builder::{
     Float64Builder, Int32Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{
+    ArrayRef, Float64Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, NaiveDate, Utc};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -46,36 +49,51 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-type Row = (
-    String,
-    DateTime<Utc>,
-    i32,
-    i32,
-    i32,
-    i32,
-    f64,
-    i32,
-    i32,
-    i32,
-    i32,
-);
+/// One row of `lot_features_15m`, as a day's file holds it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LakeRow {
+    pub lot_id: String,
+    pub bucket_start: DateTime<Utc>,
+    pub occupancy_start: i32,
+    pub occupancy_end: i32,
+    pub occupancy_min: i32,
+    pub occupancy_max: i32,
+    pub occupancy_mean: f64,
+    pub arrivals: i32,
+    pub departures: i32,
+    pub counts: i32,
+    pub capacity: i32,
+}
 
-fn encode(rows: &[Row]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+impl LakeRow {
+    /// The eight integer columns, in the file's order around the mean.
+    fn ints(&self) -> [i32; 8] {
+        [
+            self.occupancy_start,
+            self.occupancy_end,
+            self.occupancy_min,
+            self.occupancy_max,
+            self.arrivals,
+            self.departures,
+            self.counts,
+            self.capacity,
+        ]
+    }
+}
+
+fn encode(rows: &[LakeRow]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let n = rows.len();
     let mut lot = StringBuilder::with_capacity(n, n * 12);
     let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut ints: Vec<Int32Builder> = (0..8).map(|_| Int32Builder::with_capacity(n)).collect();
     let mut mean = Float64Builder::with_capacity(n);
     for r in rows {
-        lot.append_value(&r.0);
-        start.append_value(r.1.timestamp_micros());
-        for (b, v) in ints
-            .iter_mut()
-            .zip([r.2, r.3, r.4, r.5, r.7, r.8, r.9, r.10])
-        {
+        lot.append_value(&r.lot_id);
+        start.append_value(r.bucket_start.timestamp_micros());
+        for (b, v) in ints.iter_mut().zip(r.ints()) {
             b.append_value(v);
         }
-        mean.append_value(r.6);
+        mean.append_value(r.occupancy_mean);
     }
     let mut ints: Vec<ArrayRef> = ints
         .into_iter()
@@ -96,6 +114,109 @@ fn encode(rows: &[Row]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     w.write(&batch)?;
     w.close()?;
     Ok(out)
+}
+
+/// The rows of a day's file (of any file with [`schema`]'s columns).
+pub fn decode(bytes: Vec<u8>) -> Result<Vec<LakeRow>, String> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+        .and_then(|b| b.build())
+        .map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| e.to_string())?;
+        let lot = column::<StringArray>(&batch, "lot_id")?;
+        let start = column::<TimestampMicrosecondArray>(&batch, "bucket_start")?;
+        let mean = column::<Float64Array>(&batch, "occupancy_mean")?;
+        let int = |name| column::<Int32Array>(&batch, name);
+        let (o_start, o_end, o_min, o_max) = (
+            int("occupancy_start")?,
+            int("occupancy_end")?,
+            int("occupancy_min")?,
+            int("occupancy_max")?,
+        );
+        let (arrivals, departures, counts, capacity) = (
+            int("arrivals")?,
+            int("departures")?,
+            int("counts")?,
+            int("capacity")?,
+        );
+        for i in 0..batch.num_rows() {
+            rows.push(LakeRow {
+                lot_id: lot.value(i).to_owned(),
+                bucket_start: DateTime::from_timestamp_micros(start.value(i))
+                    .ok_or_else(|| format!("bucket_start {} is out of range", start.value(i)))?,
+                occupancy_start: o_start.value(i),
+                occupancy_end: o_end.value(i),
+                occupancy_min: o_min.value(i),
+                occupancy_max: o_max.value(i),
+                occupancy_mean: mean.value(i),
+                arrivals: arrivals.value(i),
+                departures: departures.value(i),
+                counts: counts.value(i),
+                capacity: capacity.value(i),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Column `name` of `batch` as an array of type `A`.
+fn column<'b, A: 'static>(batch: &'b RecordBatch, name: &str) -> Result<&'b A, String> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<A>())
+        .ok_or_else(|| format!("the file has no {name} column of the expected type"))
+}
+
+/// The training readings of the `weeks` weeks up to `until`, from the lake's day files:
+/// the same rows [`query::readings`](super::query::readings) reads from PostgreSQL
+/// (buckets with an event and a capacity, each read at its end).
+pub async fn readings(
+    store: &Store,
+    until: DateTime<Utc>,
+    weeks: u32,
+) -> Result<Vec<super::query::Reading>, String> {
+    let from = until - chrono::Duration::weeks(i64::from(weeks));
+    let keys = store
+        .list("features/")
+        .await
+        .map_err(|e| format!("listing the features in {}: {e}", store.describe()))?;
+    let mut out = Vec::new();
+    for key in keys {
+        let Some(day) = day_of(&key) else { continue };
+        let midnight = day.and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+        if midnight > until || midnight + chrono::Duration::days(1) <= from {
+            continue;
+        }
+        let Some(bytes) = store.get(&key).await.map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let rows = tokio::task::spawn_blocking(move || decode(bytes))
+            .await
+            .expect("decoding does not panic")
+            .map_err(|e| format!("{key}: {e}"))?;
+        let quarter = chrono::Duration::minutes(15);
+        out.extend(
+            rows.into_iter()
+                .filter(|r| r.arrivals + r.departures + r.counts > 0 && r.capacity > 0)
+                .filter(|r| r.bucket_start + quarter <= until && r.bucket_start >= from)
+                .map(|r| super::query::Reading {
+                    lot_id: r.lot_id,
+                    at: r.bucket_start + quarter,
+                    occupancy_end: r.occupancy_end,
+                    capacity: r.capacity,
+                }),
+        );
+    }
+    Ok(out)
+}
+
+/// The day of a day file's key (`features/date=YYYY-MM-DD/features.parquet`).
+fn day_of(key: &str) -> Option<NaiveDate> {
+    let rest = key.strip_prefix("features/date=")?;
+    let (day, file) = rest.split_once('/')?;
+    (file == "features.parquet").then_some(())?;
+    day.parse().ok()
 }
 
 /// The key of a day's file in the store.
@@ -122,7 +243,7 @@ pub async fn export_dirty(pool: &PgPool, store: &Store) -> Result<usize, String>
         }
         for (day, version) in days {
             after = day;
-            let rows: Vec<Row> = sqlx::query_as(
+            let rows: Vec<LakeRow> = sqlx::query_as(
                 "SELECT lot_id, bucket_start, occupancy_start, occupancy_end, occupancy_min, occupancy_max, \
                    occupancy_mean, arrivals, departures, counts, capacity FROM lot_features_15m \
                  WHERE bucket_start >= $1 AND bucket_start < $1 + interval '1 day' \

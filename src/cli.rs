@@ -150,6 +150,10 @@ struct BacktestArgs {
     /// Time zone of LastUpdated.
     #[arg(long, default_value = "Europe/London", value_parser = parse_tz)]
     timezone: chrono_tz::Tz,
+    /// Forecast every lot as a new one: only the last N days before the actuals are
+    /// known at forecast time (the model is still fitted on the whole history).
+    #[arg(long)]
+    short_history_days: Option<u32>,
 }
 
 #[derive(Args)]
@@ -668,6 +672,7 @@ fn backtest(a: BacktestArgs) -> anyhow::Result<ExitCode> {
     let settings = backtest::Settings {
         horizons: a.horizons,
         timezone,
+        short_history_days: a.short_history_days,
         ..backtest::Settings::default()
     };
     let started = std::time::Instant::now();

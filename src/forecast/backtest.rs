@@ -149,6 +149,10 @@ pub struct Settings {
     pub horizons: Vec<u32>,
     pub timezone: Tz,
     pub profile: ProfileParams,
+    /// Forecast as if every lot were new: only the readings of this many days before
+    /// the first actual's day (and the actuals) are known at forecast time; the model is
+    /// still fitted on the whole history (an established campus, a new lot).
+    pub short_history_days: Option<u32>,
 }
 
 impl Default for Settings {
@@ -157,6 +161,7 @@ impl Default for Settings {
             horizons: vec![30, 60, 120, 1440],
             timezone: chrono_tz::Europe::London,
             profile: ProfileParams::default(),
+            short_history_days: None,
         }
     }
 }
@@ -172,8 +177,13 @@ pub struct Scores {
     /// The starting point the model improves on: profile + the latest deviation, added
     /// with fixed weights of 1 (the Helsinki park-and-ride approach).
     pub profile_deviation_mae: f64,
-    /// Rows where the model could not forecast and persistence was written instead.
+    /// Rows where the model could not forecast (too little history): the lot's partial
+    /// profile was written instead, or persistence where there was not even that.
     pub model_fallbacks: usize,
+    pub profile_fallbacks: usize,
+    /// MAE of what was written on those rows, and of persistence on the same rows.
+    pub fallback_mae: f64,
+    pub fallback_persistence_mae: f64,
     /// Model forecasts (with an interval) whose interval held the actual rate.
     pub covered: usize,
 }
@@ -181,9 +191,9 @@ pub struct Scores {
 impl Scores {
     /// The share of the model's intervals (p10 to p90) that held the actual rate, in
     /// percent: about 80 when the interval says what it means.
-    pub fn coverage_pct(&self) -> f64 {
+    pub fn coverage_pct(&self) -> Option<f64> {
         let intervals = self.rows - self.model_fallbacks;
-        100.0 * self.covered as f64 / intervals.max(1) as f64
+        (intervals > 0).then(|| 100.0 * self.covered as f64 / intervals as f64)
     }
 
     /// How much lower the model's MAE is than the better baseline's, in percent.
@@ -231,7 +241,7 @@ impl std::fmt::Display for Report {
                 target_pct(s.horizon_min).map_or("-".to_owned(), |t| format!("≥ {t:.0}% lower"));
             writeln!(
                 f,
-                "| {} min | {} | {:.4} | {:.4} | {:.4} | {:.1}% lower | {} | {:.4} | {:.1}% |",
+                "| {} min | {} | {:.4} | {:.4} | {:.4} | {:.1}% lower | {} | {:.4} | {} |",
                 s.horizon_min,
                 s.rows,
                 s.model_mae,
@@ -241,7 +251,29 @@ impl std::fmt::Display for Report {
                 target,
                 s.profile_deviation_mae,
                 s.coverage_pct()
+                    .map_or("-".to_owned(), |c| format!("{c:.1}%"))
             )?;
+        }
+        if self.scores.iter().any(|s| s.model_fallbacks > 0) {
+            writeln!(
+                f,
+                "\nWhere a lot had too little history for the model (fewer than {} earlier days):",
+                model::MIN_HISTORY_DAYS
+            )?;
+            writeln!(f, "| horizon | rows | by the lot's partial profile | by persistence | MAE of what was written | persistence MAE on those rows |")?;
+            writeln!(f, "|---|---|---|---|---|---|")?;
+            for s in self.scores.iter().filter(|s| s.model_fallbacks > 0) {
+                writeln!(
+                    f,
+                    "| {} min | {} | {} | {} | {:.4} | {:.4} |",
+                    s.horizon_min,
+                    s.model_fallbacks,
+                    s.profile_fallbacks,
+                    s.model_fallbacks - s.profile_fallbacks,
+                    s.fallback_mae,
+                    s.fallback_persistence_mae
+                )?;
+            }
         }
         write!(
             f,
@@ -252,10 +284,7 @@ impl std::fmt::Display for Report {
             self.actuals_dropped,
             self.unforecastable
         )?;
-        let fallbacks: usize = self.scores.iter().map(|s| s.model_fallbacks).sum();
-        if fallbacks > 0 {
-            write!(f, "; forecasts where the model had too little history and persistence was written: {fallbacks}")?;
-        }
+
         Ok(())
     }
 }
@@ -299,14 +328,28 @@ pub fn run(
 ) -> Result<Report, BacktestError> {
     let (history_rows, history_dropped) = read_readings(history_path, s.timezone)?;
     let (actuals, actuals_dropped) = read_readings(actuals_path, s.timezone)?;
-    let all = History::new(
-        history_rows
-            .iter()
-            .chain(&actuals)
-            .map(|r| (r.lot.clone(), r.obs)),
-    );
+    let history = |since: i64| {
+        History::new(
+            history_rows
+                .iter()
+                .filter(move |r| r.obs.utc >= since)
+                .chain(&actuals)
+                .map(|r| (r.lot.clone(), r.obs)),
+        )
+    };
     let tz = s.timezone;
-    let model = fit_before(&all, &actuals, history_path, s)?;
+    let model = fit_before(&history(i64::MIN), &actuals, history_path, s)?;
+    // What is known at forecast time: everything, or the last days of a new lot.
+    let all = match s.short_history_days {
+        None => history(i64::MIN),
+        Some(days) => {
+            let first = actuals.iter().map(|r| r.obs.local).min().unwrap_or(0);
+            let first_day_local = first.div_euclid(86_400) * 86_400;
+            // Local midnight as UTC seconds, near enough for a cut of whole days.
+            let offset = actuals.first().map_or(0, |r| r.obs.local - r.obs.utc);
+            history(first_day_local - offset - i64::from(days) * 86_400)
+        }
+    };
     let file = std::fs::File::create(out).map_err(|e| BacktestError::Write(out.into(), e))?;
     let mut w = std::io::BufWriter::new(file);
     let werr = |e| BacktestError::Write(out.into(), e);
@@ -344,10 +387,16 @@ pub fn run(
                     f.rate
                 }
                 Err(NoForecast::NotEnoughHistory { .. } | NoForecast::NoReading) => {
-                    // Persistence, which comes with no interval.
+                    // The lot's partial profile, else persistence; neither has an
+                    // interval.
                     sc.model_fallbacks += 1;
-                    writeln!(w, "{lot},{time},{h},{:.6},,", last.rate).map_err(werr)?;
-                    last.rate
+                    let partial = model::partial_profile(&all, &r.lot, target, origin, &s.profile);
+                    sc.profile_fallbacks += usize::from(partial.is_some());
+                    let rate = partial.unwrap_or(last.rate);
+                    writeln!(w, "{lot},{time},{h},{rate:.6},,").map_err(werr)?;
+                    sc.fallback_mae += (rate - r.obs.rate).abs();
+                    sc.fallback_persistence_mae += (last.rate - r.obs.rate).abs();
+                    rate
                 }
             };
             sc.rows += 1;
@@ -364,6 +413,9 @@ pub fn run(
         sc.persistence_mae /= n;
         sc.seasonal_mae /= n;
         sc.profile_deviation_mae /= n;
+        let fallbacks = sc.model_fallbacks.max(1) as f64;
+        sc.fallback_mae /= fallbacks;
+        sc.fallback_persistence_mae /= fallbacks;
     }
     Ok(Report {
         scores,

@@ -79,6 +79,24 @@ pub fn inputs(
     })
 }
 
+/// The forecast for a lot with some whole days of history but fewer than the model
+/// needs ([`MIN_HISTORY_DAYS`]): its own partial profile at the target, corrected by its
+/// deviation from that profile at the latest reading, with fixed weights of 1 (fitted
+/// weights need a week of days). `None` without an earlier day of the target's kind or
+/// a reading at or before the issue time.
+pub fn partial_profile(
+    h: &History,
+    lot: &str,
+    target: (i64, i64),
+    origin: (i64, i64),
+    p: &ProfileParams,
+) -> Option<f64> {
+    let last = h.last_at(lot, origin.0)?;
+    let profile = h.profile(lot, target.1, origin.1, p)?;
+    let at_last = h.profile(lot, last.local, origin.1, p)?;
+    Some((profile + last.rate - at_last).max(0.0))
+}
+
 /// One horizon's fit.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HorizonFit {

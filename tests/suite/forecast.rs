@@ -215,3 +215,48 @@ fn train_from_a_csv_saves_a_current_model() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("not enough history"), "{out}");
 }
+
+#[test]
+fn a_lot_with_a_few_days_of_history_gets_its_partial_profile_which_beats_persistence() {
+    let dir = common::data_dir();
+    let (h, a) = split(dir.path());
+    let out = dir.path().join("short.csv");
+    let (code, text) = parkade(
+        &[
+            "backtest",
+            "--history",
+            &h,
+            "--actuals",
+            &a,
+            "--out",
+            out.to_str().unwrap(),
+            "--short-history-days",
+            "3",
+        ],
+        dir.path(),
+        None,
+    );
+    assert_eq!(code, 0, "{text}");
+    println!("{text}");
+    // The second table: | horizon | rows | by partial profile | by persistence | MAE | persistence MAE |
+    let (_, fallbacks) = text
+        .split_once("too little history for the model")
+        .expect("a table of the forecasts with too little history");
+    let mut seen = 0;
+    for line in fallbacks
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains(" min |"))
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let by_profile: usize = cells[3].parse().unwrap();
+        let (written, persistence): (f64, f64) =
+            (cells[5].parse().unwrap(), cells[6].parse().unwrap());
+        assert!(by_profile > 0, "{line}");
+        assert!(
+            written < persistence * 0.9,
+            "{line}: the fallbacks are not better than persistence"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 4, "{text}");
+}

@@ -22,6 +22,8 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use super::fold::FeatureRow;
+use crate::domain::LotId;
 use crate::projections::archive::Store;
 use crate::projections::{ProjectionName, ProjectionState, StatusBoard};
 
@@ -49,48 +51,30 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-/// One row of `lot_features_15m`, as a day's file holds it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct LakeRow {
-    pub lot_id: String,
-    pub bucket_start: DateTime<Utc>,
-    pub occupancy_start: i32,
-    pub occupancy_end: i32,
-    pub occupancy_min: i32,
-    pub occupancy_max: i32,
-    pub occupancy_mean: f64,
-    pub arrivals: i32,
-    pub departures: i32,
-    pub counts: i32,
-    pub capacity: i32,
+/// The eight integer columns of a row, in the file's order around the mean.
+fn ints(r: &FeatureRow) -> [i32; 8] {
+    [
+        r.occupancy_start,
+        r.occupancy_end,
+        r.occupancy_min,
+        r.occupancy_max,
+        r.arrivals,
+        r.departures,
+        r.counts,
+        r.capacity,
+    ]
 }
 
-impl LakeRow {
-    /// The eight integer columns, in the file's order around the mean.
-    fn ints(&self) -> [i32; 8] {
-        [
-            self.occupancy_start,
-            self.occupancy_end,
-            self.occupancy_min,
-            self.occupancy_max,
-            self.arrivals,
-            self.departures,
-            self.counts,
-            self.capacity,
-        ]
-    }
-}
-
-fn encode(rows: &[LakeRow]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+fn encode(rows: &[FeatureRow]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let n = rows.len();
     let mut lot = StringBuilder::with_capacity(n, n * 12);
     let mut start = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut ints: Vec<Int32Builder> = (0..8).map(|_| Int32Builder::with_capacity(n)).collect();
     let mut mean = Float64Builder::with_capacity(n);
     for r in rows {
-        lot.append_value(&r.lot_id);
-        start.append_value(r.bucket_start.timestamp_micros());
-        for (b, v) in ints.iter_mut().zip(r.ints()) {
+        lot.append_value(r.lot_id.as_str());
+        start.append_value(r.bucket_start);
+        for (b, v) in ints.iter_mut().zip(self::ints(r)) {
             b.append_value(v);
         }
         mean.append_value(r.occupancy_mean);
@@ -117,7 +101,7 @@ fn encode(rows: &[LakeRow]) -> Result<Vec<u8>, parquet::errors::ParquetError> {
 }
 
 /// The rows of a day's file (of any file with [`schema`]'s columns).
-pub fn decode(bytes: Vec<u8>) -> Result<Vec<LakeRow>, String> {
+pub fn decode(bytes: Vec<u8>) -> Result<Vec<FeatureRow>, String> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
         .and_then(|b| b.build())
         .map_err(|e| e.to_string())?;
@@ -141,10 +125,10 @@ pub fn decode(bytes: Vec<u8>) -> Result<Vec<LakeRow>, String> {
             int("capacity")?,
         );
         for i in 0..batch.num_rows() {
-            rows.push(LakeRow {
-                lot_id: lot.value(i).to_owned(),
-                bucket_start: DateTime::from_timestamp_micros(start.value(i))
-                    .ok_or_else(|| format!("bucket_start {} is out of range", start.value(i)))?,
+            let lot_id = LotId::parse(lot.value(i)).map_err(|e| format!("lot_id: {e}"))?;
+            rows.push(FeatureRow {
+                lot_id,
+                bucket_start: start.value(i),
                 occupancy_start: o_start.value(i),
                 occupancy_end: o_end.value(i),
                 occupancy_min: o_min.value(i),
@@ -195,16 +179,19 @@ pub async fn readings(
             .await
             .expect("decoding does not panic")
             .map_err(|e| format!("{key}: {e}"))?;
-        let quarter = chrono::Duration::minutes(15);
+        let quarter = 15 * 60 * 1_000_000;
+        let (from, until) = (from.timestamp_micros(), until.timestamp_micros());
         out.extend(
             rows.into_iter()
                 .filter(|r| r.arrivals + r.departures + r.counts > 0 && r.capacity > 0)
                 .filter(|r| r.bucket_start + quarter <= until && r.bucket_start >= from)
-                .map(|r| super::query::Reading {
-                    lot_id: r.lot_id,
-                    at: r.bucket_start + quarter,
-                    occupancy_end: r.occupancy_end,
-                    capacity: r.capacity,
+                .filter_map(|r| {
+                    Some(super::query::Reading {
+                        at: DateTime::from_timestamp_micros(r.bucket_start + quarter)?,
+                        lot_id: r.lot_id.as_str().to_owned(),
+                        occupancy_end: r.occupancy_end,
+                        capacity: r.capacity,
+                    })
                 }),
         );
     }
@@ -243,7 +230,7 @@ pub async fn export_dirty(pool: &PgPool, store: &Store) -> Result<usize, String>
         }
         for (day, version) in days {
             after = day;
-            let rows: Vec<LakeRow> = sqlx::query_as(
+            let rows: Vec<FeatureRow> = sqlx::query_as(
                 "SELECT lot_id, bucket_start, occupancy_start, occupancy_end, occupancy_min, occupancy_max, \
                    occupancy_mean, arrivals, departures, counts, capacity FROM lot_features_15m \
                  WHERE bucket_start >= $1 AND bucket_start < $1 + interval '1 day' \

@@ -21,6 +21,28 @@ use crate::projections::{db, ProjectionError, ProjectionName, ProjectionStatus};
 pub const NAME: ProjectionName = ProjectionName::Features;
 const TABLE: &str = "lot_features_15m";
 
+/// A row of `lot_features_15m` as PostgreSQL gives it (`SELECT` of every column).
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for FeatureRow {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let lot: String = row.try_get("lot_id")?;
+        let start: chrono::DateTime<chrono::Utc> = row.try_get("bucket_start")?;
+        Ok(FeatureRow {
+            lot_id: crate::domain::LotId::from_normalised(&lot),
+            bucket_start: start.timestamp_micros(),
+            occupancy_start: row.try_get("occupancy_start")?,
+            occupancy_end: row.try_get("occupancy_end")?,
+            occupancy_min: row.try_get("occupancy_min")?,
+            occupancy_max: row.try_get("occupancy_max")?,
+            occupancy_mean: row.try_get("occupancy_mean")?,
+            arrivals: row.try_get("arrivals")?,
+            departures: row.try_get("departures")?,
+            counts: row.try_get("counts")?,
+            capacity: row.try_get("capacity")?,
+        })
+    }
+}
+
 /// Upsert rows into `table` (the last row of a key wins).
 async fn write_rows(
     tx: &mut Transaction<'_, Postgres>,

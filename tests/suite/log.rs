@@ -45,6 +45,14 @@ fn read_all(log: &dyn EventLog) -> Vec<u64> {
     }
 }
 
+/// Options with segments of `bytes` (small ones roll often).
+fn segments_of(bytes: u64) -> LogOptions {
+    LogOptions {
+        segment_bytes: bytes,
+        ..LogOptions::default()
+    }
+}
+
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -137,10 +145,7 @@ async fn a_flipped_byte_in_the_last_record_is_detected_and_cut() {
 #[tokio::test]
 async fn an_empty_newest_segment_gets_its_header_back() {
     let dir = common::data_dir();
-    let small = LogOptions {
-        segment_bytes: 1024,
-        ..LogOptions::default()
-    };
+    let small = segments_of(1024);
     write_events(dir.path(), 40, small.clone()).await.close();
     let before = segments(dir.path());
     assert!(before.len() > 2, "small segments roll: {before:?}");
@@ -158,10 +163,7 @@ async fn an_empty_newest_segment_gets_its_header_back() {
 #[tokio::test]
 async fn damage_inside_a_sealed_segment_stops_the_open() {
     let dir = common::data_dir();
-    let small = LogOptions {
-        segment_bytes: 1024,
-        ..LogOptions::default()
-    };
+    let small = segments_of(1024);
     write_events(dir.path(), 40, small.clone()).await.close();
     let first = segments(dir.path()).remove(0);
     let mut bytes = std::fs::read(&first).unwrap();
@@ -176,10 +178,7 @@ async fn damage_inside_a_sealed_segment_stops_the_open() {
 #[tokio::test]
 async fn reads_and_subscriptions_cross_segments_and_follow_live_appends() {
     let dir = common::data_dir();
-    let small = LogOptions {
-        segment_bytes: 2048,
-        ..LogOptions::default()
-    };
+    let small = segments_of(2048);
     let log: Arc<dyn EventLog> = Arc::new(write_events(dir.path(), 100, small).await);
     assert_eq!(read_all(log.as_ref()), (0..100).collect::<Vec<_>>());
     let mut c = log.cursor(57);
@@ -385,10 +384,7 @@ async fn repair_log_shows_the_cut_then_makes_it_only_when_asked_and_keeps_a_copy
 async fn repair_of_a_sealed_segment_removes_every_later_one() {
     use parkade::log::repair::{repair, RepairOutcome};
     let dir = common::data_dir();
-    let small = LogOptions {
-        segment_bytes: 1024,
-        ..LogOptions::default()
-    };
+    let small = segments_of(1024);
     write_events(dir.path(), 40, small.clone()).await.close();
     let all = segments(dir.path());
     let second = all[1].clone();

@@ -61,15 +61,12 @@ pub fn inputs(
         });
     }
     let last = h.last_at(lot, origin.0).ok_or(NoForecast::NoReading)?;
-    let missing = NoForecast::NotEnoughHistory {
-        days,
-        needed: MIN_HISTORY_DAYS,
-    };
-    let profile = h
-        .profile(lot, target.1, origin.1, p)
-        .ok_or(missing.clone())?;
-    let at_last = h.profile(lot, last.local, origin.1, p).ok_or(missing)?;
-    let d = last.rate - at_last;
+    let (profile, d) = profile_and_deviation(h, lot, &last, target, origin, p).ok_or(
+        NoForecast::NotEnoughHistory {
+            days,
+            needed: MIN_HISTORY_DAYS,
+        },
+    )?;
     let same_day = last.local.div_euclid(86_400) == target.1.div_euclid(86_400);
     let (today, before) = if same_day { (d, 0.0) } else { (0.0, d) };
     Ok(Inputs {
@@ -92,9 +89,23 @@ pub fn partial_profile(
     p: &ProfileParams,
 ) -> Option<f64> {
     let last = h.last_at(lot, origin.0)?;
+    let (profile, deviation) = profile_and_deviation(h, lot, &last, target, origin, p)?;
+    Some((profile + deviation).max(0.0))
+}
+
+/// The lot's profile at the target, and how far its `last` reading was from its profile
+/// at that reading's time; `None` without an earlier day to build the profiles from.
+fn profile_and_deviation(
+    h: &History,
+    lot: &str,
+    last: &Obs,
+    target: (i64, i64),
+    origin: (i64, i64),
+    p: &ProfileParams,
+) -> Option<(f64, f64)> {
     let profile = h.profile(lot, target.1, origin.1, p)?;
     let at_last = h.profile(lot, last.local, origin.1, p)?;
-    Some((profile + last.rate - at_last).max(0.0))
+    Some((profile, last.rate - at_last))
 }
 
 /// One horizon's fit.

@@ -14,6 +14,7 @@ use crate::actors::{LotOptions, Lots};
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::log::{EventLog, FileLog, LogOptions};
+use crate::projections::features::memory::MemoryFeatures;
 use crate::projections::features::Features;
 use crate::projections::occupancy::Occupancy;
 use crate::projections::supervisor::supervise;
@@ -102,6 +103,7 @@ impl Application {
             ),
             metrics: metrics_handle,
             stale_after_secs: config.lots.stale_after_secs,
+            features: read.features,
         };
         if let Some(rate) = state.ingest_rate.clone() {
             actix_web::rt::spawn(tidy_rates(rate, shutdown.subscribe()));
@@ -206,6 +208,8 @@ fn recover_lots(config: &Config, log: Arc<dyn EventLog>) -> anyhow::Result<Lots>
 /// the threads their projections run on.
 struct ReadModels {
     db: Option<sqlx::PgPool>,
+    /// The features in memory, on the embedded defaults (no database).
+    features: Option<MemoryFeatures>,
     archive: Option<crate::projections::archive::Archive>,
     projection: Option<JoinHandle<()>>,
     archive_thread: Option<JoinHandle<()>>,
@@ -223,6 +227,7 @@ async fn start_read_models(
 ) -> anyhow::Result<ReadModels> {
     let mut read = ReadModels {
         db: None,
+        features: None,
         archive: None,
         projection: None,
         archive_thread: None,
@@ -246,7 +251,16 @@ async fn start_read_models(
             shutdown_rx,
         )?);
     } else {
-        tracing::info!("no PARKADE_DATABASE_URL: running without the PostgreSQL read model");
+        tracing::info!("no PARKADE_DATABASE_URL: running without the PostgreSQL read model; the features are kept in memory");
+        let features = MemoryFeatures::new(MEMORY_FEATURE_DAYS);
+        read.projection = Some(spawn_memory_features(
+            features.clone(),
+            log.clone(),
+            board.clone(),
+            config,
+            shutdown_rx,
+        )?);
+        read.features = Some(features);
     }
     if config.archive.enabled {
         let archive = crate::projections::archive::Archive::from_config(config).await;
@@ -539,6 +553,34 @@ async fn supervised<R, Fut>(
 }
 
 /// Run the archive projection on its own thread and runtime, under supervision.
+/// Days of features a lot keeps in memory on the embedded defaults.
+const MEMORY_FEATURE_DAYS: u32 = 400;
+
+/// Fold the features into memory on a thread of their own, under supervision (a
+/// restart folds the log again from offset zero).
+fn spawn_memory_features(
+    features: MemoryFeatures,
+    log: Arc<dyn EventLog>,
+    board: StatusBoard,
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let max_backoff = Duration::from_secs(config.projections.max_backoff_secs);
+    let batch_events = config.projections.batch_events;
+    let lateness = config.projections.features_lateness_secs;
+    let name = crate::projections::features::NAME;
+    on_own_thread(
+        "parkade-features",
+        supervise(name, board.clone(), max_backoff, shutdown, move |sd| {
+            let run =
+                features
+                    .clone()
+                    .follow(log.clone(), board.clone(), batch_events, lateness, sd);
+            async move { run.await.map_err(|e| e.to_string()) }
+        }),
+    )
+}
+
 fn spawn_archive(
     archive: crate::projections::archive::Archive,
     log: Arc<dyn EventLog>,

@@ -84,36 +84,35 @@ pub(super) async fn history(
             format!("{points} {bucket} buckets between from and to; at most {max} per request ([limits] max_history_points): use a larger bucket or a shorter range"),
         ));
     }
-    let Some(pool) = st.db.clone() else {
-        return Err(ApiError::Unavailable(
-            "history is served from PostgreSQL (lot_features_15m); no database is configured (PARKADE_DATABASE_URL)".into(),
-        ));
+    let buckets = match (&st.db, &st.features) {
+        (Some(pool), _) => {
+            let zone = st.forecast_tz.name();
+            query::buckets(pool, lot.lot_id.as_str(), from, to, width, zone)
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?
+        }
+        (None, Some(memory)) => memory.buckets(&lot.lot_id, from, to, width, st.forecast_tz),
+        (None, None) => return Err(ApiError::Unavailable(
+            "history needs the features: from PostgreSQL (PARKADE_DATABASE_URL) or kept in memory"
+                .into(),
+        )),
     };
-    let points = query::buckets(
-        &pool,
-        lot.lot_id.as_str(),
-        from,
-        to,
-        width,
-        st.forecast_tz.name(),
-    )
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?
-    .into_iter()
-    .map(|b| HistoryPoint {
-        start: b.start,
-        occupancy_start: b.occupancy_start,
-        occupancy_end: b.occupancy_end,
-        occupancy_min: b.occupancy_min,
-        occupancy_max: b.occupancy_max,
-        occupancy_mean: b.occupancy_mean,
-        arrivals: b.arrivals,
-        departures: b.departures,
-        counts: b.counts,
-        capacity: b.capacity,
-        buckets_15m: b.buckets_15m,
-    })
-    .collect();
+    let points = buckets
+        .into_iter()
+        .map(|b| HistoryPoint {
+            start: b.start,
+            occupancy_start: b.occupancy_start,
+            occupancy_end: b.occupancy_end,
+            occupancy_min: b.occupancy_min,
+            occupancy_max: b.occupancy_max,
+            occupancy_mean: b.occupancy_mean,
+            arrivals: b.arrivals,
+            departures: b.departures,
+            counts: b.counts,
+            capacity: b.capacity,
+            buckets_15m: b.buckets_15m,
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(wire::History {
         lot_id: lot.lot_id.to_string(),
         bucket: bucket.to_owned(),

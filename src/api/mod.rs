@@ -75,6 +75,8 @@ pub struct ApiState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// `[lots] stale_after_secs`: a lot this long without an event is stale.
     pub stale_after_secs: u64,
+    /// The features in memory, serving history when there is no database.
+    pub features: Option<crate::projections::features::memory::MemoryFeatures>,
 }
 
 impl ApiState {

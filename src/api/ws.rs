@@ -125,7 +125,8 @@ pub(super) async fn ws(
         let _slot = slot;
         let joined = match from {
             None => {
-                let history = st.db.is_some();
+                let history = st.db.is_some() || st.features.is_some();
+                let forecast = st.db.is_some();
                 let timezone = st.forecast_tz.name();
                 let stale_after_secs = st.stale_after_secs;
                 st.live.subscribe(keep, out.clone(), |snap| {
@@ -134,6 +135,7 @@ pub(super) async fn ws(
                         next_offset: snap.next_offset,
                         lots: with_staleness(&snap.lots, stale_after_secs).into(),
                         history,
+                        forecast,
                         timezone: timezone.into(),
                         stale_after_secs,
                     }

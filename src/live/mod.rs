@@ -50,7 +50,8 @@ pub struct Change {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message<'a> {
     /// The wanted lots as they are at `offset` (`null` for an empty log); changes
-    /// follow from `next_offset`. `history`: whether history endpoints can answer.
+    /// follow from `next_offset`. `history`: whether the history endpoint can answer;
+    /// `forecast`: whether the forecast and timespan endpoints can.
     /// `timezone`: the lots' time zone (IANA name), in which their days and hours are
     /// told. Each lot is the object `GET /v1/lots/{id}` answers, `stale` as of the
     /// snapshot; a lot whose last event (`updated_at`, then each change's
@@ -60,6 +61,7 @@ pub enum Message<'a> {
         next_offset: u64,
         lots: Cow<'a, [Value]>,
         history: bool,
+        forecast: bool,
         timezone: Cow<'a, str>,
         stale_after_secs: u64,
     },

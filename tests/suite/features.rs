@@ -205,7 +205,7 @@ async fn day_buckets_of_history_are_days_of_the_lots_time_zone() {
 }
 
 #[actix_web::test]
-async fn history_without_a_database_says_why() {
+async fn without_a_database_history_comes_from_memory_and_forecasts_say_why() {
     let dir = common::data_dir();
     let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
     post_ok(
@@ -214,9 +214,18 @@ async fn history_without_a_database_says_why() {
         json!({"lot_id": "north", "name": "North", "capacity": 10}),
     )
     .await;
-    let (status, e) = app.get("/v1/lots/north/history").await;
-    assert_eq!(status, 503, "{e}");
-    assert!(e["message"].as_str().unwrap().contains("PostgreSQL"), "{e}");
+    common::arrive(&app, "north").await;
+    app.wait_caught_up("features").await;
+    let h = app.history("north", "bucket=1h").await.unwrap();
+    let arrivals: i64 = h.points.iter().map(|p| p.arrivals).sum();
+    assert_eq!(arrivals, 1, "{h:?}");
+    for e in [
+        app.forecast("north").await.unwrap_err(),
+        app.timespan("north", "").await.unwrap_err(),
+    ] {
+        assert_eq!(e.status, 503, "{e:?}");
+        assert!(e.body.message.contains("PostgreSQL"), "{e:?}");
+    }
     app.stop().await;
 }
 
@@ -505,4 +514,76 @@ async fn training_from_the_lake_gives_the_model_training_from_postgresql_gives()
     let (from_lake, out) = table(&["train", "--lake"]);
     assert!(out.contains("features lake"), "{out}");
     assert_eq!(from_lake, from_db);
+}
+
+#[actix_web::test]
+async fn history_from_the_features_in_memory_is_history_from_postgresql() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let mut cfg = test_config(dir.path(), Some(&db));
+    cfg.forecast.enabled = false;
+    let app = TestApp::spawn(cfg, Hooks::default()).await;
+    let now = chrono::Utc::now();
+    let start = (now - chrono::Duration::days(11)).to_rfc3339();
+    post_ok(
+        &app,
+        "/v1/lots",
+        json!({"lot_id": "busy", "name": "busy", "capacity": 100, "timestamp": start}),
+    )
+    .await;
+    post_ok(&app, "/v1/events", json!(daily_counts("busy", 100.0, 10))).await;
+    for kind in ["ARRIVAL", "ARRIVAL", "DEPARTURE"] {
+        post_ok(
+            &app,
+            "/v1/events",
+            json!({"lot_id": "busy", "event_type": kind}),
+        )
+        .await;
+    }
+    app.wait_caught_up("features").await;
+    let range = |days: i64| {
+        let from = (now - chrono::Duration::days(days)).format("%Y-%m-%dT%H:%M:%SZ");
+        let to = (now + chrono::Duration::hours(1)).format("%Y-%m-%dT%H:%M:%SZ");
+        format!("from={from}&to={to}")
+    };
+    let queries = [
+        format!("{}&bucket=15m", range(3)),
+        format!("{}&bucket=1h", range(11)),
+        format!("{}&bucket=1d", range(12)),
+    ];
+    let mut from_db = Vec::new();
+    for q in &queries {
+        from_db.push(app.history("busy", q).await.unwrap());
+    }
+    app.stop().await;
+
+    // The same log without a database: the features are folded into memory.
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    app.wait_caught_up("features").await;
+    for (q, db) in queries.iter().zip(&from_db) {
+        let memory = app.history("busy", q).await.unwrap();
+        assert!(db.points.len() > 10, "{q}: {db:?}");
+        assert_eq!(memory.points.len(), db.points.len(), "{q}");
+        for (m, d) in memory.points.iter().zip(&db.points) {
+            let exact = |p: &wire::HistoryPoint| {
+                (
+                    p.start,
+                    (
+                        p.occupancy_start,
+                        p.occupancy_end,
+                        p.occupancy_min,
+                        p.occupancy_max,
+                    ),
+                    (p.arrivals, p.departures, p.counts),
+                    (p.capacity, p.buckets_15m),
+                )
+            };
+            assert_eq!(exact(m), exact(d), "{q}");
+            assert!(
+                (m.occupancy_mean - d.occupancy_mean).abs() < 1e-9,
+                "{q}: {m:?} {d:?}"
+            );
+        }
+    }
+    app.stop().await;
 }

@@ -4,7 +4,8 @@
 const lots = new Map(); // lot_id -> {view, el, recent: [[ms, occ]], extra}
 const $ = (sel, root = document) => root.querySelector(sel);
 let lastOffset = null;
-let historyServed = null; // from the snapshot: PostgreSQL behind /history and /timespan
+let historyServed = null; // from the snapshot: the features behind /history
+let forecastServed = null; // from the snapshot: PostgreSQL behind /timespan
 let campusTz; // from the snapshot: the lots' time zone (IANA); the browser's until then
 let staleAfterMs = null; // from the snapshot: a lot this long without an event is stale
 
@@ -166,17 +167,20 @@ async function loadCharts(id) {
     drawChart(id);
     return;
   }
-  const ts = await getJSON(`/v1/lots/${encodeURIComponent(id)}/timespan`);
-  if (ts.ok) {
-    l.extra = { series: ts.body.series };
-    const hist = await getJSON(`/v1/lots/${encodeURIComponent(id)}/history?bucket=15m&from=${new Date(Date.now() - 28 * 864e5).toISOString()}`);
-    if (hist.ok) l.extra.profile = usualProfile(hist.body.points);
-    $(".note", l.el).textContent = ts.body.model_version ? `forecast by model ${ts.body.model_version}` : "no forecast yet";
-  } else {
-    $(".note", l.el).textContent = ts.body.message && ts.status === 503
-      ? "Usual profile and forecast need PostgreSQL; showing what this service has seen."
-      : "";
-  }
+  const lot = encodeURIComponent(id);
+  const from = new Date(Date.now() - 28 * 864e5).toISOString();
+  const none = { ok: false, status: 503, body: {} };
+  const [ts, hist] = await Promise.all([
+    forecastServed ? getJSON(`/v1/lots/${lot}/timespan`) : Promise.resolve(none),
+    getJSON(`/v1/lots/${lot}/history?bucket=15m&from=${from}`),
+  ]);
+  l.extra = {
+    series: ts.ok ? ts.body.series : null,
+    profile: hist.ok ? usualProfile(hist.body.points) : null,
+  };
+  $(".note", l.el).textContent = ts.ok
+    ? (ts.body.model_version ? `forecast by model ${ts.body.model_version}` : "no forecast yet")
+    : !forecastServed ? "Forecasts need PostgreSQL for now; the usual profile is from the features in memory." : "";
   drawChart(id);
 }
 
@@ -269,6 +273,7 @@ function connect() {
     if (m.type === "snapshot") {
       lastOffset = m.offset;
       historyServed = m.history === true;
+      forecastServed = m.forecast === true;
       if (Number.isFinite(m.stale_after_secs)) staleAfterMs = m.stale_after_secs * 1000;
       if (m.timezone && m.timezone !== campusTz) {
         campusTz = m.timezone;

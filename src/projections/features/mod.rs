@@ -4,6 +4,7 @@
 
 pub mod fold;
 pub mod lake;
+pub mod memory;
 mod pg;
 pub mod query;
 

@@ -112,6 +112,10 @@ struct DemoArgs {
     /// Data directory of the demo.
     #[arg(long, default_value = "parkade-demo")]
     data_dir: PathBuf,
+    /// Days of simulated history sent before the live simulation starts (on a fresh
+    /// data directory only), so every lot has a usual profile at once; 0 for none.
+    #[arg(long, default_value_t = 28)]
+    history_days: u32,
     #[command(flatten)]
     sim: SimArgs,
 }
@@ -817,6 +821,8 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     // while to reach the present: its lots are not stale meanwhile.
     config.lots.stale_after_secs = 7 * 86_400;
     let mut sim = a.sim.clone();
+    // Days and hours are the campus's.
+    config.forecast.timezone = sim.timezone.name().to_owned();
     if sim.speed == 1.0 && sim.rate.is_none() {
         // A day of campus traffic in 24 minutes.
         sim.speed = 60.0;
@@ -825,12 +831,33 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         // From the morning of the latest weekday, so the lots fill at once.
         sim.start = Some(demo_start(chrono::Utc::now(), sim.timezone).to_rfc3339());
     }
+    // History only goes into a fresh demo: its events come before the live ones.
+    let history_days = if a.data_dir.join("log").exists() {
+        0
+    } else {
+        a.history_days
+    };
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config, Hooks::default()).await?;
         let url = format!("http://{}:{}", a.bind.ip(), app.port());
         let settings = sim_settings(&sim, url.clone())?;
         let handle = app.server_handle();
         let lots = settings.lots.len();
+        // The server serves while the history goes in.
+        let serving = actix_web::rt::spawn(app.run_until_stopped());
+        if history_days > 0 {
+            let started = std::time::Instant::now();
+            let sent = crate::simulate::prepare_history(&settings, history_days, |day, days, n| {
+                if day % 7 == 0 || day == days {
+                    println!("parkade demo: preparing history: day {day} of {days} ({n} events)");
+                }
+            })
+            .await?;
+            println!(
+                "parkade demo: {history_days} days of history ({sent} events) in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
         actix_web::rt::spawn(async move {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             match crate::simulate::run(&settings, stop).await {
@@ -851,7 +878,9 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             "API:       {url}/v1/lots   live: {}/v1/ws   (Ctrl-C to stop)",
             url.replace("http://", "ws://")
         );
-        app.run_until_stopped().await
+        serving
+            .await
+            .map_err(|e| anyhow::anyhow!("the server task failed: {e}"))?
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -252,14 +252,22 @@ enum Reply {
     Failed,
 }
 
-/// Register the lots that the server does not know yet.
-pub async fn register(client: &awc::Client, url: &str, lots: &[SimLot]) -> anyhow::Result<()> {
+/// Register the lots that the server does not know yet, as of `at` (default: now).
+pub async fn register(
+    client: &awc::Client,
+    url: &str,
+    lots: &[SimLot],
+    at: Option<DateTime<Utc>>,
+) -> anyhow::Result<()> {
     for l in lots {
         let body = wire::RegisterIn {
             lot_id: l.lot_id.clone(),
             name: l.name.clone(),
             capacity: l.capacity,
-            stamp: wire::Stamp::default(),
+            stamp: wire::Stamp {
+                event_id: None,
+                timestamp: at.map(|t| t.to_rfc3339().into()),
+            },
         };
         let mut resp = client
             .post(format!("{url}/v1/lots"))
@@ -489,15 +497,69 @@ impl Traffic {
     }
 }
 
-/// Run until the duration is over or `stop` is set; returns the totals.
-pub async fn run(s: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
+/// Send `days` days of campus traffic before `s.start`, in simulated time at 5-minute
+/// steps and as fast as the server takes them one after the other (batches of 1,000
+/// events), so the lots have
+/// a history (today's curve, a usual profile) before the live simulation starts at
+/// `s.start`. Registers the lots first; returns the events sent. `progress(day, days,
+/// events)` is called after each simulated day.
+pub async fn prepare_history(
+    s: &Settings,
+    days: u32,
+    progress: impl Fn(u32, u32, u64),
+) -> anyhow::Result<u64> {
+    let client = client(s);
+    let url = s.url.trim_end_matches('/').to_owned();
+    let mut at = s.start - chrono::Duration::days(i64::from(days));
+    // Registered when their history starts: the features fold it in event time.
+    register(&client, &url, &s.lots, Some(at)).await?;
+    let mut occupancy = current_occupancy(&client, &url, &s.lots).await?;
+    let mut rng = Rng(s.seed ^ 0x5eed);
+    let counters = Counters::default();
+    let mut latencies = Vec::new();
+    let step = chrono::Duration::minutes(5);
+    for day in 1..=days {
+        let day_end = at + chrono::Duration::days(1);
+        let mut events = Vec::new();
+        while at < day_end {
+            at += step;
+            events.extend(traffic_step(
+                &s.lots,
+                &mut occupancy,
+                at,
+                300.0,
+                s.timezone,
+                &mut rng,
+            ));
+        }
+        // One request at a time: a lot's events go in in their order (requests side by
+        // side could put a departure before the arrival it follows).
+        send_all(&client, &url, events, 1_000, 1, &counters, &mut latencies).await;
+        let sent = counters.events.load(Ordering::Relaxed);
+        progress(day, days, sent);
+    }
+    let failed =
+        counters.errors.load(Ordering::Relaxed) + counters.rejected.load(Ordering::Relaxed);
+    if failed > 0 {
+        anyhow::bail!("{failed} of the history's events were refused or failed");
+    }
+    Ok(counters.events.load(Ordering::Relaxed))
+}
+
+/// The HTTP client of a run (with its bearer token, when given).
+fn client(s: &Settings) -> awc::Client {
     let mut client = awc::Client::builder().timeout(Duration::from_secs(30));
     if let Some(t) = &s.token {
         client = client.bearer_auth(t);
     }
-    let client = client.finish();
+    client.finish()
+}
+
+/// Run until the duration is over or `stop` is set; returns the totals.
+pub async fn run(s: &Settings, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
+    let client = client(s);
     let url = s.url.trim_end_matches('/').to_owned();
-    register(&client, &url, &s.lots).await?;
+    register(&client, &url, &s.lots, None).await?;
     // Start each lot from what the server holds now.
     let mut traffic = Traffic::new(s, current_occupancy(&client, &url, &s.lots).await?);
     let counters = Counters::default();

@@ -4,7 +4,7 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 
-use super::wire::{self, ForecastPoint, HistoryPoint, RecentPoint, SpanKind, SpanPoint};
+use super::wire::{self, ForecastPoint, RecentPoint, SpanKind, SpanPoint};
 use super::{ApiError, ApiState};
 use crate::domain::Timestamp;
 use crate::ingest::parse_timestamp_text;
@@ -84,7 +84,7 @@ pub(super) async fn history(
             format!("{points} {bucket} buckets between from and to; at most {max} per request ([limits] max_history_points): use a larger bucket or a shorter range"),
         ));
     }
-    let buckets = match (&st.db, &st.features) {
+    let points = match (&st.db, &st.features) {
         (Some(pool), _) => {
             let zone = st.forecast_tz.name();
             query::buckets(pool, lot.lot_id.as_str(), from, to, width, zone)
@@ -97,22 +97,6 @@ pub(super) async fn history(
                 .into(),
         )),
     };
-    let points = buckets
-        .into_iter()
-        .map(|b| HistoryPoint {
-            start: b.start,
-            occupancy_start: b.occupancy_start,
-            occupancy_end: b.occupancy_end,
-            occupancy_min: b.occupancy_min,
-            occupancy_max: b.occupancy_max,
-            occupancy_mean: b.occupancy_mean,
-            arrivals: b.arrivals,
-            departures: b.departures,
-            counts: b.counts,
-            capacity: b.capacity,
-            buckets_15m: b.buckets_15m,
-        })
-        .collect();
     Ok(HttpResponse::Ok().json(wire::History {
         lot_id: lot.lot_id.to_string(),
         bucket: bucket.to_owned(),

@@ -161,23 +161,9 @@ impl ErrorBody {
     }
 }
 
-/// One bucket of `GET /v1/lots/{id}/history`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct HistoryPoint {
-    #[schema(value_type = String, format = DateTime)]
-    pub start: chrono::DateTime<chrono::Utc>,
-    pub occupancy_start: i32,
-    pub occupancy_end: i32,
-    pub occupancy_min: i32,
-    pub occupancy_max: i32,
-    pub occupancy_mean: f64,
-    pub arrivals: i64,
-    pub departures: i64,
-    pub counts: i64,
-    pub capacity: i32,
-    /// 15-minute buckets folded into this one.
-    pub buckets_15m: i64,
-}
+/// One bucket of `GET /v1/lots/{id}/history`: the features' own bucket, as the
+/// projection that owns `lot_features_15m` (or the features in memory) folds it.
+pub use crate::projections::features::query::Bucket as HistoryPoint;
 
 /// `GET /v1/lots/{id}/history`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

@@ -46,9 +46,12 @@ impl Width {
     }
 }
 
-/// One history bucket: the 15-minute rows in it, folded.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// One history bucket: the 15-minute rows in it, folded. It is also the point of
+/// `GET /v1/lots/{id}/history` as the API sends it (`api::wire::HistoryPoint`).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = HistoryPoint)]
 pub struct Bucket {
+    #[schema(value_type = String, format = DateTime)]
     pub start: DateTime<Utc>,
     pub occupancy_start: i32,
     pub occupancy_end: i32,
@@ -59,7 +62,7 @@ pub struct Bucket {
     pub departures: i64,
     pub counts: i64,
     pub capacity: i32,
-    /// 15-minute rows folded into it.
+    /// 15-minute buckets folded into this one.
     pub buckets_15m: i64,
 }
 

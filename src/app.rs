@@ -552,7 +552,6 @@ async fn supervised<R, Fut>(
     .await
 }
 
-/// Run the archive projection on its own thread and runtime, under supervision.
 /// Days of features a lot keeps in memory on the embedded defaults.
 const MEMORY_FEATURE_DAYS: u32 = 400;
 
@@ -581,6 +580,7 @@ fn spawn_memory_features(
     )
 }
 
+/// Run the archive projection on its own thread and runtime, under supervision.
 fn spawn_archive(
     archive: crate::projections::archive::Archive,
     log: Arc<dyn EventLog>,

@@ -457,11 +457,10 @@ async fn a_stop_signal_ends_the_features_warm_up_between_batches() {
     );
 }
 
-#[actix_web::test]
-async fn training_from_the_lake_gives_the_model_training_from_postgresql_gives() {
-    let db = TestDb::new();
-    let dir = common::data_dir();
-    let mut cfg = test_config(dir.path(), Some(&db));
+/// The application on `db` (forecasts off) with lot "busy" registered 11 days ago and
+/// ten days of its counts, the features caught up.
+async fn busy_lot(db: &TestDb, dir: &std::path::Path) -> TestApp {
+    let mut cfg = test_config(dir, Some(db));
     cfg.forecast.enabled = false;
     let app = TestApp::spawn(cfg, Hooks::default()).await;
     let start = (chrono::Utc::now() - chrono::Duration::days(11)).to_rfc3339();
@@ -473,6 +472,14 @@ async fn training_from_the_lake_gives_the_model_training_from_postgresql_gives()
     .await;
     post_ok(&app, "/v1/events", json!(daily_counts("busy", 100.0, 10))).await;
     app.wait_caught_up("features").await;
+    app
+}
+
+#[actix_web::test]
+async fn training_from_the_lake_gives_the_model_training_from_postgresql_gives() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let app = busy_lot(&db, dir.path()).await;
     // The lake holds every row of the table once the exporter has been round.
     let rows = db
         .query("SELECT count(*)::int8 FROM lot_features_15m")
@@ -520,18 +527,8 @@ async fn training_from_the_lake_gives_the_model_training_from_postgresql_gives()
 async fn history_from_the_features_in_memory_is_history_from_postgresql() {
     let db = TestDb::new();
     let dir = common::data_dir();
-    let mut cfg = test_config(dir.path(), Some(&db));
-    cfg.forecast.enabled = false;
-    let app = TestApp::spawn(cfg, Hooks::default()).await;
+    let app = busy_lot(&db, dir.path()).await;
     let now = chrono::Utc::now();
-    let start = (now - chrono::Duration::days(11)).to_rfc3339();
-    post_ok(
-        &app,
-        "/v1/lots",
-        json!({"lot_id": "busy", "name": "busy", "capacity": 100, "timestamp": start}),
-    )
-    .await;
-    post_ok(&app, "/v1/events", json!(daily_counts("busy", 100.0, 10))).await;
     for kind in ["ARRIVAL", "ARRIVAL", "DEPARTURE"] {
         post_ok(
             &app,

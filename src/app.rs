@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::actors::{LotOptions, Lots};
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::forecast::service::{self as predictor, Predictor, Runs, Store};
 use crate::log::{EventLog, FileLog, LogOptions};
 use crate::projections::features::memory::MemoryFeatures;
 use crate::projections::features::Features;
@@ -46,6 +47,8 @@ pub struct Application {
     projection: Option<JoinHandle<()>>,
     archive_thread: Option<JoinHandle<()>>,
     live_thread: JoinHandle<()>,
+    /// Wakes the predictor for a run now.
+    forecast_now: Arc<tokio::sync::Notify>,
 }
 
 impl Application {
@@ -77,8 +80,17 @@ impl Application {
             "parkade-live",
             live.clone().follow(dyn_log.clone(), shutdown.subscribe()),
         )?;
-        let read =
-            start_read_models(&config, &hooks, &dyn_log, &board, &shutdown, shutdown_rx).await?;
+        let forecast_now = Arc::new(tokio::sync::Notify::new());
+        let read = start_read_models(
+            &config,
+            &hooks,
+            &dyn_log,
+            &board,
+            &shutdown,
+            shutdown_rx,
+            &forecast_now,
+        )
+        .await?;
         let state = ApiState {
             lots: lots.clone(),
             log: dyn_log,
@@ -104,6 +116,7 @@ impl Application {
             metrics: metrics_handle,
             stale_after_secs: config.lots.stale_after_secs,
             features: read.features,
+            forecasts: read.forecasts,
         };
         if let Some(rate) = state.ingest_rate.clone() {
             actix_web::rt::spawn(tidy_rates(rate, shutdown.subscribe()));
@@ -130,6 +143,7 @@ impl Application {
             projection: read.projection,
             archive_thread: read.archive_thread,
             live_thread,
+            forecast_now,
         })
     }
 
@@ -148,6 +162,12 @@ impl Application {
     /// A handle to stop the HTTP server from elsewhere.
     pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
+    }
+
+    /// A handle that runs the predictor now (it trains a model first when none is
+    /// saved): for the demo, once its history is in.
+    pub fn forecast_now(&self) -> Arc<tokio::sync::Notify> {
+        self.forecast_now.clone()
     }
 
     /// Serve until the server stops (SIGINT/SIGTERM or a handle), then stop the
@@ -210,6 +230,8 @@ struct ReadModels {
     db: Option<sqlx::PgPool>,
     /// The features in memory, on the embedded defaults (no database).
     features: Option<MemoryFeatures>,
+    /// Where the forecasts are kept, when the predictor runs.
+    forecasts: Option<Store>,
     archive: Option<crate::projections::archive::Archive>,
     projection: Option<JoinHandle<()>>,
     archive_thread: Option<JoinHandle<()>>,
@@ -224,10 +246,12 @@ async fn start_read_models(
     board: &StatusBoard,
     shutdown: &watch::Sender<bool>,
     shutdown_rx: watch::Receiver<bool>,
+    forecast_now: &Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<ReadModels> {
     let mut read = ReadModels {
         db: None,
         features: None,
+        forecasts: None,
         archive: None,
         projection: None,
         archive_thread: None,
@@ -237,15 +261,18 @@ async fn start_read_models(
             .parse()
             .context("PARKADE_DATABASE_URL is not a valid PostgreSQL URL")?;
         tracing::info!(database = %config.redacted_database_url().unwrap_or_default(), "PostgreSQL read model enabled");
-        read.db = Some(
-            PgPoolOptions::new()
-                .max_connections(4)
-                .connect_lazy_with(opts),
-        );
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_lazy_with(opts);
+        read.forecasts = config
+            .forecast
+            .enabled
+            .then(|| Store::Postgres(pool.clone()));
+        read.db = Some(pool);
         read.projection = Some(spawn_projection(
             url.clone(),
             log.clone(),
-            board.clone(),
+            (board.clone(), forecast_now.clone()),
             config,
             hooks,
             shutdown_rx,
@@ -253,14 +280,21 @@ async fn start_read_models(
     } else {
         tracing::info!("no PARKADE_DATABASE_URL: running without the PostgreSQL read model; the features are kept in memory");
         let features = MemoryFeatures::new(MEMORY_FEATURE_DAYS);
+        let forecasts = config.forecast.enabled.then(|| Store::Memory {
+            features: features.clone(),
+            runs: Runs::default(),
+            log: log.clone(),
+        });
         read.projection = Some(spawn_memory_features(
             features.clone(),
+            forecasts.clone(),
             log.clone(),
-            board.clone(),
+            (board.clone(), forecast_now.clone()),
             config,
             shutdown_rx,
         )?);
         read.features = Some(features);
+        read.forecasts = forecasts;
     }
     if config.archive.enabled {
         let archive = crate::projections::archive::Archive::from_config(config).await;
@@ -428,7 +462,7 @@ async fn stop_signal() {
 fn spawn_projection(
     url: String,
     log: Arc<dyn EventLog>,
-    board: StatusBoard,
+    (board, forecast_now): (StatusBoard, Arc<tokio::sync::Notify>),
     config: &Config,
     hooks: &Hooks,
     shutdown: watch::Receiver<bool>,
@@ -436,13 +470,8 @@ fn spawn_projection(
     let batch_events = config.projections.batch_events;
     let max_backoff = Duration::from_secs(config.projections.max_backoff_secs);
     let lateness_secs = config.projections.features_lateness_secs;
-    let forecast = if config.forecast.enabled {
-        let tz = config.forecast.tz().map_err(anyhow::Error::msg)?;
-        Some((tz, config.forecast.clone()))
-    } else {
-        None
-    };
-    let data_dir = config.data_dir.clone();
+    let forecast = config.forecast.enabled.then(|| config.clone());
+    let tz = config.forecast.tz().map_err(anyhow::Error::msg)?;
     // The features go to the lake beside the archive, when there is one.
     let lake_config = config.archive.enabled.then(|| config.clone());
     let (fault, panic) = (
@@ -464,15 +493,8 @@ fn spawn_projection(
             projection: Occupancy::new(fault),
         };
         let features = occupancy.driving(Features::new(lateness_secs));
-        let predictor = forecast.map(|(tz, f)| crate::forecast::service::Predictor {
-            pool: pool.clone(),
-            data_dir,
-            tz,
-            interval: Duration::from_secs(f.interval_secs),
-            horizon_hours: f.horizon_hours,
-            keep_hours: f.keep_hours,
-            board: board.clone(),
-        });
+        let predictor = forecast
+            .map(|f| Predictor::new(Store::Postgres(pool.clone()), &f, tz, &board, forecast_now));
         let lake = match &lake_config {
             Some(c) => Some(crate::projections::features::lake::LakeExporter {
                 pool,
@@ -491,7 +513,7 @@ fn spawn_projection(
             supervised(watch(features::NAME), features, |r, sd| r.run(sd)),
             async {
                 if let Some(p) = predictor {
-                    supervised(watch(crate::forecast::service::NAME), p, |p, sd| p.run(sd)).await
+                    supervised(watch(predictor::NAME), p, |p, sd| p.run(sd)).await
                 }
             },
             async {
@@ -559,8 +581,9 @@ const MEMORY_FEATURE_DAYS: u32 = 400;
 /// restart folds the log again from offset zero).
 fn spawn_memory_features(
     features: MemoryFeatures,
+    forecasts: Option<Store>,
     log: Arc<dyn EventLog>,
-    board: StatusBoard,
+    (board, forecast_now): (StatusBoard, Arc<tokio::sync::Notify>),
     config: &Config,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -568,16 +591,27 @@ fn spawn_memory_features(
     let batch_events = config.projections.batch_events;
     let lateness = config.projections.features_lateness_secs;
     let name = crate::projections::features::NAME;
-    on_own_thread(
-        "parkade-features",
-        supervise(name, board.clone(), max_backoff, shutdown, move |sd| {
-            let run =
-                features
-                    .clone()
-                    .follow(log.clone(), board.clone(), batch_events, lateness, sd);
-            async move { run.await.map_err(|e| e.to_string()) }
-        }),
-    )
+    let tz = config.forecast.tz().map_err(anyhow::Error::msg)?;
+    let predictor = forecasts.map(|store| Predictor::new(store, config, tz, &board, forecast_now));
+    let watch = (
+        predictor::NAME,
+        board.clone(),
+        max_backoff,
+        shutdown.clone(),
+    );
+    let fold = supervise(name, board.clone(), max_backoff, shutdown, move |sd| {
+        let run = features
+            .clone()
+            .follow(log.clone(), board.clone(), batch_events, lateness, sd);
+        async move { run.await.map_err(|e| e.to_string()) }
+    });
+    on_own_thread("parkade-features", async move {
+        tokio::join!(fold, async {
+            if let Some(p) = predictor {
+                supervised(watch, p, |p, sd| p.run(sd)).await
+            }
+        });
+    })
 }
 
 /// Run the archive projection on its own thread and runtime, under supervision.

@@ -725,7 +725,9 @@ fn train(c: &Config, a: TrainArgs) -> anyhow::Result<ExitCode> {
                     bail!("training from the features needs PostgreSQL (PARKADE_DATABASE_URL), or give --csv FILE");
                 };
                 (
-                    service::observations(pool, tz, chrono::Utc::now()).await?,
+                    service::Store::Postgres(pool.clone())
+                        .observations(tz, chrono::Utc::now(), None)
+                        .await?,
                     "features".to_owned(),
                 )
             }
@@ -817,31 +819,31 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         database_url: None,
         ..Config::default()
     };
-    // The demo's simulated time starts on the morning of the latest weekday and takes a
-    // while to reach the present: its lots are not stale meanwhile.
-    config.lots.stale_after_secs = 7 * 86_400;
+    // A quiet campus sends few events at night: the demo's lots are not called stale
+    // for half a day without one.
+    config.lots.stale_after_secs = 12 * 3_600;
     let mut sim = a.sim.clone();
     // Days and hours are the campus's.
     config.forecast.timezone = sim.timezone.name().to_owned();
+    // History only goes into a fresh demo: its events come before the live ones.
+    let fresh = !a.data_dir.join("log").exists();
+    let history_days = if fresh { a.history_days } else { 0 };
     if sim.speed == 1.0 && sim.rate.is_none() {
-        // A day of campus traffic in 24 minutes.
+        // Behind the present, an hour of campus traffic a minute.
         sim.speed = 60.0;
     }
     if sim.start.is_none() {
-        // From the morning of the latest weekday, so the lots fill at once.
-        sim.start = Some(demo_start(chrono::Utc::now(), sim.timezone).to_rfc3339());
+        // The history ends two hours ago; the live simulation plays those two hours in
+        // two minutes, then goes on at the pace of the clock.
+        let lag = chrono::Duration::hours(if fresh { 2 } else { 0 });
+        sim.start = Some((chrono::Utc::now() - lag).to_rfc3339());
     }
-    // History only goes into a fresh demo: its events come before the live ones.
-    let history_days = if a.data_dir.join("log").exists() {
-        0
-    } else {
-        a.history_days
-    };
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config, Hooks::default()).await?;
         let url = format!("http://{}:{}", a.bind.ip(), app.port());
         let settings = sim_settings(&sim, url.clone())?;
         let handle = app.server_handle();
+        let forecast_now = app.forecast_now();
         let lots = settings.lots.len();
         // The server serves while the history goes in.
         let serving = actix_web::rt::spawn(app.run_until_stopped());
@@ -857,6 +859,8 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
                 "parkade demo: {history_days} days of history ({sent} events) in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
+            forecast_now.notify_one();
+            demo_forecasts(&url, &settings.lots).await;
         }
         actix_web::rt::spawn(async move {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -869,7 +873,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             }
         });
         println!(
-            "parkade demo: {lots} SFU Burnaby lots, simulated at {}x; data in {}",
+            "parkade demo: {lots} SFU Burnaby lots, simulated at {}x while behind the clock, then live; data in {}",
             sim.speed,
             a.data_dir.display()
         );
@@ -885,22 +889,47 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// 07:30 local time on the latest weekday whose 07:30 has passed.
-fn demo_start(
-    now: chrono::DateTime<chrono::Utc>,
-    tz: chrono_tz::Tz,
-) -> chrono::DateTime<chrono::Utc> {
-    use chrono::{Datelike, TimeZone};
-    let mut day = now.with_timezone(&tz).date_naive();
-    loop {
-        let at = tz
-            .from_local_datetime(&day.and_hms_opt(7, 30, 0).expect("a valid time"))
-            .earliest()
-            .map(|t| t.to_utc());
-        if let Some(at) = at.filter(|t| *t <= now && day.weekday().num_days_from_monday() < 5) {
-            return at;
+/// Wait (a minute at most) until every lot of the demo has a forecast, saying how far
+/// the training and the first forecasts are.
+async fn demo_forecasts(url: &str, lots: &[crate::simulate::SimLot]) {
+    println!("parkade demo: training the model on the history and forecasting every lot");
+    let started = std::time::Instant::now();
+    let client = awc::Client::default();
+    let mut pending: Vec<&str> = lots.iter().map(|l| l.lot_id.as_str()).collect();
+    let mut model = None;
+    while !pending.is_empty() && started.elapsed() < std::time::Duration::from_secs(60) {
+        let mut still = Vec::new();
+        for lot in pending {
+            let reply = client
+                .get(format!("{url}/v1/lots/{lot}/forecast"))
+                .send()
+                .await;
+            match reply {
+                Ok(mut r) if r.status().is_success() => {
+                    if let Ok(f) = r.json::<crate::api::wire::Forecast>().limit(1 << 22).await {
+                        model = Some(f.model_version);
+                        continue;
+                    }
+                    still.push(lot);
+                }
+                _ => still.push(lot),
+            }
         }
-        day = day.pred_opt().expect("a previous day");
+        pending = still;
+        if !pending.is_empty() {
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    match (pending.is_empty(), model) {
+        (true, Some(m)) => println!(
+            "parkade demo: model {m}: forecasts for {} lots in {took:.1} s",
+            lots.len()
+        ),
+        _ => println!(
+            "parkade demo: no forecast yet for {} after {took:.0} s (see GET /v1/admin/projections, \"predictor\"); the dashboard shows them once the predictor has run",
+            pending.join(", ")
+        ),
     }
 }
 

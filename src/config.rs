@@ -102,7 +102,8 @@ impl Default for LiveConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ForecastConfig {
-    /// Run the predictor (needs PostgreSQL). Default true.
+    /// Run the predictor (on PostgreSQL, or in memory on the embedded defaults).
+    /// Default true.
     pub enabled: bool,
     /// Seconds between predictor runs. Default 900 (15 minutes).
     pub interval_secs: u64,

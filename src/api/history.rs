@@ -92,10 +92,7 @@ pub(super) async fn history(
                 .map_err(|e| ApiError::Internal(e.into()))?
         }
         (None, Some(memory)) => memory.buckets(&lot.lot_id, from, to, width, st.forecast_tz),
-        (None, None) => return Err(ApiError::Unavailable(
-            "history needs the features: from PostgreSQL (PARKADE_DATABASE_URL) or kept in memory"
-                .into(),
-        )),
+        (None, None) => return Err(no_features()),
     };
     Ok(HttpResponse::Ok().json(wire::History {
         lot_id: lot.lot_id.to_string(),
@@ -107,20 +104,44 @@ pub(super) async fn history(
     }))
 }
 
+fn no_features() -> ApiError {
+    ApiError::Unavailable(
+        "history needs the features: from PostgreSQL (PARKADE_DATABASE_URL) or kept in memory"
+            .into(),
+    )
+}
+
+/// Where the forecasts are, or 503 saying why there are none.
+fn forecasts<'a>(
+    st: &'a ApiState,
+    what: &str,
+) -> Result<&'a crate::forecast::service::Store, ApiError> {
+    st.forecasts.as_ref().ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "{what} is not served: the predictor is off ([forecast] enabled = false)"
+        ))
+    })
+}
+
 /// The newest forecast run of a lot, oldest target first.
 async fn latest_forecast(
-    pool: &sqlx::PgPool,
+    store: &crate::forecast::service::Store,
     lot: &str,
-) -> Result<Vec<crate::forecast::query::Point>, ApiError> {
-    crate::forecast::query::latest(pool, lot)
+) -> Result<std::sync::Arc<[crate::forecast::query::Point]>, ApiError> {
+    store
+        .latest(lot)
         .await
         .map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// Why there is no forecast: not enough history, or the predictor has not run yet.
-async fn no_forecast(st: &ApiState, pool: &sqlx::PgPool, lot: &str) -> ApiError {
+async fn no_forecast(
+    st: &ApiState,
+    store: &crate::forecast::service::Store,
+    lot: &str,
+) -> ApiError {
     let needed = crate::forecast::model::MIN_HISTORY_DAYS;
-    match crate::forecast::service::days_of_history(pool, lot, st.forecast_tz).await {
+    match store.days_of_history(lot, st.forecast_tz).await {
         Ok(days) if days < needed => ApiError::NotEnoughHistory {
             lot_id: lot.to_owned(),
             days,
@@ -132,14 +153,6 @@ async fn no_forecast(st: &ApiState, pool: &sqlx::PgPool, lot: &str) -> ApiError 
         )),
         Err(e) => ApiError::Internal(e.into()),
     }
-}
-
-fn database(st: &ApiState, what: &str) -> Result<sqlx::PgPool, ApiError> {
-    st.db.clone().ok_or_else(|| {
-        ApiError::Unavailable(format!(
-            "{what} is served from PostgreSQL; no database is configured (PARKADE_DATABASE_URL)"
-        ))
-    })
 }
 
 /// `GET /v1/lots/{id}/forecast`: the newest forecast run, every 15 minutes ahead, with
@@ -160,10 +173,10 @@ pub(super) async fn forecast(
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     let lot = super::lots::handle(&st, &path)?.view().await?;
-    let pool = database(&st, "the forecast")?;
-    let rows = latest_forecast(&pool, lot.lot_id.as_str()).await?;
+    let store = forecasts(&st, "the forecast")?;
+    let rows = latest_forecast(store, lot.lot_id.as_str()).await?;
     let Some(first) = rows.first() else {
-        return Err(no_forecast(&st, &pool, lot.lot_id.as_str()).await);
+        return Err(no_forecast(&st, store, lot.lot_id.as_str()).await);
     };
     let points = rows
         .iter()
@@ -219,10 +232,14 @@ pub(super) async fn timespan(
             format!("at most {max} points of 15 minutes per request ([limits] max_history_points)"),
         ));
     }
-    let pool = database(&st, "the timespan view")?;
-    let past = query::means(&pool, lot.lot_id.as_str(), from, to)
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?;
+    let store = forecasts(&st, "the timespan view")?;
+    let past = match (&st.db, &st.features) {
+        (Some(pool), _) => query::means(pool, lot.lot_id.as_str(), from, to)
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))?,
+        (None, Some(memory)) => memory.means(&lot.lot_id, from, to),
+        (None, None) => return Err(no_features()),
+    };
     let last_past = past.last().map(|p| p.bucket_start);
     let mut series: Vec<SpanPoint> = past
         .into_iter()
@@ -236,10 +253,10 @@ pub(super) async fn timespan(
             horizon_min: None,
         })
         .collect();
-    let fc = latest_forecast(&pool, lot.lot_id.as_str()).await?;
+    let fc = latest_forecast(store, lot.lot_id.as_str()).await?;
     let issued = fc.first().map(|p| (p.issued_at, p.model_version.clone()));
     series.extend(
-        fc.into_iter()
+        fc.iter()
             .filter(|p| {
                 p.target_time >= from
                     && p.target_time < to

@@ -77,6 +77,8 @@ pub struct ApiState {
     pub stale_after_secs: u64,
     /// The features in memory, serving history when there is no database.
     pub features: Option<crate::projections::features::memory::MemoryFeatures>,
+    /// Where the forecasts are read; `None` when the predictor is off.
+    pub(crate) forecasts: Option<crate::forecast::service::Store>,
 }
 
 impl ApiState {

@@ -3,7 +3,7 @@
 //! - `?lots=a,b` limits the stream to those lots (default: all);
 //! - without `from_offset`, the first message is `{"type":"snapshot", "offset", "next_offset",
 //!   "lots": [...], "history"}` (`offset`: the last log offset it reflects, null for an
-//!   empty log; `history`: whether history and forecasts are served, i.e. PostgreSQL),
+//!   empty log; `history` and `forecast`: whether those are served),
 //!   then one `{"type":"change", ...}` per event;
 //! - with `?from_offset=N`, the messages are every change after offset N, read from the
 //!   log as far back as N is, then live, then `{"type":"live", "next_offset"}` once caught up
@@ -126,7 +126,7 @@ pub(super) async fn ws(
         let joined = match from {
             None => {
                 let history = st.db.is_some() || st.features.is_some();
-                let forecast = st.db.is_some();
+                let forecast = st.forecasts.is_some();
                 let timezone = st.forecast_tz.name();
                 let stale_after_secs = st.stale_after_secs;
                 st.live.subscribe(keep, out.clone(), |snap| {

@@ -5,7 +5,9 @@
 //! lot had an event is one reading, its occupancy at the bucket's end over its capacity,
 //! at the bucket's end.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +18,9 @@ use tokio::sync::watch;
 use super::backtest::local_of;
 use super::history::{History, Obs, ProfileParams};
 use super::model::{self, Model};
+use super::query::Point;
+use crate::log::EventLog;
+use crate::projections::features::memory::MemoryFeatures;
 use crate::projections::{ProjectionState, StatusBoard};
 
 /// Name of the predictor on the status board.
@@ -45,25 +50,115 @@ pub enum ForecastError {
     Lake(String),
 }
 
-/// Readings from the features of the last `WEEKS_READ` weeks before `until`.
-pub async fn observations(
-    pool: &PgPool,
-    tz: Tz,
-    until: DateTime<Utc>,
-) -> Result<History, ForecastError> {
-    observations_of(pool, tz, until, None).await
+/// Where the predictor reads the features and keeps its runs: PostgreSQL
+/// (`lot_features_15m`, `lot_forecasts`), or on the embedded defaults the features in
+/// memory and each lot's newest run in memory. Memory is rebuilt like the features: the
+/// predictor's first run after a start waits for them to fold the log, then forecasts.
+#[derive(Clone)]
+pub enum Store {
+    Postgres(PgPool),
+    Memory {
+        features: MemoryFeatures,
+        runs: Runs,
+        log: Arc<dyn EventLog>,
+    },
 }
 
-/// [`observations`] of one lot only (every lot when `lot` is `None`).
-pub async fn observations_of(
-    pool: &PgPool,
-    tz: Tz,
-    until: DateTime<Utc>,
-    lot: Option<&str>,
-) -> Result<History, ForecastError> {
-    let rows =
-        crate::projections::features::query::readings(pool, until, WEEKS_READ as i32, lot).await?;
-    Ok(history_of(rows, tz))
+/// Each lot's newest forecast run, in memory.
+#[derive(Clone, Default)]
+pub struct Runs(Arc<RwLock<HashMap<String, Arc<[Point]>>>>);
+
+/// One lot's forecast points of a run.
+pub type LotRun = (String, Vec<Point>);
+
+impl Store {
+    /// The database, when the store is PostgreSQL.
+    pub fn pool(&self) -> Option<&PgPool> {
+        match self {
+            Store::Postgres(pool) => Some(pool),
+            Store::Memory { .. } => None,
+        }
+    }
+
+    /// Wait until the features hold every event logged so far (memory; PostgreSQL's are
+    /// read as far as its projection is).
+    pub async fn caught_up(&self) {
+        if let Store::Memory { features, log, .. } = self {
+            features.folded_to(log.durable_end()).await;
+        }
+    }
+
+    /// Readings from the features of the last `WEEKS_READ` weeks before `until`, of one
+    /// lot or of every lot (`None`).
+    pub async fn observations(
+        &self,
+        tz: Tz,
+        until: DateTime<Utc>,
+        lot: Option<&str>,
+    ) -> Result<History, ForecastError> {
+        let rows = match self {
+            Store::Postgres(pool) => {
+                crate::projections::features::query::readings(pool, until, WEEKS_READ as i32, lot)
+                    .await?
+            }
+            Store::Memory { features, .. } => features.readings(until, WEEKS_READ as u32, lot),
+        };
+        Ok(history_of(rows, tz))
+    }
+
+    /// The lots to forecast, with their capacities, by id.
+    async fn capacities(&self) -> Result<Vec<(String, i32)>, ForecastError> {
+        Ok(match self {
+            Store::Postgres(pool) => crate::projections::occupancy::capacities(pool)
+                .await?
+                .into_iter()
+                .map(|l| (l.lot_id, l.capacity))
+                .collect(),
+            Store::Memory { features, .. } => features
+                .capacities()
+                .into_iter()
+                .map(|(id, capacity)| (id.as_str().to_owned(), capacity))
+                .collect(),
+        })
+    }
+
+    /// Keep a run, and let runs issued before `keep_from` go.
+    async fn write(&self, run: Vec<LotRun>, keep_from: DateTime<Utc>) -> Result<(), ForecastError> {
+        match self {
+            Store::Postgres(pool) => {
+                insert(pool, run).await?;
+                sqlx::query("DELETE FROM lot_forecasts WHERE issued_at < $1")
+                    .bind(keep_from)
+                    .execute(pool)
+                    .await?;
+            }
+            Store::Memory { runs, .. } => {
+                let mut all = runs.0.write().unwrap_or_else(|e| e.into_inner());
+                for (lot, points) in run {
+                    all.insert(lot, points.into());
+                }
+                all.retain(|_, points| points.first().is_some_and(|p| p.issued_at >= keep_from));
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest forecast run of a lot, oldest target first (empty when it has none).
+    pub async fn latest(&self, lot: &str) -> Result<Arc<[Point]>, ForecastError> {
+        match self {
+            Store::Postgres(pool) => Ok(super::query::latest(pool, lot).await?.into()),
+            Store::Memory { runs, .. } => {
+                let all = runs.0.read().unwrap_or_else(|e| e.into_inner());
+                Ok(all.get(lot).cloned().unwrap_or_else(|| Arc::new([])))
+            }
+        }
+    }
+
+    /// Why a lot has no forecast: days of readings before today, against what is needed.
+    pub async fn days_of_history(&self, lot: &str, tz: Tz) -> Result<usize, ForecastError> {
+        let h = self.observations(tz, Utc::now(), Some(lot)).await?;
+        Ok(h.days_before(lot, local_of(tz, Utc::now().timestamp())))
+    }
 }
 
 /// The training history in the features lake (`store`): the same readings as
@@ -182,17 +277,16 @@ pub struct RunSummary {
     pub model_version: Option<String>,
 }
 
-/// Forecast every lot of `current_lot_occupancy` from `issued_at` to `horizon_hours`
-/// ahead (every 15 minutes) and write the rows to `lot_forecasts`.
-pub async fn predict_all(
-    pool: &PgPool,
+/// Forecast every lot of `lots` (id, capacity) from `issued_at` to `horizon_hours`
+/// ahead, every 15 minutes, with what `h` knew at `issued_at`.
+pub fn forecast_lots(
     model: &Model,
+    h: &History,
+    lots: Vec<(String, i32)>,
     tz: Tz,
     issued_at: DateTime<Utc>,
     horizon_hours: u32,
-) -> Result<RunSummary, ForecastError> {
-    let h = observations(pool, tz, issued_at).await?;
-    let lots = crate::projections::occupancy::capacities(pool).await?;
+) -> (Vec<LotRun>, RunSummary) {
     let origin_utc = issued_at.timestamp();
     let origin = (origin_utc, local_of(tz, origin_utc));
     let first = (origin_utc / 900 + 1) * 900;
@@ -201,40 +295,57 @@ pub async fn predict_all(
         model_version: Some(model.version.clone()),
         ..RunSummary::default()
     };
-    let (mut ids, mut targets, mut horizons, mut occ, mut low, mut high, mut caps) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    for crate::projections::occupancy::LotCapacity {
-        lot_id: lot,
-        capacity,
-    } in lots
-    {
+    let mut run = Vec::new();
+    for (lot, capacity) in lots {
         let cap = f64::from(capacity);
-        let mut wrote = false;
+        let mut points = Vec::new();
         for k in 0..steps {
             let t = first + k * 900;
-            match model.forecast(&h, &lot, (t, local_of(tz, t)), origin) {
-                Ok(f) => {
-                    ids.push(lot.clone());
-                    targets.push(DateTime::from_timestamp(t, 0).unwrap_or_default());
-                    horizons.push(i32::try_from((t - origin_utc) / 60).unwrap_or(i32::MAX));
-                    occ.push((f.rate * cap).min(cap));
-                    low.push((f.low * cap).min(cap));
-                    high.push((f.high * cap).min(cap));
-                    caps.push(capacity);
-                    wrote = true;
-                }
+            match model.forecast(h, &lot, (t, local_of(tz, t)), origin) {
+                Ok(f) => points.push(Point {
+                    issued_at,
+                    target_time: DateTime::from_timestamp(t, 0).unwrap_or_default(),
+                    horizon_min: i32::try_from((t - origin_utc) / 60).unwrap_or(i32::MAX),
+                    predicted_occupancy: (f.rate * cap).min(cap),
+                    low: (f.low * cap).min(cap),
+                    high: (f.high * cap).min(cap),
+                    capacity,
+                    model_version: model.version.clone(),
+                }),
                 Err(e) => {
                     summary.skipped.push((lot.clone(), e.to_string()));
                     break;
                 }
             }
         }
-        if wrote {
+        if !points.is_empty() {
             summary.lots_forecast += 1;
+            summary.rows += points.len();
+            run.push((lot, points));
         }
     }
-    summary.rows = ids.len();
-    let mut tx = pool.begin().await?;
+    (run, summary)
+}
+
+/// Write a run's rows to `lot_forecasts`.
+async fn insert(pool: &PgPool, run: Vec<LotRun>) -> Result<(), sqlx::Error> {
+    let Some(first) = run.first().and_then(|(_, p)| p.first()) else {
+        return Ok(());
+    };
+    let (issued_at, version) = (first.issued_at, first.model_version.clone());
+    let (mut ids, mut targets, mut horizons, mut occ, mut low, mut high, mut caps) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    for (lot, points) in run {
+        for p in points {
+            ids.push(lot.clone());
+            targets.push(p.target_time);
+            horizons.push(p.horizon_min);
+            occ.push(p.predicted_occupancy);
+            low.push(p.low);
+            high.push(p.high);
+            caps.push(p.capacity);
+        }
+    }
     sqlx::query(
         "INSERT INTO lot_forecasts (lot_id, issued_at, target_time, horizon_min, predicted_occupancy, low, high, capacity, model_version) \
          SELECT u.lot_id, $2, u.target_time, u.horizon_min, u.predicted, u.low, u.high, u.capacity, $3 \
@@ -244,44 +355,65 @@ pub async fn predict_all(
     )
     .bind(ids)
     .bind(issued_at)
-    .bind(&model.version)
+    .bind(version)
     .bind(targets)
     .bind(horizons)
     .bind(occ)
     .bind(low)
     .bind(high)
     .bind(caps)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-    tx.commit().await?;
-    Ok(summary)
+    Ok(())
 }
 
-/// Why a lot has no forecast: days of readings before today, against what is needed.
-pub async fn days_of_history(pool: &PgPool, lot: &str, tz: Tz) -> Result<usize, ForecastError> {
-    let h = observations_of(pool, tz, Utc::now(), Some(lot)).await?;
-    Ok(h.days_before(lot, local_of(tz, Utc::now().timestamp())))
-}
-
-/// Runs the predictor until shut down: every `interval`, forecast every lot. Without a
-/// saved model it trains one from the features first (and saves it) once there is
-/// enough history.
+/// Runs the predictor until shut down: every `interval` (or when woken), forecast
+/// every lot. Without a saved model it trains one from the features first (and saves
+/// it) once there is enough history.
 #[derive(Clone)]
 pub struct Predictor {
-    pub pool: PgPool,
+    pub store: Store,
     pub data_dir: PathBuf,
     pub tz: Tz,
     pub interval: Duration,
     pub horizon_hours: u32,
     pub keep_hours: u32,
     pub board: StatusBoard,
+    /// Runs the predictor before its interval is over.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Predictor {
+    /// The predictor of `config`'s `[forecast]` settings, on `store`.
+    pub fn new(
+        store: Store,
+        config: &crate::Config,
+        tz: Tz,
+        board: &StatusBoard,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Predictor {
+        let f = &config.forecast;
+        Predictor {
+            store,
+            data_dir: config.data_dir.clone(),
+            tz,
+            interval: Duration::from_secs(f.interval_secs),
+            horizon_hours: f.horizon_hours,
+            keep_hours: f.keep_hours,
+            board: board.clone(),
+            wake,
+        }
+    }
+
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut model: Option<Model> = None;
         loop {
-            match self.once(&mut model).await {
+            // A run may wait for the features to fold the log: stopping does not wait.
+            let run = tokio::select! {
+                r = self.once(&mut model) => r,
+                _ = shutdown.changed() => break,
+            };
+            match run {
                 Ok(s) => {
                     tracing::info!(lots = s.lots_forecast, rows = s.rows, skipped = s.skipped.len(), model = ?s.model_version, "forecasts written");
                     self.board
@@ -301,6 +433,7 @@ impl Predictor {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
+                _ = self.wake.notified() => {}
                 _ = shutdown.changed() => break,
             }
         }
@@ -311,20 +444,20 @@ impl Predictor {
         if model.is_none() {
             *model = load_current(&self.data_dir)?;
         }
+        self.store.caught_up().await;
         let now = Utc::now();
+        let h = self.store.observations(self.tz, now, None).await?;
         if model.is_none() {
-            let h = observations(&self.pool, self.tz, now).await?;
             let m = train(&h, now.timestamp(), self.tz, "features".into())?;
-            let path = save(&m, &self.data_dir, Some(&self.pool)).await?;
+            let path = save(&m, &self.data_dir, self.store.pool()).await?;
             tracing::info!(version = %m.version, path = %path.display(), "trained a model from the features");
             *model = Some(m);
         }
         let m = model.as_ref().expect("loaded or trained above");
-        let summary = predict_all(&self.pool, m, self.tz, now, self.horizon_hours).await?;
-        sqlx::query("DELETE FROM lot_forecasts WHERE issued_at < $1")
-            .bind(now - chrono::Duration::hours(i64::from(self.keep_hours)))
-            .execute(&self.pool)
-            .await?;
+        let lots = self.store.capacities().await?;
+        let (run, summary) = forecast_lots(m, &h, lots, self.tz, now, self.horizon_hours);
+        let keep_from = now - chrono::Duration::hours(i64::from(self.keep_hours));
+        self.store.write(run, keep_from).await?;
         Ok(summary)
     }
 }

@@ -382,3 +382,79 @@ async fn with_closed_reads_the_dashboard_works_from_a_read_token_in_its_address(
     d.call("DELETE", "", Value::Null).await;
     app.stop().await;
 }
+
+/// A zone of whole hours where it is about noon now (`Etc/GMT-N` is N hours ahead of
+/// UTC): both Chromium's and chrono-tz's tz databases have them, without daylight time.
+fn zone_at_noon() -> String {
+    use chrono::Timelike;
+    let ahead = 12 - i64::from(chrono::Utc::now().hour());
+    match ahead {
+        0 => "Etc/GMT".into(),
+        n if n > 0 => format!("Etc/GMT-{n}"),
+        n => format!("Etc/GMT+{}", -n),
+    }
+}
+
+#[actix_web::test]
+async fn the_demo_opens_on_the_three_answers_for_every_lot() {
+    // Its campus at noon, so the test sees a day with a morning behind it and an
+    // afternoon ahead whenever it runs (the chart spans the campus's day).
+    let zone = zone_at_noon();
+    let started = Instant::now();
+    let demo = crate::demo::Demo::start(&["--timezone", &zone, "--duration", "180"]);
+    println!(
+        "the demo ({zone}) was ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let d = Driver::start().await;
+    d.call("POST", "/url", json!({"url": format!("{}/", demo.url)}))
+        .await;
+    // For every card: the live count, today's curve, the usual profile, and the
+    // forecast with its interval band.
+    let check = "return [...document.querySelectorAll('.card')].map(c => { \
+        const n = (sel) => c.querySelectorAll(sel).length; \
+        const pts = (sel) => { const e = c.querySelector(sel); \
+            return e && e.getAttribute('points') ? e.getAttribute('points').trim().split(' ').length : 0; }; \
+        return {lot: c.dataset.lot, free: c.querySelector('.free').textContent, \
+            today: pts('svg.chart polyline.today'), usual: pts('svg.chart polyline.profile'), \
+            forecast: pts('svg.chart polyline.forecast'), band: n('svg.chart polygon.band'), \
+            note: c.querySelector('.note').textContent}; })";
+    let cards = common::eventually(
+        Duration::from_secs(90),
+        "every card with its count and three curves",
+        || async {
+            let cards = d.js(check).await;
+            let all = cards.as_array().cloned().unwrap_or_default();
+            let complete = |c: &Value| {
+                c["free"].as_str().is_some_and(|f| !f.is_empty())
+                    && c["today"].as_u64() > Some(4)
+                    && c["usual"].as_u64() > Some(20)
+                    && c["forecast"].as_u64() > Some(4)
+                    && c["band"] == 1
+            };
+            if all.len() == 7 && all.iter().all(complete) {
+                Ok(cards)
+            } else {
+                Err(cards.to_string())
+            }
+        },
+    )
+    .await;
+    println!("{cards}");
+    for c in cards.as_array().unwrap() {
+        let note = c["note"].as_str().unwrap();
+        assert!(note.starts_with("forecast by model "), "{c}");
+    }
+    d.screenshot("demo-desktop.png").await;
+    d.call("POST", "/window/rect", json!({"width": 390, "height": 844}))
+        .await;
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    d.screenshot("demo-phone.png").await;
+    let logs = d.call("POST", "/se/log", json!({"type": "browser"})).await;
+    let severe: Vec<&Value> = logs
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["level"] == "SEVERE").collect())
+        .unwrap_or_default();
+    assert!(severe.is_empty(), "console errors: {severe:?}");
+    d.call("DELETE", "", Value::Null).await;
+}

@@ -1,45 +1,90 @@
-//! `parkade demo` as a user runs it: it starts on embedded defaults, prints the
-//! dashboard URL, and events flow within a few seconds.
+//! `parkade demo` as a user runs it: it starts on embedded defaults with weeks of
+//! history and a trained model, prints the dashboard URL, and events flow within a few
+//! seconds.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use parkade::api::wire;
 
 use crate::common;
 
+/// A running `parkade demo`, killed when dropped.
+pub struct Demo {
+    child: Child,
+    /// The dashboard's address, without the trailing slash.
+    pub url: String,
+    /// What it printed before the address.
+    pub printed: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Demo {
+    /// Start the demo in a fresh data folder with `args` besides the address and
+    /// folder; returns once it printed the dashboard's address.
+    pub fn start(args: &[&str]) -> Demo {
+        let dir = common::data_dir();
+        let mut child = Command::new(common::binary())
+            .args(["demo", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("demo"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start parkade demo");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut printed = Vec::new();
+        let url = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(70))
+                .unwrap_or_else(|_| {
+                    panic!("the demo prints the dashboard URL; printed {printed:?}")
+                });
+            if let Some(u) = line.strip_prefix("Dashboard: ") {
+                break u.trim_end_matches('/').to_owned();
+            }
+            printed.push(line);
+        };
+        Demo {
+            child,
+            url,
+            printed,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[actix_web::test]
-async fn the_demo_starts_and_events_flow_within_seconds() {
-    let dir = common::data_dir();
-    let mut child = Command::new(common::binary())
-        .args([
-            "demo",
-            "--bind",
-            "127.0.0.1:0",
-            "--duration",
-            "20",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("demo"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start parkade demo");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let url = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the demo prints the dashboard URL");
-        if let Some(u) = line.strip_prefix("Dashboard: ") {
-            break u.trim_end_matches('/').to_owned();
-        }
-    };
+async fn the_demo_starts_with_history_and_forecasts_and_events_flow_within_seconds() {
+    let started = Instant::now();
+    // A fixed load (the campus's own traffic is thin at night).
+    let demo = Demo::start(&["--duration", "30", "--rate", "50"]);
+    println!(
+        "the demo was ready after {:.1} s: {:?}",
+        started.elapsed().as_secs_f64(),
+        demo.printed
+    );
+    assert!(
+        demo.printed.iter().any(|l| l.contains("preparing history")),
+        "progress while it prepares: {:?}",
+        demo.printed
+    );
+    let url = &demo.url;
     let client = awc::Client::new();
     let page = client
         .get(format!("{url}/"))
@@ -54,11 +99,15 @@ async fn the_demo_starts_and_events_flow_within_seconds() {
         let client = client.clone();
         async move {
             let mut r = client.get(path).send().await.unwrap();
-            r.json::<serde_json::Value>().limit(1 << 22).await.unwrap()
+            let status = r.status().as_u16();
+            let body = r.json::<serde_json::Value>().limit(1 << 22).await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            body
         }
     };
     let lots = get(format!("{url}/v1/lots")).await;
-    assert_eq!(lots["lots"].as_array().map(Vec::len), Some(7), "{lots}");
+    let lots: wire::LotList = serde_json::from_value(lots).unwrap();
+    assert_eq!(lots.lots.len(), 7, "{lots:?}");
     // Four weeks of history are in before the dashboard opens: a usual profile at once,
     // days of the campus's time zone with busy weekdays.
     let from = (chrono::Utc::now() - chrono::Duration::days(30)).format("%Y-%m-%dT%H:%M:%SZ");
@@ -74,6 +123,13 @@ async fn the_demo_starts_and_events_flow_within_seconds() {
         .filter(|p| p["arrivals"].as_i64().unwrap_or(0) > 100)
         .count();
     assert!(busy_days >= 19, "{busy_days} busy days in {h}");
+    // And every lot has a forecast of the model trained on it, with its interval.
+    for lot in &lots.lots {
+        let f = get(format!("{url}/v1/lots/{}/forecast", lot.lot_id)).await;
+        let f: wire::Forecast = serde_json::from_value(f).unwrap();
+        assert_eq!(f.points.len(), 96, "{f:?}");
+        assert!(f.points.iter().any(|p| p.high > p.low), "{f:?}");
+    }
     // And live events flow within seconds.
     let end = |v: serde_json::Value| v["log_end"].as_u64().unwrap();
     let before = end(get(format!("{url}/v1/admin/projections")).await);
@@ -91,6 +147,4 @@ async fn the_demo_starts_and_events_flow_within_seconds() {
         "{moved} live events after {} ms",
         started.elapsed().as_millis()
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -205,7 +205,7 @@ async fn day_buckets_of_history_are_days_of_the_lots_time_zone() {
 }
 
 #[actix_web::test]
-async fn without_a_database_history_comes_from_memory_and_forecasts_say_why() {
+async fn without_a_database_history_and_forecasts_come_from_memory() {
     let dir = common::data_dir();
     let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
     post_ok(
@@ -219,12 +219,31 @@ async fn without_a_database_history_comes_from_memory_and_forecasts_say_why() {
     let h = app.history("north", "bucket=1h").await.unwrap();
     let arrivals: i64 = h.points.iter().map(|p| p.arrivals).sum();
     assert_eq!(arrivals, 1, "{h:?}");
+    // One arrival is no week of history: the forecast says so, the timespan has the past.
+    let e = app.forecast("north").await.unwrap_err();
+    assert_eq!(
+        (e.status, e.body.error.as_str()),
+        (409, "not_enough_history"),
+        "{e:?}"
+    );
+    let ts = app.timespan("north", "").await.unwrap();
+    assert!(!ts.series.is_empty(), "{ts:?}");
+    assert!(ts
+        .series
+        .iter()
+        .all(|p| matches!(p.kind, wire::SpanKind::History)));
+    app.stop().await;
+
+    // With the predictor off, the forecast endpoints say so.
+    let mut cfg = test_config(dir.path(), None);
+    cfg.forecast.enabled = false;
+    let app = TestApp::spawn(cfg, Hooks::default()).await;
     for e in [
         app.forecast("north").await.unwrap_err(),
         app.timespan("north", "").await.unwrap_err(),
     ] {
         assert_eq!(e.status, 503, "{e:?}");
-        assert!(e.body.message.contains("PostgreSQL"), "{e:?}");
+        assert!(e.body.message.contains("[forecast] enabled"), "{e:?}");
     }
     app.stop().await;
 }
@@ -253,14 +272,25 @@ fn daily_counts(lot: &str, capacity: f64, days: i64) -> Vec<Value> {
     out
 }
 
-#[actix_web::test]
-async fn the_predictor_trains_a_model_and_forecasts_registered_lots() {
-    let db = TestDb::new();
+/// The events of the predictor tests: "busy" with ten days of readings, "new" with
+/// readings of the last hour only (whatever the time of day the test runs).
+fn predictor_events() -> (String, Vec<Value>) {
+    let start = (chrono::Utc::now() - chrono::Duration::days(11)).to_rfc3339();
+    let mut events = daily_counts("busy", 100.0, 10);
+    events.extend([60, 30].iter().map(|m| {
+        let at = chrono::Utc::now() - chrono::Duration::minutes(*m);
+        json!({"lot_id": "new", "event_type": "COUNT", "count": 5, "timestamp": at.to_rfc3339()})
+    }));
+    (start, events)
+}
+
+/// Run the predictor on `events` with PostgreSQL (`db`) or in memory; check its forecasts
+/// and timespan, and return the fitted horizons of the model it trained and saved.
+async fn predictor_on(db: Option<&TestDb>, (start, events): &(String, Vec<Value>)) -> Value {
     let dir = common::data_dir();
-    let mut cfg = test_config(dir.path(), Some(&db));
+    let mut cfg = test_config(dir.path(), db);
     cfg.forecast.interval_secs = 1;
     let app = TestApp::spawn(cfg, Hooks::default()).await;
-    let start = (chrono::Utc::now() - chrono::Duration::days(11)).to_rfc3339();
     for (lot, cap) in [("busy", 100), ("new", 20)] {
         post_ok(
             &app,
@@ -269,16 +299,7 @@ async fn the_predictor_trains_a_model_and_forecasts_registered_lots() {
         )
         .await;
     }
-    post_ok(&app, "/v1/events", json!(daily_counts("busy", 100.0, 10))).await;
-    // "new" only has readings from the last hour (whatever the time of day the test runs).
-    let recent: Vec<Value> = [60, 30]
-        .iter()
-        .map(|m| {
-            let at = chrono::Utc::now() - chrono::Duration::minutes(*m);
-            json!({"lot_id": "new", "event_type": "COUNT", "count": 5, "timestamp": at.to_rfc3339()})
-        })
-        .collect();
-    post_ok(&app, "/v1/events", json!(recent)).await;
+    post_ok(&app, "/v1/events", json!(events)).await;
     app.wait_caught_up("features").await;
 
     let f = common::eventually(
@@ -299,8 +320,10 @@ async fn the_predictor_trains_a_model_and_forecasts_registered_lots() {
     let version = f.model_version.clone();
     let current = std::fs::read_to_string(dir.path().join("models/CURRENT")).unwrap();
     assert_eq!(current.trim(), version);
-    let models = db.query("SELECT version FROM forecast_models").await;
-    assert_eq!(models, [[version.clone()]]);
+    if let Some(db) = db {
+        let models = db.query("SELECT version FROM forecast_models").await;
+        assert_eq!(models, [[version.clone()]]);
+    }
 
     // A lot with readings on no earlier day gets a clear answer, not a number.
     let e = app.forecast("new").await.unwrap_err();
@@ -323,7 +346,45 @@ async fn the_predictor_trains_a_model_and_forecasts_registered_lots() {
     assert!(kinds[first_forecast..]
         .iter()
         .all(|k| matches!(k, wire::SpanKind::Forecast)));
+    assert_eq!(ts.model_version.as_deref(), Some(version.as_str()));
     app.stop().await;
+    let model = dir.path().join(format!("models/{version}.json"));
+    let model: Value = serde_json::from_slice(&std::fs::read(model).unwrap()).unwrap();
+    model["horizons"].clone()
+}
+
+#[actix_web::test]
+async fn the_predictor_trains_the_same_model_and_forecasts_with_postgres_or_in_memory() {
+    let events = predictor_events();
+    let db = TestDb::new();
+    let on_postgres = predictor_on(Some(&db), &events).await;
+    let in_memory = predictor_on(None, &events).await;
+    let (a, b) = (
+        on_postgres.as_array().unwrap(),
+        in_memory.as_array().unwrap(),
+    );
+    assert!(!a.is_empty());
+    assert_eq!(a.len(), b.len(), "{on_postgres} / {in_memory}");
+    // Equal fits, but for the order floats were summed in.
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["minutes"], y["minutes"]);
+        assert_eq!(x["samples"], y["samples"]);
+        for key in ["coef", "residual_p10", "residual_p90", "train_mae"] {
+            let (xs, ys) = (numbers(&x[key]), numbers(&y[key]));
+            assert_eq!(xs.len(), ys.len());
+            for (u, v) in xs.iter().zip(&ys) {
+                assert!((u - v).abs() < 1e-9, "{key}: {x} / {y}");
+            }
+        }
+    }
+}
+
+/// A number, or an array of numbers, as a list.
+fn numbers(v: &Value) -> Vec<f64> {
+    match v.as_array() {
+        Some(a) => a.iter().map(|n| n.as_f64().unwrap()).collect(),
+        None => vec![v.as_f64().unwrap()],
+    }
 }
 
 #[actix_web::test]

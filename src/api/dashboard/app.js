@@ -5,7 +5,7 @@ const lots = new Map(); // lot_id -> {view, el, recent: [[ms, occ]], extra}
 const $ = (sel, root = document) => root.querySelector(sel);
 let lastOffset = null;
 let historyServed = null; // from the snapshot: the features behind /history
-let forecastServed = null; // from the snapshot: PostgreSQL behind /timespan
+let forecastServed = null; // from the snapshot: the predictor behind /timespan
 let campusTz; // from the snapshot: the lots' time zone (IANA); the browser's until then
 let staleAfterMs = null; // from the snapshot: a lot this long without an event is stale
 
@@ -162,7 +162,7 @@ async function loadCharts(id) {
   if (recent.ok) l.recent = recent.body.points.map(p => [Date.parse(p.time), p.occupancy]);
   if (!historyServed) {
     for (const i of l.el.querySelectorAll(".legend span + span")) i.hidden = true;
-    $(".note", l.el).textContent = "Usual profile, forecast and history need PostgreSQL; the chart shows what this service has seen.";
+    $(".note", l.el).textContent = "This service serves no history; the chart shows what it has seen.";
     $("button", l.el).hidden = true;
     drawChart(id);
     return;
@@ -180,7 +180,7 @@ async function loadCharts(id) {
   };
   $(".note", l.el).textContent = ts.ok
     ? (ts.body.model_version ? `forecast by model ${ts.body.model_version}` : "no forecast yet")
-    : !forecastServed ? "Forecasts need PostgreSQL for now; the usual profile is from the features in memory." : "";
+    : !forecastServed ? "Forecasts are off on this service ([forecast] enabled = false)." : "";
   drawChart(id);
 }
 

@@ -179,20 +179,10 @@ pub async fn readings(
             .await
             .expect("decoding does not panic")
             .map_err(|e| format!("{key}: {e}"))?;
-        let quarter = 15 * 60 * 1_000_000;
         let (from, until) = (from.timestamp_micros(), until.timestamp_micros());
         out.extend(
-            rows.into_iter()
-                .filter(|r| r.arrivals + r.departures + r.counts > 0 && r.capacity > 0)
-                .filter(|r| r.bucket_start + quarter <= until && r.bucket_start >= from)
-                .filter_map(|r| {
-                    Some(super::query::Reading {
-                        at: DateTime::from_timestamp_micros(r.bucket_start + quarter)?,
-                        lot_id: r.lot_id.as_str().to_owned(),
-                        occupancy_end: r.occupancy_end,
-                        capacity: r.capacity,
-                    })
-                }),
+            rows.iter()
+                .filter_map(|r| super::query::Reading::of_row(r, from, until)),
         );
     }
     Ok(out)

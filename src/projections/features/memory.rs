@@ -14,7 +14,7 @@ use chrono::{DateTime, TimeZone, Timelike, Utc};
 use tokio::sync::watch;
 
 use super::fold::{FeatureFold, FeatureRow};
-use super::query::{Bucket, Width};
+use super::query::{Bucket, Mean, Reading, Width};
 use crate::domain::LotId;
 use crate::log::{EventLog, Subscription};
 use crate::projections::{ProjectionError, ProjectionName, ProjectionState, StatusBoard};
@@ -24,6 +24,8 @@ use crate::projections::{ProjectionError, ProjectionName, ProjectionState, Statu
 pub struct MemoryFeatures {
     state: Arc<RwLock<State>>,
     keep_micros: i64,
+    /// The position, for readers waiting until the rows reach an offset.
+    folded: watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -39,6 +41,7 @@ impl MemoryFeatures {
         MemoryFeatures {
             state: Arc::default(),
             keep_micros: i64::from(keep_days) * 86_400 * 1_000_000,
+            folded: watch::Sender::new(0),
         }
     }
 
@@ -60,6 +63,59 @@ impl MemoryFeatures {
             }
         }
         st.position = position;
+        drop(st);
+        self.folded.send_replace(position);
+    }
+
+    /// Wait until every event below offset `end` is in the rows.
+    pub async fn folded_to(&self, end: u64) {
+        let mut rx = self.folded.subscribe();
+        // The sender lives in `self`, so the channel stays open while this waits.
+        let _ = rx.wait_for(|p| *p >= end).await;
+    }
+
+    /// Training readings of the `weeks` weeks up to `until` (of one lot, or of all):
+    /// what [`query::readings`](super::query::readings) reads from PostgreSQL.
+    pub fn readings(&self, until: DateTime<Utc>, weeks: u32, lot: Option<&str>) -> Vec<Reading> {
+        let until = until.timestamp_micros();
+        let from = until - i64::from(weeks) * 7 * 86_400 * 1_000_000;
+        let st = self.read();
+        st.lots
+            .iter()
+            .filter(|(id, _)| lot.is_none_or(|l| id.as_str() == l))
+            .flat_map(|(_, rows)| rows.range(from..until).map(|(_, r)| r))
+            .filter_map(|r| Reading::of_row(r, from, until))
+            .collect()
+    }
+
+    /// Every lot with rows, and its capacity as of its newest row, by id.
+    pub fn capacities(&self) -> Vec<(LotId, i32)> {
+        let st = self.read();
+        let mut out: Vec<(LotId, i32)> = st
+            .lots
+            .iter()
+            .filter_map(|(id, rows)| Some((id.clone(), rows.values().next_back()?.capacity)))
+            .collect();
+        out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        out
+    }
+
+    /// Lot `lot`'s 15-minute means in `[from, to)`, oldest first: what
+    /// [`query::means`](super::query::means) reads from PostgreSQL.
+    pub fn means(&self, lot: &LotId, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<Mean> {
+        let st = self.read();
+        let Some(rows) = st.lots.get(lot) else {
+            return Vec::new();
+        };
+        rows.range(from.timestamp_micros()..to.timestamp_micros())
+            .filter_map(|(_, r)| {
+                Some(Mean {
+                    bucket_start: DateTime::from_timestamp_micros(r.bucket_start)?,
+                    occupancy_mean: r.occupancy_mean,
+                    capacity: r.capacity,
+                })
+            })
+            .collect()
     }
 
     /// Lot `lot`'s buckets of `width` in `[from, to)`, hours and days in `zone`: what
@@ -110,6 +166,7 @@ impl MemoryFeatures {
         let name = ProjectionName::Features;
         // The fold's window of open buckets lives in this run only: start from zero.
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = State::default();
+        self.folded.send_replace(0);
         let mut fold = FeatureFold::new(lateness_secs);
         let mut sub = Subscription::new(log, 0);
         board.set(name, |s| s.state = ProjectionState::Running);

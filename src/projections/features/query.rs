@@ -134,6 +134,24 @@ pub struct Reading {
     pub capacity: i32,
 }
 
+impl Reading {
+    /// A 15-minute row as a reading of the window `[from, until]` (microseconds, UTC):
+    /// rows with an event and a capacity, read at their end, as [`readings`] selects
+    /// them in SQL.
+    pub fn of_row(r: &super::fold::FeatureRow, from: i64, until: i64) -> Option<Reading> {
+        const QUARTER: i64 = 15 * 60 * 1_000_000;
+        let counts = r.arrivals + r.departures + r.counts > 0 && r.capacity > 0;
+        let inside = r.bucket_start >= from && r.bucket_start + QUARTER <= until;
+        (counts && inside).then_some(())?;
+        Some(Reading {
+            at: DateTime::from_timestamp_micros(r.bucket_start + QUARTER)?,
+            lot_id: r.lot_id.as_str().to_owned(),
+            occupancy_end: r.occupancy_end,
+            capacity: r.capacity,
+        })
+    }
+}
+
 /// Readings of the `weeks` weeks up to `until` (of one lot, or of all).
 pub async fn readings(
     pool: &PgPool,

@@ -1,5 +1,5 @@
-//! The lot over time: its past (`lot_features_15m`), its forecast (`lot_forecasts`) and
-//! both in one series.
+//! The lot over time: its past (the features), its forecast (the predictor's newest run)
+//! and both in one series; from PostgreSQL or, on the embedded defaults, from memory.
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
@@ -58,7 +58,7 @@ pub(super) fn range(
         (status = 200, description = "The buckets", body = wire::History),
         (status = 400, description = "A bad parameter, or too many points", body = wire::ErrorBody),
         (status = 404, description = "Unknown lot", body = wire::ErrorBody),
-        (status = 503, description = "No database configured", body = wire::ErrorBody),
+        (status = 503, description = "No features served", body = wire::ErrorBody),
     )
 )]
 pub(super) async fn history(
@@ -165,7 +165,7 @@ async fn no_forecast(
         (status = 400, description = "Not a lot id", body = wire::ErrorBody),
         (status = 404, description = "Unknown lot", body = wire::ErrorBody),
         (status = 409, description = "Not enough history for a forecast yet", body = wire::ErrorBody),
-        (status = 503, description = "No database configured", body = wire::ErrorBody),
+        (status = 503, description = "The predictor is off", body = wire::ErrorBody),
     )
 )]
 pub(super) async fn forecast(
@@ -213,7 +213,7 @@ pub(super) async fn forecast(
         (status = 200, description = "History, then forecast", body = wire::Timespan),
         (status = 400, description = "A bad parameter, or too many points", body = wire::ErrorBody),
         (status = 404, description = "Unknown lot", body = wire::ErrorBody),
-        (status = 503, description = "No database configured", body = wire::ErrorBody),
+        (status = 503, description = "The predictor is off", body = wire::ErrorBody),
     )
 )]
 pub(super) async fn timespan(

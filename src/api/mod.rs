@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /v1/events` | `events`: one JSON event, a JSON array, or NDJSON |
 //! | `POST /v1/lots`, `GET /v1/lots`, `GET /v1/lots/{id}`, `PATCH /v1/lots/{id}`, `POST /v1/lots/{id}/count` | `lots` |
-//! | `GET /v1/lots/{id}/history`, `/forecast`, `/timespan` | `history` (from `lot_features_15m` and `lot_forecasts`) |
+//! | `GET /v1/lots/{id}/history`, `/forecast`, `/timespan` | `history` (the features and the predictor's runs: PostgreSQL or memory) |
 //! | `GET /v1/lots/{id}/recent` | `history` (5-minute samples from the live fan-out, no database) |
 //! | `GET /`, `/assets/*` | `dashboard`: the web dashboard |
 //! | `POST /v1/admin/replay`, `GET /v1/admin/projections`, `POST /v1/admin/known-events` | `admin` |

@@ -5,8 +5,8 @@
 //! - [`model`]: the model (weekly profile + the lot's deviation from it, weights fitted
 //!   per horizon), its training and the saved artifact;
 //! - [`backtest`]: `parkade backtest`, rolling-origin evaluation against two baselines;
-//! - [`service`]: training from `lot_features_15m`, the model artifact, and the
-//!   predictor writing `lot_forecasts` on a schedule.
+//! - [`service`]: training from the features, the model artifact, and the predictor
+//!   forecasting every lot on a schedule, into `lot_forecasts` or memory.
 
 pub mod backtest;
 pub mod history;

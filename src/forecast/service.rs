@@ -1,5 +1,6 @@
-//! The forecasts inside the service: training from `lot_features_15m`, the saved model
-//! artifact, and the predictor that writes `lot_forecasts` on a schedule.
+//! The forecasts inside the service: training from the features, the saved model
+//! artifact, and the predictor that forecasts every lot on a schedule, into
+//! `lot_forecasts` (PostgreSQL) or memory (the embedded defaults).
 //!
 //! Readings for the model come from the features: every 15-minute bucket in which the
 //! lot had an event is one reading, its occupancy at the bucket's end over its capacity,

@@ -194,6 +194,7 @@ pub(super) async fn forecast(
         lot_id: lot.lot_id.to_string(),
         issued_at: first.issued_at,
         model_version: first.model_version.clone(),
+        method: wire::ForecastMethod::parse(&first.method),
         points,
     }))
 }
@@ -254,7 +255,13 @@ pub(super) async fn timespan(
         })
         .collect();
     let fc = latest_forecast(store, lot.lot_id.as_str()).await?;
-    let issued = fc.first().map(|p| (p.issued_at, p.model_version.clone()));
+    let issued = fc.first().map(|p| {
+        (
+            p.issued_at,
+            p.model_version.clone(),
+            wire::ForecastMethod::parse(&p.method),
+        )
+    });
     series.extend(
         fc.iter()
             .filter(|p| {
@@ -277,6 +284,7 @@ pub(super) async fn timespan(
         from,
         to,
         forecast_issued_at: issued.as_ref().map(|i| i.0),
+        forecast_method: issued.as_ref().map(|i| i.2),
         model_version: issued.map(|i| i.1),
         series,
     }))

@@ -202,7 +202,29 @@ pub struct Forecast {
     #[schema(value_type = String, format = DateTime)]
     pub issued_at: chrono::DateTime<chrono::Utc>,
     pub model_version: String,
+    /// What made the forecast.
+    pub method: ForecastMethod,
     pub points: Vec<ForecastPoint>,
+}
+
+/// What made a forecast: the fitted model, or for a lot with fewer days of history than
+/// the model needs (7), the lot's own partial profile (its usual rate at that time on
+/// the days it has, corrected by its latest deviation), with the model's interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ForecastMethod {
+    Model,
+    PartialProfile,
+}
+
+impl ForecastMethod {
+    /// The method a stored forecast names (`model` or `partial_profile`).
+    pub fn parse(stored: &str) -> ForecastMethod {
+        match stored {
+            "partial_profile" => ForecastMethod::PartialProfile,
+            _ => ForecastMethod::Model,
+        }
+    }
 }
 
 /// Whether a timespan point is history or forecast.
@@ -242,6 +264,8 @@ pub struct Timespan {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub forecast_issued_at: Option<chrono::DateTime<chrono::Utc>>,
     pub model_version: Option<String>,
+    /// What made the forecast points, when there are any.
+    pub forecast_method: Option<ForecastMethod>,
     pub series: Vec<SpanPoint>,
 }
 

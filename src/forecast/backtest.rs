@@ -25,7 +25,7 @@ use chrono::{NaiveDateTime, TimeZone};
 use chrono_tz::Tz;
 
 use super::history::{History, Obs, ProfileParams};
-use super::model::{self, Model, NoForecast};
+use super::model::{self, Method, Model, NoForecast};
 
 /// One usable row of a Birmingham-layout file.
 #[derive(Debug, Clone)]
@@ -186,6 +186,8 @@ pub struct Scores {
     pub fallback_persistence_mae: f64,
     /// Model forecasts (with an interval) whose interval held the actual rate.
     pub covered: usize,
+    /// Partial-profile forecasts whose interval held the actual rate.
+    pub fallback_covered: usize,
 }
 
 impl Scores {
@@ -194,6 +196,12 @@ impl Scores {
     pub fn coverage_pct(&self) -> Option<f64> {
         let intervals = self.rows - self.model_fallbacks;
         (intervals > 0).then(|| 100.0 * self.covered as f64 / intervals as f64)
+    }
+
+    /// The share of the partial-profile intervals that held the actual rate, in percent.
+    pub fn fallback_coverage_pct(&self) -> Option<f64> {
+        (self.profile_fallbacks > 0)
+            .then(|| 100.0 * self.fallback_covered as f64 / self.profile_fallbacks as f64)
     }
 
     /// How much lower the model's MAE is than the better baseline's, in percent.
@@ -260,18 +268,20 @@ impl std::fmt::Display for Report {
                 "\nWhere a lot had too little history for the model (fewer than {} earlier days):",
                 model::MIN_HISTORY_DAYS
             )?;
-            writeln!(f, "| horizon | rows | by the lot's partial profile | by persistence | MAE of what was written | persistence MAE on those rows |")?;
-            writeln!(f, "|---|---|---|---|---|---|")?;
+            writeln!(f, "| horizon | rows | by the lot's partial profile | by persistence | MAE of what was written | persistence MAE on those rows | partial-profile interval coverage |")?;
+            writeln!(f, "|---|---|---|---|---|---|---|")?;
             for s in self.scores.iter().filter(|s| s.model_fallbacks > 0) {
                 writeln!(
                     f,
-                    "| {} min | {} | {} | {} | {:.4} | {:.4} |",
+                    "| {} min | {} | {} | {} | {:.4} | {:.4} | {} |",
                     s.horizon_min,
                     s.model_fallbacks,
                     s.profile_fallbacks,
                     s.model_fallbacks - s.profile_fallbacks,
                     s.fallback_mae,
-                    s.fallback_persistence_mae
+                    s.fallback_persistence_mae,
+                    s.fallback_coverage_pct()
+                        .map_or("-".to_owned(), |c| format!("{c:.1}%"))
                 )?;
             }
         }
@@ -378,25 +388,30 @@ pub fn run(
             let fixed = model::inputs(&all, &r.lot, target, origin, &model.profile)
                 .map_or(last.rate, |i| (i.x[0] + i.x[1] + i.x[2]).max(0.0));
             let (lot, time, h) = (&r.lot, &r.raw_time, sc.horizon_min);
-            let predicted = match model.forecast(&all, &r.lot, target, origin) {
-                Ok(f) => {
+            let predicted = match model.forecast_or_partial(&all, &r.lot, target, origin) {
+                Ok((f, method)) => {
                     let (low, high) = (f.low, f.high);
-                    sc.covered += usize::from((low..=high).contains(&r.obs.rate));
+                    let covered = usize::from((low..=high).contains(&r.obs.rate));
                     writeln!(w, "{lot},{time},{h},{:.6},{low:.6},{high:.6}", f.rate)
                         .map_err(werr)?;
+                    if method == Method::PartialProfile {
+                        sc.model_fallbacks += 1;
+                        sc.profile_fallbacks += 1;
+                        sc.fallback_covered += covered;
+                        sc.fallback_mae += (f.rate - r.obs.rate).abs();
+                        sc.fallback_persistence_mae += (last.rate - r.obs.rate).abs();
+                    } else {
+                        sc.covered += covered;
+                    }
                     f.rate
                 }
                 Err(NoForecast::NotEnoughHistory { .. } | NoForecast::NoReading) => {
-                    // The lot's partial profile, else persistence; neither has an
-                    // interval.
+                    // Not even a partial profile: persistence, without an interval.
                     sc.model_fallbacks += 1;
-                    let partial = model::partial_profile(&all, &r.lot, target, origin, &s.profile);
-                    sc.profile_fallbacks += usize::from(partial.is_some());
-                    let rate = partial.unwrap_or(last.rate);
-                    writeln!(w, "{lot},{time},{h},{rate:.6},,").map_err(werr)?;
-                    sc.fallback_mae += (rate - r.obs.rate).abs();
+                    writeln!(w, "{lot},{time},{h},{:.6},,", last.rate).map_err(werr)?;
+                    sc.fallback_mae += (last.rate - r.obs.rate).abs();
                     sc.fallback_persistence_mae += (last.rate - r.obs.rate).abs();
-                    rate
+                    last.rate
                 }
             };
             sc.rows += 1;

@@ -14,12 +14,14 @@ pub struct Point {
     pub high: f64,
     pub capacity: i32,
     pub model_version: String,
+    /// `model`, or `partial_profile` for a lot with too few days for the model.
+    pub method: String,
 }
 
 /// The newest forecast run of a lot, oldest target first (empty when it has none).
 pub async fn latest(pool: &PgPool, lot: &str) -> Result<Vec<Point>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT issued_at, target_time, horizon_min, predicted_occupancy, low, high, capacity, model_version \
+        "SELECT issued_at, target_time, horizon_min, predicted_occupancy, low, high, capacity, model_version, method \
          FROM lot_forecasts WHERE lot_id = $1 \
            AND issued_at = (SELECT max(issued_at) FROM lot_forecasts WHERE lot_id = $1) \
          ORDER BY target_time",

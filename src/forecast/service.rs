@@ -302,8 +302,8 @@ pub fn forecast_lots(
         let mut points = Vec::new();
         for k in 0..steps {
             let t = first + k * 900;
-            match model.forecast(h, &lot, (t, local_of(tz, t)), origin) {
-                Ok(f) => points.push(Point {
+            match model.forecast_or_partial(h, &lot, (t, local_of(tz, t)), origin) {
+                Ok((f, method)) => points.push(Point {
                     issued_at,
                     target_time: DateTime::from_timestamp(t, 0).unwrap_or_default(),
                     horizon_min: i32::try_from((t - origin_utc) / 60).unwrap_or(i32::MAX),
@@ -312,6 +312,7 @@ pub fn forecast_lots(
                     high: (f.high * cap).min(cap),
                     capacity,
                     model_version: model.version.clone(),
+                    method: method.as_str().to_owned(),
                 }),
                 Err(e) => {
                     summary.skipped.push((lot.clone(), e.to_string()));
@@ -336,8 +337,10 @@ async fn insert(pool: &PgPool, run: Vec<LotRun>) -> Result<(), sqlx::Error> {
     let (issued_at, version) = (first.issued_at, first.model_version.clone());
     let (mut ids, mut targets, mut horizons, mut occ, mut low, mut high, mut caps) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut methods = vec![];
     for (lot, points) in run {
         for p in points {
+            methods.push(p.method);
             ids.push(lot.clone());
             targets.push(p.target_time);
             horizons.push(p.horizon_min);
@@ -348,10 +351,10 @@ async fn insert(pool: &PgPool, run: Vec<LotRun>) -> Result<(), sqlx::Error> {
         }
     }
     sqlx::query(
-        "INSERT INTO lot_forecasts (lot_id, issued_at, target_time, horizon_min, predicted_occupancy, low, high, capacity, model_version) \
-         SELECT u.lot_id, $2, u.target_time, u.horizon_min, u.predicted, u.low, u.high, u.capacity, $3 \
-         FROM UNNEST($1::text[], $4::timestamptz[], $5::int4[], $6::float8[], $7::float8[], $8::float8[], $9::int4[]) \
-           AS u(lot_id, target_time, horizon_min, predicted, low, high, capacity) \
+        "INSERT INTO lot_forecasts (lot_id, issued_at, target_time, horizon_min, predicted_occupancy, low, high, capacity, model_version, method) \
+         SELECT u.lot_id, $2, u.target_time, u.horizon_min, u.predicted, u.low, u.high, u.capacity, $3, u.method \
+         FROM UNNEST($1::text[], $4::timestamptz[], $5::int4[], $6::float8[], $7::float8[], $8::float8[], $9::int4[], $10::text[]) \
+           AS u(lot_id, target_time, horizon_min, predicted, low, high, capacity, method) \
          ON CONFLICT (lot_id, issued_at, target_time) DO NOTHING",
     )
     .bind(ids)
@@ -363,6 +366,7 @@ async fn insert(pool: &PgPool, run: Vec<LotRun>) -> Result<(), sqlx::Error> {
     .bind(low)
     .bind(high)
     .bind(caps)
+    .bind(methods)
     .execute(pool)
     .await?;
     Ok(())

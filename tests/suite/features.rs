@@ -272,11 +272,14 @@ fn daily_counts(lot: &str, capacity: f64, days: i64) -> Vec<Value> {
     out
 }
 
-/// The events of the predictor tests: "busy" with ten days of readings, "new" with
-/// readings of the last hour only (whatever the time of day the test runs).
+/// The events of the predictor tests: "busy" with ten days of readings, "young" with
+/// six earlier days (one short of the model's seven; six days in a row hold a weekday
+/// and a weekend day, so its partial profile has both kinds whatever the day the test
+/// runs), "new" with readings of the last hour only (whatever the time of day).
 fn predictor_events() -> (String, Vec<Value>) {
     let start = (chrono::Utc::now() - chrono::Duration::days(11)).to_rfc3339();
     let mut events = daily_counts("busy", 100.0, 10);
+    events.extend(daily_counts("young", 50.0, 7));
     events.extend([60, 30].iter().map(|m| {
         let at = chrono::Utc::now() - chrono::Duration::minutes(*m);
         json!({"lot_id": "new", "event_type": "COUNT", "count": 5, "timestamp": at.to_rfc3339()})
@@ -291,7 +294,7 @@ async fn predictor_on(db: Option<&TestDb>, (start, events): &(String, Vec<Value>
     let mut cfg = test_config(dir.path(), db);
     cfg.forecast.interval_secs = 1;
     let app = TestApp::spawn(cfg, Hooks::default()).await;
-    for (lot, cap) in [("busy", 100), ("new", 20)] {
+    for (lot, cap) in [("busy", 100), ("young", 50), ("new", 20)] {
         post_ok(
             &app,
             "/v1/lots",
@@ -309,11 +312,22 @@ async fn predictor_on(db: Option<&TestDb>, (start, events): &(String, Vec<Value>
     )
     .await;
     assert_eq!(f.points.len(), 96, "24 hours every 15 minutes: {f:?}");
-    for p in &f.points {
+    assert_eq!(f.method, wire::ForecastMethod::Model);
+    // A lot with six days: its own partial profile, with the model's interval.
+    let young = app.forecast("young").await.unwrap();
+    assert_eq!(young.method, wire::ForecastMethod::PartialProfile);
+    assert_eq!(young.model_version, f.model_version);
+    assert!(!young.points.is_empty());
+    for (p, cap) in f
+        .points
+        .iter()
+        .map(|p| (p, 100.0))
+        .chain(young.points.iter().map(|p| (p, 50.0)))
+    {
         assert!(p.time > f.issued_at, "{p:?}");
         let (occ, low, high) = (p.occupancy, p.low, p.high);
         assert!(
-            (0.0..=100.0).contains(&occ) && low <= occ + 1e-9 && occ <= high + 1e-9,
+            (0.0..=cap).contains(&occ) && low <= occ + 1e-9 && occ <= high + 1e-9,
             "{p:?}"
         );
     }

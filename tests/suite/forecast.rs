@@ -238,7 +238,8 @@ fn a_lot_with_a_few_days_of_history_gets_its_partial_profile_which_beats_persist
     );
     assert_eq!(code, 0, "{text}");
     println!("{text}");
-    // The second table: | horizon | rows | by partial profile | by persistence | MAE | persistence MAE |
+    // The second table: | horizon | rows | by partial profile | by persistence | MAE |
+    // persistence MAE | interval coverage |
     let (_, fallbacks) = text
         .split_once("too little history for the model")
         .expect("a table of the forecasts with too little history");
@@ -256,6 +257,9 @@ fn a_lot_with_a_few_days_of_history_gets_its_partial_profile_which_beats_persist
             written < persistence * 0.9,
             "{line}: the fallbacks are not better than persistence"
         );
+        // The model's p10-p90 interval around a partial profile holds about 80%.
+        let coverage: f64 = cells[7].trim_end_matches('%').parse().unwrap();
+        assert!((72.0..=90.0).contains(&coverage), "{line}: coverage");
         seen += 1;
     }
     assert_eq!(seen, 4, "{text}");

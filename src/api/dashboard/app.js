@@ -179,7 +179,10 @@ async function loadCharts(id) {
     profile: hist.ok ? usualProfile(hist.body.points) : null,
   };
   $(".note", l.el).textContent = ts.ok
-    ? (ts.body.model_version ? `forecast by model ${ts.body.model_version}` : "no forecast yet")
+    ? (!ts.body.model_version ? "no forecast yet"
+      : ts.body.forecast_method === "partial_profile"
+        ? `forecast from the lot's few days so far (its partial profile), model ${ts.body.model_version}`
+        : `forecast by model ${ts.body.model_version}`)
     : !forecastServed ? "Forecasts are off on this service ([forecast] enabled = false)." : "";
   drawChart(id);
 }

@@ -23,7 +23,7 @@
 //! | [`ingest`] | Edge standardisation of incoming events (JSON, NDJSON, CSV rows): lot ids, event types, timestamps, event ids, each problem named by field. |
 //! | `import` | `parkade import`: historical CSVs (event rows, Birmingham-style occupancy counts) sent through the lot actors, or to a running server; `import::birmingham` reads that layout for `import` and `backtest` alike. |
 //! | [`api`] | The actix-web HTTP API under `/v1`: `api::wire`, the request and reply types shared by the server, its OpenAPI document and every client (`import --url`, the simulator, the tests); access control (bearer tokens with roles), limits (connections, subscribers, the ingest rate per token), edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness, the dashboard. |
-//! | `simulate` | `parkade simulate`/`demo`: campus traffic (SFU Burnaby preset) or a fixed load sent to a server over HTTP in the wire types, with a latency summary. |
+//! | `simulate` | `parkade simulate`/`demo`: campus traffic (SFU Burnaby preset; `simulate::term`, the campus's year of classes, exams, breaks and holidays) or a fixed load sent to a server over HTTP in the wire types, with a latency summary. |
 //! | [`config`] | Typed configuration: defaults, a TOML file, `PARKADE_*` environment variables and flags. |
 //! | [`app`] | Startup: opens the log, rebuilds the lots, starts projections and the HTTP server. |
 //! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`, `repair-log`, `train`, `backtest`, `holdout`, `simulate`, `demo`). |

@@ -2,7 +2,9 @@
 //!
 //! Traffic mode (the default) follows a daily curve per lot: on weekdays the lots fill
 //! from about 7:30 with a peak between 10:00 and 14:00, drain from 15:00, with a small
-//! evening bump for night classes; weekends stay low. Each simulated lot moves toward
+//! evening bump for night classes; weekends stay low. The campus's year scales it
+//! ([`term`]): classes, exams, breaks between terms, the reading break and statutory
+//! holidays (quiet as a weekend). Each simulated lot moves toward
 //! its curve with arrivals and departures drawn at random (plus turnover), in simulated
 //! time running `speed` times faster than the clock. Load mode (`--rate R`) sends R
 //! events a second, arrivals and departures alternating, and reports the achieved rate
@@ -16,6 +18,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
 use crate::api::wire;
+
+pub mod term;
 
 /// A lot the simulator drives.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -89,6 +93,16 @@ pub fn curve(h: f64, weekend: bool) -> f64 {
         // Morning fill, midday plateau, afternoon drain, evening classes.
         let day = 1.0 / (1.0 + (-(h - 8.6) * 2.2).exp()) * (1.0 / (1.0 + ((h - 16.2) * 1.3).exp()));
         (0.97 * day + 0.25 * bump(19.0, 1.2)).min(1.0)
+    }
+}
+
+/// The share of the lot's peak occupied at local hour `h` of `day`: the weekday or
+/// weekend curve, the weekday's scaled by the campus's year (a holiday is a weekend).
+pub fn day_curve(day: chrono::NaiveDate, h: f64) -> f64 {
+    let weekend = day.weekday().num_days_from_monday() >= 5;
+    match term::Term::of(day).weekday_scale(day) {
+        Some(scale) if !weekend => curve(h, false) * scale,
+        _ => curve(h, true),
     }
 }
 
@@ -332,11 +346,11 @@ fn traffic_step(
 ) -> Vec<wire::EventIn> {
     let local = at.with_timezone(&tz);
     let hour = f64::from(local.hour()) + f64::from(local.minute()) / 60.0;
-    let weekend = local.weekday().num_days_from_monday() >= 5;
+    let shape = day_curve(local.date_naive(), hour);
     let mut out = Vec::new();
     for (l, occ) in lots.iter().zip(occupancy.iter_mut()) {
         let cap = f64::from(l.capacity);
-        let target = cap * l.peak * curve(hour, weekend);
+        let target = cap * l.peak * shape;
         let gap = target - f64::from(*occ);
         // Close a twentieth of the gap per simulated minute, plus turnover of about 3%
         // of the occupied spaces an hour each way.

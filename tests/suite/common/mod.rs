@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod nats;
+
 use parkade::api::wire;
 use parkade::app::{Application, Hooks};
 use parkade::log::{OsStorage, Storage, WritableFile};

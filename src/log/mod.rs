@@ -19,6 +19,7 @@
 
 mod file_log;
 pub mod format;
+pub mod jetstream;
 pub mod memory;
 pub mod repair;
 mod storage;

@@ -57,3 +57,133 @@ fn the_pinned_server_syncs_every_write_alone_and_in_a_cluster_that_survives_a_no
     cluster.nodes[i].start();
     cluster.wait_ready(Duration::from_secs(30));
 }
+
+mod stream {
+    use parkade::domain::{LotEvent, LotId, NewEvent, Timestamp};
+    use parkade::log::jetstream::{JetStreamError, JetStreamLog, JetStreamOptions};
+
+    use crate::common::nats::Nats;
+
+    fn options(nats: &Nats, replicas: usize) -> JetStreamOptions {
+        let urls: Vec<String> = nats.nodes.iter().map(|n| n.url()).collect();
+        JetStreamOptions {
+            url: urls.join(","),
+            stream: "PARKADE".into(),
+            replicas,
+            credentials: None,
+        }
+    }
+
+    fn arrivals(lot: &str, from_seq: u64, n: u64) -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| NewEvent {
+                lot_id: LotId::parse(lot).unwrap(),
+                lot_seq: from_seq + i,
+                event_id: uuid::Uuid::new_v4(),
+                client_event_id: true,
+                occurred_at: Timestamp::now(),
+                event: LotEvent::VehicleArrived,
+                occupancy: (from_seq + i) as u32,
+                capacity: 1_000,
+            })
+            .collect()
+    }
+
+    /// What a read gives back of what was sent: (offset, lot, lot_seq, event id).
+    fn keys(events: &[parkade::domain::RecordedEvent]) -> Vec<(u64, String, u64, uuid::Uuid)> {
+        events
+            .iter()
+            .map(|e| {
+                let n = &e.event;
+                (e.offset, n.lot_id.to_string(), n.lot_seq, n.event_id)
+            })
+            .collect()
+    }
+
+    #[actix_web::test]
+    async fn appends_are_ordered_dense_refused_on_a_stale_sequence_and_synced() {
+        let mut nats = Nats::single();
+        let log = JetStreamLog::connect(&options(&nats, 1)).await.unwrap();
+        let north = arrivals("north", 1, 4);
+        assert_eq!(log.append_lot(0, &north).await.unwrap(), [0, 1, 2, 3]);
+        // A lot id with a dot: its own subject, not a subject of two tokens' prefix.
+        let mall = arrivals("west.mall", 1, 2);
+        assert_eq!(log.append_lot(0, &mall).await.unwrap(), [4, 5]);
+        // A writer that did not see north's events is refused, and nothing is stored.
+        let late = arrivals("north", 1, 1);
+        match log.append_lot(0, &late).await {
+            Err(JetStreamError::Conflict { lot, expected }) => {
+                assert_eq!((lot.as_str(), expected), ("north", 0))
+            }
+            other => panic!("not a conflict: {other:?}"),
+        }
+        assert_eq!(log.end().await.unwrap(), 6);
+        // One that knows the lot's last sequence goes on from it.
+        let last = log
+            .last_of_lot(&LotId::parse("north").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(last, 4, "north's last event is sequence 4 (offset 3)");
+        let next = arrivals("north", 5, 1);
+        assert_eq!(log.append_lot(last, &next).await.unwrap(), [6]);
+
+        let sent: Vec<NewEvent> = [&north[..], &mall[..], &next[..]].concat();
+        let all = log.read(0, 100).await.unwrap();
+        let expected: Vec<_> = sent
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i as u64, e.lot_id.to_string(), e.lot_seq, e.event_id))
+            .collect();
+        assert_eq!(keys(&all), expected);
+        assert_eq!(keys(&log.read(5, 2).await.unwrap()), expected[5..7]);
+
+        // Kill -9 and restart: every acknowledged event is there.
+        drop(log);
+        nats.nodes[0].kill();
+        nats.nodes[0].start();
+        nats.wait_ready(std::time::Duration::from_secs(30));
+        let log = JetStreamLog::connect(&options(&nats, 1)).await.unwrap();
+        assert_eq!(keys(&log.read(0, 100).await.unwrap()), expected);
+    }
+
+    #[actix_web::test]
+    async fn a_replicated_stream_takes_appends_with_a_node_down_and_the_node_catches_up() {
+        let mut nats = Nats::cluster(3);
+        let log = JetStreamLog::connect(&options(&nats, 3)).await.unwrap();
+        let first = arrivals("north", 1, 50);
+        log.append_lot(0, &first).await.unwrap();
+        nats.nodes[2].kill();
+        // Two of three replicas are a quorum: appends go on.
+        let second = arrivals("north", 51, 50);
+        let offsets = log.append_lot(50, &second).await.unwrap();
+        assert_eq!(offsets, (50..100).collect::<Vec<u64>>());
+        nats.nodes[2].start();
+        nats.wait_ready(std::time::Duration::from_secs(30));
+        drop(log);
+        // Read through the node that was down.
+        let only_third = JetStreamOptions {
+            url: nats.nodes[2].url(),
+            ..options(&nats, 3)
+        };
+        let log = JetStreamLog::connect(&only_third).await.unwrap();
+        let sent: Vec<_> = [&first[..], &second[..]]
+            .concat()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i as u64, e.lot_id.to_string(), e.lot_seq, e.event_id))
+            .collect();
+        let read = crate::common::eventually(
+            std::time::Duration::from_secs(20),
+            "the restarted node's copy",
+            || async {
+                match log.read(0, 1_000).await {
+                    Ok(r) if keys(&r) == sent => Ok(r),
+                    Ok(r) => Err(format!("{} events", r.len())),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await;
+        assert_eq!(read.len(), 100);
+    }
+}

@@ -121,6 +121,18 @@ pub struct HorizonFit {
     pub samples: usize,
 }
 
+impl HorizonFit {
+    /// A forecast of `rate` with this horizon's interval (the fit's residual p10 and
+    /// p90) around it.
+    fn around(&self, rate: f64) -> Forecast {
+        Forecast {
+            rate,
+            low: (rate + self.residual_p10).max(0.0),
+            high: (rate + self.residual_p90).max(0.0),
+        }
+    }
+}
+
 /// A trained model: what `parkade train` saves and the predictor loads.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Model {
@@ -160,15 +172,15 @@ impl Model {
         target: (i64, i64),
         origin: (i64, i64),
     ) -> Result<Forecast, NoForecast> {
-        let minutes = u32::try_from((target.0 - origin.0).max(0) / 60).unwrap_or(u32::MAX);
-        let fit = self.fit_for(minutes).ok_or(NoForecast::NoReading)?;
+        let fit = self.fit_at(target, origin)?;
         let i = inputs(h, lot, target, origin, &self.profile)?;
-        let rate = dot(&fit.coef, &i.x).max(0.0);
-        Ok(Forecast {
-            rate,
-            low: (rate + fit.residual_p10).max(0.0),
-            high: (rate + fit.residual_p90).max(0.0),
-        })
+        Ok(fit.around(dot(&fit.coef, &i.x).max(0.0)))
+    }
+
+    /// The fit of the horizon from `origin` to `target`.
+    fn fit_at(&self, target: (i64, i64), origin: (i64, i64)) -> Result<&HorizonFit, NoForecast> {
+        let minutes = u32::try_from((target.0 - origin.0).max(0) / 60).unwrap_or(u32::MAX);
+        self.fit_for(minutes).ok_or(NoForecast::NoReading)
     }
 }
 
@@ -210,14 +222,8 @@ impl Model {
             Err(e) => return Err(e),
         };
         let rate = partial_profile(h, lot, target, origin, &self.profile).ok_or(short)?;
-        let minutes = u32::try_from((target.0 - origin.0).max(0) / 60).unwrap_or(u32::MAX);
-        let fit = self.fit_for(minutes).ok_or(NoForecast::NoReading)?;
-        let f = Forecast {
-            rate,
-            low: (rate + fit.residual_p10).max(0.0),
-            high: (rate + fit.residual_p90).max(0.0),
-        };
-        Ok((f, Method::PartialProfile))
+        let fit = self.fit_at(target, origin)?;
+        Ok((fit.around(rate), Method::PartialProfile))
     }
 }
 

@@ -128,6 +128,29 @@ impl Driver {
         println!("screenshot: {}", path.display());
         path
     }
+
+    /// Pictures of the page at desktop size, then at a phone's:
+    /// `{name}-desktop.png` and `{name}-phone.png`.
+    async fn screenshots(&self, name: &str) {
+        self.screenshot(&format!("{name}-desktop.png")).await;
+        self.call("POST", "/window/rect", json!({"width": 390, "height": 844}))
+            .await;
+        actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+        self.screenshot(&format!("{name}-phone.png")).await;
+    }
+
+    /// No console errors (the browser log as chromedriver keeps it).
+    async fn assert_no_console_errors(&self) {
+        let logs = self
+            .call("POST", "/se/log", json!({"type": "browser"}))
+            .await;
+        let severe: Vec<&Value> = logs
+            .as_array()
+            .map(|a| a.iter().filter(|e| e["level"] == "SEVERE").collect())
+            .unwrap_or_default();
+        assert!(logs.is_array(), "the browser log is readable: {logs}");
+        assert!(severe.is_empty(), "console errors: {severe:?}");
+    }
 }
 
 impl Drop for Driver {
@@ -227,20 +250,8 @@ async fn the_dashboard_shows_every_lot_and_follows_a_posted_event_within_a_secon
 
     // Give the charts a moment, then keep pictures of the page.
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    d.screenshot("dashboard-desktop.png").await;
-    d.call("POST", "/window/rect", json!({"width": 390, "height": 844}))
-        .await;
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
-    d.screenshot("dashboard-phone.png").await;
-
-    // No console errors (the browser log as chromedriver keeps it).
-    let logs = d.call("POST", "/se/log", json!({"type": "browser"})).await;
-    let severe: Vec<&Value> = logs
-        .as_array()
-        .map(|a| a.iter().filter(|e| e["level"] == "SEVERE").collect())
-        .unwrap_or_default();
-    assert!(logs.is_array(), "the browser log is readable: {logs}");
-    assert!(severe.is_empty(), "console errors: {severe:?}");
+    d.screenshots("dashboard").await;
+    d.assert_no_console_errors().await;
     d.call("DELETE", "", Value::Null).await;
     app.stop().await;
 }
@@ -445,16 +456,7 @@ async fn the_demo_opens_on_the_three_answers_for_every_lot() {
         let note = c["note"].as_str().unwrap();
         assert!(note.starts_with("forecast by model "), "{c}");
     }
-    d.screenshot("demo-desktop.png").await;
-    d.call("POST", "/window/rect", json!({"width": 390, "height": 844}))
-        .await;
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
-    d.screenshot("demo-phone.png").await;
-    let logs = d.call("POST", "/se/log", json!({"type": "browser"})).await;
-    let severe: Vec<&Value> = logs
-        .as_array()
-        .map(|a| a.iter().filter(|e| e["level"] == "SEVERE").collect())
-        .unwrap_or_default();
-    assert!(severe.is_empty(), "console errors: {severe:?}");
+    d.screenshots("demo").await;
+    d.assert_no_console_errors().await;
     d.call("DELETE", "", Value::Null).await;
 }

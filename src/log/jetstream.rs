@@ -98,22 +98,45 @@ impl JetStreamLog {
             stream: o.stream.clone(),
             reason,
         };
-        let mut stream = context
-            .get_or_create_stream(stream::Config {
-                name: o.stream.clone(),
-                subjects: vec![format!("{}.lot.>", o.stream)],
-                storage: stream::StorageType::File,
-                num_replicas: o.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| stream_err(e.to_string()))?;
-        let info = stream.info().await.map_err(|e| stream_err(e.to_string()))?;
-        if info.config.num_replicas != o.replicas {
-            return Err(stream_err(format!(
-                "exists with {} replicas, not the {} configured",
-                info.config.num_replicas, o.replicas
-            )));
+        let config = stream::Config {
+            name: o.stream.clone(),
+            subjects: vec![format!("{}.lot.>", o.stream)],
+            storage: stream::StorageType::File,
+            num_replicas: o.replicas,
+            ..Default::default()
+        };
+        // A cluster that has just formed (or lost a node) may time the request out
+        // while it settles: try again for up to 30 s.
+        let started = std::time::Instant::now();
+        let mut stream = loop {
+            match context.get_or_create_stream(config.clone()).await {
+                Ok(s) => break s,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    tracing::warn!(error = %e, "creating the JetStream stream; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(stream_err(e.to_string())),
+            }
+        };
+        // A new replicated stream takes a moment to elect its leader; appends before
+        // that find no stream.
+        let started = std::time::Instant::now();
+        loop {
+            let info = stream.info().await.map_err(|e| stream_err(e.to_string()))?;
+            if info.config.num_replicas != o.replicas {
+                return Err(stream_err(format!(
+                    "exists with {} replicas, not the {} configured",
+                    info.config.num_replicas, o.replicas
+                )));
+            }
+            let leader = info.cluster.as_ref().and_then(|c| c.leader.as_ref());
+            if o.replicas <= 1 || leader.is_some_and(|l| !l.is_empty()) {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(stream_err("no leader elected within 30 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(JetStreamLog {
             context,
@@ -176,12 +199,8 @@ impl JetStreamLog {
                 async_nats::header::NATS_MESSAGE_ID,
                 e.event_id.to_string().as_str(),
             );
-            let publish = |err: String| JetStreamError::Publish(err);
             let ack = self
-                .context
-                .publish_with_headers(self.subject(&e.lot_id), headers, Bytes::from(buf))
-                .await
-                .map_err(|err| publish(err.to_string()))?
+                .publish(self.subject(&e.lot_id), headers, Bytes::from(buf))
                 .await;
             match ack {
                 Ok(ack) => {
@@ -194,43 +213,118 @@ impl JetStreamLog {
                         expected: last,
                     })
                 }
-                Err(err) => return Err(publish(err.to_string())),
+                Err(err) => return Err(JetStreamError::Publish(err.to_string())),
             }
         }
         Ok(offsets)
     }
 
-    /// Up to `max` events from offset `from`, in order.
+    /// Publish one message and wait for its acknowledgement, again (for up to 30 s,
+    /// backing off) while the stream cannot be reached: a new replicated stream's
+    /// subject is not yet known across the cluster, or a node went away. A retry of a
+    /// message the stream did store is answered from its `Nats-Msg-Id` (the server's
+    /// duplicate window) with the first sequence.
+    async fn publish(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<
+        async_nats::jetstream::publish::PublishAck,
+        async_nats::jetstream::context::PublishError,
+    > {
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let sent = self
+                .context
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await;
+            let ack = match sent {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            let transient = matches!(
+                ack.as_ref().map_err(|e| e.kind()),
+                Err(PublishErrorKind::StreamNotFound
+                    | PublishErrorKind::TimedOut
+                    | PublishErrorKind::BrokenPipe)
+            );
+            if !transient || started.elapsed() > Duration::from_secs(30) {
+                return ack;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Up to `max` events from offset `from`, in order: an ordered consumer from the
+    /// sequence after `from` (one request, the server streaming the messages), checked
+    /// to be gapless.
     pub async fn read(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, JetStreamError> {
+        use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+        use futures_util::StreamExt;
         let end = self.end().await?;
         let to = end.min(from.saturating_add(max as u64));
-        let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
+        if to <= from {
+            return Ok(Vec::new());
+        }
+        let read_err = |reason: String| JetStreamError::Read {
+            sequence: from + 1,
+            reason,
+        };
+        let consumer = self
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| read_err(e.to_string()))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| read_err(e.to_string()))?;
+        let mut out = Vec::with_capacity((to - from) as usize);
         for offset in from..to {
             let sequence = offset + 1;
-            let m =
-                self.stream
-                    .get_raw_message(sequence)
-                    .await
-                    .map_err(|e| JetStreamError::Read {
-                        sequence,
-                        reason: e.to_string(),
-                    })?;
-            let decode = |reason: &str| JetStreamError::Decode {
-                sequence,
-                reason: reason.to_owned(),
-            };
-            let payload = match format::next_frame(&m.payload) {
-                format::Frame::Record(p, len) if len == m.payload.len() => p,
-                format::Frame::Record(..) => return Err(decode("bytes after the record")),
-                format::Frame::Incomplete => return Err(decode("a cut record")),
-                format::Frame::Corrupt(why) => return Err(decode(why)),
-            };
-            // The record's checksum matched: its lot id is one the log wrote.
-            let mut e =
-                format::decode_payload(payload, &mut LotId::from_normalised).map_err(decode)?;
-            e.offset = offset;
-            out.push(e);
+            let m = messages
+                .next()
+                .await
+                .ok_or_else(|| read_err("the stream of messages ended".into()))?
+                .map_err(|e| read_err(e.to_string()))?;
+            let got = m
+                .info()
+                .map_err(|e| read_err(e.to_string()))?
+                .stream_sequence;
+            if got != sequence {
+                return Err(JetStreamError::Read {
+                    sequence,
+                    reason: format!("the stream has no message there (the next is {got}): messages were deleted"),
+                });
+            }
+            out.push(decode(sequence, &m.payload)?);
         }
         Ok(out)
     }
+}
+
+/// The event in the message at `sequence`.
+fn decode(sequence: u64, bytes: &[u8]) -> Result<RecordedEvent, JetStreamError> {
+    let decode = |reason: &str| JetStreamError::Decode {
+        sequence,
+        reason: reason.to_owned(),
+    };
+    let payload = match format::next_frame(bytes) {
+        format::Frame::Record(p, len) if len == bytes.len() => p,
+        format::Frame::Record(..) => return Err(decode("bytes after the record")),
+        format::Frame::Incomplete => return Err(decode("a cut record")),
+        format::Frame::Corrupt(why) => return Err(decode(why)),
+    };
+    // The record's checksum matched: its lot id is one the log wrote.
+    let mut e = format::decode_payload(payload, &mut LotId::from_normalised).map_err(decode)?;
+    e.offset = sequence - 1;
+    Ok(e)
 }

@@ -14,14 +14,22 @@ fn the_pinned_server_syncs_every_write_alone_and_in_a_cluster_that_survives_a_no
     assert_eq!(varz["jetstream"]["config"]["sync_always"], true, "{varz}");
 
     let mut cluster = Nats::cluster(3);
+    // Every node sees the three peers (they may take a moment after the leader).
+    let started = std::time::Instant::now();
     for node in &cluster.nodes {
-        let jsz = node.monitor("jsz").expect("the node answers");
-        assert_eq!(
-            jsz["meta_cluster"]["cluster_size"], 3,
-            "{}: {jsz}",
-            node.name
-        );
-        assert_eq!(jsz["config"]["sync_always"], true, "{}: {jsz}", node.name);
+        loop {
+            let jsz = node.monitor("jsz").expect("the node answers");
+            assert_eq!(jsz["config"]["sync_always"], true, "{}: {jsz}", node.name);
+            if jsz["meta_cluster"]["cluster_size"] == 3 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{}: {jsz}",
+                node.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     // Kill -9 the meta leader: the other two elect another; restarted, it rejoins.
     let jsz = cluster.nodes[0].monitor("jsz").unwrap();

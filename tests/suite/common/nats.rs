@@ -17,11 +17,14 @@ pub fn server_binary() -> PathBuf {
     PathBuf::from(path)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// `n` distinct free ports (each held until all are found, so none is given twice).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("an address").port())
+        .collect()
 }
 
 /// One server: its ports, folder and process.
@@ -140,15 +143,17 @@ impl Nats {
             .prefix("parkade-nats-")
             .tempdir()
             .expect("a folder");
+        let ports = free_ports(3 * n);
         let mut nodes: Vec<Node> = (1..=n)
             .map(|i| {
                 let node_dir = dir.path().join(format!("n{i}"));
                 std::fs::create_dir_all(&node_dir).expect("a node folder");
+                let p = &ports[3 * (i - 1)..3 * i];
                 Node {
                     name: format!("n{i}"),
-                    port: free_port(),
-                    monitor_port: free_port(),
-                    cluster_port: free_port(),
+                    port: p[0],
+                    monitor_port: p[1],
+                    cluster_port: p[2],
                     dir: node_dir,
                     child: None,
                 }
@@ -185,15 +190,27 @@ impl Nats {
                 return;
             }
             if started.elapsed() > within {
-                let logs: Vec<String> = self.nodes.iter().map(|n| n.log()).collect();
+                // The end of each node's log says why.
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let log = n.log();
+                        let lines: Vec<&str> = log.lines().collect();
+                        lines[lines.len().saturating_sub(15)..].join("\n")
+                    })
+                    .collect();
                 panic!("NATS not ready after {within:?}: leaders {leaders:?}; logs: {logs:?}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// The JetStream meta leader as `node` sees it ("" for a single server).
+    /// The JetStream meta leader as `node` sees it ("" for a single server), once the
+    /// node says its JetStream is healthy.
     fn meta_leader(&self, node: &Node) -> Option<String> {
+        let health = node.monitor("healthz?js-enabled-only=true")?;
+        (health["status"] == "ok").then_some(())?;
         let jsz = node.monitor("jsz")?;
         if self.nodes.len() == 1 {
             return jsz.get("config").map(|_| String::new());

@@ -116,10 +116,11 @@ fn the_model_beats_both_baselines_by_the_margins_asked_on_the_held_out_week() {
             model <= best * (1.0 - needed),
             "{horizon} min: model MAE {model} is not {needed} below the better baseline {best}"
         );
-        // The p10-p90 interval holds about 80% of the actual rates.
+        // The p10-p90 interval holds about 80% of the actual rates (within four points;
+        // 78.8-81.9% when this was written).
         let coverage: f64 = cells[9].trim_end_matches('%').parse().unwrap();
         assert!(
-            (75.0..=90.0).contains(&coverage),
+            (76.0..=84.0).contains(&coverage),
             "{horizon} min: the p10-p90 interval held {coverage}% of the actuals"
         );
         seen += 1;

@@ -99,7 +99,7 @@ fn main() {
     let events = year(lots, per_day);
     let end = events.len() as u64;
     for chunk in events.chunks(10_000) {
-        let first = log.append(chunk).unwrap();
+        let first = log.append_any(chunk).unwrap();
         rt.block_on(log.wait_durable(first + chunk.len() as u64))
             .unwrap();
     }

@@ -507,7 +507,7 @@ async fn write_log(dir: &Path, n: u64) {
                 capacity: cap.get(),
             });
         }
-        let first = log.append(&batch).unwrap();
+        let first = log.append_any(&batch).unwrap();
         written = first + batch.len() as u64;
     }
     log.wait_durable(n).await.unwrap();

@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use crate::actors::{LotOptions, Lots};
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::config::LogBackend;
 use crate::forecast::service::{self as predictor, Predictor, Runs, Store};
+use crate::log::jetstream::JetStreamLog;
 use crate::log::{EventLog, FileLog, LogOptions};
 use crate::projections::features::memory::MemoryFeatures;
 use crate::projections::features::Features;
@@ -40,7 +42,7 @@ pub struct Hooks {
 pub struct Application {
     port: u16,
     server: actix_web::dev::Server,
-    log: Arc<FileLog>,
+    log: Arc<dyn EventLog>,
     lots: Lots,
     board: StatusBoard,
     shutdown: watch::Sender<bool>,
@@ -63,11 +65,20 @@ impl Application {
         fit_open_files(config.limits.max_connections)?;
         // Before the log opens: its writer binds its metrics when it starts.
         let metrics_handle = crate::metrics::install();
-        let log = open_log(&config, &hooks)?;
-        let dyn_log: Arc<dyn EventLog> = log.clone();
+        let log = open_log(&config, &hooks).await?;
+        let dyn_log = log.clone();
         let lots = recover_lots(&config, dyn_log.clone())?;
         let board = StatusBoard::default();
         let (shutdown, shutdown_rx) = watch::channel(false);
+        if dyn_log.shared() {
+            // Other processes append too: each lot follows what they wrote.
+            let follower = lots.clone().follow(shutdown.subscribe());
+            actix_web::rt::spawn(async move {
+                if let Err(e) = follower.await {
+                    tracing::error!(error = %e, "the lots stopped following the shared log");
+                }
+            });
+        }
         // The live fan-out starts from the state the lots were rebuilt to.
         let live = crate::live::Live::new(
             lots.views()
@@ -187,14 +198,33 @@ impl Application {
     }
 }
 
-/// Open the embedded log (read-write), saying what recovery found.
-fn open_log(config: &Config, hooks: &Hooks) -> anyhow::Result<Arc<FileLog>> {
+/// Open the configured log (read-write), saying what recovery found.
+async fn open_log(config: &Config, hooks: &Hooks) -> anyhow::Result<Arc<dyn EventLog>> {
     let mut log_opts = LogOptions {
         segment_bytes: config.log.segment_bytes,
         ..LogOptions::default()
     };
     if let Some(storage) = hooks.storage.clone() {
         log_opts.storage = storage;
+    }
+    if config.log.backend == LogBackend::Jetstream {
+        let dir = config.stream_copy_dir();
+        let o = config.log.jetstream();
+        let log = JetStreamLog::open(&o, &dir, log_opts)
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the JetStream stream {} at {} (local copy in {})",
+                    o.stream,
+                    o.url,
+                    dir.display()
+                )
+            })?;
+        tracing::info!(
+            stream = %o.stream, url = %o.url, replicas = o.replicas, log_id = %log.log_id(),
+            events = log.durable_end(), copy = %dir.display(), "event log open on JetStream"
+        );
+        return Ok(Arc::new(log));
     }
     let log_dir = config.log_dir();
     let log = Arc::new(

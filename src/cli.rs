@@ -40,6 +40,9 @@ enum Cmd {
     /// again: what it removes, and a copy of every file it changes. Only for a log that
     /// `serve` refuses to open; the server must be stopped.
     RepairLog(RepairArgs),
+    /// Work on the event log itself: `parkade log copy --to jetstream` moves the
+    /// embedded log into a JetStream stream (and `--to embedded` back).
+    Log(LogArgs),
     /// Make a new access token: prints the token once (give it to the client) and the
     /// entry to add to the tokens file (only its hash is kept).
     Token(TokenArgs),
@@ -188,6 +191,21 @@ struct Common {
     /// Log output format.
     #[arg(long, env = "PARKADE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Where the event log lives: embedded (default) or jetstream.
+    #[arg(long, env = "PARKADE_LOG_BACKEND", value_enum)]
+    log_backend: Option<crate::config::LogBackend>,
+    /// NATS server URLs, comma-separated (with --log-backend jetstream).
+    #[arg(long, env = "PARKADE_NATS_URL")]
+    nats_url: Option<String>,
+    /// The JetStream stream's name. Default PARKADE.
+    #[arg(long, env = "PARKADE_NATS_STREAM")]
+    nats_stream: Option<String>,
+    /// Copies of every event a new stream keeps (1, 3 or 5).
+    #[arg(long, env = "PARKADE_NATS_REPLICAS")]
+    nats_replicas: Option<usize>,
+    /// NATS credentials file.
+    #[arg(long, env = "PARKADE_NATS_CREDENTIALS")]
+    nats_credentials: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -282,6 +300,31 @@ struct RepairArgs {
 }
 
 #[derive(Args)]
+struct LogArgs {
+    #[command(subcommand)]
+    action: LogAction,
+}
+
+#[derive(Subcommand)]
+enum LogAction {
+    /// Copy the embedded log (data directory) into the JetStream stream named by the
+    /// [log] settings, or the stream into the embedded log, keeping every event's offset,
+    /// id and time and the log's id. Resumable: run it again after an interruption. The
+    /// servers must be stopped while it runs.
+    Copy(CopyArgs),
+}
+
+#[derive(Args)]
+struct CopyArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Where the events go: jetstream (from the embedded log) or embedded (from the
+    /// stream).
+    #[arg(long, value_enum)]
+    to: crate::config::LogBackend,
+}
+
+#[derive(Args)]
 struct VerifyArgs {
     #[command(flatten)]
     common: Common,
@@ -304,6 +347,21 @@ impl Common {
         }
         if let Some(f) = self.log_format {
             c.log_format = f;
+        }
+        if let Some(b) = self.log_backend {
+            c.log.backend = b;
+        }
+        if let Some(u) = &self.nats_url {
+            c.log.nats_url = u.clone();
+        }
+        if let Some(s) = &self.nats_stream {
+            c.log.stream = s.clone();
+        }
+        if let Some(r) = self.nats_replicas {
+            c.log.replicas = r;
+        }
+        if let Some(p) = &self.nats_credentials {
+            c.log.nats_credentials = Some(p.clone());
         }
         c.validate()?;
         Ok(c)
@@ -363,7 +421,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Token(a) => token(a),
         Cmd::RepairLog(a) => repair_log(a),
+        Cmd::Log(LogArgs {
+            action: LogAction::Copy(a),
+        }) => copy_log(a),
     }
+}
+
+fn copy_log(a: CopyArgs) -> anyhow::Result<ExitCode> {
+    use crate::config::LogBackend;
+    use crate::log::copy;
+    let c = a.common.config()?;
+    crate::telemetry::init(c.log_format);
+    let o = c.log.jetstream();
+    let dir = c.log_dir();
+    let bar = progress_bar(0, "");
+    bar.set_message(match a.to {
+        LogBackend::Jetstream => format!("copying {} into stream {}", dir.display(), o.stream),
+        LogBackend::Embedded => format!("copying stream {} into {}", o.stream, dir.display()),
+    });
+    let tick = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let copied = runtime()?.block_on(async {
+        match a.to {
+            LogBackend::Jetstream => copy::embedded_to_jetstream(&dir, &o, tick).await,
+            LogBackend::Embedded => copy::jetstream_to_embedded(&o, &dir, tick).await,
+        }
+    });
+    bar.finish_and_clear();
+    let copied = copied.with_context(|| match a.to {
+        LogBackend::Jetstream => format!(
+            "copying {} into the JetStream stream {} at {}",
+            dir.display(),
+            o.stream,
+            o.url
+        ),
+        LogBackend::Embedded => format!(
+            "copying the JetStream stream {} at {} into {}",
+            o.stream,
+            o.url,
+            dir.display()
+        ),
+    })?;
+    println!(
+        "copied {} events ({} were there already); the copy holds {} events, the whole log",
+        copied.copied, copied.resumed_at, copied.end
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -425,6 +530,13 @@ fn holdout(a: HoldoutArgs) -> anyhow::Result<ExitCode> {
 fn repair_log(a: RepairArgs) -> anyhow::Result<ExitCode> {
     let c = a.common.config()?;
     crate::telemetry::init(c.log_format);
+    if c.log.backend == crate::config::LogBackend::Jetstream {
+        bail!(
+            "the log is the JetStream stream {}: NATS keeps its replicas whole; a damaged local copy ({}) is moved away and parkade copies the stream afresh at its next start",
+            c.log.stream,
+            c.stream_copy_dir().display()
+        );
+    }
     let dir = c.log_dir();
     let outcome = crate::log::repair::repair(&dir, a.apply)
         .with_context(|| format!("repairing the event log in {}", dir.display()))?;
@@ -442,8 +554,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The log for reading beside a running server: the embedded log, or this node's copy
+/// of the JetStream stream (as far as it has copied).
 fn open_read_only(c: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
-    let dir = c.log_dir();
+    let dir = match c.log.backend {
+        crate::config::LogBackend::Embedded => c.log_dir(),
+        crate::config::LogBackend::Jetstream => c.stream_copy_dir(),
+    };
     if !dir.exists() {
         bail!(
             "no event log in {} (set --data-dir or PARKADE_DATA_DIR)",

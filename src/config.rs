@@ -236,12 +236,36 @@ pub struct LotsConfig {
     pub stale_after_secs: u64,
 }
 
-/// Settings of the embedded event log.
+/// Settings of the event log.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
-    /// Segment size before a new segment file is started, in bytes. Default 256 MiB.
+    /// Where the log lives: `embedded` (segment files in the data directory, one
+    /// process) or `jetstream` (a NATS JetStream stream several processes share).
+    /// Default embedded.
+    pub backend: LogBackend,
+    /// Segment size before a new segment file is started, in bytes (the embedded log,
+    /// and the local copy of a JetStream stream). Default 256 MiB.
     pub segment_bytes: u64,
+    /// NATS server URLs, comma-separated (JetStream). Default nats://127.0.0.1:4222.
+    pub nats_url: String,
+    /// The JetStream stream's name. Default PARKADE.
+    pub stream: String,
+    /// Copies of every event the stream keeps: 1, or 3 (or 5) in a cluster so a node
+    /// may be lost. Used when the stream is created; an existing stream must match.
+    /// Default 1.
+    pub replicas: usize,
+    /// A NATS credentials file (`.creds`), when the server asks for one.
+    pub nats_credentials: Option<PathBuf>,
+}
+
+/// The event log's backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    #[default]
+    Embedded,
+    Jetstream,
 }
 
 /// Settings of the projections.
@@ -311,7 +335,24 @@ impl Default for LotsConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
+            backend: LogBackend::Embedded,
             segment_bytes: 256 << 20,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            stream: "PARKADE".into(),
+            replicas: 1,
+            nats_credentials: None,
+        }
+    }
+}
+
+impl LogConfig {
+    /// The JetStream connection these settings name.
+    pub fn jetstream(&self) -> crate::log::jetstream::JetStreamOptions {
+        crate::log::jetstream::JetStreamOptions {
+            url: self.nats_url.clone(),
+            stream: self.stream.clone(),
+            replicas: self.replicas,
+            credentials: self.nats_credentials.clone(),
         }
     }
 }
@@ -384,6 +425,29 @@ impl Config {
             value: format!("{:?}", self.forecast.timezone),
             rule,
         })?;
+        let stream = &self.log.stream;
+        let fine = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if stream.is_empty() || stream.len() > 64 || !stream.chars().all(fine) {
+            return Err(ConfigError::Invalid {
+                key: "[log] stream",
+                value: format!("{stream:?}"),
+                rule: "must be 1 to 64 letters, digits, '_' or '-' (it names the stream and begins its subjects)".into(),
+            });
+        }
+        if !(1..=5).contains(&self.log.replicas) {
+            return Err(ConfigError::Invalid {
+                key: "[log] replicas",
+                value: self.log.replicas.to_string(),
+                rule: "must be 1 to 5 (JetStream's limit)".into(),
+            });
+        }
+        if self.log.nats_url.trim().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "[log] nats_url",
+                value: String::new(),
+                rule: "must name at least one server".into(),
+            });
+        }
         Ok(())
     }
 
@@ -468,6 +532,11 @@ impl Config {
     /// Directory of the embedded event log.
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("log")
+    }
+
+    /// Directory of the local copy of the JetStream stream (one per stream name).
+    pub fn stream_copy_dir(&self) -> PathBuf {
+        self.data_dir.join("jetstream").join(&self.log.stream)
     }
 
     /// The database URL with any password replaced, for logs.

@@ -50,7 +50,7 @@ pub(crate) mod simulate;
 pub mod supervisor;
 pub(crate) mod telemetry;
 
-pub use actors::{LotHandle, Lots};
+pub use actors::{LotError, LotHandle, LotOptions, Lots, Outcome};
 pub use config::Config;
 pub use domain::{Capacity, LotId};
 pub use log::EventLog;

@@ -8,9 +8,10 @@ use rustc_hash::FxHashMap;
 use uuid::Uuid;
 
 use crate::domain::{
-    apply, check_event_time, decide, Command, LotId, LotState, NewEvent, Rejection, Timestamp,
+    apply, check_event_time, decide, Command, LotId, LotState, NewEvent, RecordedEvent, Rejection,
+    Timestamp,
 };
-use crate::log::{EventLog, LogError};
+use crate::log::{Appended, EventLog, Expect, LogError};
 
 /// One command for a lot, with the metadata the edge standardised.
 #[derive(Debug, Clone)]
@@ -61,12 +62,25 @@ pub struct Executed {
 #[derive(Debug, thiserror::Error)]
 pub enum LotError {
     #[error(transparent)]
-    Log(#[from] LogError),
+    Log(LogError),
+    /// Other writers (other parkade processes on a shared log) kept appending to the lot
+    /// while this request was decided again and again: nothing was appended for it.
+    #[error("lot {0} is being written by other nodes at this moment; nothing was appended")]
+    Busy(String),
     /// The lot's actor is gone (the service is stopping) or its mailbox is full.
     #[error("the lot actor is not taking requests: {0}")]
     NotRunning(String),
     #[error("the service holds {0} lots, the most it may ([limits] max_lots)")]
     TooManyLots(usize),
+}
+
+impl From<LogError> for LotError {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Conflict { lot, .. } => LotError::Busy(lot),
+            other => LotError::Log(other),
+        }
+    }
 }
 
 impl From<MailboxError> for LotError {
@@ -158,45 +172,58 @@ impl LotCore {
         }
     }
 
-    /// Decide and apply a batch, append its events; restore the state if the append
-    /// fails. Returns the outcomes and the offset up to which the log must be durable.
+    /// Decide and apply a batch: its new events, and what becomes of each request.
+    /// The state moves on with the new events; [`Self::commit`] then records where they
+    /// went, or [`Self::restore`] takes the state back.
     ///
     /// `now` and `max_future_micros` are the event time rule's server clock and bound:
     /// a request breaking it is rejected here even when an edge forgot to check.
-    fn execute(
+    fn decide_batch(
         &mut self,
-        log: &dyn EventLog,
-        requests: Vec<Request>,
+        requests: &[Fixed],
         now: Timestamp,
         max_future_micros: i64,
-    ) -> Result<(Vec<Outcome>, u64), LogError> {
-        let saved = (self.state.clone(), self.seq, self.updated_at);
+    ) -> Decided {
+        let saved = Saved {
+            state: self.state.clone(),
+            seq: self.seq,
+            updated_at: self.updated_at,
+        };
         let mut batch = Batch::default();
-        let slots: Vec<Slot> = requests
-            .into_iter()
+        let slots = requests
+            .iter()
             .map(|r| self.admit(r, now, max_future_micros, &mut batch))
             .collect();
-        let events = batch.events;
-        let first = if events.is_empty() {
-            0
-        } else {
-            match log.append(&events) {
-                Ok(first) => first,
-                Err(e) => {
-                    (self.state, self.seq, self.updated_at) = saved;
-                    return Err(e);
-                }
-            }
-        };
-        for (i, e) in events.iter().enumerate() {
+        Decided {
+            events: batch.events,
+            slots,
+            saved,
+        }
+    }
+
+    /// Take the state back to before a batch whose events were not appended.
+    fn restore(&mut self, saved: Saved) {
+        (self.state, self.seq, self.updated_at) = (saved.state, saved.seq, saved.updated_at);
+    }
+
+    /// The batch's events are in the log at `offsets`: remember them, and answer each
+    /// request. Returns the outcomes and the offset up to which the log must be
+    /// durable.
+    fn commit(
+        &mut self,
+        events: &[NewEvent],
+        slots: Vec<Slot>,
+        offsets: &[u64],
+    ) -> (Vec<Outcome>, u64) {
+        debug_assert_eq!(events.len(), offsets.len());
+        for (e, offset) in events.iter().zip(offsets) {
             if e.client_event_id {
-                self.dedupe.insert(e.event_id, first + i as u64);
+                self.dedupe.insert(e.event_id, *offset);
             }
         }
         let mut wait_end = 0u64;
-        if !events.is_empty() {
-            let last = first + events.len() as u64 - 1;
-            self.last_offset = Some(last);
+        if let Some(last) = offsets.last() {
+            self.last_offset = Some(*last);
             wait_end = last + 1;
         }
         let outcomes = slots
@@ -207,56 +234,150 @@ impl LotCore {
                     wait_end = wait_end.max(offset + 1);
                     Outcome::Duplicate { offset }
                 }
-                Slot::New(i) => Outcome::Accepted { offset: first + i },
-                Slot::SameBatch(i) => Outcome::Duplicate { offset: first + i },
+                Slot::New(i) => Outcome::Accepted {
+                    offset: offsets[i as usize],
+                },
+                Slot::SameBatch(i) => Outcome::Duplicate {
+                    offset: offsets[i as usize],
+                },
             })
             .collect();
-        Ok((outcomes, wait_end))
+        (outcomes, wait_end)
+    }
+
+    /// Decide a batch and append it to a log that orders appends at once; restore the
+    /// state if the append fails. Returns the outcomes and the offset up to which the log
+    /// must be durable. (The actor also takes logs that acknowledge later; unit tests
+    /// of the decisions use this.)
+    #[cfg(test)]
+    fn execute(
+        &mut self,
+        log: &dyn EventLog,
+        requests: Vec<Request>,
+        now: Timestamp,
+        max_future_micros: i64,
+    ) -> Result<(Vec<Outcome>, u64), LogError> {
+        let requests = Fixed::all(requests);
+        let d = self.decide_batch(&requests, now, max_future_micros);
+        if d.events.is_empty() {
+            return Ok(self.commit(&[], d.slots, &[]));
+        }
+        match log.append(Expect::Last(self.last_offset), &d.events) {
+            Ok(Appended::Ordered(first)) => {
+                let offsets: Vec<u64> = (first..first + d.events.len() as u64).collect();
+                Ok(self.commit(&d.events, d.slots, &offsets))
+            }
+            Ok(Appended::Acknowledging(_)) => unreachable!("unit tests use ordering logs"),
+            Err(e) => {
+                self.restore(d.saved);
+                Err(e)
+            }
+        }
+    }
+
+    /// Fold events of this lot that another writer appended (what a lost conflict
+    /// missed, or what the log's follower brought), skipping those already folded.
+    /// Requests among `pending` whose event is among them are answered as accepted at
+    /// its offset: an append that stored its events but whose acknowledgement was lost.
+    pub(crate) fn catch_up(&mut self, events: &[RecordedEvent], pending: &mut [Fixed]) {
+        for e in events {
+            if self.last_offset.is_some_and(|last| e.offset <= last) {
+                continue;
+            }
+            self.replay(e);
+            if let Some(r) = pending.iter_mut().find(|r| r.id == e.event.event_id) {
+                r.known = Some(Outcome::Accepted { offset: e.offset });
+            }
+        }
     }
 
     /// Decide one request of a batch: a duplicate, a rejection, or a new event added to
     /// `batch` and applied to the state.
     fn admit(
         &mut self,
-        r: Request,
+        r: &Fixed,
         now: Timestamp,
         max_future_micros: i64,
         batch: &mut Batch,
     ) -> Slot {
-        if let Some(id) = &r.event_id {
-            if let Some(offset) = self.dedupe.get(id) {
+        if let Some(known) = &r.known {
+            return Slot::Done(known.clone());
+        }
+        if r.client {
+            if let Some(offset) = self.dedupe.get(&r.id) {
                 return Slot::Earlier(offset);
             }
-            if let Some(i) = batch.ids.get(&id.as_u128()) {
+            if let Some(i) = batch.ids.get(&r.id.as_u128()) {
                 return Slot::SameBatch(*i);
             }
         }
-        if let Err(e) = check_event_time(r.occurred_at, now, max_future_micros) {
+        let occurred_at = r.request.occurred_at;
+        if let Err(e) = check_event_time(occurred_at, now, max_future_micros) {
             return Slot::Done(Outcome::Rejected(Rejection::InvalidTime(e)));
         }
-        let event = match decide(&self.state, &r.command) {
+        let event = match decide(&self.state, &r.request.command) {
             Ok(event) => event,
             Err(rejection) => return Slot::Done(Outcome::Rejected(rejection)),
         };
         apply(&mut self.state, &event);
         self.seq += 1;
-        self.updated_at = Some(r.occurred_at);
+        self.updated_at = Some(occurred_at);
         let i = batch.events.len() as u64;
-        if let Some(id) = &r.event_id {
-            batch.ids.insert(id.as_u128(), i);
+        if r.client {
+            batch.ids.insert(r.id.as_u128(), i);
         }
         batch.events.push(NewEvent {
             lot_id: self.lot_id.clone(),
             lot_seq: self.seq,
-            event_id: r.event_id.unwrap_or_else(Uuid::now_v7),
-            client_event_id: r.event_id.is_some(),
-            occurred_at: r.occurred_at,
+            event_id: r.id,
+            client_event_id: r.client,
+            occurred_at,
             event,
             occupancy: self.state.occupancy,
             capacity: self.state.capacity(),
         });
         Slot::New(i)
     }
+}
+
+/// A request with its event id fixed: the client's, or one given here once, so that a
+/// batch decided again after a conflict recognises its own events in the log.
+#[derive(Debug, Clone)]
+pub(crate) struct Fixed {
+    request: Request,
+    id: Uuid,
+    client: bool,
+    /// Already answered: its event was found in the log after a conflict.
+    known: Option<Outcome>,
+}
+
+impl Fixed {
+    fn all(requests: Vec<Request>) -> Vec<Fixed> {
+        requests
+            .into_iter()
+            .map(|request| Fixed {
+                id: request.event_id.unwrap_or_else(Uuid::now_v7),
+                client: request.event_id.is_some(),
+                request,
+                known: None,
+            })
+            .collect()
+    }
+}
+
+/// The lot's state before a batch.
+#[derive(Debug)]
+struct Saved {
+    state: LotState,
+    seq: u64,
+    updated_at: Option<Timestamp>,
+}
+
+/// A decided batch, before its append.
+struct Decided {
+    events: Vec<NewEvent>,
+    slots: Vec<Slot>,
+    saved: Saved,
 }
 
 /// The new events of a batch being executed, and where each client id is among them.
@@ -309,42 +430,169 @@ impl Actor for LotActor {
     }
 }
 
-/// The one message a lot actor understands.
+/// Times a batch is decided again after losing a conflict before the request fails
+/// ([`LotError::Busy`]).
+const CONFLICT_ATTEMPTS: u32 = 16;
+
+/// A random wait before deciding again after the `attempt`th lost conflict (up to
+/// 2^attempt quarter-milliseconds, at most 20 ms), so two writers that keep colliding
+/// drift apart.
+fn conflict_backoff(attempt: u32) -> std::time::Duration {
+    let ceiling = (250u64 << attempt.min(7)).min(20_000);
+    let random = (Uuid::new_v4().as_u128() as u64) % (ceiling + 1);
+    std::time::Duration::from_micros(random)
+}
+
+/// The messages a lot actor understands.
 pub(crate) enum LotMsg {
     Execute(Vec<Request>),
     View,
+    /// Events of this lot from the log that another process may have appended.
+    Observe(Vec<RecordedEvent>),
 }
+
+/// What an execution answers: outcomes, the offset to be durable, the lot after it.
+type ExecResult = Result<(Vec<Outcome>, u64, LotView), LogError>;
 
 #[derive(MessageResponse)]
 pub(crate) enum LotReply {
-    Executed(Result<(Vec<Outcome>, u64, LotView), LogError>),
+    Executed(ExecResult),
     View(LotView),
+    Observed,
 }
 
 impl Message for LotMsg {
     type Result = LotReply;
 }
 
-impl Handler<LotMsg> for LotActor {
-    type Result = LotReply;
+/// The answer to a message: at once, or after the log acknowledged (the actor takes no
+/// other message meanwhile, so the lot keeps one writer in this process).
+pub(crate) enum LotResponse {
+    Now(LotReply),
+    Later(ResponseActFuture<LotActor, LotReply>),
+}
 
-    fn handle(&mut self, msg: LotMsg, _ctx: &mut Self::Context) -> LotReply {
+impl actix::dev::MessageResponse<LotActor, LotMsg> for LotResponse {
+    fn handle(self, ctx: &mut Context<LotActor>, tx: Option<actix::dev::OneshotSender<LotReply>>) {
+        match self {
+            LotResponse::Now(reply) => {
+                actix::dev::MessageResponse::<LotActor, LotMsg>::handle(reply, ctx, tx)
+            }
+            LotResponse::Later(fut) => actix::dev::MessageResponse::<LotActor, LotMsg>::handle(
+                AtomicResponse::new(fut),
+                ctx,
+                tx,
+            ),
+        }
+    }
+}
+
+/// One step of an execution: done, or waiting on the log.
+enum Step {
+    Done(ExecResult),
+    Wait(ResponseActFuture<LotActor, ExecResult>),
+}
+
+impl Step {
+    fn boxed(self) -> ResponseActFuture<LotActor, ExecResult> {
+        match self {
+            Step::Done(r) => Box::pin(actix::fut::ready(r)),
+            Step::Wait(f) => f,
+        }
+    }
+}
+
+impl LotActor {
+    /// Decide `requests` and append their events; on a conflict read what the lot
+    /// missed and decide again (up to [`CONFLICT_ATTEMPTS`] times).
+    fn run(&mut self, requests: Vec<Fixed>, attempt: u32) -> Step {
+        let d = self
+            .core
+            .decide_batch(&requests, Timestamp::now(), self.max_future_micros);
+        if d.events.is_empty() {
+            let (outcomes, end) = self.core.commit(&[], d.slots, &[]);
+            return Step::Done(Ok((outcomes, end, self.core.view())));
+        }
+        match self
+            .log
+            .append(Expect::Last(self.core.last_offset), &d.events)
+        {
+            Ok(Appended::Ordered(first)) => {
+                let offsets: Vec<u64> = (first..first + d.events.len() as u64).collect();
+                let (outcomes, end) = self.core.commit(&d.events, d.slots, &offsets);
+                Step::Done(Ok((outcomes, end, self.core.view())))
+            }
+            Ok(Appended::Acknowledging(ack)) => {
+                Step::Wait(Box::pin(ack.into_actor(self).then(move |acked, act, _| {
+                    match acked {
+                        Ok(offsets) => {
+                            let (outcomes, end) = act.core.commit(&d.events, d.slots, &offsets);
+                            Step::Done(Ok((outcomes, end, act.core.view())))
+                        }
+                        Err(e) => {
+                            act.core.restore(d.saved);
+                            act.conflicted(e, requests, attempt)
+                        }
+                    }
+                    .boxed()
+                })))
+            }
+            Err(e) => {
+                self.core.restore(d.saved);
+                self.conflicted(e, requests, attempt)
+            }
+        }
+    }
+
+    /// After a failed append (the state restored): on a conflict, catch up with the
+    /// lot's events in the log and decide again; any other error is the answer.
+    fn conflicted(&mut self, e: LogError, mut requests: Vec<Fixed>, attempt: u32) -> Step {
+        if !matches!(e, LogError::Conflict { .. }) || attempt + 1 >= CONFLICT_ATTEMPTS {
+            return Step::Done(Err(e));
+        }
+        metrics::counter!("parkade_lot_conflicts_total").increment(1);
+        tracing::debug!(lot_id = %self.core.lot_id, attempt, "append conflict; catching up");
+        let read = self.log.read_lot(&self.core.lot_id, self.core.last_offset);
+        let wait = conflict_backoff(attempt);
+        let read = async move {
+            actix::clock::sleep(wait).await;
+            read.await
+        };
+        Step::Wait(Box::pin(read.into_actor(self).then(
+            move |missed, act, _| {
+                match missed {
+                    Ok(events) => {
+                        act.core.catch_up(&events, &mut requests);
+                        act.run(requests, attempt + 1)
+                    }
+                    Err(e) => Step::Done(Err(e)),
+                }
+                .boxed()
+            },
+        )))
+    }
+}
+
+impl Handler<LotMsg> for LotActor {
+    type Result = LotResponse;
+
+    fn handle(&mut self, msg: LotMsg, _ctx: &mut Self::Context) -> LotResponse {
         match msg {
             LotMsg::Execute(requests) => {
                 let _span =
                     tracing::trace_span!("lot_execute", lot_id = %self.core.lot_id).entered();
-                LotReply::Executed(
-                    self.core
-                        .execute(
-                            self.log.as_ref(),
-                            requests,
-                            Timestamp::now(),
-                            self.max_future_micros,
-                        )
-                        .map(|(outcomes, end)| (outcomes, end, self.core.view())),
-                )
+                match self.run(Fixed::all(requests), 0) {
+                    Step::Done(r) => LotResponse::Now(LotReply::Executed(r)),
+                    Step::Wait(f) => {
+                        LotResponse::Later(Box::pin(f.map(|r, _, _| LotReply::Executed(r))))
+                    }
+                }
             }
-            LotMsg::View => LotReply::View(self.core.view()),
+            LotMsg::View => LotResponse::Now(LotReply::View(self.core.view())),
+            LotMsg::Observe(events) => {
+                self.core.catch_up(&events, &mut []);
+                LotResponse::Now(LotReply::Observed)
+            }
         }
     }
 }
@@ -381,8 +629,16 @@ impl LotHandle {
                 Ok(Executed { outcomes, view })
             }
             LotReply::Executed(Err(e)) => Err(e.into()),
-            LotReply::View(_) => unreachable!("execute is answered with Executed"),
+            LotReply::View(_) | LotReply::Observed => {
+                unreachable!("execute is answered with Executed")
+            }
         }
+    }
+
+    /// Fold events of this lot another process appended (see [`Lots::follow`](super::Lots::follow)).
+    pub(crate) async fn observe(&self, events: Vec<RecordedEvent>) -> Result<(), LotError> {
+        self.addr.send(LotMsg::Observe(events)).await?;
+        Ok(())
     }
 
     /// Run one request.
@@ -459,7 +715,9 @@ impl LotHandle {
                 }
                 Ok(view)
             }
-            LotReply::Executed(_) => unreachable!("view is answered with View"),
+            LotReply::Executed(_) | LotReply::Observed => {
+                unreachable!("view is answered with View")
+            }
         }
     }
 }

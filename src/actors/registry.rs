@@ -8,8 +8,10 @@ use actix::prelude::*;
 use uuid::Uuid;
 
 use super::lot::{LotActor, LotCore, LotError, LotHandle, LotView, Outcome, Request};
+use crate::domain::RecordedEvent;
 use crate::domain::{Capacity, Command, LotId, LotName, Timestamp};
-use crate::log::{EventLog, LogError};
+use crate::log::{EventLog, LogError, Subscription};
+use tokio::sync::watch;
 
 /// Settings of the lot actors.
 #[derive(Debug, Clone)]
@@ -53,6 +55,8 @@ struct Inner {
     register: tokio::sync::Mutex<()>,
     next_arbiter: AtomicUsize,
     opts: LotOptions,
+    /// The log offset recovery folded up to.
+    folded_to: u64,
 }
 
 impl Drop for Inner {
@@ -70,22 +74,17 @@ impl Lots {
         let started = std::time::Instant::now();
         let mut cores: HashMap<LotId, LotCore> = HashMap::new();
         let mut events = 0u64;
-        crate::log::scan(
-            &*log,
-            0,
-            log.durable_end(),
-            crate::log::SCAN_BATCH,
-            |batch| {
-                events += batch.len() as u64;
-                for e in batch {
-                    cores
-                        .entry(e.event.lot_id.clone())
-                        .or_insert_with(|| LotCore::new(e.event.lot_id.clone(), opts.dedupe_window))
-                        .replay(e);
-                }
-                std::ops::ControlFlow::Continue(())
-            },
-        )?;
+        let folded_to = log.durable_end();
+        crate::log::scan(&*log, 0, folded_to, crate::log::SCAN_BATCH, |batch| {
+            events += batch.len() as u64;
+            for e in batch {
+                cores
+                    .entry(e.event.lot_id.clone())
+                    .or_insert_with(|| LotCore::new(e.event.lot_id.clone(), opts.dedupe_window))
+                    .replay(e);
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
         let arbiters: Vec<Arbiter> = (0..opts.threads.max(1)).map(|_| Arbiter::new()).collect();
         let lots = Lots {
             inner: Arc::new(Inner {
@@ -95,6 +94,7 @@ impl Lots {
                 register: tokio::sync::Mutex::new(()),
                 next_arbiter: AtomicUsize::new(0),
                 opts,
+                folded_to,
             }),
         };
         let count = cores.len();
@@ -129,6 +129,53 @@ impl Lots {
             LotActor::new(core, actor_log, mailbox, max_future)
         });
         LotHandle::new(id, addr, log)
+    }
+
+    /// Follow a shared log (one other processes append to as well) from where recovery
+    /// stopped, until `shutdown`: each lot's actor folds the events it has not seen, so
+    /// its view and its next append's expected position keep up with the other writers,
+    /// and a lot registered by another process gets its actor here. A lot started this
+    /// way is not counted against `max_lots` (the process that registered it did).
+    pub async fn follow(self, mut shutdown: watch::Receiver<bool>) -> Result<(), LotError> {
+        let mut sub = Subscription::new(self.inner.log.clone(), self.inner.folded_to);
+        let mut unregistered: HashMap<LotId, LotCore> = HashMap::new();
+        loop {
+            let batch = tokio::select! {
+                b = sub.next_batch(crate::log::SCAN_BATCH) => b?,
+                _ = shutdown.changed() => return Ok(()),
+            };
+            let mut by_lot: HashMap<LotId, Vec<RecordedEvent>> = HashMap::new();
+            for e in batch {
+                by_lot.entry(e.event.lot_id.clone()).or_default().push(e);
+            }
+            for (lot, events) in by_lot {
+                if let Some(handle) = self.get(&lot) {
+                    handle.observe(events).await?;
+                    continue;
+                }
+                // Under the registration lock: one id never gets two actors.
+                let guard = self.inner.register.lock().await;
+                if let Some(handle) = self.get(&lot) {
+                    drop(guard);
+                    handle.observe(events).await?;
+                    continue;
+                }
+                let window = self.inner.opts.dedupe_window;
+                let core = unregistered
+                    .entry(lot.clone())
+                    .or_insert_with(|| LotCore::new(lot.clone(), window));
+                core.catch_up(&events, &mut []);
+                if core.state.is_registered() {
+                    let core = unregistered.remove(&lot).expect("just folded");
+                    let handle = self.spawn(core);
+                    self.inner
+                        .map
+                        .write()
+                        .expect("lots lock")
+                        .insert(lot, handle);
+                }
+            }
+        }
     }
 
     /// The handle of a registered lot.

@@ -123,6 +123,10 @@ impl From<LotError> for ApiError {
         if let LotError::TooManyLots(limit) = e {
             return ApiError::LotLimit(limit);
         }
+        if let LotError::Busy(lot) = &e {
+            tracing::warn!(lot_id = %lot, "lot request gave up after repeated conflicts with other writers");
+            return ApiError::Unavailable(format!("lot {lot} is being written by other nodes at this moment; nothing was acknowledged, so the request is safe to retry (with the same event_id)"));
+        }
         tracing::error!(error = %e, "lot request failed");
         ApiError::Unavailable(NOT_DURABLE.into())
     }

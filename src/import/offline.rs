@@ -23,6 +23,12 @@ impl Offline {
     /// Open the data directory's log and rebuild its lots.
     /// Must be called inside a running actix system (the lots are actors).
     pub fn open(config: &Config) -> anyhow::Result<Offline> {
+        if config.log.backend == crate::config::LogBackend::Jetstream {
+            anyhow::bail!(
+                "the log is the JetStream stream {}, which running servers append to: import through one of them with --url http://HOST:PORT",
+                config.log.stream
+            );
+        }
         let dir = config.log_dir();
         let opts = LogOptions {
             segment_bytes: config.log.segment_bytes,

@@ -484,7 +484,8 @@ mod tests {
             .iter()
             .enumerate()
         {
-            log.append(&[event(lot, i as u64 + 1, i as u32)]).unwrap();
+            log.append_any(&[event(lot, i as u64 + 1, i as u32)])
+                .unwrap();
         }
         let mut seen = Vec::new();
         while seen.len() < 4 {

@@ -195,6 +195,14 @@ pub fn payload_offset(p: &[u8]) -> u64 {
     u64::from_le_bytes(p[0..8].try_into().expect("8 bytes"))
 }
 
+/// The lot id bytes of a checksummed payload, without decoding the rest (empty when
+/// the length byte is impossible; the decoder refuses such a record).
+pub fn payload_lot(p: &[u8]) -> &[u8] {
+    let lot_len = usize::from(p[51]);
+    p.get(FIXED_PAYLOAD..FIXED_PAYLOAD + lot_len)
+        .unwrap_or_default()
+}
+
 /// Decode a checksummed payload. `intern` lets a reader share lot id strings.
 pub fn decode_payload(
     p: &[u8],

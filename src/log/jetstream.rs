@@ -1,22 +1,29 @@
-//! The event log on NATS JetStream, first part: the stream and its primitives, not yet
-//! an [`EventLog`](super::EventLog) backend (the trait appends synchronously with the
-//! offset known at once; JetStream's offsets come with the server's acknowledgement, so
-//! the trait and the lot actors change next).
+//! The event log on NATS JetStream: a replicated stream that several parkade processes
+//! append to, each keeping a local copy that its readers read.
 //!
 //! One stream (default `PARKADE`), one subject per lot: `{stream}.lot.{lot}` with the lot
 //! id's `.` written as `~` (a lot id never holds `~`; a subject's tokens are split at
 //! `.`). An event is one message: the embedded log's record bytes (with their CRC32C)
 //! as the payload, the event id as `Nats-Msg-Id`. Offset `n` is stream sequence `n + 1`
 //! (offsets count from 0, sequences from 1), dense as long as nothing is deleted from
-//! the stream.
+//! the stream (a reader that finds a gap stops with an error). The stream's metadata
+//! holds the log id (`parkade_log_id`), so projections' checkpoints name it as they name
+//! an embedded log, and a copied log keeps its id.
 //!
 //! A lot's single writer: every append names the sequence of the lot's last message it
 //! knows (`Nats-Expected-Last-Subject-Sequence`, 0 for none); if another writer appended
-//! since, the server refuses it and nothing is stored ([`JetStreamError::Conflict`]).
+//! since, the server refuses it and nothing is stored ([`LogError::Conflict`]); the lot
+//! actor then reads what it missed and decides again.
 //!
 //! Durable before acknowledged: the server acknowledges a message once it is stored on
 //! a quorum of the stream's replicas; on disk only with `jetstream { sync_interval:
 //! always }` (otherwise the page cache holds it for up to two minutes).
+//!
+//! Reads: [`JetStreamLog`] follows the stream (one ordered consumer) into a local copy,
+//! an embedded log in the data folder with the stream's log id and offsets; cursors,
+//! subscriptions and projections read that copy, so every node serves every event in
+//! stream order, whoever appended it. An append's reply waits until the copy holds it
+//! too. The copy is derived: deleted, it is filled again from the stream.
 
 use std::time::Duration;
 
@@ -24,9 +31,17 @@ use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
 use crate::domain::{LotId, NewEvent, RecordedEvent, Timestamp};
 
-use super::format;
+use super::{
+    format, Appended, BoxFuture, EventLog, Expect, FileLog, LogCursor, LogError, LogOptions,
+};
 
 /// Where the stream is and what it is.
 #[derive(Debug, Clone)]
@@ -59,17 +74,39 @@ pub enum JetStreamError {
     Decode { sequence: u64, reason: String },
 }
 
-/// The stream, connected.
-pub struct JetStreamLog {
+/// The stream's metadata key holding the log id.
+const LOG_ID_KEY: &str = "parkade_log_id";
+
+/// The stream, connected: the primitives [`JetStreamLog`] is built on.
+pub struct Stream {
     context: jetstream::Context,
     stream: stream::Stream,
     name: String,
+    log_id: Uuid,
 }
 
-impl JetStreamLog {
+impl Stream {
     /// Connect and create the stream (or take the existing one, which must have the
-    /// asked-for replicas).
-    pub async fn connect(o: &JetStreamOptions) -> Result<JetStreamLog, JetStreamError> {
+    /// asked-for replicas and be a parkade log). A new stream gets `new_log_id`, or a
+    /// fresh id; an existing one with another id than `new_log_id` is refused.
+    pub async fn connect(
+        o: &JetStreamOptions,
+        new_log_id: Option<Uuid>,
+    ) -> Result<Stream, JetStreamError> {
+        Stream::open(o, Some(new_log_id)).await
+    }
+
+    /// Connect to the stream, which must exist (what a copy out of it reads).
+    pub async fn connect_existing(o: &JetStreamOptions) -> Result<Stream, JetStreamError> {
+        Stream::open(o, None).await
+    }
+
+    /// Connect; `create`: make the stream when missing, with this log id or a fresh one.
+    async fn open(
+        o: &JetStreamOptions,
+        create: Option<Option<Uuid>>,
+    ) -> Result<Stream, JetStreamError> {
+        let new_log_id = create.flatten();
         let connect_err = |reason: String| JetStreamError::Connect {
             url: o.url.clone(),
             reason,
@@ -98,31 +135,59 @@ impl JetStreamLog {
             stream: o.stream.clone(),
             reason,
         };
+        let wanted_id = new_log_id.unwrap_or_else(Uuid::now_v7);
         let config = stream::Config {
             name: o.stream.clone(),
             subjects: vec![format!("{}.lot.>", o.stream)],
             storage: stream::StorageType::File,
             num_replicas: o.replicas,
+            metadata: [(LOG_ID_KEY.to_owned(), wanted_id.to_string())].into(),
             ..Default::default()
         };
         // A cluster that has just formed (or lost a node) may time the request out
         // while it settles: try again for up to 30 s.
         let started = std::time::Instant::now();
         let mut stream = loop {
-            match context.get_or_create_stream(config.clone()).await {
+            let got = match create {
+                Some(_) => context
+                    .get_or_create_stream(config.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => match context.get_stream(&o.stream).await {
+                    Ok(s) => Ok(s),
+                    // An operator's copy: said at once, not tried again.
+                    Err(e) => return Err(stream_err(format!("cannot be read: {e}"))),
+                },
+            };
+            match got {
                 Ok(s) => break s,
                 Err(e) if started.elapsed() < Duration::from_secs(30) => {
                     tracing::warn!(error = %e, "creating the JetStream stream; trying again");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(e) => return Err(stream_err(e.to_string())),
+                Err(e) => return Err(stream_err(e)),
             }
         };
         // A new replicated stream takes a moment to elect its leader; appends before
         // that find no stream.
         let started = std::time::Instant::now();
-        loop {
+        let log_id = loop {
             let info = stream.info().await.map_err(|e| stream_err(e.to_string()))?;
+            let id = info
+                .config
+                .metadata
+                .get(LOG_ID_KEY)
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .ok_or_else(|| {
+                    stream_err(format!(
+                        "is not a parkade log (no {LOG_ID_KEY} in its metadata)"
+                    ))
+                })?;
+            if new_log_id.is_some_and(|w| w != id) {
+                return Err(stream_err(format!(
+                    "is log {id}, not the log {wanted_id} being copied into it"
+                )));
+            }
             if info.config.num_replicas != o.replicas {
                 return Err(stream_err(format!(
                     "exists with {} replicas, not the {} configured",
@@ -131,18 +196,64 @@ impl JetStreamLog {
             }
             let leader = info.cluster.as_ref().and_then(|c| c.leader.as_ref());
             if o.replicas <= 1 || leader.is_some_and(|l| !l.is_empty()) {
-                break;
+                break id;
             }
             if started.elapsed() > Duration::from_secs(30) {
                 return Err(stream_err("no leader elected within 30 s".into()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(JetStreamLog {
+        };
+        Ok(Stream {
             context,
             stream,
             name: o.stream.clone(),
+            log_id,
         })
+    }
+
+    /// Append copies of another log's events (`parkade log copy`), keeping their record
+    /// times and ids: each only if it lands at its own offset (the stream's last
+    /// sequence is the event's offset: no other writer came between), published
+    /// without waiting for each acknowledgement (up to `window` unacknowledged, in
+    /// order on one connection). Returns once every one is acknowledged.
+    pub async fn append_copies(
+        &self,
+        events: &[RecordedEvent],
+        window: usize,
+    ) -> Result<(), JetStreamError> {
+        let mut waiting = std::collections::VecDeque::new();
+        for e in events {
+            let mut buf = Vec::new();
+            format::encode_record(&mut buf, 0, e.recorded_at, &e.event);
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SEQUENCE,
+                e.offset.to_string().as_str(),
+            );
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                e.event.event_id.to_string().as_str(),
+            );
+            let pending = self
+                .context
+                .publish_with_headers(self.subject(&e.event.lot_id), headers, Bytes::from(buf))
+                .await
+                .map_err(|err| JetStreamError::Publish(err.to_string()))?;
+            waiting.push_back((e.offset, pending));
+            while waiting.len() >= window.max(1) {
+                let (offset, ack) = waiting.pop_front().expect("not empty");
+                copied(offset, ack.await)?;
+            }
+        }
+        for (offset, ack) in waiting {
+            copied(offset, ack.await)?;
+        }
+        Ok(())
+    }
+
+    /// The log id in the stream's metadata.
+    pub fn log_id(&self) -> Uuid {
+        self.log_id
     }
 
     /// The subject of a lot's events.
@@ -179,22 +290,26 @@ impl JetStreamLog {
 
     /// Append `events` of one lot in order, the first only if the lot's last message is
     /// still sequence `expected` (0: the lot has none), each next one after the one
-    /// before. Returns each event's offset, once the server acknowledged it.
+    /// before; `None`: no check (events of any lots). Returns each event's offset, once
+    /// the server acknowledged it.
     pub async fn append_lot(
         &self,
-        expected: u64,
+        expected: Option<u64>,
         events: &[NewEvent],
     ) -> Result<Vec<u64>, JetStreamError> {
         let mut last = expected;
         let mut offsets = Vec::with_capacity(events.len());
+        let now = Timestamp::now();
         for e in events {
             let mut buf = Vec::new();
-            format::encode_record(&mut buf, 0, Timestamp::now(), e);
+            format::encode_record(&mut buf, 0, now, e);
             let mut headers = HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                last.to_string().as_str(),
-            );
+            if let Some(last) = last {
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    last.to_string().as_str(),
+                );
+            }
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
                 e.event_id.to_string().as_str(),
@@ -204,13 +319,13 @@ impl JetStreamLog {
                 .await;
             match ack {
                 Ok(ack) => {
-                    last = ack.sequence;
+                    last = last.map(|_| ack.sequence);
                     offsets.push(ack.sequence - 1);
                 }
                 Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
                     return Err(JetStreamError::Conflict {
                         lot: e.lot_id.to_string(),
-                        expected: last,
+                        expected: last.unwrap_or(0),
                     })
                 }
                 Err(err) => return Err(JetStreamError::Publish(err.to_string())),
@@ -262,53 +377,121 @@ impl JetStreamLog {
     /// sequence after `from` (one request, the server streaming the messages), checked
     /// to be gapless.
     pub async fn read(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, JetStreamError> {
-        use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-        use futures_util::StreamExt;
         let end = self.end().await?;
         let to = end.min(from.saturating_add(max as u64));
         if to <= from {
             return Ok(Vec::new());
         }
+        let mut messages = self.messages(from + 1, None).await?;
+        let mut out = Vec::with_capacity((to - from) as usize);
+        for offset in from..to {
+            let (sequence, e) = next_message(&mut messages, offset + 1).await?;
+            if sequence != offset + 1 {
+                return Err(JetStreamError::Read {
+                    sequence: offset + 1,
+                    reason: format!("the stream has no message there (the next is {sequence}): messages were deleted"),
+                });
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// The events of `lot` after offset `after` (all for `None`), up to its last message
+    /// when this is called.
+    pub async fn read_lot(
+        &self,
+        lot: &LotId,
+        after: Option<u64>,
+    ) -> Result<Vec<RecordedEvent>, JetStreamError> {
+        let last = self.last_of_lot(lot).await?;
+        let start = after.map_or(1, |a| a + 2);
+        if last < start {
+            return Ok(Vec::new());
+        }
+        let mut messages = self.messages(start, Some(self.subject(lot))).await?;
+        let mut out = Vec::new();
+        loop {
+            let (sequence, e) = next_message(&mut messages, start).await?;
+            out.push(e);
+            if sequence >= last {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The stream's messages from `start` (a sequence) on, of one subject or all, as
+    /// the server delivers them (an ordered consumer: recreated by the client on a gap
+    /// in its delivery).
+    async fn messages(
+        &self,
+        start: u64,
+        subject: Option<String>,
+    ) -> Result<async_nats::jetstream::consumer::pull::Ordered, JetStreamError> {
+        use async_nats::jetstream::consumer::{pull, DeliverPolicy};
         let read_err = |reason: String| JetStreamError::Read {
-            sequence: from + 1,
+            sequence: start,
             reason,
         };
         let consumer = self
             .stream
             .create_consumer(pull::OrderedConfig {
                 deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from + 1,
+                    start_sequence: start,
                 },
+                filter_subject: subject.unwrap_or_default(),
                 ..Default::default()
             })
             .await
             .map_err(|e| read_err(e.to_string()))?;
-        let mut messages = consumer
+        consumer
             .messages()
             .await
-            .map_err(|e| read_err(e.to_string()))?;
-        let mut out = Vec::with_capacity((to - from) as usize);
-        for offset in from..to {
-            let sequence = offset + 1;
-            let m = messages
-                .next()
-                .await
-                .ok_or_else(|| read_err("the stream of messages ended".into()))?
-                .map_err(|e| read_err(e.to_string()))?;
-            let got = m
-                .info()
-                .map_err(|e| read_err(e.to_string()))?
-                .stream_sequence;
-            if got != sequence {
-                return Err(JetStreamError::Read {
-                    sequence,
-                    reason: format!("the stream has no message there (the next is {got}): messages were deleted"),
-                });
-            }
-            out.push(decode(sequence, &m.payload)?);
-        }
-        Ok(out)
+            .map_err(|e| read_err(e.to_string()))
     }
+}
+
+/// Check a copied event's acknowledgement: stored at its own offset.
+fn copied(
+    offset: u64,
+    ack: Result<
+        async_nats::jetstream::publish::PublishAck,
+        async_nats::jetstream::context::PublishError,
+    >,
+) -> Result<(), JetStreamError> {
+    match ack {
+        Ok(a) if a.sequence == offset + 1 => Ok(()),
+        Ok(a) => Err(JetStreamError::Publish(format!(
+            "the event of offset {offset} was stored at sequence {} (a duplicate of an earlier message?)",
+            a.sequence
+        ))),
+        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(JetStreamError::Publish(format!(
+            "the stream's last sequence is not {offset}: another writer appended to it during the copy; stop the servers on it and copy again"
+        ))),
+        Err(e) => Err(JetStreamError::Publish(e.to_string())),
+    }
+}
+
+/// The next message of an ordered consumer, decoded, with its stream sequence.
+async fn next_message(
+    messages: &mut async_nats::jetstream::consumer::pull::Ordered,
+    near: u64,
+) -> Result<(u64, RecordedEvent), JetStreamError> {
+    use futures_util::StreamExt;
+    let read_err = |reason: String| JetStreamError::Read {
+        sequence: near,
+        reason,
+    };
+    let m = messages
+        .next()
+        .await
+        .ok_or_else(|| read_err("the stream of messages ended".into()))?
+        .map_err(|e| read_err(e.to_string()))?;
+    let sequence = m
+        .info()
+        .map_err(|e| read_err(e.to_string()))?
+        .stream_sequence;
+    Ok((sequence, decode(sequence, &m.payload)?))
 }
 
 /// The event in the message at `sequence`.
@@ -327,4 +510,253 @@ fn decode(sequence: u64, bytes: &[u8]) -> Result<RecordedEvent, JetStreamError> 
     let mut e = format::decode_payload(payload, &mut LotId::from_normalised).map_err(decode)?;
     e.offset = sequence - 1;
     Ok(e)
+}
+
+/// Events the follower copies at once at most.
+const FOLLOW_BATCH: usize = 4096;
+
+/// The [`EventLog`] on a JetStream stream (see the module docs): appends go to the
+/// stream; reads come from the local copy the follower keeps.
+pub struct JetStreamLog {
+    stream: Arc<Stream>,
+    copy: Arc<FileLog>,
+    /// The client's and the follower's own threads, so neither depends on the actors'
+    /// or the HTTP server's.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Why the follower stopped, once it has.
+    failed: watch::Receiver<Option<Arc<str>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl JetStreamLog {
+    /// Connect to the stream, open (or create) its local copy in `dir`, and follow the
+    /// stream into it; returns once the copy holds every event the stream held when this
+    /// connected.
+    pub async fn open(
+        options: &JetStreamOptions,
+        dir: &Path,
+        copy_options: LogOptions,
+    ) -> Result<JetStreamLog, LogError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("parkade-nats")
+            .enable_all()
+            .build()
+            .map_err(|source| LogError::Io {
+                path: "<nats runtime>".into(),
+                source,
+            })?;
+        let o = options.clone();
+        let stream = Arc::new(on(&runtime, async move { Stream::connect(&o, None).await }).await?);
+        let copy = Arc::new(FileLog::open(
+            dir,
+            LogOptions {
+                log_id: Some(stream.log_id()),
+                ..copy_options
+            },
+        )?);
+        let s = stream.clone();
+        let end = on(&runtime, async move { s.end().await }).await?;
+        if copy.durable_end() > end {
+            return Err(LogError::Backend(format!(
+                "the local copy in {} holds {} events, the stream {} only {end}: it is not a copy of this stream as it is now (were messages deleted?); move the folder away to copy the stream afresh",
+                dir.display(),
+                copy.durable_end(),
+                options.stream
+            )));
+        }
+        let (fail, failed) = watch::channel(None);
+        let (stop, stopped) = watch::channel(false);
+        let (s, c) = (stream.clone(), copy.clone());
+        runtime.spawn(async move {
+            if let Err(e) = follow(&s, &c, stopped).await {
+                tracing::error!(error = %e, "following the JetStream stream stopped; appends and reads wait until parkade restarts");
+                let _sent = fail.send(Some(e.to_string().into()));
+            }
+        });
+        let log = JetStreamLog {
+            stream,
+            copy,
+            runtime: Some(runtime),
+            failed,
+            stop,
+        };
+        tracing::info!(stream = %options.stream, events = end, "copying the JetStream stream");
+        log.wait_durable(end).await?;
+        Ok(log)
+    }
+
+    /// The stream under this log.
+    pub fn stream(&self) -> &Arc<Stream> {
+        &self.stream
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime
+            .as_ref()
+            .expect("running until dropped")
+            .handle()
+    }
+}
+
+impl Drop for JetStreamLog {
+    fn drop(&mut self) {
+        let _sent = self.stop.send(true);
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Run `fut` on `runtime` and await it from wherever this is.
+async fn on<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    fut: impl std::future::Future<Output = Result<T, JetStreamError>> + Send + 'static,
+) -> Result<T, LogError> {
+    runtime
+        .spawn(fut)
+        .await
+        .map_err(|e| LogError::Backend(format!("the NATS task stopped: {e}")))?
+        .map_err(LogError::from)
+}
+
+/// Copy the stream into `copy` from where the copy ends, in order and gapless, until
+/// `stop`.
+async fn follow(
+    stream: &Stream,
+    copy: &FileLog,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), LogError> {
+    use futures_util::StreamExt;
+    let mut next = copy.durable_end();
+    let messages = stream.messages(next + 1, None).await?;
+    let mut chunks = messages.ready_chunks(FOLLOW_BATCH);
+    loop {
+        let chunk = tokio::select! {
+            c = chunks.next() => c,
+            _ = stop.changed() => return Ok(()),
+        };
+        let Some(chunk) = chunk else {
+            return Err(LogError::Backend("the stream's messages ended".into()));
+        };
+        let mut events = Vec::with_capacity(chunk.len());
+        for m in chunk {
+            let m = m.map_err(|e| LogError::Backend(format!("following the stream: {e}")))?;
+            let sequence = m
+                .info()
+                .map_err(|e| LogError::Backend(format!("following the stream: {e}")))?
+                .stream_sequence;
+            if sequence != next + 1 {
+                return Err(LogError::Backend(format!(
+                    "the stream has no message at sequence {} (the next is {sequence}): messages were deleted, and the log is no longer whole",
+                    next + 1
+                )));
+            }
+            events.push(decode(sequence, &m.payload)?);
+            next += 1;
+        }
+        copy.append_copy(&events)?;
+    }
+}
+
+impl From<JetStreamError> for LogError {
+    fn from(e: JetStreamError) -> Self {
+        match e {
+            JetStreamError::Conflict { lot, expected } => LogError::Conflict {
+                lot,
+                expected: expected.checked_sub(1),
+            },
+            other => LogError::Backend(other.to_string()),
+        }
+    }
+}
+
+impl EventLog for JetStreamLog {
+    fn log_id(&self) -> Uuid {
+        self.stream.log_id()
+    }
+
+    fn append(&self, expect: Expect, events: &[NewEvent]) -> Result<Appended, LogError> {
+        super::lot_of(expect, events)?;
+        if let Some(e) = events.iter().find(|e| !format::encodable(e)) {
+            return Err(LogError::TooLarge {
+                lot: e.lot_id.to_string(),
+                len: format::payload_len(e),
+                max: format::MAX_PAYLOAD,
+            });
+        }
+        self.health()?;
+        let expected = match expect {
+            Expect::Last(last) => Some(last.map_or(0, |o| o + 1)),
+            Expect::Any => None,
+        };
+        let stream = self.stream.clone();
+        let events = events.to_vec();
+        let task = self
+            .handle()
+            .spawn(async move { stream.append_lot(expected, &events).await });
+        Ok(Appended::Acknowledging(Box::pin(async move {
+            task.await
+                .map_err(|e| LogError::Backend(format!("the NATS task stopped: {e}")))?
+                .map_err(LogError::from)
+        })))
+    }
+
+    fn read_lot(
+        &self,
+        lot: &LotId,
+        after: Option<u64>,
+    ) -> BoxFuture<'static, Result<Vec<RecordedEvent>, LogError>> {
+        let stream = self.stream.clone();
+        let lot = lot.clone();
+        let task = self
+            .handle()
+            .spawn(async move { stream.read_lot(&lot, after).await });
+        Box::pin(async move {
+            task.await
+                .map_err(|e| LogError::Backend(format!("the NATS task stopped: {e}")))?
+                .map_err(LogError::from)
+        })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    /// Stop following and close the local copy; appends are refused from then on.
+    fn close(&self) {
+        let _sent = self.stop.send(true);
+        self.copy.close();
+    }
+
+    fn durable_end(&self) -> u64 {
+        self.copy.durable_end()
+    }
+
+    fn wait_durable(&self, end: u64) -> BoxFuture<'_, Result<(), LogError>> {
+        let mut failed = self.failed.clone();
+        Box::pin(async move {
+            tokio::select! {
+                r = self.copy.wait_durable(end) => r,
+                f = failed.wait_for(Option::is_some) => match f {
+                    Ok(why) => Err(LogError::Failed(why.clone().unwrap_or_else(|| "unknown".into()))),
+                    Err(_) => Err(LogError::Closed),
+                },
+            }
+        })
+    }
+
+    fn cursor(&self, from: u64) -> Box<dyn LogCursor> {
+        self.copy.cursor(from)
+    }
+
+    fn health(&self) -> Result<(), LogError> {
+        if *self.stop.borrow() {
+            return Err(LogError::Closed);
+        }
+        if let Some(why) = self.failed.borrow().clone() {
+            return Err(LogError::Failed(why));
+        }
+        self.copy.health()
+    }
 }

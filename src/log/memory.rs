@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::{BoxFuture, EventLog, LogCursor, LogError};
-use crate::domain::{NewEvent, RecordedEvent, Timestamp};
+use super::{Appended, BoxFuture, EventLog, Expect, LogCursor, LogError};
+use crate::domain::{LotId, NewEvent, RecordedEvent, Timestamp};
 
 /// The log in memory.
 pub struct MemoryLog {
@@ -38,6 +38,14 @@ impl MemoryLog {
         let _previous = self.durable.send_replace(Err(why.into()));
     }
 
+    /// Append without an expected position ([`Expect::Any`]); the first offset.
+    pub fn append_any(&self, events: &[NewEvent]) -> Result<u64, LogError> {
+        match self.append(Expect::Any, events)? {
+            Appended::Ordered(first) => Ok(first),
+            Appended::Acknowledging(_) => unreachable!("the memory log orders at once"),
+        }
+    }
+
     /// Every event appended so far.
     pub fn events(&self) -> Vec<RecordedEvent> {
         self.lock().clone()
@@ -53,9 +61,23 @@ impl EventLog for MemoryLog {
         self.id
     }
 
-    fn append(&self, events: &[NewEvent]) -> Result<u64, LogError> {
+    fn append(&self, expect: Expect, events: &[NewEvent]) -> Result<Appended, LogError> {
+        let lot = super::lot_of(expect, events)?;
         self.health()?;
         let mut log = self.lock();
+        if let (Some(lot), Expect::Last(expected)) = (lot, expect) {
+            let last = log
+                .iter()
+                .rev()
+                .find(|e| &e.event.lot_id == lot)
+                .map(|e| e.offset);
+            if last != expected {
+                return Err(LogError::Conflict {
+                    lot: lot.to_string(),
+                    expected,
+                });
+            }
+        }
         let first = log.len() as u64;
         let now = Timestamp::now();
         log.extend(events.iter().enumerate().map(|(i, e)| RecordedEvent {
@@ -67,7 +89,23 @@ impl EventLog for MemoryLog {
         let end = log.len() as u64;
         drop(log);
         let _previous = self.durable.send_replace(Ok(end));
-        Ok(first)
+        Ok(Appended::Ordered(first))
+    }
+
+    fn read_lot(
+        &self,
+        lot: &LotId,
+        after: Option<u64>,
+    ) -> BoxFuture<'static, Result<Vec<RecordedEvent>, LogError>> {
+        let from = after.map_or(0, |a| a + 1) as usize;
+        let found: Vec<RecordedEvent> = self
+            .lock()
+            .iter()
+            .skip(from)
+            .filter(|e| &e.event.lot_id == lot)
+            .cloned()
+            .collect();
+        Box::pin(async move { Ok(found) })
     }
 
     fn durable_end(&self) -> u64 {

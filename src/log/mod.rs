@@ -17,6 +17,7 @@
 //!   restarts and recovery has run (fail-stop: a failed `fsync` leaves the page cache
 //!   in an unknown state, so the only safe truth is what recovery finds on disk).
 
+pub mod copy;
 mod file_log;
 pub mod format;
 pub mod jetstream;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::domain::{NewEvent, RecordedEvent};
+use crate::domain::{LotId, NewEvent, RecordedEvent};
 
 pub use file_log::{FileLog, LogOptions, OpenMode, Recovery};
 pub use memory::MemoryLog;
@@ -63,8 +64,27 @@ pub enum LogError {
     TooLarge { lot: String, len: usize, max: usize },
     #[error("the log is closed")]
     Closed,
+    #[error("the log in {dir} is log {found}, not log {wanted} that was asked for (a copy of another log is never continued)")]
+    OtherLog {
+        dir: PathBuf,
+        found: Uuid,
+        wanted: Uuid,
+    },
     #[error("the log in {0} is in use by another parkade process")]
     Locked(PathBuf),
+    /// Another writer appended to the lot since the position this append expected:
+    /// nothing was appended. The writer reads what it missed and decides again.
+    #[error("lot {lot}: its last event is no longer at the expected position ({expected:?}): another writer appended; nothing was appended")]
+    Conflict { lot: String, expected: Option<u64> },
+    #[error("a copied event holds offset {got} where offset {expected} comes next")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("an append needs at least one event")]
+    Empty,
+    #[error("an append holds events of one lot, not of {first} and {other}")]
+    MixedLots { first: String, other: String },
+    /// The shared backend (JetStream) could not be reached or answered with an error.
+    #[error("{0}")]
+    Backend(String),
     /// A scan meant to read up to `end` found the log ending at `read` (a damaged log:
     /// what was durable is gone).
     #[error("the log could be read only up to offset {read} of {end}")]
@@ -102,15 +122,60 @@ pub fn scan(
     Ok(cursor.position().min(to))
 }
 
+/// What an append expects of its lot's position in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The lot's last event is at this offset (`None`: the lot has none).
+    Last(Option<u64>),
+    /// No check, and the events may be of several lots: for a writer that knows it is
+    /// alone (tests, tools filling a log no service runs on).
+    Any,
+}
+
+/// What became of an append.
+pub enum Appended {
+    /// The events hold consecutive offsets from this one, given at once; they are
+    /// durable once [`EventLog::wait_durable`] says so (the embedded log's group commit).
+    Ordered(u64),
+    /// The backend gives offsets with its durable acknowledgement: this resolves with
+    /// each event's offset (in order, not necessarily consecutive) once the events are
+    /// durable, or with the error that stored none of them, or with
+    /// [`LogError::Conflict`].
+    Acknowledging(BoxFuture<'static, Result<Vec<u64>, LogError>>),
+}
+
 /// An append-only, durable, totally ordered log of lot events.
 pub trait EventLog: Send + Sync + 'static {
     /// Identity of this log, kept by projections with their checkpoint so a read model
     /// built from another log is never silently continued.
     fn log_id(&self) -> Uuid;
 
-    /// Append events in order; returns the offset given to the first one. Returns as
-    /// soon as the events are ordered; durability is awaited with [`Self::wait_durable`].
-    fn append(&self, events: &[NewEvent]) -> Result<u64, LogError>;
+    /// Append events of one lot in order, if the lot's last event in the log is still
+    /// where `expect` says ([`Expect::Last`]); otherwise nothing is appended and the
+    /// answer is [`LogError::Conflict`] (at once, or from [`Appended::Acknowledging`]).
+    /// `events` must all belong to one lot (unless [`Expect::Any`]); an empty append is
+    /// refused.
+    ///
+    /// The expected position is what keeps a lot's writer single: two writers that
+    /// decided on the same state cannot both append. A backend with one stream per lot
+    /// and expected revisions checks the first event's `lot_seq - 1` instead; the two
+    /// name the same position.
+    fn append(&self, expect: Expect, events: &[NewEvent]) -> Result<Appended, LogError>;
+
+    /// The events of `lot` after offset `after` (all of them for `None`), up to the
+    /// lot's last event appended before this call: what a writer that lost a conflict
+    /// missed.
+    fn read_lot(
+        &self,
+        lot: &LotId,
+        after: Option<u64>,
+    ) -> BoxFuture<'static, Result<Vec<RecordedEvent>, LogError>>;
+
+    /// Whether other processes append to this log too (a shared, replicated backend):
+    /// then the lots follow it for what the others wrote.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// One past the offset of the last durable event (the number of durable events).
     fn durable_end(&self) -> u64;
@@ -123,6 +188,48 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// `Err` once the log has stopped accepting appends.
     fn health(&self) -> Result<(), LogError>;
+
+    /// Flush what is pending and refuse further appends (a process stopping; a test
+    /// reopening the log while old handles to it are still about).
+    fn close(&self) {}
+}
+
+/// The events of `lot` after `after` among the durable events from there on, by a
+/// scan: [`EventLog::read_lot`] of a backend that keeps no per-lot index.
+pub fn scan_lot(
+    log: &dyn EventLog,
+    lot: &LotId,
+    after: Option<u64>,
+) -> Result<Vec<RecordedEvent>, LogError> {
+    let from = after.map_or(0, |a| a + 1);
+    let mut found = Vec::new();
+    scan(
+        log,
+        from,
+        log.durable_end().max(from),
+        SCAN_BATCH,
+        |batch| {
+            found.extend(batch.iter().filter(|e| &e.event.lot_id == lot).cloned());
+            std::ops::ControlFlow::Continue(())
+        },
+    )?;
+    Ok(found)
+}
+
+/// The one lot of an append's events (`None` for [`Expect::Any`], which may mix lots),
+/// or why they are not an append.
+pub(crate) fn lot_of(expect: Expect, events: &[NewEvent]) -> Result<Option<&LotId>, LogError> {
+    let first = events.first().ok_or(LogError::Empty)?;
+    if expect == Expect::Any {
+        return Ok(None);
+    }
+    match events.iter().find(|e| e.lot_id != first.lot_id) {
+        Some(other) => Err(LogError::MixedLots {
+            first: first.lot_id.to_string(),
+            other: other.lot_id.to_string(),
+        }),
+        None => Ok(Some(&first.lot_id)),
+    }
 }
 
 /// Sequential reader of durable events.

@@ -175,7 +175,7 @@ pub fn plan(dir: &Path) -> Result<Finding, LogError> {
             )
             .map(Finding::Damaged);
         }
-        let scanned = scan_segment(path, *base)?;
+        let scanned = scan_segment(path, *base, None)?;
         let Some(header) = scanned.header else {
             if last && scanned.file_len <= HEADER_LEN as u64 {
                 // An unfinished new segment: opening the log rewrites its header.

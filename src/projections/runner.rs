@@ -23,6 +23,9 @@ pub enum ProjectionState {
     Running,
     /// The last attempt failed; it is retried with backoff, nothing is skipped.
     Failing,
+    /// Another process holds the projection's lease and folds it; this one takes over
+    /// when that one's database session ends.
+    Standby,
     Stopped,
 }
 
@@ -32,6 +35,7 @@ impl ProjectionState {
             ProjectionState::Starting => "starting",
             ProjectionState::Running => "running",
             ProjectionState::Failing => "failing",
+            ProjectionState::Standby => "standby",
             ProjectionState::Stopped => "stopped",
         }
     }
@@ -197,10 +201,89 @@ impl<P> Runner<P> {
     }
 }
 
+/// How often a projection that stands by tries for the lease, and the holder checks
+/// that its session (and so its lease) is still there.
+const LEASE_EVERY: Duration = Duration::from_secs(2);
+
+/// A projection's lease: a PostgreSQL session advisory lock on its own connection. Of
+/// several parkade processes sharing a log and a database, the one holding it folds the
+/// projection; the others stand by. PostgreSQL frees the lock when the holder's session
+/// ends (its process died, its connection broke), and one of them takes over from the
+/// checkpoint. The checkpoint's compare-and-set in every write keeps a batch from being
+/// written twice even while two believe they hold it.
+struct Lease {
+    conn: sqlx::PgConnection,
+}
+
+impl Lease {
+    /// Try once: the lease, or `None` when another session holds it.
+    async fn try_take(pool: &PgPool, name: ProjectionName) -> Result<Option<Lease>, sqlx::Error> {
+        let mut conn = pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(format!("parkade projection {name}"))
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(got.then_some(Lease { conn }))
+    }
+
+    /// Whether the session holding the lock is still there.
+    async fn alive(&mut self) -> bool {
+        sqlx::query("SELECT 1")
+            .execute(&mut self.conn)
+            .await
+            .is_ok()
+    }
+}
+
 impl<P: Projection> Runner<P> {
+    /// Take the projection's lease, standing by while another process holds it;
+    /// `None` when shutting down.
+    async fn lease(
+        &self,
+        backoff: &mut Backoff,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Lease> {
+        let mut said = false;
+        while !*shutdown.borrow() {
+            match Lease::try_take(&self.pool, P::NAME).await {
+                Ok(Some(lease)) => {
+                    if said {
+                        tracing::info!(projection = %P::NAME, "took over the projection's lease");
+                    }
+                    return Some(lease);
+                }
+                Ok(None) => {
+                    if !said {
+                        said = true;
+                        tracing::info!(projection = %P::NAME, "another process folds this projection; standing by");
+                    }
+                    self.board
+                        .set(P::NAME, |s| s.state = ProjectionState::Standby);
+                    tokio::select! {
+                        _ = tokio::time::sleep(LEASE_EVERY) => {}
+                        _ = shutdown.changed() => return None,
+                    }
+                }
+                Err(e) => {
+                    if self.failed(&e.into(), backoff, shutdown).await {
+                        return None;
+                    }
+                }
+            }
+        }
+        None
+    }
+
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(self.max_backoff);
+        let mut lease: Option<Lease> = None;
         'restart: while !*shutdown.borrow() {
+            if lease.is_none() {
+                lease = self.lease(&mut backoff, &mut shutdown).await;
+                if lease.is_none() {
+                    break;
+                }
+            }
             let mut from = match self.resume(&shutdown).await {
                 Ok(from) => from,
                 Err(ProjectionError::Stopped) => break,
@@ -212,9 +295,20 @@ impl<P: Projection> Runner<P> {
                 s.state = ProjectionState::Running;
             });
             let mut sub = Subscription::new(self.log.clone(), from);
+            let mut check = tokio::time::interval(LEASE_EVERY);
             loop {
                 let batch = tokio::select! {
                     b = sub.next_batch(self.batch_events) => b,
+                    _ = check.tick() => {
+                        if let Some(l) = lease.as_mut() {
+                            if l.alive().await {
+                                continue;
+                            }
+                        }
+                        tracing::warn!(projection = %P::NAME, "the projection's lease is lost (its database session ended); taking it again");
+                        lease = None;
+                        continue 'restart;
+                    }
                     _ = shutdown.changed() => break 'restart,
                 };
                 let batch = match batch {

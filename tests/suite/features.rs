@@ -496,7 +496,7 @@ async fn a_stop_signal_ends_the_features_warm_up_between_batches() {
                 }
             })
             .collect();
-        log.append(&batch).unwrap();
+        log.append_any(&batch).unwrap();
         next += 10_000;
     }
     log.wait_durable(total).await.unwrap();

@@ -198,7 +198,7 @@ fn old_log_with_a_nul_name(dir: &Path) {
         occupancy: 0,
         capacity: 10,
     };
-    log.append(&[reg("fine", "Fine", 1), reg("bad", "a\u{0}b", 1)])
+    log.append_any(&[reg("fine", "Fine", 1), reg("bad", "a\u{0}b", 1)])
         .unwrap();
     log.close();
 }

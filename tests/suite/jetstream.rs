@@ -68,7 +68,7 @@ fn the_pinned_server_syncs_every_write_alone_and_in_a_cluster_that_survives_a_no
 
 mod stream {
     use parkade::domain::{LotEvent, LotId, NewEvent, Timestamp};
-    use parkade::log::jetstream::{JetStreamError, JetStreamLog, JetStreamOptions};
+    use parkade::log::jetstream::{JetStreamError, JetStreamOptions, Stream};
 
     use crate::common::nats::Nats;
 
@@ -111,15 +111,15 @@ mod stream {
     #[actix_web::test]
     async fn appends_are_ordered_dense_refused_on_a_stale_sequence_and_synced() {
         let mut nats = Nats::single();
-        let log = JetStreamLog::connect(&options(&nats, 1)).await.unwrap();
+        let log = Stream::connect(&options(&nats, 1), None).await.unwrap();
         let north = arrivals("north", 1, 4);
-        assert_eq!(log.append_lot(0, &north).await.unwrap(), [0, 1, 2, 3]);
+        assert_eq!(log.append_lot(Some(0), &north).await.unwrap(), [0, 1, 2, 3]);
         // A lot id with a dot: its own subject, not a subject of two tokens' prefix.
         let mall = arrivals("west.mall", 1, 2);
-        assert_eq!(log.append_lot(0, &mall).await.unwrap(), [4, 5]);
+        assert_eq!(log.append_lot(Some(0), &mall).await.unwrap(), [4, 5]);
         // A writer that did not see north's events is refused, and nothing is stored.
         let late = arrivals("north", 1, 1);
-        match log.append_lot(0, &late).await {
+        match log.append_lot(Some(0), &late).await {
             Err(JetStreamError::Conflict { lot, expected }) => {
                 assert_eq!((lot.as_str(), expected), ("north", 0))
             }
@@ -133,7 +133,7 @@ mod stream {
             .unwrap();
         assert_eq!(last, 4, "north's last event is sequence 4 (offset 3)");
         let next = arrivals("north", 5, 1);
-        assert_eq!(log.append_lot(last, &next).await.unwrap(), [6]);
+        assert_eq!(log.append_lot(Some(last), &next).await.unwrap(), [6]);
 
         let sent: Vec<NewEvent> = [&north[..], &mall[..], &next[..]].concat();
         let all = log.read(0, 100).await.unwrap();
@@ -150,20 +150,20 @@ mod stream {
         nats.nodes[0].kill();
         nats.nodes[0].start();
         nats.wait_ready(std::time::Duration::from_secs(30));
-        let log = JetStreamLog::connect(&options(&nats, 1)).await.unwrap();
+        let log = Stream::connect(&options(&nats, 1), None).await.unwrap();
         assert_eq!(keys(&log.read(0, 100).await.unwrap()), expected);
     }
 
     #[actix_web::test]
     async fn a_replicated_stream_takes_appends_with_a_node_down_and_the_node_catches_up() {
         let mut nats = Nats::cluster(3);
-        let log = JetStreamLog::connect(&options(&nats, 3)).await.unwrap();
+        let log = Stream::connect(&options(&nats, 3), None).await.unwrap();
         let first = arrivals("north", 1, 50);
-        log.append_lot(0, &first).await.unwrap();
+        log.append_lot(Some(0), &first).await.unwrap();
         nats.nodes[2].kill();
         // Two of three replicas are a quorum: appends go on.
         let second = arrivals("north", 51, 50);
-        let offsets = log.append_lot(50, &second).await.unwrap();
+        let offsets = log.append_lot(Some(50), &second).await.unwrap();
         assert_eq!(offsets, (50..100).collect::<Vec<u64>>());
         nats.nodes[2].start();
         nats.wait_ready(std::time::Duration::from_secs(30));
@@ -173,7 +173,7 @@ mod stream {
             url: nats.nodes[2].url(),
             ..options(&nats, 3)
         };
-        let log = JetStreamLog::connect(&only_third).await.unwrap();
+        let log = Stream::connect(&only_third, None).await.unwrap();
         let sent: Vec<_> = [&first[..], &second[..]]
             .concat()
             .iter()

@@ -27,7 +27,7 @@ async fn write_events(dir: &Path, n: u64, opts: LogOptions) -> FileLog {
     let log = FileLog::open(dir, opts).unwrap();
     for i in 0..n {
         // One write per event, so small segments roll between them.
-        log.append(&[event(i)]).unwrap();
+        log.append_any(&[event(i)]).unwrap();
         log.wait_durable(i + 1).await.unwrap();
     }
     log
@@ -94,7 +94,7 @@ async fn a_torn_tail_is_truncated_to_the_last_good_record() {
     assert!(rec.truncated_bytes > 0, "{rec:?}");
     assert_eq!(read_all(&log), (0..9).collect::<Vec<_>>());
     // The log goes on from the last good record.
-    assert_eq!(log.append(&[event(9)]).unwrap(), 9);
+    assert_eq!(log.append_any(&[event(9)]).unwrap(), 9);
     log.wait_durable(10).await.unwrap();
     log.close();
     let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
@@ -155,7 +155,7 @@ async fn an_empty_newest_segment_gets_its_header_back() {
     let log = FileLog::open(dir.path(), small).unwrap();
     assert!(log.recovery().rewrote_header);
     assert_eq!(log.recovery().events, 40);
-    assert_eq!(log.append(&[event(40)]).unwrap(), 40);
+    assert_eq!(log.append_any(&[event(40)]).unwrap(), 40);
     log.wait_durable(41).await.unwrap();
     assert_eq!(read_all(&log), (0..41).collect::<Vec<_>>());
 }
@@ -179,7 +179,8 @@ async fn damage_inside_a_sealed_segment_stops_the_open() {
 async fn reads_and_subscriptions_cross_segments_and_follow_live_appends() {
     let dir = common::data_dir();
     let small = segments_of(2048);
-    let log: Arc<dyn EventLog> = Arc::new(write_events(dir.path(), 100, small).await);
+    let file_log = Arc::new(write_events(dir.path(), 100, small).await);
+    let log: Arc<dyn EventLog> = file_log.clone();
     assert_eq!(read_all(log.as_ref()), (0..100).collect::<Vec<_>>());
     let mut c = log.cursor(57);
     assert_eq!(
@@ -196,10 +197,10 @@ async fn reads_and_subscriptions_cross_segments_and_follow_live_appends() {
     while seen.len() < 5 {
         seen.extend(sub.next_batch(100).await.unwrap().iter().map(|e| e.offset));
     }
-    let writer = log.clone();
+    let writer = file_log.clone();
     let live = tokio::spawn(async move {
         for i in 100..130 {
-            writer.append(&[event(i)]).unwrap();
+            writer.append_any(&[event(i)]).unwrap();
             tokio::task::yield_now().await;
         }
     });
@@ -233,7 +234,7 @@ async fn one_sync_covers_many_waiting_writers() {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..per_writer {
-                let off = log.append(&[event(w * 1000 + i)]).unwrap();
+                let off = log.append_any(&[event(w * 1000 + i)]).unwrap();
                 log.wait_durable(off + 1).await.unwrap();
             }
         }));
@@ -261,12 +262,15 @@ async fn a_failed_sync_acknowledges_nothing_and_stops_appends() {
     };
     let log = write_events(dir.path(), 3, opts).await;
     fail.store(true, Ordering::SeqCst);
-    let off = log.append(&[event(3)]).unwrap();
+    let off = log.append_any(&[event(3)]).unwrap();
     let err = log.wait_durable(off + 1).await.unwrap_err();
     assert!(err.to_string().contains("the sync failed"), "{err}");
     assert_eq!(log.durable_end(), 3);
     assert!(log.health().is_err());
-    assert!(matches!(log.append(&[event(4)]), Err(LogError::Failed(_))));
+    assert!(matches!(
+        log.append_any(&[event(4)]),
+        Err(LogError::Failed(_))
+    ));
     assert_eq!(read_all(&log).len(), 3);
 }
 
@@ -289,7 +293,7 @@ async fn one_writer_per_directory_and_readers_beside_it() {
     assert_eq!(reader.log_id(), log.log_id());
     assert_eq!(read_all(&reader).len(), 5);
     assert!(matches!(
-        reader.append(&[event(5)]),
+        reader.append_any(&[event(5)]),
         Err(LogError::ReadOnly)
     ));
 }
@@ -371,7 +375,7 @@ async fn repair_log_shows_the_cut_then_makes_it_only_when_asked_and_keeps_a_copy
     );
     let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
     assert_eq!(read_all(&log), (0..6).collect::<Vec<_>>());
-    assert_eq!(log.append(&[event(6)]).unwrap(), 6);
+    assert_eq!(log.append_any(&[event(6)]).unwrap(), 6);
     log.wait_durable(7).await.unwrap();
     log.close();
     assert!(matches!(
@@ -422,10 +426,14 @@ async fn the_log_refuses_an_event_its_reader_would_refuse() {
         capacity: parkade::domain::Capacity::new(5).unwrap(),
     };
     assert!(matches!(
-        log.append(&[event(0), big]),
+        log.append_any(&[event(0), big]),
         Err(LogError::TooLarge { .. })
     ));
-    assert_eq!(log.append(&[event(0)]).unwrap(), 0, "nothing was appended");
+    assert_eq!(
+        log.append_any(&[event(0)]).unwrap(),
+        0,
+        "nothing was appended"
+    );
     log.wait_durable(1).await.unwrap();
     assert!(log.health().is_ok());
 }

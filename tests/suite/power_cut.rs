@@ -236,7 +236,7 @@ async fn one_cut(seed: u64) -> usize {
     let before = if seed.is_multiple_of(3) {
         let log = FileLog::open(dir.path(), opts(Arc::new(OsStorage))).unwrap();
         for i in 0..20 {
-            log.append(&[event(9, i)]).unwrap();
+            log.append_any(&[event(9, i)]).unwrap();
         }
         log.wait_durable(20).await.unwrap();
         log.close();
@@ -255,7 +255,7 @@ async fn one_cut(seed: u64) -> usize {
                 let n = 1 + (i + w) % 3;
                 let events: Vec<NewEvent> = (0..n).map(|k| event(w, i + k)).collect();
                 i += n;
-                let Ok(first) = log.append(&events) else {
+                let Ok(first) = log.append_any(&events) else {
                     return;
                 };
                 if log.wait_durable(first + n).await.is_err() {
@@ -316,7 +316,7 @@ async fn one_cut(seed: u64) -> usize {
     );
     assert!(found.len() >= before + acked.len());
     // And the log goes on after the recovery.
-    let next = log.append(&[event(7, 1)]).unwrap();
+    let next = log.append_any(&[event(7, 1)]).unwrap();
     assert_eq!(next, found.len() as u64);
     log.wait_durable(next + 1).await.unwrap();
     acked.len()

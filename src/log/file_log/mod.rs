@@ -23,8 +23,12 @@ use uuid::Uuid;
 pub use self::recovery::Recovery;
 use super::format::{self, HEADER_LEN};
 use super::storage::{OsStorage, Storage};
-use super::{BoxFuture, EventLog, LogCursor, LogError};
-use crate::domain::{NewEvent, Timestamp};
+use super::{Appended, BoxFuture, EventLog, Expect, LogCursor, LogError};
+use crate::domain::{LotId, NewEvent, RecordedEvent, Timestamp};
+use std::future::Future;
+
+/// The offset of each lot's last event, by the lot id's bytes.
+pub(in crate::log) type LotEnds = rustc_hash::FxHashMap<Box<[u8]>, u64>;
 
 /// One sparse index entry every this many offsets.
 const INDEX_EVERY: u64 = 1024;
@@ -48,6 +52,9 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     pub storage: Arc<dyn Storage>,
     pub mode: OpenMode,
+    /// The id a new log gets; an existing log with another id is refused
+    /// ([`LogError::OtherLog`]). `None`: a new log gets a fresh id.
+    pub log_id: Option<Uuid>,
 }
 
 impl Default for LogOptions {
@@ -56,6 +63,7 @@ impl Default for LogOptions {
             segment_bytes: 256 << 20,
             storage: Arc::new(OsStorage),
             mode: OpenMode::ReadWrite,
+            log_id: None,
         }
     }
 }
@@ -99,6 +107,9 @@ struct Pending {
     writer_idle: bool,
     /// When the oldest record in `buf` was appended (for the append-latency metric).
     since: Option<std::time::Instant>,
+    /// The offset of each lot's last appended event: what an append's expected position
+    /// is checked against.
+    lots: LotEnds,
 }
 
 /// A segment as readers see it: only its durable part.
@@ -145,6 +156,26 @@ impl Segment {
     }
 }
 
+impl Pending {
+    /// Encode `e` as the next record.
+    fn push(&mut self, recorded_at: Timestamp, e: &NewEvent) {
+        let offset = self.next_offset;
+        if offset.is_multiple_of(INDEX_EVERY) {
+            let at = self.buf.len();
+            self.index.push((offset, at));
+        }
+        format::encode_record(&mut self.buf, offset, recorded_at, e);
+        self.next_offset += 1;
+        let lot = e.lot_id.as_str().as_bytes();
+        match self.lots.get_mut(lot) {
+            Some(last) => *last = offset,
+            None => {
+                self.lots.insert(lot.into(), offset);
+            }
+        }
+    }
+}
+
 fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.seg"))
 }
@@ -182,6 +213,7 @@ impl FileLog {
                 closed: false,
                 writer_idle: false,
                 since: None,
+                lots: recovered.lots,
             }),
             wake: Condvar::new(),
             durable,
@@ -214,6 +246,69 @@ impl FileLog {
         &self.inner.dir
     }
 
+    /// Append without an expected position ([`Expect::Any`]); the first offset.
+    pub fn append_any(&self, events: &[NewEvent]) -> Result<u64, LogError> {
+        match self.append(Expect::Any, events)? {
+            Appended::Ordered(first) => Ok(first),
+            Appended::Acknowledging(_) => unreachable!("the embedded log orders at once"),
+        }
+    }
+
+    /// Append a copy of another log's events, keeping their offsets and record times:
+    /// each must hold the next offset of this log (a gap or a repeat is refused with
+    /// nothing appended). Returns the first offset; durable once
+    /// [`EventLog::wait_durable`] says so. What copies a JetStream stream into a local
+    /// folder and the reverse of `parkade log copy`.
+    pub fn append_copy(&self, events: &[RecordedEvent]) -> Result<u64, LogError> {
+        check_encodable(events.iter().map(|e| &e.event))?;
+        self.write(events.len(), |p| {
+            for (i, e) in events.iter().enumerate() {
+                let expected = p.next_offset + i as u64;
+                if e.offset != expected {
+                    return Err(LogError::OutOfOrder {
+                        expected,
+                        got: e.offset,
+                    });
+                }
+            }
+            for e in events {
+                p.push(e.recorded_at, &e.event);
+            }
+            Ok(())
+        })
+    }
+
+    /// Under the appenders' lock check the log takes appends and run `append` (which checks before it pushes: an `Err` pushed nothing).
+    /// Returns the first offset given.
+    fn write(
+        &self,
+        count: usize,
+        append: impl FnOnce(&mut Pending) -> Result<(), LogError>,
+    ) -> Result<u64, LogError> {
+        if self.inner.read_only {
+            return Err(LogError::ReadOnly);
+        }
+        let mut p = lock(&self.inner.pending);
+        if let Some(f) = &p.failed {
+            return Err(LogError::Failed(f.clone()));
+        }
+        if p.closed {
+            return Err(LogError::Closed);
+        }
+        let first = p.next_offset;
+        let was_empty = p.buf.is_empty();
+        append(&mut p)?;
+        if was_empty && count > 0 {
+            p.since = Some(std::time::Instant::now());
+        }
+        let wake = p.writer_idle;
+        drop(p);
+        if wake {
+            self.inner.wake.notify_one();
+        }
+        Ok(first)
+    }
+
     /// Flush what is pending, stop the writer thread and refuse further appends.
     pub fn close(&self) {
         lock(&self.inner.pending).closed = true;
@@ -234,6 +329,37 @@ impl Drop for FileLog {
     }
 }
 
+/// Never write a record the reader would refuse: that would stall every reader at it
+/// and look like damage at the next start.
+fn check_encodable<'a>(events: impl IntoIterator<Item = &'a NewEvent>) -> Result<(), LogError> {
+    match events.into_iter().find(|e| !format::encodable(e)) {
+        Some(e) => Err(LogError::TooLarge {
+            lot: e.lot_id.to_string(),
+            len: format::payload_len(e),
+            max: format::MAX_PAYLOAD,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Resolves once the durable end reaches `end`, or with the error that stopped the log.
+fn wait_durable(inner: &Inner, end: u64) -> impl Future<Output = Result<(), LogError>> + 'static {
+    let mut rx = inner.durable.subscribe();
+    async move {
+        let state = rx
+            .wait_for(|d| d.end >= end || d.failed.is_some())
+            .await
+            .map_err(|_| LogError::Closed)?;
+        if state.end >= end {
+            Ok(())
+        } else {
+            Err(LogError::Failed(
+                state.failed.clone().unwrap_or_else(|| "unknown".into()),
+            ))
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave `Pending` half-updated in a way that
     // matters more than the panic itself; keep serving the error paths.
@@ -245,46 +371,66 @@ impl EventLog for FileLog {
         self.inner.log_id
     }
 
-    fn append(&self, events: &[NewEvent]) -> Result<u64, LogError> {
-        if self.inner.read_only {
-            return Err(LogError::ReadOnly);
-        }
-        // Never write a record the reader would refuse: that would stall every reader
-        // at it and look like damage at the next start.
-        if let Some(e) = events.iter().find(|e| !format::encodable(e)) {
-            return Err(LogError::TooLarge {
-                lot: e.lot_id.to_string(),
-                len: format::payload_len(e),
-                max: format::MAX_PAYLOAD,
-            });
-        }
-        let mut p = lock(&self.inner.pending);
-        if let Some(f) = &p.failed {
-            return Err(LogError::Failed(f.clone()));
-        }
-        if p.closed {
-            return Err(LogError::Closed);
-        }
+    fn append(&self, expect: Expect, events: &[NewEvent]) -> Result<Appended, LogError> {
+        let lot = super::lot_of(expect, events)?;
+        check_encodable(events)?;
         let now = Timestamp::now();
-        let first = p.next_offset;
-        if p.buf.is_empty() {
-            p.since = Some(std::time::Instant::now());
-        }
-        for e in events {
-            let offset = p.next_offset;
-            if offset.is_multiple_of(INDEX_EVERY) {
-                let at = p.buf.len();
-                p.index.push((offset, at));
+        self.write(events.len(), |p| {
+            if let (Some(lot), Expect::Last(expected)) = (lot, expect) {
+                if p.lots.get(lot.as_str().as_bytes()).copied() != expected {
+                    return Err(LogError::Conflict {
+                        lot: lot.to_string(),
+                        expected,
+                    });
+                }
             }
-            format::encode_record(&mut p.buf, offset, now, e);
-            p.next_offset += 1;
-        }
-        let wake = p.writer_idle;
-        drop(p);
-        if wake {
-            self.inner.wake.notify_one();
-        }
-        Ok(first)
+            for e in events {
+                p.push(now, e);
+            }
+            Ok(())
+        })
+        .map(Appended::Ordered)
+    }
+
+    fn read_lot(
+        &self,
+        lot: &LotId,
+        after: Option<u64>,
+    ) -> BoxFuture<'static, Result<Vec<RecordedEvent>, LogError>> {
+        let last = lock(&self.inner.pending)
+            .lots
+            .get(lot.as_str().as_bytes())
+            .copied();
+        let inner = self.inner.clone();
+        let lot = lot.clone();
+        Box::pin(async move {
+            let Some(last) = last.filter(|l| after.is_none_or(|a| *l > a)) else {
+                return Ok(Vec::new());
+            };
+            wait_durable(&inner, last + 1).await?;
+            let from = after.map_or(0, |a| a + 1);
+            tokio::task::spawn_blocking(move || {
+                let mut cursor = cursor::FileCursor::new(inner, from);
+                let mut found = Vec::new();
+                while cursor.position() <= last {
+                    let batch = cursor.next_batch(super::SCAN_BATCH)?;
+                    if batch.is_empty() {
+                        return Err(LogError::ShortRead {
+                            read: cursor.position(),
+                            end: last + 1,
+                        });
+                    }
+                    found.extend(
+                        batch
+                            .into_iter()
+                            .filter(|e| e.offset <= last && e.event.lot_id == lot),
+                    );
+                }
+                Ok(found)
+            })
+            .await
+            .map_err(|e| LogError::Failed(format!("reading a lot: {e}").into()))?
+        })
     }
 
     fn durable_end(&self) -> u64 {
@@ -292,24 +438,15 @@ impl EventLog for FileLog {
     }
 
     fn wait_durable(&self, end: u64) -> BoxFuture<'_, Result<(), LogError>> {
-        let mut rx = self.inner.durable.subscribe();
-        Box::pin(async move {
-            let state = rx
-                .wait_for(|d| d.end >= end || d.failed.is_some())
-                .await
-                .map_err(|_| LogError::Closed)?;
-            if state.end >= end {
-                Ok(())
-            } else {
-                Err(LogError::Failed(
-                    state.failed.clone().unwrap_or_else(|| "unknown".into()),
-                ))
-            }
-        })
+        Box::pin(wait_durable(&self.inner, end))
     }
 
     fn cursor(&self, from: u64) -> Box<dyn LogCursor> {
         Box::new(cursor::FileCursor::new(self.inner.clone(), from))
+    }
+
+    fn close(&self) {
+        FileLog::close(self);
     }
 
     fn health(&self) -> Result<(), LogError> {

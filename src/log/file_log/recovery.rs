@@ -11,7 +11,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::writer::{create_segment, Active};
-use super::{io_err, LogOptions, OpenMode, Segment, INDEX_EVERY, READ_CHUNK};
+use super::{io_err, LogOptions, LotEnds, OpenMode, Segment, INDEX_EVERY, READ_CHUNK};
 use crate::log::format::{self, Frame, Header, HEADER_LEN};
 use crate::log::storage::Storage;
 use crate::log::LogError;
@@ -129,7 +129,12 @@ fn find_record_after(
 
 /// Scan segment `base` at `path`: its header, its whole records in order, and where
 /// and why they stop when something other than preallocated zeros follows them.
-pub(in crate::log) fn scan_segment(path: &Path, base: u64) -> Result<Scanned, LogError> {
+/// `lots`, when given, learns the offset of each lot's last whole record.
+pub(in crate::log) fn scan_segment(
+    path: &Path,
+    base: u64,
+    lots: Option<&mut LotEnds>,
+) -> Result<Scanned, LogError> {
     let file = File::open(path).map_err(io_err(path))?;
     let file_len = file.metadata().map_err(io_err(path))?.len();
     let mut head = vec![0u8; HEADER_LEN.min(file_len as usize)];
@@ -151,7 +156,7 @@ pub(in crate::log) fn scan_segment(path: &Path, base: u64) -> Result<Scanned, Lo
             })
         }
     };
-    let walk = walk_records(&file, path, base, file_len)?;
+    let walk = walk_records(&file, path, base, file_len, lots)?;
     let problem = match walk.stop {
         // The unused, preallocated end of the segment.
         Some((at, _)) if zeros_from(path, at)? => None,
@@ -195,7 +200,13 @@ impl Walk {
 
 /// Read the records after the header of segment `base` in order, up to the end of
 /// the file or the first thing that is not the next whole record.
-fn walk_records(file: &File, path: &Path, base: u64, file_len: u64) -> Result<Walk, LogError> {
+fn walk_records(
+    file: &File,
+    path: &Path,
+    base: u64,
+    file_len: u64,
+    mut lots: Option<&mut LotEnds>,
+) -> Result<Walk, LogError> {
     let mut walk = Walk {
         pos: HEADER_LEN as u64,
         next: base,
@@ -221,6 +232,15 @@ fn walk_records(file: &File, path: &Path, base: u64, file_len: u64) -> Result<Wa
                     }
                     if next.is_multiple_of(INDEX_EVERY) && next != base {
                         walk.index.push((next, here));
+                    }
+                    if let Some(lots) = lots.as_deref_mut() {
+                        let lot = format::payload_lot(payload);
+                        match lots.get_mut(lot) {
+                            Some(last) => *last = offset,
+                            None => {
+                                lots.insert(lot.into(), offset);
+                            }
+                        }
                     }
                     walk.next += 1;
                     at += n;
@@ -362,6 +382,8 @@ pub(super) struct Recovered {
     /// One past the last offset in the log.
     pub(super) end: u64,
     pub(super) recovery: Recovery,
+    /// The offset of each lot's last event (empty when read-only).
+    pub(super) lots: LotEnds,
 }
 
 /// Scan the segments of `dir`, decide on each, and (for the writer) repair the newest
@@ -378,17 +400,18 @@ pub(super) fn recover(dir: &Path, opts: &LogOptions) -> Result<Recovered, LogErr
     let mut active = None;
     let mut log_id: Option<Uuid> = None;
     let mut next = 0u64;
+    let mut lots = LotEnds::default();
     let count = files.len();
     for (i, (base, path)) in files.into_iter().enumerate() {
         let last = i + 1 == count;
-        let scanned = scan_segment(&path, base)?;
+        let scanned = scan_segment(&path, base, (!read_only).then_some(&mut lots))?;
         let verdict = decide(&path, base, next, &scanned, last, log_id)?;
         if let Some(header) = &scanned.header {
             log_id = Some(header.log_id);
         }
         next = scanned.end;
         if !read_only && last {
-            let id = *log_id.get_or_insert_with(Uuid::now_v7);
+            let id = *log_id.get_or_insert_with(|| opts.log_id.unwrap_or_else(Uuid::now_v7));
             let storage = opts.storage.as_ref();
             let reopened = reopen_newest(path, base, verdict, scanned, storage, id, &mut recovery)?;
             segments.push(reopened.seg.clone());
@@ -405,8 +428,15 @@ pub(super) fn recover(dir: &Path, opts: &LogOptions) -> Result<Recovered, LogErr
     let log_id = match log_id {
         Some(id) => id,
         None if read_only => Uuid::nil(),
-        None => Uuid::now_v7(),
+        None => opts.log_id.unwrap_or_else(Uuid::now_v7),
     };
+    if let Some(wanted) = opts.log_id.filter(|w| *w != log_id && !read_only) {
+        return Err(LogError::OtherLog {
+            dir: dir.to_path_buf(),
+            found: log_id,
+            wanted,
+        });
+    }
     if active.is_none() && !read_only {
         let first = create_segment(dir, opts.storage.as_ref(), 0, log_id)?;
         segments.push(first.seg.clone());
@@ -420,6 +450,7 @@ pub(super) fn recover(dir: &Path, opts: &LogOptions) -> Result<Recovered, LogErr
         log_id,
         end: next,
         recovery,
+        lots,
     })
 }
 

@@ -124,6 +124,12 @@ pub struct Nats {
 }
 
 impl Nats {
+    /// Every node's client URL, comma-separated (what parkade's `nats_url` takes).
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(Node::url).collect();
+        urls.join(",")
+    }
+
     /// A single server with JetStream.
     pub fn single() -> Nats {
         Nats::start(1)

@@ -121,7 +121,11 @@ async fn run_batch(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "append failed");
+                if matches!(e, crate::actors::LotError::Busy(_)) {
+                    tracing::warn!(error = %e, "append gave up after repeated conflicts");
+                } else {
+                    tracing::error!(error = %e, "append failed");
+                }
                 for i in idx {
                     done[i] = Some(Done::Failed);
                 }

@@ -322,7 +322,7 @@ impl Stream {
                     last = last.map(|_| ack.sequence);
                     offsets.push(ack.sequence - 1);
                 }
-                Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(err) if wrong_last_sequence(&err) => {
                     return Err(JetStreamError::Conflict {
                         lot: e.lot_id.to_string(),
                         expected: last.unwrap_or(0),
@@ -451,6 +451,22 @@ impl Stream {
     }
 }
 
+/// Whether the server refused a publish for its expected last (subject) sequence. A
+/// cluster answers with error code 10164 where a single server answers 10071; the
+/// client names only the latter.
+fn wrong_last_sequence(err: &async_nats::jetstream::context::PublishError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    if err.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    std::error::Error::source(err)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|e| {
+            e.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+                || e.error_code() == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+        })
+}
+
 /// Check a copied event's acknowledgement: stored at its own offset.
 fn copied(
     offset: u64,
@@ -465,7 +481,7 @@ fn copied(
             "the event of offset {offset} was stored at sequence {} (a duplicate of an earlier message?)",
             a.sequence
         ))),
-        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(JetStreamError::Publish(format!(
+        Err(e) if wrong_last_sequence(&e) => Err(JetStreamError::Publish(format!(
             "the stream's last sequence is not {offset}: another writer appended to it during the copy; stop the servers on it and copy again"
         ))),
         Err(e) => Err(JetStreamError::Publish(e.to_string())),

@@ -12,6 +12,7 @@ mod api;
 mod archive;
 mod archive_s3;
 mod auth;
+mod cluster;
 mod conformance;
 mod contract;
 mod crash;

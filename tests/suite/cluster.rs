@@ -1,0 +1,412 @@
+//! The cluster test, with real processes: three `nats-server` nodes (the stream
+//! replicated three times) and two `parkade serve` nodes on one PostgreSQL, under
+//! concurrent ingest to the same lots through both. One NATS node is killed -9, then one
+//! parkade node; both come back. Afterwards every acknowledged event is in the stream
+//! exactly once, each lot's occupancy stayed within its bounds at every event, the read
+//! model equals the fold of the stream (`parkade verify`), and a websocket subscriber on
+//! the surviving parkade node saw every event, in order, without a gap.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use parkade::api::wire;
+use parkade::domain::LotEvent;
+use parkade::live::Message;
+use parkade::log::jetstream::{JetStreamOptions, Stream};
+use serde_json::{json, Value};
+
+use crate::common::nats::Nats;
+use crate::common::{self, TestDb};
+
+const LOTS: [(&str, u32); 2] = [("gate", 150), ("west", 40)];
+
+struct Node {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn new() -> Node {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Node {
+            dir: common::data_dir(),
+            port,
+            child: None,
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self, nats: &Nats, db: &TestDb) {
+        let child = Command::new(common::binary())
+            .arg("serve")
+            .env("PARKADE_DATA_DIR", self.dir.path())
+            .env("PARKADE_DATABASE_URL", &db.url)
+            .env("PARKADE_BIND", format!("127.0.0.1:{}", self.port))
+            .env("PARKADE_LOG_BACKEND", "jetstream")
+            .env("PARKADE_NATS_URL", nats.urls())
+            .env("PARKADE_NATS_REPLICAS", "3")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start parkade serve");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    async fn wait_healthy(&self) {
+        let base = self.base();
+        common::eventually(
+            Duration::from_secs(60),
+            "a parkade node to be healthy",
+            || {
+                let base = base.clone();
+                async move {
+                    match awc::Client::new()
+                        .get(format!("{base}/healthz"))
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().is_success() => Ok(()),
+                        Ok(r) => Err(r.status().to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn post(base: &str, path: &str, body: &Value) -> Option<(u16, Value)> {
+    let mut resp = awc::Client::new()
+        .post(format!("{base}{path}"))
+        .timeout(Duration::from_secs(30))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body.to_string())
+        .await
+        .ok()?;
+    let bytes = resp.body().limit(16 << 20).await.ok()?;
+    Some((resp.status().as_u16(), serde_json::from_slice(&bytes).ok()?))
+}
+
+/// A gate: sends batches of arrivals and departures with its own event ids to its node,
+/// and a batch that got no answer (the node died, or said 503) to the other node, the
+/// same ids again, until one answers. Returns the ids acknowledged.
+async fn gate(
+    bases: [String; 2],
+    first: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+) {
+    let mut n = seed;
+    while !stop.load(Ordering::Relaxed) {
+        let batch: Vec<(String, Value)> = (0..10)
+            .map(|_| {
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let (lot, _) = LOTS[(n >> 33) as usize % 2];
+                let kind = if (n >> 40) % 3 == 0 {
+                    "DEPARTURE"
+                } else {
+                    "ARRIVAL"
+                };
+                let id = uuid::Uuid::new_v4().to_string();
+                let e = json!({"lot_id": lot, "event_type": kind, "event_id": id});
+                (id, e)
+            })
+            .collect();
+        let body = json!(batch.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>());
+        let mut target = first;
+        let started = std::time::Instant::now();
+        let reply = loop {
+            match post(&bases[target], "/v1/events", &body).await {
+                Some((200, reply)) => break reply,
+                _ => {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "no node took a batch for 60 s"
+                    );
+                    target = 1 - target;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        let mut a = acked.lock().unwrap();
+        for ((id, _), r) in batch.into_iter().zip(reply["results"].as_array().unwrap()) {
+            match r["status"].as_str() {
+                Some("accepted" | "duplicate") => a.push(id),
+                Some("rejected") => {}
+                other => panic!("{other:?}: {r}"),
+            }
+        }
+    }
+}
+
+/// Every change a subscriber receives: (offset, lot, occupancy), from its snapshot on.
+async fn subscribe(
+    base: String,
+    seen: Arc<Mutex<Vec<(u64, String, u32)>>>,
+    from: Arc<Mutex<Option<u64>>>,
+) {
+    let url = format!("{}/v1/ws", base.replace("http://", "ws://"));
+    let (_, mut ws) = awc::Client::new()
+        .ws(url)
+        .max_frame_size(1 << 20)
+        .connect()
+        .await
+        .expect("websocket handshake");
+    while let Some(frame) = ws.next().await {
+        match frame.expect("a valid frame") {
+            awc::ws::Frame::Text(b) => match serde_json::from_slice::<Message>(&b).unwrap() {
+                Message::Snapshot { next_offset, .. } => *from.lock().unwrap() = Some(next_offset),
+                Message::Change {
+                    offset,
+                    lot_id,
+                    occupancy,
+                    ..
+                } => seen
+                    .lock()
+                    .unwrap()
+                    .push((offset, lot_id.into_owned(), occupancy)),
+                Message::Live { .. } => {}
+            },
+            awc::ws::Frame::Ping(p) => ws.send(awc::ws::Message::Pong(p)).await.unwrap(),
+            awc::ws::Frame::Close(r) => panic!("the subscriber was closed: {r:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[actix_web::test]
+async fn two_nodes_on_a_three_node_stream_lose_nothing_through_kills_and_agree() {
+    let mut nats = Nats::cluster(3);
+    let db = TestDb::new();
+    let mut a = Node::new();
+    let mut b = Node::new();
+    a.start(&nats, &db);
+    a.wait_healthy().await;
+    for (lot, capacity) in LOTS {
+        let (status, reply) = post(
+            &a.base(),
+            "/v1/lots",
+            &json!({"lot_id": lot, "name": lot, "capacity": capacity}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201, "{reply}");
+    }
+    b.start(&nats, &db);
+    b.wait_healthy().await;
+    // B knows the lots A registered (it rebuilt them from the stream).
+    let (status, _) = post(
+        &b.base(),
+        "/v1/events",
+        &json!({"lot_id": "gate", "event_type": "ARRIVAL"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+
+    let seen: Arc<Mutex<Vec<(u64, String, u32)>>> = Arc::default();
+    let from: Arc<Mutex<Option<u64>>> = Arc::default();
+    let watcher = actix_web::rt::spawn(subscribe(a.base(), seen.clone(), from.clone()));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let bases = [a.base(), b.base()];
+    let gates: Vec<_> = (0..4)
+        .map(|i| {
+            actix_web::rt::spawn(gate(
+                bases.clone(),
+                i % 2,
+                i as u64 + 1,
+                stop.clone(),
+                acked.clone(),
+            ))
+        })
+        .collect();
+    let until = |n: usize, what: &'static str| {
+        let acked = acked.clone();
+        async move {
+            common::eventually(Duration::from_secs(60), what, || {
+                let got = acked.lock().unwrap().len();
+                async move {
+                    if got >= n {
+                        Ok(())
+                    } else {
+                        Err(format!("{got} acknowledged"))
+                    }
+                }
+            })
+            .await
+        }
+    };
+    until(500, "500 events acknowledged by both nodes").await;
+    nats.nodes[0].kill();
+    until(1_000, "500 more with a NATS node down").await;
+    b.kill();
+    until(1_500, "500 more with a parkade node down too").await;
+    nats.nodes[0].start();
+    b.start(&nats, &db);
+    b.wait_healthy().await;
+    until(2_000, "500 more with everything back").await;
+    stop.store(true, Ordering::Relaxed);
+    for g in gates {
+        g.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    // The stream: every acknowledged event once; each lot within bounds at each event.
+    let stream = Stream::connect_existing(&JetStreamOptions {
+        url: nats.urls(),
+        stream: "PARKADE".into(),
+        replicas: 3,
+        credentials: None,
+    })
+    .await
+    .unwrap();
+    let end = stream.end().await.unwrap();
+    let mut events = Vec::new();
+    while (events.len() as u64) < end {
+        events.extend(stream.read(events.len() as u64, 10_000).await.unwrap());
+    }
+    let mut ids = HashSet::new();
+    for e in &events {
+        assert!(
+            ids.insert(e.event.event_id.to_string()),
+            "{} twice",
+            e.event.event_id
+        );
+    }
+    let missing: Vec<&String> = acked.iter().filter(|id| !ids.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events are not in the stream",
+        missing.len()
+    );
+    let mut occupancy: HashMap<String, (i64, u64)> = HashMap::new();
+    for e in &events {
+        let lot = e.event.lot_id.to_string();
+        let capacity = LOTS.iter().find(|(l, _)| *l == lot).unwrap().1;
+        let (occ, seq) = occupancy.entry(lot.clone()).or_default();
+        match e.event.event {
+            LotEvent::VehicleArrived => *occ += 1,
+            LotEvent::VehicleDeparted => *occ -= 1,
+            _ => {}
+        }
+        *seq += 1;
+        assert!(
+            (0..=i64::from(capacity)).contains(occ),
+            "{lot}: {occ} at {}",
+            e.offset
+        );
+        assert_eq!(i64::from(e.event.occupancy), *occ, "{lot} at {}", e.offset);
+        assert_eq!(e.event.lot_seq, *seq, "{lot}: lot_seq at {}", e.offset);
+    }
+    println!(
+        "{} events in the stream, {} acknowledged to the gates",
+        events.len(),
+        acked.len()
+    );
+
+    // The websocket on the node that stayed up saw every event after its snapshot.
+    let first = from.lock().unwrap().expect("a snapshot");
+    common::eventually(
+        Duration::from_secs(20),
+        "the subscriber to see the end",
+        || {
+            let n = seen.lock().unwrap().len() as u64;
+            async move {
+                if first + n >= end {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{n} changes from {first}, the stream ends at {end}"
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+    watcher.abort();
+    let seen = seen.lock().unwrap().clone();
+    let want: Vec<(u64, String, u32)> = events[first as usize..]
+        .iter()
+        .map(|e| (e.offset, e.event.lot_id.to_string(), e.event.occupancy))
+        .collect();
+    assert_eq!(
+        seen, want,
+        "the subscriber's changes are the stream's events"
+    );
+
+    // One node folds the read model (the other stands by); it reaches the end and
+    // equals the fold of the stream.
+    common::eventually(
+        Duration::from_secs(60),
+        "the read model to reach the end",
+        || {
+            let bases = bases.clone();
+            async move {
+                for base in &bases {
+                    let Ok(mut r) = awc::Client::new()
+                        .get(format!("{base}/v1/admin/projections"))
+                        .send()
+                        .await
+                    else {
+                        continue;
+                    };
+                    let v: wire::Projections = r.json().await.map_err(|e| e.to_string())?;
+                    if let Some(p) = common::projection_view(&v, "occupancy") {
+                        if p.state == "running" && p.checkpoint == end {
+                            return Ok(());
+                        }
+                    }
+                }
+                Err("no node's occupancy projection is at the end".to_owned())
+            }
+        },
+    )
+    .await;
+    let out = Command::new(common::binary())
+        .arg("verify")
+        .env("PARKADE_DATA_DIR", a.dir.path())
+        .env("PARKADE_DATABASE_URL", &db.url)
+        .env("PARKADE_LOG_BACKEND", "jetstream")
+        .env("PARKADE_NATS_URL", nats.urls())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("no differences"), "{text}");
+}

@@ -132,7 +132,7 @@ async fn gate(
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
                 let (lot, _) = LOTS[(n >> 33) as usize % 2];
-                let kind = if (n >> 40) % 3 == 0 {
+                let kind = if (n >> 40).is_multiple_of(3) {
                     "DEPARTURE"
                 } else {
                     "ARRIVAL"

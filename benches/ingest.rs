@@ -8,7 +8,12 @@
 //! 3. the old cloud processor's way for comparison: the same events as one UPSERT per
 //!    event against PostgreSQL, from 64 concurrent connections;
 //! 4. `parkade replay --projection occupancy` of a 10M-event log, timed as a whole
-//!    process.
+//!    process;
+//! 5. 1 and 2 again with the log on NATS JetStream: one local server, then a
+//!    three-node cluster on loopback with the stream replicated three times (R3); the
+//!    servers sync every write before they acknowledge (`sync_interval: always`), as the
+//!    embedded log does. Needs a nats-server (`PARKADE_BENCH_NATS_SERVER`, else the
+//!    pinned one `./scripts/test.sh` installs); skipped without one.
 //!
 //! Each figure is the median of several runs. Settings (environment):
 //! `PARKADE_BENCH_SECONDS` (per run, default 4), `PARKADE_BENCH_RUNS` (default 3),
@@ -31,6 +36,11 @@ use tokio::net::TcpStream;
 
 mod common;
 use common::*;
+
+/// The test suite's NATS servers (alone, or a cluster on loopback), shared with it.
+#[allow(dead_code)]
+#[path = "../tests/suite/common/nats.rs"]
+mod nats;
 
 const LOTS: usize = 30;
 
@@ -63,55 +73,38 @@ async fn run() {
         .prefix("parkade-bench-")
         .tempdir()
         .unwrap();
-    let port = free_port();
-    let mut server = Server::start(&work.path().join("serve"), port, None);
-    server.wait_healthy().await;
-    let mut c = Conn::connect(port).await;
-    for i in 0..LOTS {
-        let body = format!(r#"{{"lot_id":"bench-{i}","name":"Bench lot {i}","capacity":1000000}}"#);
-        let (status, _) = c
-            .request("POST", "/v1/lots", &body, "application/json")
-            .await;
-        assert!(status == 201 || status == 200, "register: {status}");
-    }
+    // 1 and 2 on the embedded log.
+    let embedded = ingest_figures(&work.path().join("serve"), &[], runs, dur).await;
+    embedded.print("embedded log");
+    let (batch, single) = (embedded.batch, embedded.single);
 
-    // 1. Batch ingest.
-    let batch_body = Arc::new(batch_body(1000));
-    let mut batch_rates = Vec::new();
-    for _ in 0..runs {
-        batch_rates.push(batch_run(port, 4, batch_body.clone(), 1000, dur).await);
+    // 1 and 2 again on JetStream: one server, then a three-node cluster (R3).
+    let mut jetstream = Vec::new();
+    match nats_server() {
+        Some(bin) => {
+            std::env::set_var("PARKADE_TEST_NATS_SERVER", &bin);
+            for (label, nodes, replicas) in [
+                ("JetStream, one server", 1, "1"),
+                ("JetStream, 3-node cluster, R3", 3, "3"),
+            ] {
+                let servers = if nodes == 1 {
+                    nats::Nats::single()
+                } else {
+                    nats::Nats::cluster(nodes)
+                };
+                let env = [
+                    ("PARKADE_LOG_BACKEND", "jetstream".to_owned()),
+                    ("PARKADE_NATS_URL", servers.urls()),
+                    ("PARKADE_NATS_REPLICAS", replicas.to_owned()),
+                ];
+                let dir = work.path().join(format!("serve-js{nodes}"));
+                let f = ingest_figures(&dir, &env, runs, dur).await;
+                f.print(label);
+                jetstream.push((label, f));
+            }
+        }
+        None => println!("JetStream figures: skipped (no nats-server: set PARKADE_BENCH_NATS_SERVER, or run ./scripts/test.sh once to install the pinned one)"),
     }
-    let batch = median(&mut batch_rates);
-    println!(
-        "batch ingest, 1,000 events/request, 4 connections: {:>10.0} events/s (runs: {})",
-        batch,
-        fmt_runs(&batch_rates)
-    );
-
-    // 2. Single-event requests from 64 connections.
-    let mut single_rates = Vec::new();
-    let mut p50s = Vec::new();
-    let mut p99s = Vec::new();
-    for _ in 0..runs {
-        let (rate, p50, p99) = single_run(port, 64, dur).await;
-        single_rates.push(rate);
-        p50s.push(p50);
-        p99s.push(p99);
-    }
-    let single = median(&mut single_rates);
-    println!(
-        "single-event requests, 64 connections:           {:>10.0} events/s (runs: {}); latency p50 {:.2} ms, p99 {:.2} ms",
-        single,
-        fmt_runs(&single_rates),
-        median(&mut p50s),
-        median(&mut p99s)
-    );
-    let mut c = Conn::connect(port).await;
-    let (status, body) = c
-        .request("GET", "/v1/lots/bench-0", "", "application/json")
-        .await;
-    assert_eq!(status, 200, "{body}");
-    server.stop();
 
     // 3. One UPSERT per event against PostgreSQL.
     let mut upsert = None;
@@ -161,6 +154,117 @@ async fn run() {
     println!("summary (events/s): batch {batch:.0} | single {single:.0} | upsert-per-event {} | replay {} | archive replay {archive:.0}",
         upsert.map_or("skipped".into(), |v| format!("{v:.0}")),
         replay.map_or("skipped".into(), |v| format!("{v:.0}")));
+    for (label, f) in &jetstream {
+        println!(
+            "summary {label} (events/s): batch {:.0} | single {:.0} (p50 {:.2} ms, p99 {:.2} ms){}",
+            f.batch,
+            f.single,
+            f.p50,
+            f.p99,
+            upsert.map_or(String::new(), |u| format!(
+                " | single is {:.1}x the upsert-per-event",
+                f.single / u
+            ))
+        );
+    }
+}
+
+/// The nats-server the JetStream figures run on: `PARKADE_BENCH_NATS_SERVER`, else the
+/// pinned one the test command installs (or `PARKADE_TEST_NATS_SERVER`).
+fn nats_server() -> Option<PathBuf> {
+    let cache = std::env::var("PARKADE_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/parkade")
+        });
+    let candidates = [
+        std::env::var("PARKADE_BENCH_NATS_SERVER")
+            .ok()
+            .map(PathBuf::from),
+        std::env::var("PARKADE_TEST_NATS_SERVER")
+            .ok()
+            .map(PathBuf::from),
+        Some(cache.join("venv/bin/nats-server")),
+        Some(PathBuf::from("target/py-venv/bin/nats-server")),
+    ];
+    candidates.into_iter().flatten().find(|p| p.exists())
+}
+
+/// Batch and single-event figures of one server.
+struct Figures {
+    batch: f64,
+    batch_runs: Vec<f64>,
+    single: f64,
+    single_runs: Vec<f64>,
+    p50: f64,
+    p99: f64,
+}
+
+impl Figures {
+    fn print(&self, label: &str) {
+        println!("{label}:");
+        println!(
+            "  batch ingest, 1,000 events/request, 4 connections: {:>10.0} events/s (runs: {})",
+            self.batch,
+            fmt_runs(&self.batch_runs)
+        );
+        println!(
+            "  single-event requests, 64 connections:           {:>10.0} events/s (runs: {}); latency p50 {:.2} ms, p99 {:.2} ms",
+            self.single,
+            fmt_runs(&self.single_runs),
+            self.p50,
+            self.p99
+        );
+    }
+}
+
+/// Start `parkade serve` on `data` with `env`, register the lots, and measure batch
+/// ingest (1) and single-event requests (2).
+async fn ingest_figures(
+    data: &Path,
+    env: &[(&str, String)],
+    runs: usize,
+    dur: Duration,
+) -> Figures {
+    let port = free_port();
+    let mut server = Server::start(data, port, None, env);
+    server.wait_healthy().await;
+    let mut c = Conn::connect(port).await;
+    for i in 0..LOTS {
+        let body = format!(r#"{{"lot_id":"bench-{i}","name":"Bench lot {i}","capacity":1000000}}"#);
+        let (status, _) = c
+            .request("POST", "/v1/lots", &body, "application/json")
+            .await;
+        assert!(status == 201 || status == 200, "register: {status}");
+    }
+    let batch_body = Arc::new(batch_body(1000));
+    let mut batch_runs = Vec::new();
+    for _ in 0..runs {
+        batch_runs.push(batch_run(port, 4, batch_body.clone(), 1000, dur).await);
+    }
+    let mut single_runs = Vec::new();
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..runs {
+        let (rate, p50, p99) = single_run(port, 64, dur).await;
+        single_runs.push(rate);
+        p50s.push(p50);
+        p99s.push(p99);
+    }
+    let mut c = Conn::connect(port).await;
+    let (status, body) = c
+        .request("GET", "/v1/lots/bench-0", "", "application/json")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    server.stop();
+    Figures {
+        batch: median(&mut batch_runs.clone()),
+        batch_runs,
+        single: median(&mut single_runs.clone()),
+        single_runs,
+        p50: median(&mut p50s),
+        p99: median(&mut p99s),
+    }
 }
 
 /// Arrival/departure pairs spread over the lots: never full, never below zero.
@@ -186,8 +290,9 @@ struct Server {
 }
 
 impl Server {
-    fn start(data: &Path, port: u16, db: Option<&str>) -> Server {
+    fn start(data: &Path, port: u16, db: Option<&str>, env: &[(&str, String)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_parkade"));
+        cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
         cmd.arg("serve")
             .env("PARKADE_DATA_DIR", data)
             .env("PARKADE_BIND", format!("127.0.0.1:{port}"))

@@ -13,7 +13,9 @@
 //! A lot's single writer: every append names the sequence of the lot's last message it
 //! knows (`Nats-Expected-Last-Subject-Sequence`, 0 for none); if another writer appended
 //! since, the server refuses it and nothing is stored ([`LogError::Conflict`]); the lot
-//! actor then reads what it missed and decides again.
+//! actor then reads what it missed and decides again. Several events of a lot go in as
+//! one atomic batch (the stream allows them: `allow_atomic`): all stored at consecutive
+//! sequences or none, acknowledged by one reply.
 //!
 //! Durable before acknowledged: the server acknowledges a message once it is stored on
 //! a quorum of the stream's replicas; on disk only with `jetstream { sync_interval:
@@ -142,6 +144,7 @@ impl Stream {
             storage: stream::StorageType::File,
             num_replicas: o.replicas,
             metadata: [(LOG_ID_KEY.to_owned(), wanted_id.to_string())].into(),
+            allow_atomic_publish: true,
             ..Default::default()
         };
         // A cluster that has just formed (or lost a node) may time the request out
@@ -193,6 +196,17 @@ impl Stream {
                     "exists with {} replicas, not the {} configured",
                     info.config.num_replicas, o.replicas
                 )));
+            }
+            if !info.config.allow_atomic_publish {
+                // Made by an operator or an older parkade: a lot's batch is appended
+                // as one atomic batch.
+                let mut config = info.config.clone();
+                config.allow_atomic_publish = true;
+                context
+                    .update_stream(config)
+                    .await
+                    .map_err(|e| stream_err(format!("allowing atomic batches: {e}")))?;
+                continue;
             }
             let leader = info.cluster.as_ref().and_then(|c| c.leader.as_ref());
             if o.replicas <= 1 || leader.is_some_and(|l| !l.is_empty()) {
@@ -297,6 +311,16 @@ impl Stream {
         expected: Option<u64>,
         events: &[NewEvent],
     ) -> Result<Vec<u64>, JetStreamError> {
+        if let (Some(mut last), true) = (expected, events.len() > 1) {
+            // One round trip per atomic batch instead of one per event.
+            let mut offsets = Vec::with_capacity(events.len());
+            for chunk in events.chunks(ATOMIC_BATCH) {
+                let stored = self.append_atomic(last, chunk).await?;
+                last = *stored.end();
+                offsets.extend(stored.map(|sequence| sequence - 1));
+            }
+            return Ok(offsets);
+        }
         let mut last = expected;
         let mut offsets = Vec::with_capacity(events.len());
         let now = Timestamp::now();
@@ -332,6 +356,89 @@ impl Stream {
             }
         }
         Ok(offsets)
+    }
+
+    /// Append `events` (of one lot, at most [`ATOMIC_BATCH`]) as one atomic batch: all
+    /// stored, at consecutive sequences, or none; only if the lot's last message is
+    /// still sequence `expected`. The messages before the last go out without waiting;
+    /// the last commits the batch and its reply acknowledges all of them. Returns the
+    /// sequences stored. Not tried again on an unclear end (a timeout): the lot's next
+    /// append then finds out, by a conflict, whether the batch went in.
+    async fn append_atomic(
+        &self,
+        expected: u64,
+        events: &[NewEvent],
+    ) -> Result<std::ops::RangeInclusive<u64>, JetStreamError> {
+        let client = self.context.client();
+        let batch = Uuid::new_v4().simple().to_string();
+        let now = Timestamp::now();
+        let publish_err = |e: String| JetStreamError::Publish(format!("atomic batch: {e}"));
+        let mut reply = None;
+        for (i, e) in events.iter().enumerate() {
+            let mut buf = Vec::new();
+            format::encode_record(&mut buf, 0, now, e);
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Batch-Id", batch.as_str());
+            headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                e.event_id.to_string().as_str(),
+            );
+            if i == 0 {
+                headers.insert(
+                    async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    expected.to_string().as_str(),
+                );
+            }
+            let subject = self.subject(&e.lot_id);
+            if i + 1 < events.len() {
+                client
+                    .publish_with_headers(subject, headers, Bytes::from(buf))
+                    .await
+                    .map_err(|e| publish_err(e.to_string()))?;
+            } else {
+                headers.insert("Nats-Batch-Commit", "1");
+                let answer = client
+                    .request_with_headers(subject, headers, Bytes::from(buf))
+                    .await
+                    .map_err(|e| publish_err(e.to_string()))?;
+                reply = Some(answer.payload);
+            }
+        }
+        let reply = reply.ok_or_else(|| publish_err("no events".into()))?;
+        let ack: BatchReply = serde_json::from_slice(&reply).map_err(|e| {
+            publish_err(format!(
+                "unreadable reply ({e}): {}",
+                String::from_utf8_lossy(&reply)
+            ))
+        })?;
+        match ack {
+            BatchReply {
+                error: Some(error), ..
+            } if error.err_code == 10071 || error.err_code == 10164 => {
+                Err(JetStreamError::Conflict {
+                    lot: events[0].lot_id.to_string(),
+                    expected,
+                })
+            }
+            BatchReply {
+                error: Some(error), ..
+            } => Err(publish_err(format!(
+                "{} (code {})",
+                error.description, error.err_code
+            ))),
+            BatchReply {
+                seq: Some(last),
+                count: Some(count),
+                batch: Some(id),
+                ..
+            } if count == events.len() as u64 && id == batch && last >= count => {
+                Ok(last + 1 - count..=last)
+            }
+            other => Err(publish_err(format!(
+                "an acknowledgement that does not match the batch: {other:?}"
+            ))),
+        }
     }
 
     /// Publish one message and wait for its acknowledgement, again (for up to 30 s,
@@ -526,6 +633,26 @@ fn decode(sequence: u64, bytes: &[u8]) -> Result<RecordedEvent, JetStreamError> 
     let mut e = format::decode_payload(payload, &mut LotId::from_normalised).map_err(decode)?;
     e.offset = sequence - 1;
     Ok(e)
+}
+
+/// The most messages in one atomic batch (the server's default limit).
+const ATOMIC_BATCH: usize = 1_000;
+
+/// The server's reply to an atomic batch's commit.
+#[derive(Debug, serde::Deserialize)]
+struct BatchReply {
+    seq: Option<u64>,
+    batch: Option<String>,
+    count: Option<u64>,
+    error: Option<ApiErrorReply>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ApiErrorReply {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
 }
 
 /// Events the follower copies at once at most.

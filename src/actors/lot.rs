@@ -404,6 +404,25 @@ pub(crate) struct LotActor {
     log: Arc<dyn EventLog>,
     mailbox: usize,
     max_future_micros: i64,
+    /// While an append waits for the log's acknowledgement: the lot as it was before
+    /// it (what readers see meanwhile), the requests that came since (they go out
+    /// together as the next append: group commit at the lot), and events other writers
+    /// appended (folded once the append is over).
+    inflight: Option<Inflight>,
+}
+
+/// What a lot actor holds while an append is unacknowledged.
+#[derive(Default)]
+struct Inflight {
+    shown: Option<LotView>,
+    queue: Vec<Waiting>,
+    observed: Vec<RecordedEvent>,
+}
+
+/// Requests waiting for the next append, and where their answer goes.
+struct Waiting {
+    requests: Vec<Fixed>,
+    reply: tokio::sync::oneshot::Sender<ExecResult>,
 }
 
 impl LotActor {
@@ -418,6 +437,7 @@ impl LotActor {
             log,
             mailbox,
             max_future_micros,
+            inflight: None,
         }
     }
 }
@@ -469,7 +489,8 @@ impl Message for LotMsg {
 /// other message meanwhile, so the lot keeps one writer in this process).
 pub(crate) enum LotResponse {
     Now(LotReply),
-    Later(ResponseActFuture<LotActor, LotReply>),
+    /// Answered when the lot's append in flight (or the next one) is acknowledged.
+    Pending(tokio::sync::oneshot::Receiver<ExecResult>),
 }
 
 impl actix::dev::MessageResponse<LotActor, LotMsg> for LotResponse {
@@ -478,11 +499,16 @@ impl actix::dev::MessageResponse<LotActor, LotMsg> for LotResponse {
             LotResponse::Now(reply) => {
                 actix::dev::MessageResponse::<LotActor, LotMsg>::handle(reply, ctx, tx)
             }
-            LotResponse::Later(fut) => actix::dev::MessageResponse::<LotActor, LotMsg>::handle(
-                AtomicResponse::new(fut),
-                ctx,
-                tx,
-            ),
+            LotResponse::Pending(rx) => {
+                ctx.spawn(actix::fut::wrap_future(async move {
+                    let result = rx
+                        .await
+                        .unwrap_or_else(|_| Err(LogError::Backend("the lot actor stopped".into())));
+                    if let Some(tx) = tx {
+                        let _gone = tx.send(LotReply::Executed(result));
+                    }
+                }));
+            }
         }
     }
 }
@@ -573,24 +599,97 @@ impl LotActor {
     }
 }
 
+impl LotActor {
+    /// Run `waiting` (the requests of one or more messages) as one append: answered
+    /// at once on a log that orders at once; otherwise in flight until acknowledged,
+    /// then the requests queued meanwhile go out together.
+    fn start(&mut self, waiting: Vec<Waiting>, ctx: &mut Context<Self>) {
+        let counts: Vec<usize> = waiting.iter().map(|w| w.requests.len()).collect();
+        let mut requests = Vec::with_capacity(counts.iter().sum());
+        let mut replies = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            requests.extend(w.requests);
+            replies.push(w.reply);
+        }
+        let shown = self.core.view();
+        match self.run(requests, 0) {
+            Step::Done(result) => answer(result, &counts, replies),
+            Step::Wait(f) => {
+                self.inflight = Some(Inflight {
+                    shown: Some(shown),
+                    ..Inflight::default()
+                });
+                ctx.spawn(f.map(move |result, act: &mut Self, ctx| {
+                    answer(result, &counts, replies);
+                    let done = act.inflight.take().unwrap_or_default();
+                    act.core.catch_up(&done.observed, &mut []);
+                    if !done.queue.is_empty() {
+                        act.start(done.queue, ctx);
+                    }
+                }));
+            }
+        }
+    }
+}
+
+/// Hand each message's part of an execution's result to its sender.
+fn answer(
+    result: ExecResult,
+    counts: &[usize],
+    replies: Vec<tokio::sync::oneshot::Sender<ExecResult>>,
+) {
+    match result {
+        Ok((outcomes, end, view)) => {
+            let mut outcomes = outcomes.into_iter();
+            for (n, reply) in counts.iter().zip(replies) {
+                let part: Vec<Outcome> = outcomes.by_ref().take(*n).collect();
+                let _gone = reply.send(Ok((part, end, view.clone())));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _gone = reply.send(Err(e.shared()));
+            }
+        }
+    }
+}
+
 impl Handler<LotMsg> for LotActor {
     type Result = LotResponse;
 
-    fn handle(&mut self, msg: LotMsg, _ctx: &mut Self::Context) -> LotResponse {
+    fn handle(&mut self, msg: LotMsg, ctx: &mut Self::Context) -> LotResponse {
         match msg {
             LotMsg::Execute(requests) => {
                 let _span =
                     tracing::trace_span!("lot_execute", lot_id = %self.core.lot_id).entered();
-                match self.run(Fixed::all(requests), 0) {
-                    Step::Done(r) => LotResponse::Now(LotReply::Executed(r)),
-                    Step::Wait(f) => {
-                        LotResponse::Later(Box::pin(f.map(|r, _, _| LotReply::Executed(r))))
+                let (tx, mut rx) = tokio::sync::oneshot::channel();
+                let waiting = Waiting {
+                    requests: Fixed::all(requests),
+                    reply: tx,
+                };
+                match &mut self.inflight {
+                    Some(inflight) => inflight.queue.push(waiting),
+                    None => {
+                        self.start(vec![waiting], ctx);
+                        // Answered at once (a log that orders at once): no task needed.
+                        if let Ok(result) = rx.try_recv() {
+                            return LotResponse::Now(LotReply::Executed(result));
+                        }
                     }
                 }
+                LotResponse::Pending(rx)
             }
-            LotMsg::View => LotResponse::Now(LotReply::View(self.core.view())),
+            LotMsg::View => LotResponse::Now(LotReply::View(
+                match self.inflight.as_ref().and_then(|i| i.shown.clone()) {
+                    Some(shown) => shown,
+                    None => self.core.view(),
+                },
+            )),
             LotMsg::Observe(events) => {
-                self.core.catch_up(&events, &mut []);
+                match &mut self.inflight {
+                    Some(inflight) => inflight.observed.extend(events),
+                    None => self.core.catch_up(&events, &mut []),
+                }
                 LotResponse::Now(LotReply::Observed)
             }
         }

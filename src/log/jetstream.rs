@@ -70,6 +70,9 @@ pub enum JetStreamError {
     Conflict { lot: String, expected: u64 },
     #[error("JetStream publish: {0}")]
     Publish(String),
+    /// No server answered for the stream: nothing was stored.
+    #[error("JetStream publish: no server answers for the stream ({0})")]
+    NoStream(String),
     #[error("JetStream read of sequence {sequence}: {reason}")]
     Read { sequence: u64, reason: String },
     #[error("message at sequence {sequence} is not a parkade event: {reason}")]
@@ -315,7 +318,7 @@ impl Stream {
             // One round trip per atomic batch instead of one per event.
             let mut offsets = Vec::with_capacity(events.len());
             for chunk in events.chunks(ATOMIC_BATCH) {
-                let stored = self.append_atomic(last, chunk).await?;
+                let stored = self.append_atomic_retried(last, chunk).await?;
                 last = *stored.end();
                 offsets.extend(stored.map(|sequence| sequence - 1));
             }
@@ -342,6 +345,15 @@ impl Stream {
                 .publish(self.subject(&e.lot_id), headers, Bytes::from(buf))
                 .await;
             match ack {
+                // An event already in the stream (a retry after a lost reply): the
+                // lot's writer decided on a state without it, so it must catch up
+                // (and will find the event, with its id, there).
+                Ok(ack) if ack.duplicate && last.is_some() => {
+                    return Err(JetStreamError::Conflict {
+                        lot: e.lot_id.to_string(),
+                        expected: last.unwrap_or(0),
+                    })
+                }
                 Ok(ack) => {
                     last = last.map(|_| ack.sequence);
                     offsets.push(ack.sequence - 1);
@@ -356,6 +368,26 @@ impl Stream {
             }
         }
         Ok(offsets)
+    }
+
+    /// [`Self::append_atomic`], again (for up to 30 s, backing off) while no server
+    /// answers for the stream (a leader being elected): then nothing was stored.
+    async fn append_atomic_retried(
+        &self,
+        expected: u64,
+        events: &[NewEvent],
+    ) -> Result<std::ops::RangeInclusive<u64>, JetStreamError> {
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.append_atomic(expected, events).await {
+                Err(JetStreamError::NoStream(_)) if started.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Append `events` (of one lot, at most [`ATOMIC_BATCH`]) as one atomic batch: all
@@ -400,9 +432,14 @@ impl Stream {
                 headers.insert("Nats-Batch-Commit", "1");
                 let answer = client
                     .request_with_headers(subject, headers, Bytes::from(buf))
-                    .await
-                    .map_err(|e| publish_err(e.to_string()))?;
-                reply = Some(answer.payload);
+                    .await;
+                match answer {
+                    Ok(answer) => reply = Some(answer.payload),
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        return Err(JetStreamError::NoStream(e.to_string()))
+                    }
+                    Err(e) => return Err(publish_err(e.to_string())),
+                }
             }
         }
         let reply = reply.ok_or_else(|| publish_err("no events".into()))?;
@@ -415,7 +452,9 @@ impl Stream {
         match ack {
             BatchReply {
                 error: Some(error), ..
-            } if error.err_code == 10071 || error.err_code == 10164 => {
+            // 10201: an event of the batch is in the stream already (a retry after a
+            // lost reply): the writer must catch up as after a conflict.
+            } if matches!(error.err_code, 10071 | 10164 | 10201) => {
                 Err(JetStreamError::Conflict {
                     lot: events[0].lot_id.to_string(),
                     expected,
@@ -655,6 +694,10 @@ struct ApiErrorReply {
     description: String,
 }
 
+/// How long the follower waits for a message before it asks whether the stream has
+/// any it has not delivered.
+const STALL_CHECK: Duration = Duration::from_secs(2);
+
 /// Events the follower copies at once at most.
 const FOLLOW_BATCH: usize = 4096;
 
@@ -764,7 +807,9 @@ async fn on<T: Send + 'static>(
 }
 
 /// Copy the stream into `copy` from where the copy ends, in order and gapless, until
-/// `stop`.
+/// `stop`. A consumer that fails (a server went away, heartbeats were missed) is made
+/// again from where the copy ends, as long as it takes; a gap or a message that is not
+/// an event stops the copy for good (the log is not whole: an operator must look).
 async fn follow(
     stream: &Stream,
     copy: &FileLog,
@@ -772,33 +817,78 @@ async fn follow(
 ) -> Result<(), LogError> {
     use futures_util::StreamExt;
     let mut next = copy.durable_end();
-    let messages = stream.messages(next + 1, None).await?;
-    let mut chunks = messages.ready_chunks(FOLLOW_BATCH);
+    let mut said = false;
     loop {
-        let chunk = tokio::select! {
-            c = chunks.next() => c,
-            _ = stop.changed() => return Ok(()),
-        };
-        let Some(chunk) = chunk else {
-            return Err(LogError::Backend("the stream's messages ended".into()));
-        };
-        let mut events = Vec::with_capacity(chunk.len());
-        for m in chunk {
-            let m = m.map_err(|e| LogError::Backend(format!("following the stream: {e}")))?;
-            let sequence = m
-                .info()
-                .map_err(|e| LogError::Backend(format!("following the stream: {e}")))?
-                .stream_sequence;
-            if sequence != next + 1 {
-                return Err(LogError::Backend(format!(
-                    "the stream has no message at sequence {} (the next is {sequence}): messages were deleted, and the log is no longer whole",
-                    next + 1
-                )));
+        let messages = match stream.messages(next + 1, None).await {
+            Ok(m) => m,
+            Err(e) => {
+                if !said {
+                    said = true;
+                    tracing::warn!(error = %e, "following the stream: trying again");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    _ = stop.changed() => return Ok(()),
+                }
             }
-            events.push(decode(sequence, &m.payload)?);
-            next += 1;
+        };
+        let mut chunks = messages.ready_chunks(FOLLOW_BATCH);
+        'consumer: loop {
+            let chunk = tokio::select! {
+                c = chunks.next() => c,
+                // Quiet for a while: is the stream quiet too, or did the consumer stop
+                // delivering without saying so (seen after a server was killed)?
+                _ = tokio::time::sleep(STALL_CHECK) => match stream.end().await {
+                    Ok(end) if end > next => {
+                        tracing::warn!(at = next, stream_end = end, "following the stream: the consumer stalled; making it again");
+                        break 'consumer;
+                    }
+                    _ => continue 'consumer,
+                },
+                _ = stop.changed() => return Ok(()),
+            };
+            let Some(chunk) = chunk else {
+                break 'consumer;
+            };
+            let mut events = Vec::with_capacity(chunk.len());
+            let mut broken = None;
+            for m in chunk {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        broken = Some(e.to_string());
+                        break;
+                    }
+                };
+                let sequence = m
+                    .info()
+                    .map_err(|e| LogError::Backend(format!("following the stream: {e}")))?
+                    .stream_sequence;
+                if sequence <= next {
+                    continue; // a redelivery after the consumer was made again
+                }
+                if sequence != next + 1 {
+                    return Err(LogError::Backend(format!(
+                        "the stream has no message at sequence {} (the next is {sequence}): messages were deleted, and the log is no longer whole",
+                        next + 1
+                    )));
+                }
+                events.push(decode(sequence, &m.payload)?);
+                next += 1;
+            }
+            if !events.is_empty() {
+                copy.append_copy(&events)?;
+                said = false;
+            }
+            if let Some(why) = broken {
+                tracing::warn!(error = %why, at = next, "following the stream: the consumer failed; making it again");
+                break 'consumer;
+            }
         }
-        copy.append_copy(&events)?;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => return Ok(()),
+        }
     }
 }
 

@@ -91,6 +91,23 @@ pub enum LogError {
     ShortRead { read: u64, end: u64 },
 }
 
+impl LogError {
+    /// The same error for one more receiver (an append answers every request it
+    /// carried): conflicts and failures as they are, the rest by their message.
+    pub fn shared(&self) -> LogError {
+        match self {
+            LogError::Conflict { lot, expected } => LogError::Conflict {
+                lot: lot.clone(),
+                expected: *expected,
+            },
+            LogError::Failed(why) => LogError::Failed(why.clone()),
+            LogError::Closed => LogError::Closed,
+            LogError::ReadOnly => LogError::ReadOnly,
+            other => LogError::Backend(other.to_string()),
+        }
+    }
+}
+
 /// Events a scan reads at once unless it needs otherwise.
 pub const SCAN_BATCH: usize = 65_536;
 

@@ -195,3 +195,115 @@ mod stream {
         assert_eq!(read.len(), 100);
     }
 }
+
+mod copy {
+    //! `parkade log copy` as a user runs it: the embedded log into a stream, resumed
+    //! after more events, and back into another data directory, keeping offsets, ids,
+    //! record times and the log id; a copy of another log, or of a log in use, refused.
+
+    use std::path::Path;
+    use std::process::Command;
+
+    use parkade::domain::{LotEvent, LotId, NewEvent, RecordedEvent, Timestamp};
+    use parkade::log::{EventLog, FileLog, LogOptions};
+
+    use crate::common::{self, nats::Nats};
+
+    fn events(from: u64, n: u64) -> Vec<NewEvent> {
+        (from..from + n)
+            .map(|i| NewEvent {
+                lot_id: LotId::parse(["north", "west.mall", "south"][(i % 3) as usize]).unwrap(),
+                lot_seq: i / 3 + 1,
+                event_id: uuid::Uuid::now_v7(),
+                client_event_id: i % 2 == 0,
+                occurred_at: Timestamp::from_micros(1_764_000_000_000_000 + i as i64),
+                event: LotEvent::VehicleArrived,
+                occupancy: (i / 3 + 1) as u32,
+                capacity: 100_000,
+            })
+            .collect()
+    }
+
+    async fn fill(dir: &Path, from: u64, n: u64) {
+        let log = FileLog::open(dir.join("log"), LogOptions::default()).unwrap();
+        let batch = events(from, n);
+        for chunk in batch.chunks(1000) {
+            log.append_any(chunk).unwrap();
+        }
+        log.wait_durable(from + n).await.unwrap();
+        log.close();
+    }
+
+    fn read(dir: &Path) -> (uuid::Uuid, Vec<RecordedEvent>) {
+        let log = FileLog::open(dir.join("log"), LogOptions::default()).unwrap();
+        let mut all = Vec::new();
+        parkade::log::scan(&log, 0, log.durable_end(), 5000, |b| {
+            all.extend_from_slice(b);
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+        let id = log.log_id();
+        log.close();
+        (id, all)
+    }
+
+    fn copy(dir: &Path, nats: &Nats, to: &str) -> (bool, String) {
+        let out = Command::new(common::binary())
+            .args(["log", "copy", "--to", to])
+            .env("PARKADE_DATA_DIR", dir)
+            .env("PARKADE_NATS_URL", nats.urls())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    #[actix_web::test]
+    async fn an_embedded_log_goes_into_a_stream_and_back_whole_and_resumably() {
+        let nats = Nats::single();
+        let source = common::data_dir();
+        fill(source.path(), 0, 2_500).await;
+        let (ok, text) = copy(source.path(), &nats, "jetstream");
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("copied 2500 events (0 were there already)"),
+            "{text}"
+        );
+        // More events, then the copy again: it goes on where it stopped.
+        fill(source.path(), 2_500, 700).await;
+        let (ok, text) = copy(source.path(), &nats, "jetstream");
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("copied 700 events (2500 were there already)"),
+            "{text}"
+        );
+
+        // And back, into a data directory of its own.
+        let back = common::data_dir();
+        let (ok, text) = copy(back.path(), &nats, "embedded");
+        assert!(ok, "{text}");
+        assert!(text.contains("copied 3200 events"), "{text}");
+        let (id, original) = read(source.path());
+        let (copied_id, copied) = read(back.path());
+        assert_eq!(copied_id, id, "the log id goes along");
+        assert_eq!(copied, original, "every event, offset, id and record time");
+
+        // A log that is not the one in the stream is refused, changing nothing.
+        let other = common::data_dir();
+        fill(other.path(), 0, 10).await;
+        let (ok, text) = copy(other.path(), &nats, "jetstream");
+        assert!(!ok, "{text}");
+        assert!(text.contains("not the log"), "{text}");
+        // So is a log a server (here: this process) is writing.
+        let open = FileLog::open(source.path().join("log"), LogOptions::default()).unwrap();
+        let (ok, text) = copy(source.path(), &nats, "jetstream");
+        assert!(!ok, "{text}");
+        assert!(text.contains("in use"), "{text}");
+        open.close();
+    }
+}

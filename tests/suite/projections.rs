@@ -255,3 +255,66 @@ async fn a_panicking_projection_is_reported_restarted_and_the_others_go_on() {
     assert_eq!(app.get("/readyz").await.0, 200);
     app.stop().await;
 }
+
+/// Two services on one shared log (JetStream) and one database: one folds the
+/// occupancy projection, the other stands by; when the first stops (its database
+/// session ends) the other takes the lease over and folds from the checkpoint.
+#[actix_web::test]
+async fn of_two_nodes_one_folds_a_projection_and_the_other_takes_over_when_it_stops() {
+    let nats = common::nats::Nats::single();
+    let db = TestDb::new();
+    let config = |dir: &std::path::Path| {
+        let mut c = test_config(dir, Some(&db));
+        c.log.backend = parkade::config::LogBackend::Jetstream;
+        c.log.nats_url = nats.urls();
+        c.archive.enabled = false;
+        c
+    };
+    let (dir_a, dir_b) = (common::data_dir(), common::data_dir());
+    let a = TestApp::spawn(config(dir_a.path()), Hooks::default()).await;
+    common::register(&a, "north", 500).await;
+    a.wait_caught_up("occupancy").await;
+    let b = TestApp::spawn(config(dir_b.path()), Hooks::default()).await;
+    let state = |app: &TestApp| {
+        let base = app.base.clone();
+        async move {
+            let mut r = awc::Client::new()
+                .get(format!("{base}/v1/admin/projections"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: parkade::api::wire::Projections = r.json().await.map_err(|e| e.to_string())?;
+            let p = common::projection_view(&v, "occupancy").ok_or("no occupancy line")?;
+            Ok::<_, String>((p.state.clone(), p.checkpoint))
+        }
+    };
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the second node to stand by",
+        || async {
+            match state(&b).await? {
+                (s, _) if s == "standby" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // Both take events; the one with the lease folds them all.
+    for _ in 0..20 {
+        common::arrive(&a, "north").await;
+        common::arrive(&b, "north").await;
+    }
+    a.wait_caught_up("occupancy").await;
+    let (s, _) = state(&b).await.unwrap();
+    assert_eq!(s, "standby");
+    a.stop().await;
+    for _ in 0..10 {
+        common::arrive(&b, "north").await;
+    }
+    b.wait_caught_up("occupancy").await;
+    let rows = db
+        .query("SELECT occupancy::text FROM current_lot_occupancy WHERE lot_id = 'north'")
+        .await;
+    assert_eq!(rows[0][0], "50", "{rows:?}");
+    b.stop().await;
+}

@@ -70,9 +70,9 @@ pub enum JetStreamError {
     Conflict { lot: String, expected: u64 },
     #[error("JetStream publish: {0}")]
     Publish(String),
-    /// No server answered for the stream: nothing was stored.
+    /// No server answered for the stream (in time).
     #[error("JetStream publish: no server answers for the stream ({0})")]
-    NoStream(String),
+    Unanswered(String),
     #[error("JetStream read of sequence {sequence}: {reason}")]
     Read { sequence: u64, reason: String },
     #[error("message at sequence {sequence} is not a parkade event: {reason}")]
@@ -371,7 +371,9 @@ impl Stream {
     }
 
     /// [`Self::append_atomic`], again (for up to 30 s, backing off) while no server
-    /// answers for the stream (a leader being elected): then nothing was stored.
+    /// answers for the stream (a leader being elected, the connection's server gone).
+    /// Sending again is safe: if an earlier copy was stored, the server refuses this one
+    /// (its message ids, its expected sequence) and the writer catches up.
     async fn append_atomic_retried(
         &self,
         expected: u64,
@@ -381,7 +383,9 @@ impl Stream {
         let mut backoff = Duration::from_millis(20);
         loop {
             match self.append_atomic(expected, events).await {
-                Err(JetStreamError::NoStream(_)) if started.elapsed() < Duration::from_secs(30) => {
+                Err(JetStreamError::Unanswered(_))
+                    if started.elapsed() < Duration::from_secs(30) =>
+                {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -435,8 +439,17 @@ impl Stream {
                     .await;
                 match answer {
                     Ok(answer) => reply = Some(answer.payload),
-                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                        return Err(JetStreamError::NoStream(e.to_string()))
+                    // Nothing stored (no responders), or not known (a timeout: the
+                    // connection's server went away): either way safe to send again,
+                    // as a copy that was stored is refused as a duplicate (a conflict).
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            async_nats::RequestErrorKind::NoResponders
+                                | async_nats::RequestErrorKind::TimedOut
+                        ) =>
+                    {
+                        return Err(JetStreamError::Unanswered(e.to_string()))
                     }
                     Err(e) => return Err(publish_err(e.to_string())),
                 }

@@ -53,6 +53,22 @@ impl From<super::jetstream::JetStreamError> for CopyError {
     }
 }
 
+impl Copied {
+    /// A copy that found `target_end` events in the target and left `source_end`.
+    fn from_to(target_end: u64, source_end: u64) -> Copied {
+        Copied {
+            resumed_at: target_end,
+            copied: source_end - target_end,
+            end: source_end,
+        }
+    }
+}
+
+/// The source ended at `at`, before the `end` it said it had.
+fn ended_early(at: u64, end: u64) -> CopyError {
+    LogError::ShortRead { read: at, end }.into()
+}
+
 /// Check a resumed copy: the target's last event is the source's at that offset.
 fn check_resume(
     target_end: u64,
@@ -118,22 +134,14 @@ pub async fn embedded_to_jetstream(
     while at < source_end {
         let batch = cursor.next_batch(COPY_BATCH)?;
         if batch.is_empty() {
-            return Err(LogError::ShortRead {
-                read: at,
-                end: source_end,
-            }
-            .into());
+            return Err(ended_early(at, source_end));
         }
         stream.append_copies(&batch, PUBLISH_WINDOW).await?;
         at += batch.len() as u64;
         progress(at, source_end);
     }
     log.close();
-    Ok(Copied {
-        resumed_at: target_end,
-        copied: source_end - target_end,
-        end: source_end,
-    })
+    Ok(Copied::from_to(target_end, source_end))
 }
 
 /// Copy the stream (which must exist) into an embedded log in `dir` (created with the
@@ -168,11 +176,7 @@ pub async fn jetstream_to_embedded(
     while at < source_end {
         let batch = stream.read(at, COPY_BATCH).await?;
         if batch.is_empty() {
-            return Err(LogError::ShortRead {
-                read: at,
-                end: source_end,
-            }
-            .into());
+            return Err(ended_early(at, source_end));
         }
         log.append_copy(&batch)?;
         at += batch.len() as u64;
@@ -180,9 +184,5 @@ pub async fn jetstream_to_embedded(
         progress(at, source_end);
     }
     log.close();
-    Ok(Copied {
-        resumed_at: target_end,
-        copied: source_end - target_end,
-        end: source_end,
-    })
+    Ok(Copied::from_to(target_end, source_end))
 }

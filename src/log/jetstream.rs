@@ -924,13 +924,7 @@ impl EventLog for JetStreamLog {
 
     fn append(&self, expect: Expect, events: &[NewEvent]) -> Result<Appended, LogError> {
         super::lot_of(expect, events)?;
-        if let Some(e) = events.iter().find(|e| !format::encodable(e)) {
-            return Err(LogError::TooLarge {
-                lot: e.lot_id.to_string(),
-                len: format::payload_len(e),
-                max: format::MAX_PAYLOAD,
-            });
-        }
+        super::check_encodable(events)?;
         self.health()?;
         let expected = match expect {
             Expect::Last(last) => Some(last.map_or(0, |o| o + 1)),

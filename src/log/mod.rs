@@ -233,6 +233,21 @@ pub fn scan_lot(
     Ok(found)
 }
 
+/// Never write a record the reader would refuse: that would stall every reader at it
+/// and look like damage at the next start.
+pub(crate) fn check_encodable<'a>(
+    events: impl IntoIterator<Item = &'a NewEvent>,
+) -> Result<(), LogError> {
+    match events.into_iter().find(|e| !format::encodable(e)) {
+        Some(e) => Err(LogError::TooLarge {
+            lot: e.lot_id.to_string(),
+            len: format::payload_len(e),
+            max: format::MAX_PAYLOAD,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The one lot of an append's events (`None` for [`Expect::Any`], which may mix lots),
 /// or why they are not an append.
 pub(crate) fn lot_of(expect: Expect, events: &[NewEvent]) -> Result<Option<&LotId>, LogError> {

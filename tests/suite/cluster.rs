@@ -73,26 +73,7 @@ impl Node {
     }
 
     async fn wait_healthy(&self) {
-        let base = self.base();
-        common::eventually(
-            Duration::from_secs(60),
-            "a parkade node to be healthy",
-            || {
-                let base = base.clone();
-                async move {
-                    match awc::Client::new()
-                        .get(format!("{base}/healthz"))
-                        .send()
-                        .await
-                    {
-                        Ok(r) if r.status().is_success() => Ok(()),
-                        Ok(r) => Err(r.status().to_string()),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-            },
-        )
-        .await
+        common::wait_healthy(&self.base()).await
     }
 }
 
@@ -100,18 +81,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-async fn post(base: &str, path: &str, body: &Value) -> Option<(u16, Value)> {
-    let mut resp = awc::Client::new()
-        .post(format!("{base}{path}"))
-        .timeout(Duration::from_secs(30))
-        .insert_header(("content-type", "application/json"))
-        .send_body(body.to_string())
-        .await
-        .ok()?;
-    let bytes = resp.body().limit(16 << 20).await.ok()?;
-    Some((resp.status().as_u16(), serde_json::from_slice(&bytes).ok()?))
 }
 
 /// A gate: sends batches of arrivals and departures with its own event ids to its node,
@@ -146,7 +115,7 @@ async fn gate(
         let mut target = first;
         let started = std::time::Instant::now();
         let reply = loop {
-            match post(&bases[target], "/v1/events", &body).await {
+            match common::post_json(&bases[target], "/v1/events", &body).await {
                 Some((200, reply)) => break reply,
                 _ => {
                     assert!(
@@ -213,7 +182,7 @@ async fn two_nodes_on_a_three_node_stream_lose_nothing_through_kills_and_agree()
     a.start(&nats, &db);
     a.wait_healthy().await;
     for (lot, capacity) in LOTS {
-        let (status, reply) = post(
+        let (status, reply) = common::post_json(
             &a.base(),
             "/v1/lots",
             &json!({"lot_id": lot, "name": lot, "capacity": capacity}),
@@ -225,7 +194,7 @@ async fn two_nodes_on_a_three_node_stream_lose_nothing_through_kills_and_agree()
     b.start(&nats, &db);
     b.wait_healthy().await;
     // B knows the lots A registered (it rebuilt them from the stream).
-    let (status, _) = post(
+    let (status, _) = common::post_json(
         &b.base(),
         "/v1/events",
         &json!({"lot_id": "gate", "event_type": "ARRIVAL"}),
@@ -394,19 +363,14 @@ async fn two_nodes_on_a_three_node_stream_lose_nothing_through_kills_and_agree()
         },
     )
     .await;
-    let out = Command::new(common::binary())
-        .arg("verify")
-        .env("PARKADE_DATA_DIR", a.dir.path())
-        .env("PARKADE_DATABASE_URL", &db.url)
-        .env("PARKADE_LOG_BACKEND", "jetstream")
-        .env("PARKADE_NATS_URL", nats.urls())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (ok, text) = common::output(
+        Command::new(common::binary())
+            .arg("verify")
+            .env("PARKADE_DATA_DIR", a.dir.path())
+            .env("PARKADE_DATABASE_URL", &db.url)
+            .env("PARKADE_LOG_BACKEND", "jetstream")
+            .env("PARKADE_NATS_URL", nats.urls()),
     );
+    assert!(ok, "{text}");
     assert!(text.contains("no differences"), "{text}");
 }

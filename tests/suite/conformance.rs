@@ -77,7 +77,8 @@ fn lot(id: &str) -> LotId {
     LotId::parse(id).unwrap()
 }
 
-fn arrivals(id: &str, from_seq: u64, n: u64) -> Vec<NewEvent> {
+/// `n` arrivals at lot `id` with lot sequences from `from_seq`, each with its own id.
+pub fn arrivals(id: &str, from_seq: u64, n: u64) -> Vec<NewEvent> {
     (0..n)
         .map(|i| NewEvent {
             lot_id: lot(id),

@@ -32,36 +32,6 @@ fn start(dir: &std::path::Path, db: &TestDb, port: u16) -> Child {
         .expect("start parkade serve")
 }
 
-async fn wait_healthy(base: &str) {
-    common::eventually(
-        Duration::from_secs(30),
-        "the server to be healthy",
-        || async {
-            match awc::Client::new()
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(r.status().to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        },
-    )
-    .await
-}
-
-async fn post(base: &str, path: &str, body: &Value) -> Option<(u16, Value)> {
-    let mut resp = awc::Client::new()
-        .post(format!("{base}{path}"))
-        .insert_header(("content-type", "application/json"))
-        .send_body(body.to_string())
-        .await
-        .ok()?;
-    let bytes = resp.body().limit(16 << 20).await.ok()?;
-    Some((resp.status().as_u16(), serde_json::from_slice(&bytes).ok()?))
-}
-
 #[actix_web::test]
 async fn no_acknowledged_event_is_lost_when_the_process_is_killed() {
     let db = TestDb::new();
@@ -69,8 +39,8 @@ async fn no_acknowledged_event_is_lost_when_the_process_is_killed() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = start(dir.path(), &db, port);
-    wait_healthy(&base).await;
-    let (status, _) = post(
+    common::wait_healthy(&base).await;
+    let (status, _) = common::post_json(
         &base,
         "/v1/lots",
         &json!({"lot_id": "gate", "name": "Gate", "capacity": 1_000_000}),
@@ -91,7 +61,9 @@ async fn no_acknowledged_event_is_lost_when_the_process_is_killed() {
                     .iter()
                     .map(|id| json!({"lot_id": "gate", "event_type": "ARRIVAL", "event_id": id}))
                     .collect();
-                let Some((200, reply)) = post(&base, "/v1/events", &json!(batch)).await else {
+                let Some((200, reply)) =
+                    common::post_json(&base, "/v1/events", &json!(batch)).await
+                else {
                     return;
                 };
                 let mut a = acked.lock().unwrap();
@@ -122,14 +94,16 @@ async fn no_acknowledged_event_is_lost_when_the_process_is_killed() {
     let acked = acked.lock().unwrap().clone();
 
     let mut child = start(dir.path(), &db, port);
-    wait_healthy(&base).await;
+    common::wait_healthy(&base).await;
     // Every acknowledged event must be recognised as already durable.
     for chunk in acked.chunks(500) {
         let batch: Vec<Value> = chunk
             .iter()
             .map(|id| json!({"lot_id": "gate", "event_type": "ARRIVAL", "event_id": id}))
             .collect();
-        let (status, reply) = post(&base, "/v1/events", &json!(batch)).await.unwrap();
+        let (status, reply) = common::post_json(&base, "/v1/events", &json!(batch))
+            .await
+            .unwrap();
         assert_eq!(status, 200);
         assert_eq!(
             reply["duplicates"].as_u64(),

@@ -67,10 +67,11 @@ fn the_pinned_server_syncs_every_write_alone_and_in_a_cluster_that_survives_a_no
 }
 
 mod stream {
-    use parkade::domain::{LotEvent, LotId, NewEvent, Timestamp};
+    use parkade::domain::{LotId, NewEvent};
     use parkade::log::jetstream::{JetStreamError, JetStreamOptions, Stream};
 
     use crate::common::nats::Nats;
+    use crate::conformance::arrivals;
 
     fn options(nats: &Nats, replicas: usize) -> JetStreamOptions {
         let urls: Vec<String> = nats.nodes.iter().map(|n| n.url()).collect();
@@ -80,21 +81,6 @@ mod stream {
             replicas,
             credentials: None,
         }
-    }
-
-    fn arrivals(lot: &str, from_seq: u64, n: u64) -> Vec<NewEvent> {
-        (0..n)
-            .map(|i| NewEvent {
-                lot_id: LotId::parse(lot).unwrap(),
-                lot_seq: from_seq + i,
-                event_id: uuid::Uuid::new_v4(),
-                client_event_id: true,
-                occurred_at: Timestamp::now(),
-                event: LotEvent::VehicleArrived,
-                occupancy: (from_seq + i) as u32,
-                capacity: 1_000,
-            })
-            .collect()
     }
 
     /// What a read gives back of what was sent: (offset, lot, lot_seq, event id).
@@ -248,19 +234,13 @@ mod copy {
     }
 
     fn copy(dir: &Path, nats: &Nats, to: &str) -> (bool, String) {
-        let out = Command::new(common::binary())
-            .args(["log", "copy", "--to", to])
-            .env("PARKADE_DATA_DIR", dir)
-            .env("PARKADE_NATS_URL", nats.urls())
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        common::output(
+            Command::new(common::binary())
+                .args(["log", "copy", "--to", to])
+                .env("PARKADE_DATA_DIR", dir)
+                .env("PARKADE_NATS_URL", nats.urls())
+                .env("RUST_LOG", "warn"),
+        )
     }
 
     #[actix_web::test]

@@ -260,7 +260,7 @@ impl FileLog {
     /// [`EventLog::wait_durable`] says so. What copies a JetStream stream into a local
     /// folder and the reverse of `parkade log copy`.
     pub fn append_copy(&self, events: &[RecordedEvent]) -> Result<u64, LogError> {
-        check_encodable(events.iter().map(|e| &e.event))?;
+        super::check_encodable(events.iter().map(|e| &e.event))?;
         self.write(events.len(), |p| {
             for (i, e) in events.iter().enumerate() {
                 let expected = p.next_offset + i as u64;
@@ -329,19 +329,6 @@ impl Drop for FileLog {
     }
 }
 
-/// Never write a record the reader would refuse: that would stall every reader at it
-/// and look like damage at the next start.
-fn check_encodable<'a>(events: impl IntoIterator<Item = &'a NewEvent>) -> Result<(), LogError> {
-    match events.into_iter().find(|e| !format::encodable(e)) {
-        Some(e) => Err(LogError::TooLarge {
-            lot: e.lot_id.to_string(),
-            len: format::payload_len(e),
-            max: format::MAX_PAYLOAD,
-        }),
-        None => Ok(()),
-    }
-}
-
 /// Resolves once the durable end reaches `end`, or with the error that stopped the log.
 fn wait_durable(inner: &Inner, end: u64) -> impl Future<Output = Result<(), LogError>> + 'static {
     let mut rx = inner.durable.subscribe();
@@ -373,7 +360,7 @@ impl EventLog for FileLog {
 
     fn append(&self, expect: Expect, events: &[NewEvent]) -> Result<Appended, LogError> {
         let lot = super::lot_of(expect, events)?;
-        check_encodable(events)?;
+        super::check_encodable(events)?;
         let now = Timestamp::now();
         self.write(events.len(), |p| {
             if let (Some(lot), Expect::Last(expected)) = (lot, expect) {

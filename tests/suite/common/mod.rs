@@ -538,6 +538,55 @@ pub fn parkade(args: &[&str], dir: &Path, db: Option<&TestDb>) -> (i32, String) 
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// Wait until the server at `base` answers `GET /healthz` with 200 (a minute at most).
+pub async fn wait_healthy(base: &str) {
+    eventually(
+        Duration::from_secs(60),
+        "the server to be healthy",
+        || async {
+            match awc::Client::new()
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await
+}
+
+/// POST a JSON body (a client's 30 s deadline): the status and the JSON reply, `None`
+/// when there was no answer (a server killed, a connection refused).
+pub async fn post_json(
+    base: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> Option<(u16, serde_json::Value)> {
+    let mut resp = awc::Client::new()
+        .post(format!("{base}{path}"))
+        .timeout(Duration::from_secs(30))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body.to_string())
+        .await
+        .ok()?;
+    let bytes = resp.body().limit(16 << 20).await.ok()?;
+    Some((resp.status().as_u16(), serde_json::from_slice(&bytes).ok()?))
+}
+
+/// Run a command to its end: whether it succeeded, and its output and errors.
+pub fn output(cmd: &mut std::process::Command) -> (bool, String) {
+    let out = cmd.output().expect("the command runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Ask `check` again every 20 ms until it gives `Ok`, and fail the test with `what` and
 /// the last answer once `timeout` has passed. The one poll loop of the tests: every
 /// wait has a deadline and says what it waited for.

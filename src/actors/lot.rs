@@ -722,7 +722,7 @@ impl LotHandle {
         match self.addr.send(LotMsg::Execute(requests)).await? {
             LotReply::Executed(Ok((outcomes, end, view))) => {
                 let end = end.max(view.offset.map_or(0, |o| o + 1));
-                if end > 0 {
+                if end > 0 && !self.log.durable_when_acknowledged() {
                     self.log.wait_durable(end).await?;
                 }
                 Ok(Executed { outcomes, view })
@@ -809,7 +809,10 @@ impl LotHandle {
     pub async fn view(&self) -> Result<LotView, LotError> {
         match self.addr.send(LotMsg::View).await? {
             LotReply::View(view) => {
-                if let Some(offset) = view.offset {
+                if let Some(offset) = view
+                    .offset
+                    .filter(|_| !self.log.durable_when_acknowledged())
+                {
                     self.log.wait_durable(offset + 1).await?;
                 }
                 Ok(view)

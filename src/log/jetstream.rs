@@ -24,8 +24,9 @@
 //! Reads: [`JetStreamLog`] follows the stream (one ordered consumer) into a local copy,
 //! an embedded log in the data folder with the stream's log id and offsets; cursors,
 //! subscriptions and projections read that copy, so every node serves every event in
-//! stream order, whoever appended it. An append's reply waits until the copy holds it
-//! too. The copy is derived: deleted, it is filled again from the stream.
+//! stream order, whoever appended it. An append's reply does not wait for the copy
+//! (the acknowledgement is the durability). The copy is derived: deleted, it is
+//! filled again from the stream.
 
 use std::time::Duration;
 
@@ -960,6 +961,12 @@ impl EventLog for JetStreamLog {
     }
 
     fn shared(&self) -> bool {
+        true
+    }
+
+    /// Acknowledged means stored on a quorum of the stream's replicas; the local copy
+    /// only tells when this node's readers see it.
+    fn durable_when_acknowledged(&self) -> bool {
         true
     }
 

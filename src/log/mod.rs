@@ -194,6 +194,13 @@ pub trait EventLog: Send + Sync + 'static {
         false
     }
 
+    /// Whether an event this process appended is durable once its append is answered
+    /// (a replicated backend's acknowledgement), so a writer's reply need not wait
+    /// for [`Self::wait_durable`], which tells when readers here can see it.
+    fn durable_when_acknowledged(&self) -> bool {
+        false
+    }
+
     /// One past the offset of the last durable event (the number of durable events).
     fn durable_end(&self) -> u64;
 

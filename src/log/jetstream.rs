@@ -658,9 +658,11 @@ async fn next_message(
         sequence: near,
         reason,
     };
-    let m = messages
-        .next()
+    // A consumer can stop delivering without a word (seen after a server was
+    // killed): a read waits for each message a bounded time, then fails.
+    let m = tokio::time::timeout(READ_WAIT, messages.next())
         .await
+        .map_err(|_| read_err(format!("no message within {} s", READ_WAIT.as_secs())))?
         .ok_or_else(|| read_err("the stream of messages ended".into()))?
         .map_err(|e| read_err(e.to_string()))?;
     let sequence = m
@@ -707,6 +709,12 @@ struct ApiErrorReply {
     #[serde(default)]
     description: String,
 }
+
+/// The longest an append may take, retries included.
+const APPEND_WAIT: Duration = Duration::from_secs(45);
+
+/// How long a read waits for the next message it knows is there.
+const READ_WAIT: Duration = Duration::from_secs(5);
 
 /// How long the follower waits for a message before it asks whether the stream has
 /// any it has not delivered.
@@ -933,9 +941,18 @@ impl EventLog for JetStreamLog {
         };
         let stream = self.stream.clone();
         let events = events.to_vec();
-        let task = self
-            .handle()
-            .spawn(async move { stream.append_lot(expected, &events).await });
+        let task = self.handle().spawn(async move {
+            // Never an append left waiting for ever: past the retries' 30 s it
+            // fails, its outcome unknown (the lot's next append finds out).
+            tokio::time::timeout(APPEND_WAIT, stream.append_lot(expected, &events))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(JetStreamError::Unanswered(format!(
+                        "no acknowledgement within {} s",
+                        APPEND_WAIT.as_secs()
+                    )))
+                })
+        });
         Ok(Appended::Acknowledging(Box::pin(async move {
             task.await
                 .map_err(|e| LogError::Backend(format!("the NATS task stopped: {e}")))?

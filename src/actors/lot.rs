@@ -148,16 +148,21 @@ impl LotCore {
     }
 
     pub(crate) fn view(&self) -> LotView {
-        let capacity = self.state.capacity();
+        self.view_of(&self.state, self.updated_at)
+    }
+
+    /// The lot as it would be with `state` (as it was before a batch, say).
+    fn view_of(&self, state: &LotState, updated_at: Option<Timestamp>) -> LotView {
+        let capacity = state.capacity();
         LotView {
             lot_id: self.lot_id.clone(),
-            name: self.state.name().to_owned(),
+            name: state.name().to_owned(),
             capacity,
-            occupancy: self.state.occupancy,
-            free: capacity.saturating_sub(self.state.occupancy),
+            occupancy: state.occupancy,
+            free: capacity.saturating_sub(state.occupancy),
             offset: self.last_offset,
-            updated_at: self.updated_at,
-            registered: self.state.is_registered(),
+            updated_at,
+            registered: state.is_registered(),
         }
     }
 
@@ -264,8 +269,7 @@ impl LotCore {
         }
         match log.append(Expect::Last(self.last_offset), &d.events) {
             Ok(Appended::Ordered(first)) => {
-                let offsets: Vec<u64> = (first..first + d.events.len() as u64).collect();
-                Ok(self.commit(&d.events, d.slots, &offsets))
+                Ok(self.commit(&d.events, d.slots, &consecutive(first, d.events.len())))
             }
             Ok(Appended::Acknowledging(_)) => unreachable!("unit tests use ordering logs"),
             Err(e) => {
@@ -412,9 +416,8 @@ pub(crate) struct LotActor {
 }
 
 /// What a lot actor holds while an append is unacknowledged.
-#[derive(Default)]
 struct Inflight {
-    shown: Option<LotView>,
+    shown: LotView,
     queue: Vec<Waiting>,
     observed: Vec<RecordedEvent>,
 }
@@ -485,8 +488,8 @@ impl Message for LotMsg {
     type Result = LotReply;
 }
 
-/// The answer to a message: at once, or after the log acknowledged (the actor takes no
-/// other message meanwhile, so the lot keeps one writer in this process).
+/// The answer to a message: at once, or once the lot's append in flight (or the next
+/// one, which carries the requests that queued meanwhile) is acknowledged.
 pub(crate) enum LotResponse {
     Now(LotReply),
     /// Answered when the lot's append in flight (or the next one) is acknowledged.
@@ -513,19 +516,25 @@ impl actix::dev::MessageResponse<LotActor, LotMsg> for LotResponse {
     }
 }
 
-/// One step of an execution: done, or waiting on the log.
+/// One step of an execution: done, or waiting on the log, with the lot as readers see
+/// it meanwhile (as it was before the batch).
 enum Step {
     Done(ExecResult),
-    Wait(ResponseActFuture<LotActor, ExecResult>),
+    Wait(ResponseActFuture<LotActor, ExecResult>, LotView),
 }
 
 impl Step {
     fn boxed(self) -> ResponseActFuture<LotActor, ExecResult> {
         match self {
             Step::Done(r) => Box::pin(actix::fut::ready(r)),
-            Step::Wait(f) => f,
+            Step::Wait(f, _) => f,
         }
     }
+}
+
+/// Offsets `first`, `first + 1`, … of `n` events appended together.
+fn consecutive(first: u64, n: usize) -> Vec<u64> {
+    (first..first + n as u64).collect()
 }
 
 impl LotActor {
@@ -544,12 +553,13 @@ impl LotActor {
             .append(Expect::Last(self.core.last_offset), &d.events)
         {
             Ok(Appended::Ordered(first)) => {
-                let offsets: Vec<u64> = (first..first + d.events.len() as u64).collect();
+                let offsets = consecutive(first, d.events.len());
                 let (outcomes, end) = self.core.commit(&d.events, d.slots, &offsets);
                 Step::Done(Ok((outcomes, end, self.core.view())))
             }
             Ok(Appended::Acknowledging(ack)) => {
-                Step::Wait(Box::pin(ack.into_actor(self).then(move |acked, act, _| {
+                let shown = self.core.view_of(&d.saved.state, d.saved.updated_at);
+                let waiting = ack.into_actor(self).then(move |acked, act, _| {
                     match acked {
                         Ok(offsets) => {
                             let (outcomes, end) = act.core.commit(&d.events, d.slots, &offsets);
@@ -561,7 +571,8 @@ impl LotActor {
                         }
                     }
                     .boxed()
-                })))
+                });
+                Step::Wait(Box::pin(waiting), shown)
             }
             Err(e) => {
                 self.core.restore(d.saved);
@@ -584,25 +595,24 @@ impl LotActor {
             actix::clock::sleep(wait).await;
             read.await
         };
-        Step::Wait(Box::pin(read.into_actor(self).then(
-            move |missed, act, _| {
-                match missed {
-                    Ok(events) => {
-                        act.core.catch_up(&events, &mut requests);
-                        act.run(requests, attempt + 1)
-                    }
-                    Err(e) => Step::Done(Err(e)),
+        let shown = self.core.view();
+        let waiting = read.into_actor(self).then(move |missed, act, _| {
+            match missed {
+                Ok(events) => {
+                    act.core.catch_up(&events, &mut requests);
+                    act.run(requests, attempt + 1)
                 }
-                .boxed()
-            },
-        )))
+                Err(e) => Step::Done(Err(e)),
+            }
+            .boxed()
+        });
+        Step::Wait(Box::pin(waiting), shown)
     }
 }
 
 impl LotActor {
-    /// Run `waiting` (the requests of one or more messages) as one append: answered
-    /// at once on a log that orders at once; otherwise in flight until acknowledged,
-    /// then the requests queued meanwhile go out together.
+    /// Run `waiting` (the requests of messages that queued behind an append) as one
+    /// append, and answer each.
     fn start(&mut self, waiting: Vec<Waiting>, ctx: &mut Context<Self>) {
         let counts: Vec<usize> = waiting.iter().map(|w| w.requests.len()).collect();
         let mut requests = Vec::with_capacity(counts.iter().sum());
@@ -611,20 +621,34 @@ impl LotActor {
             requests.extend(w.requests);
             replies.push(w.reply);
         }
-        let shown = self.core.view();
-        match self.run(requests, 0) {
+        let step = self.run(requests, 0);
+        self.finish(step, counts, replies, ctx);
+    }
+
+    /// Answer `replies` (of `counts` requests each) with `step`: at once, or once its
+    /// append is acknowledged; then run the requests that queued meanwhile.
+    fn finish(
+        &mut self,
+        step: Step,
+        counts: Vec<usize>,
+        replies: Vec<tokio::sync::oneshot::Sender<ExecResult>>,
+        ctx: &mut Context<Self>,
+    ) {
+        match step {
             Step::Done(result) => answer(result, &counts, replies),
-            Step::Wait(f) => {
+            Step::Wait(f, shown) => {
                 self.inflight = Some(Inflight {
-                    shown: Some(shown),
-                    ..Inflight::default()
+                    shown,
+                    queue: Vec::new(),
+                    observed: Vec::new(),
                 });
                 ctx.spawn(f.map(move |result, act: &mut Self, ctx| {
                     answer(result, &counts, replies);
-                    let done = act.inflight.take().unwrap_or_default();
-                    act.core.catch_up(&done.observed, &mut []);
-                    if !done.queue.is_empty() {
-                        act.start(done.queue, ctx);
+                    if let Some(done) = act.inflight.take() {
+                        act.core.catch_up(&done.observed, &mut []);
+                        if !done.queue.is_empty() {
+                            act.start(done.queue, ctx);
+                        }
                     }
                 }));
             }
@@ -662,29 +686,30 @@ impl Handler<LotMsg> for LotActor {
             LotMsg::Execute(requests) => {
                 let _span =
                     tracing::trace_span!("lot_execute", lot_id = %self.core.lot_id).entered();
-                let (tx, mut rx) = tokio::sync::oneshot::channel();
-                let waiting = Waiting {
-                    requests: Fixed::all(requests),
-                    reply: tx,
-                };
-                match &mut self.inflight {
-                    Some(inflight) => inflight.queue.push(waiting),
-                    None => {
-                        self.start(vec![waiting], ctx);
-                        // Answered at once (a log that orders at once): no task needed.
-                        if let Ok(result) = rx.try_recv() {
-                            return LotResponse::Now(LotReply::Executed(result));
-                        }
+                let requests = Fixed::all(requests);
+                if let Some(inflight) = &mut self.inflight {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    inflight.queue.push(Waiting {
+                        requests,
+                        reply: tx,
+                    });
+                    return LotResponse::Pending(rx);
+                }
+                let count = requests.len();
+                match self.run(requests, 0) {
+                    // The embedded log: answered at once, nothing more to arrange.
+                    Step::Done(result) => LotResponse::Now(LotReply::Executed(result)),
+                    waiting => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        self.finish(waiting, vec![count], vec![tx], ctx);
+                        LotResponse::Pending(rx)
                     }
                 }
-                LotResponse::Pending(rx)
             }
-            LotMsg::View => LotResponse::Now(LotReply::View(
-                match self.inflight.as_ref().and_then(|i| i.shown.clone()) {
-                    Some(shown) => shown,
-                    None => self.core.view(),
-                },
-            )),
+            LotMsg::View => LotResponse::Now(LotReply::View(match &self.inflight {
+                Some(inflight) => inflight.shown.clone(),
+                None => self.core.view(),
+            })),
             LotMsg::Observe(events) => {
                 match &mut self.inflight {
                     Some(inflight) => inflight.observed.extend(events),

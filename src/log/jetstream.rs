@@ -80,6 +80,15 @@ pub enum JetStreamError {
     Decode { sequence: u64, reason: String },
 }
 
+/// Whether connecting makes the stream.
+#[derive(Clone, Copy)]
+enum Create {
+    /// It must exist.
+    No,
+    /// Made when missing, with this log id or a fresh one.
+    IfMissing(Option<Uuid>),
+}
+
 /// The stream's metadata key holding the log id.
 const LOG_ID_KEY: &str = "parkade_log_id";
 
@@ -99,20 +108,20 @@ impl Stream {
         o: &JetStreamOptions,
         new_log_id: Option<Uuid>,
     ) -> Result<Stream, JetStreamError> {
-        Stream::open(o, Some(new_log_id)).await
+        Stream::open(o, Create::IfMissing(new_log_id)).await
     }
 
     /// Connect to the stream, which must exist (what a copy out of it reads).
     pub async fn connect_existing(o: &JetStreamOptions) -> Result<Stream, JetStreamError> {
-        Stream::open(o, None).await
+        Stream::open(o, Create::No).await
     }
 
-    /// Connect; `create`: make the stream when missing, with this log id or a fresh one.
-    async fn open(
-        o: &JetStreamOptions,
-        create: Option<Option<Uuid>>,
-    ) -> Result<Stream, JetStreamError> {
-        let new_log_id = create.flatten();
+    /// Connect, making the stream when missing if `create` says so.
+    async fn open(o: &JetStreamOptions, create: Create) -> Result<Stream, JetStreamError> {
+        let new_log_id = match create {
+            Create::IfMissing(id) => id,
+            Create::No => None,
+        };
         let connect_err = |reason: String| JetStreamError::Connect {
             url: o.url.clone(),
             reason,
@@ -156,11 +165,11 @@ impl Stream {
         let started = std::time::Instant::now();
         let mut stream = loop {
             let got = match create {
-                Some(_) => context
+                Create::IfMissing(_) => context
                     .get_or_create_stream(config.clone())
                     .await
                     .map_err(|e| e.to_string()),
-                None => match context.get_stream(&o.stream).await {
+                Create::No => match context.get_stream(&o.stream).await {
                     Ok(s) => Ok(s),
                     // An operator's copy: said at once, not tried again.
                     Err(e) => return Err(stream_err(format!("cannot be read: {e}"))),
@@ -755,7 +764,13 @@ impl JetStreamLog {
                 source,
             })?;
         let o = options.clone();
-        let stream = Arc::new(on(&runtime, async move { Stream::connect(&o, None).await }).await?);
+        let stream = Arc::new(
+            on(
+                runtime.handle(),
+                async move { Stream::connect(&o, None).await },
+            )
+            .await?,
+        );
         let copy = Arc::new(FileLog::open(
             dir,
             LogOptions {
@@ -764,7 +779,7 @@ impl JetStreamLog {
             },
         )?);
         let s = stream.clone();
-        let end = on(&runtime, async move { s.end().await }).await?;
+        let end = on(runtime.handle(), async move { s.end().await }).await?;
         if copy.durable_end() > end {
             return Err(LogError::Backend(format!(
                 "the local copy in {} holds {} events, the stream {} only {end}: it is not a copy of this stream as it is now (were messages deleted?); move the folder away to copy the stream afresh",
@@ -816,16 +831,18 @@ impl Drop for JetStreamLog {
     }
 }
 
-/// Run `fut` on `runtime` and await it from wherever this is.
-async fn on<T: Send + 'static>(
-    runtime: &tokio::runtime::Runtime,
+/// Start `fut` on the NATS runtime now; the returned future, awaited from anywhere,
+/// gives its result.
+fn on<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
     fut: impl std::future::Future<Output = Result<T, JetStreamError>> + Send + 'static,
-) -> Result<T, LogError> {
-    runtime
-        .spawn(fut)
-        .await
-        .map_err(|e| LogError::Backend(format!("the NATS task stopped: {e}")))?
-        .map_err(LogError::from)
+) -> BoxFuture<'static, Result<T, LogError>> {
+    let task = runtime.spawn(fut);
+    Box::pin(async move {
+        task.await
+            .map_err(|e| LogError::Backend(format!("the NATS task stopped: {e}")))?
+            .map_err(LogError::from)
+    })
 }
 
 /// Copy the stream into `copy` from where the copy ends, in order and gapless, until
@@ -941,7 +958,7 @@ impl EventLog for JetStreamLog {
         };
         let stream = self.stream.clone();
         let events = events.to_vec();
-        let task = self.handle().spawn(async move {
+        Ok(Appended::Acknowledging(on(self.handle(), async move {
             // Never an append left waiting for ever: past the retries' 30 s it
             // fails, its outcome unknown (the lot's next append finds out).
             tokio::time::timeout(APPEND_WAIT, stream.append_lot(expected, &events))
@@ -952,11 +969,6 @@ impl EventLog for JetStreamLog {
                         APPEND_WAIT.as_secs()
                     )))
                 })
-        });
-        Ok(Appended::Acknowledging(Box::pin(async move {
-            task.await
-                .map_err(|e| LogError::Backend(format!("the NATS task stopped: {e}")))?
-                .map_err(LogError::from)
         })))
     }
 
@@ -967,14 +979,10 @@ impl EventLog for JetStreamLog {
     ) -> BoxFuture<'static, Result<Vec<RecordedEvent>, LogError>> {
         let stream = self.stream.clone();
         let lot = lot.clone();
-        let task = self
-            .handle()
-            .spawn(async move { stream.read_lot(&lot, after).await });
-        Box::pin(async move {
-            task.await
-                .map_err(|e| LogError::Backend(format!("the NATS task stopped: {e}")))?
-                .map_err(LogError::from)
-        })
+        on(
+            self.handle(),
+            async move { stream.read_lot(&lot, after).await },
+        )
     }
 
     fn shared(&self) -> bool {

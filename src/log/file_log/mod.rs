@@ -30,6 +30,17 @@ use std::future::Future;
 /// The offset of each lot's last event, by the lot id's bytes.
 pub(in crate::log) type LotEnds = rustc_hash::FxHashMap<Box<[u8]>, u64>;
 
+/// Note that `lot`'s last event is at `offset` (a lookup, and an allocation only for a
+/// lot not seen before).
+pub(in crate::log) fn note_lot_end(lots: &mut LotEnds, lot: &[u8], offset: u64) {
+    match lots.get_mut(lot) {
+        Some(last) => *last = offset,
+        None => {
+            lots.insert(lot.into(), offset);
+        }
+    }
+}
+
 /// One sparse index entry every this many offsets.
 const INDEX_EVERY: u64 = 1024;
 /// Bytes read at once by cursors and recovery.
@@ -166,12 +177,14 @@ impl Pending {
         }
         format::encode_record(&mut self.buf, offset, recorded_at, e);
         self.next_offset += 1;
-        let lot = e.lot_id.as_str().as_bytes();
-        match self.lots.get_mut(lot) {
-            Some(last) => *last = offset,
-            None => {
-                self.lots.insert(lot.into(), offset);
-            }
+    }
+
+    /// Encode `events` (of any lots) as the next records, noting each lot's end.
+    fn push_each<'a>(&mut self, events: impl IntoIterator<Item = (Timestamp, &'a NewEvent)>) {
+        for (recorded_at, e) in events {
+            let offset = self.next_offset;
+            self.push(recorded_at, e);
+            note_lot_end(&mut self.lots, e.lot_id.as_str().as_bytes(), offset);
         }
     }
 }
@@ -261,7 +274,7 @@ impl FileLog {
     /// folder and the reverse of `parkade log copy`.
     pub fn append_copy(&self, events: &[RecordedEvent]) -> Result<u64, LogError> {
         super::check_encodable(events.iter().map(|e| &e.event))?;
-        self.write(events.len(), |p| {
+        self.write(|p| {
             for (i, e) in events.iter().enumerate() {
                 let expected = p.next_offset + i as u64;
                 if e.offset != expected {
@@ -271,18 +284,15 @@ impl FileLog {
                     });
                 }
             }
-            for e in events {
-                p.push(e.recorded_at, &e.event);
-            }
+            p.push_each(events.iter().map(|e| (e.recorded_at, &e.event)));
             Ok(())
         })
     }
 
-    /// Under the appenders' lock check the log takes appends and run `append` (which checks before it pushes: an `Err` pushed nothing).
-    /// Returns the first offset given.
+    /// Under the appenders' lock, check the log takes appends and run `append` (which
+    /// checks before it pushes: an `Err` pushed nothing). Returns the first offset given.
     fn write(
         &self,
-        count: usize,
         append: impl FnOnce(&mut Pending) -> Result<(), LogError>,
     ) -> Result<u64, LogError> {
         if self.inner.read_only {
@@ -298,7 +308,7 @@ impl FileLog {
         let first = p.next_offset;
         let was_empty = p.buf.is_empty();
         append(&mut p)?;
-        if was_empty && count > 0 {
+        if was_empty && !p.buf.is_empty() {
             p.since = Some(std::time::Instant::now());
         }
         let wake = p.writer_idle;
@@ -362,18 +372,25 @@ impl EventLog for FileLog {
         let lot = super::lot_of(expect, events)?;
         super::check_encodable(events)?;
         let now = Timestamp::now();
-        self.write(events.len(), |p| {
-            if let (Some(lot), Expect::Last(expected)) = (lot, expect) {
-                if p.lots.get(lot.as_str().as_bytes()).copied() != expected {
+        self.write(|p| {
+            let Some(lot) = lot else {
+                p.push_each(events.iter().map(|e| (now, e)));
+                return Ok(());
+            };
+            let key = lot.as_str().as_bytes();
+            if let Expect::Last(expected) = expect {
+                if p.lots.get(key).copied() != expected {
                     return Err(LogError::Conflict {
                         lot: lot.to_string(),
                         expected,
                     });
                 }
             }
+            // One lot: its end is noted once, not per event.
             for e in events {
                 p.push(now, e);
             }
+            note_lot_end(&mut p.lots, key, p.next_offset - 1);
             Ok(())
         })
         .map(Appended::Ordered)

@@ -234,13 +234,7 @@ fn walk_records(
                         walk.index.push((next, here));
                     }
                     if let Some(lots) = lots.as_deref_mut() {
-                        let lot = format::payload_lot(payload);
-                        match lots.get_mut(lot) {
-                            Some(last) => *last = offset,
-                            None => {
-                                lots.insert(lot.into(), offset);
-                            }
-                        }
+                        super::note_lot_end(lots, format::payload_lot(payload), offset);
                     }
                     walk.next += 1;
                     at += n;

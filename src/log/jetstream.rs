@@ -15,7 +15,11 @@
 //! since, the server refuses it and nothing is stored ([`LogError::Conflict`]); the lot
 //! actor then reads what it missed and decides again. Several events of a lot go in as
 //! one atomic batch (the stream allows them: `allow_atomic`): all stored at consecutive
-//! sequences or none, acknowledged by one reply.
+//! sequences or none, acknowledged by one reply. A node sends the appends its lots
+//! have waiting at one moment together, as one such batch (each lot's first message
+//! carries the lot's expectation, and the server checks them all): one round trip and
+//! one replicated write for many lots. If any lot's expectation fails the whole batch is
+//! refused, and each lot's append is then sent alone, to get its own answer.
 //!
 //! Durable before acknowledged: the server acknowledges a message once it is stored on
 //! a quorum of the stream's replicas; on disk only with `jetstream { sync_interval:
@@ -37,7 +41,7 @@ use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::domain::{LotId, NewEvent, RecordedEvent, Timestamp};
@@ -328,7 +332,7 @@ impl Stream {
             // One round trip per atomic batch instead of one per event.
             let mut offsets = Vec::with_capacity(events.len());
             for chunk in events.chunks(ATOMIC_BATCH) {
-                let stored = self.append_atomic_retried(last, chunk).await?;
+                let stored = self.append_atomic_retried(&[(last, chunk)]).await?;
                 last = *stored.end();
                 offsets.extend(stored.map(|sequence| sequence - 1));
             }
@@ -386,13 +390,12 @@ impl Stream {
     /// (its message ids, its expected sequence) and the writer catches up.
     async fn append_atomic_retried(
         &self,
-        expected: u64,
-        events: &[NewEvent],
+        lots: &[(u64, &[NewEvent])],
     ) -> Result<std::ops::RangeInclusive<u64>, JetStreamError> {
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
-            match self.append_atomic(expected, events).await {
+            match self.append_atomic(lots).await {
                 Err(JetStreamError::Unanswered(_))
                     if started.elapsed() < Duration::from_secs(30) =>
                 {
@@ -404,23 +407,32 @@ impl Stream {
         }
     }
 
-    /// Append `events` (of one lot, at most [`ATOMIC_BATCH`]) as one atomic batch: all
-    /// stored, at consecutive sequences, or none; only if the lot's last message is
-    /// still sequence `expected`. The messages before the last go out without waiting;
-    /// the last commits the batch and its reply acknowledges all of them. Returns the
-    /// sequences stored. Not tried again on an unclear end (a timeout): the lot's next
-    /// append then finds out, by a conflict, whether the batch went in.
+    /// Append the events of one or more lots (at most [`ATOMIC_BATCH`] in all; each
+    /// lot once) as one atomic batch: all stored, at consecutive sequences in the given
+    /// order, or none; only if each lot's last message is still the sequence given with
+    /// it (the server checks them all against the stream before the batch). The
+    /// messages before the last go out without waiting; the last commits the batch and
+    /// its reply acknowledges all of them. Returns the sequences stored. Not tried
+    /// again on an unclear end (a timeout): the lots' next appends then find out, by a
+    /// conflict, whether the batch went in.
     async fn append_atomic(
         &self,
-        expected: u64,
-        events: &[NewEvent],
+        lots: &[(u64, &[NewEvent])],
     ) -> Result<std::ops::RangeInclusive<u64>, JetStreamError> {
         let client = self.context.client();
         let batch = Uuid::new_v4().simple().to_string();
         let now = Timestamp::now();
         let publish_err = |e: String| JetStreamError::Publish(format!("atomic batch: {e}"));
+        // Each event, with its lot's expectation on the lot's first.
+        let mut messages: Vec<(&NewEvent, Option<u64>)> = Vec::new();
+        for (expected, events) in lots {
+            for (i, e) in events.iter().enumerate() {
+                messages.push((e, (i == 0).then_some(*expected)));
+            }
+        }
+        let total = messages.len();
         let mut reply = None;
-        for (i, e) in events.iter().enumerate() {
+        for (i, (e, expected)) in messages.into_iter().enumerate() {
             let mut buf = Vec::new();
             format::encode_record(&mut buf, 0, now, e);
             let mut headers = HeaderMap::new();
@@ -430,14 +442,14 @@ impl Stream {
                 async_nats::header::NATS_MESSAGE_ID,
                 e.event_id.to_string().as_str(),
             );
-            if i == 0 {
+            if let Some(expected) = expected {
                 headers.insert(
                     async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
                     expected.to_string().as_str(),
                 );
             }
             let subject = self.subject(&e.lot_id);
-            if i + 1 < events.len() {
+            if i + 1 < total {
                 client
                     .publish_with_headers(subject, headers, Bytes::from(buf))
                     .await
@@ -478,6 +490,7 @@ impl Stream {
             // 10201: an event of the batch is in the stream already (a retry after a
             // lost reply): the writer must catch up as after a conflict.
             } if matches!(error.err_code, 10071 | 10164 | 10201) => {
+                let (expected, events) = lots[0];
                 Err(JetStreamError::Conflict {
                     lot: events[0].lot_id.to_string(),
                     expected,
@@ -494,7 +507,7 @@ impl Stream {
                 count: Some(count),
                 batch: Some(id),
                 ..
-            } if count == events.len() as u64 && id == batch && last >= count => {
+            } if count == total as u64 && id == batch && last >= count => {
                 Ok(last + 1 - count..=last)
             }
             other => Err(publish_err(format!(
@@ -719,6 +732,90 @@ struct ApiErrorReply {
     description: String,
 }
 
+/// Combined atomic batches of lots' appends one node has in flight at most (the server
+/// takes 50 batches in flight per stream, from all nodes, by default). While they are
+/// all in flight, lots' appends wait and go out together in the next.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// A lot's append waiting to go out in a combined batch.
+struct Waiting {
+    /// The sequence of the lot's last message the writer knows (0: none).
+    expected: u64,
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Vec<u64>, JetStreamError>>,
+}
+
+/// Send the lots' appends from `waiting` as combined atomic batches, up to
+/// [`BATCHES_IN_FLIGHT`] at once, each taking every append that waits when it goes
+/// (up to [`ATOMIC_BATCH`] events): one round trip, and one replicated write, for
+/// many lots instead of one each.
+async fn combine(stream: Arc<Stream>, mut waiting: mpsc::UnboundedReceiver<Waiting>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut carried = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(w) => w,
+            None => match waiting.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        let mut size = first.events.len();
+        let mut group = vec![first];
+        while let Ok(w) = waiting.try_recv() {
+            if size + w.events.len() > ATOMIC_BATCH {
+                carried = Some(w);
+                break;
+            }
+            size += w.events.len();
+            group.push(w);
+        }
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            send_combined(&stream, group).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One combined batch: all its lots' appends stored, or (any refused: a conflict, a
+/// lot twice, a server's limit) each sent again alone, so that each lot gets its own
+/// answer; an unknown outcome (no server answered) goes to every lot as it is (each
+/// lot's next append finds out by a conflict whether its events went in).
+async fn send_combined(stream: &Stream, group: Vec<Waiting>) {
+    if group.len() > 1 {
+        let lots: Vec<(u64, &[NewEvent])> = group
+            .iter()
+            .map(|w| (w.expected, w.events.as_slice()))
+            .collect();
+        match stream.append_atomic_retried(&lots).await {
+            Ok(stored) => {
+                let mut offsets = stored.map(|sequence| sequence - 1);
+                for w in group {
+                    let mine = offsets.by_ref().take(w.events.len()).collect();
+                    let _sent = w.reply.send(Ok(mine));
+                }
+                return;
+            }
+            Err(JetStreamError::Unanswered(why)) => {
+                for w in group {
+                    let _sent = w.reply.send(Err(JetStreamError::Unanswered(why.clone())));
+                }
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+    let alone = group.into_iter().map(|w| async move {
+        let stored = stream.append_lot(Some(w.expected), &w.events).await;
+        let _sent = w.reply.send(stored);
+    });
+    futures_util::future::join_all(alone).await;
+}
+
 /// The longest an append may take, retries included.
 const APPEND_WAIT: Duration = Duration::from_secs(45);
 
@@ -743,6 +840,8 @@ pub struct JetStreamLog {
     /// Why the follower stopped, once it has.
     failed: watch::Receiver<Option<Arc<str>>>,
     stop: watch::Sender<bool>,
+    /// Lots' appends on their way to [`combine`].
+    combiner: mpsc::UnboundedSender<Waiting>,
 }
 
 impl JetStreamLog {
@@ -797,12 +896,15 @@ impl JetStreamLog {
                 let _sent = fail.send(Some(e.to_string().into()));
             }
         });
+        let (combiner, waiting) = mpsc::unbounded_channel();
+        runtime.spawn(combine(stream.clone(), waiting));
         let log = JetStreamLog {
             stream,
             copy,
             runtime: Some(runtime),
             failed,
             stop,
+            combiner,
         };
         tracing::info!(stream = %options.stream, events = end, "copying the JetStream stream");
         log.wait_durable(end).await?;
@@ -956,6 +1058,30 @@ impl EventLog for JetStreamLog {
             Expect::Last(last) => Some(last.map_or(0, |o| o + 1)),
             Expect::Any => None,
         };
+        if let (Some(expected), true) = (expected, events.len() <= ATOMIC_BATCH) {
+            // Goes out with other lots' appends (one unbounded queue, but bounded by
+            // its senders: a lot's actor has one append in flight at a time).
+            let (reply, answer) = oneshot::channel();
+            let waiting = Waiting {
+                expected,
+                events: events.to_vec(),
+                reply,
+            };
+            self.combiner.send(waiting).map_err(|_| LogError::Closed)?;
+            return Ok(Appended::Acknowledging(Box::pin(async move {
+                match tokio::time::timeout(APPEND_WAIT, answer).await {
+                    Ok(Ok(stored)) => stored.map_err(LogError::from),
+                    Ok(Err(_)) => Err(LogError::Backend(
+                        "the NATS task stopped before the append was answered".into(),
+                    )),
+                    Err(_) => Err(JetStreamError::Unanswered(format!(
+                        "no acknowledgement within {} s",
+                        APPEND_WAIT.as_secs()
+                    ))
+                    .into()),
+                }
+            })));
+        }
         let stream = self.stream.clone();
         let events = events.to_vec();
         Ok(Appended::Acknowledging(on(self.handle(), async move {

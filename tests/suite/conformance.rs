@@ -3,7 +3,8 @@
 //! once over [`Backend`] and instantiated per backend by `conformance!` at the bottom.
 //!
 //! What every backend must do: appends are ordered and read back whole from any offset;
-//! an append whose expected position is stale stores nothing; what was acknowledged is
+//! an append whose expected position is stale stores nothing, also among many lots'
+//! appends in flight at once, each of which gets its own answer; what was acknowledged is
 //! there after a restart, under the same log id; a subscription catches up and follows;
 //! the lots on top of it take a client event id once, also after a restart; and two
 //! writers of one lot (two registries: one process twice for the embedded log, two
@@ -202,6 +203,77 @@ pub async fn a_stale_expected_position_is_a_conflict_and_stores_nothing(b: Backe
         log.append(Expect::Last(None), &[]),
         Err(LogError::Empty)
     ));
+}
+
+/// Many lots' appends in flight at once (JetStream sends what waits together, as one
+/// atomic batch): each gets its own answer. A stale one among them is a conflict that
+/// stores nothing and does not hold the others back; a lot appended twice at once from
+/// the same position takes one of the two.
+pub async fn appends_of_many_lots_at_once_each_get_their_own_answer(b: Backend) {
+    let log = b.open("a").await;
+    let lots: Vec<String> = (0..40).map(|i| format!("lot-{i}")).collect();
+    let mut last = Vec::new();
+    for id in &lots {
+        let offsets = append(&*log, Expect::Last(None), &arrivals(id, 1, 1))
+            .await
+            .unwrap();
+        last.push(offsets[0]);
+    }
+    let mut stored = read_all(&*log);
+    let stale = |i: usize| i % 7 == 3;
+    let mut sent = Vec::new();
+    let mut answers = Vec::new();
+    for (i, id) in lots.iter().enumerate() {
+        let events = arrivals(id, 2, 2);
+        let expect = Expect::Last(if stale(i) { None } else { Some(last[i]) });
+        // The embedded log answers a conflict at once, JetStream when the server did.
+        answers.push(log.append(expect, &events));
+        sent.push(events);
+    }
+    // lot-0 once more, from the same position as its append above.
+    let again = arrivals("lot-0", 2, 1);
+    answers.push(log.append(Expect::Last(Some(last[0])), &again));
+    sent.push(again);
+    let mut lot0_taken = 0;
+    for (i, (answer, events)) in answers.into_iter().zip(&sent).enumerate() {
+        let got = match answer {
+            Ok(Appended::Ordered(first)) => Ok((first..first + events.len() as u64).collect()),
+            Ok(Appended::Acknowledging(ack)) => ack.await,
+            Err(e) => Err(e),
+        };
+        let lot = i % lots.len();
+        match got {
+            Ok(offsets) => {
+                assert!(
+                    !stale(lot) || i >= lots.len(),
+                    "{i}: a stale append was taken"
+                );
+                assert!(
+                    offsets.windows(2).all(|w| w[1] == w[0] + 1),
+                    "{i}: a lot's events of one append are consecutive: {offsets:?}"
+                );
+                stored.extend(keys(&offsets, events));
+                lot0_taken += usize::from(lot == 0);
+            }
+            Err(LogError::Conflict { lot: got, expected }) if stale(lot) || lot == 0 => {
+                assert_eq!(got.as_str(), lots[lot]);
+                assert_eq!(expected, if lot == 0 { Some(last[0]) } else { None });
+            }
+            Err(other) => panic!("{i} ({}): {other:?}", lots[lot]),
+        }
+    }
+    assert_eq!(
+        lot0_taken, 1,
+        "lot-0 appended twice from one position: one taken"
+    );
+    stored.sort();
+    let end = stored.last().map_or(0, |k| k.0 + 1);
+    log.wait_durable(end).await.unwrap();
+    assert_eq!(
+        read_all(&*log),
+        stored,
+        "exactly the answered appends, at their offsets"
+    );
 }
 
 pub async fn what_was_acknowledged_is_there_after_a_restart(b: Backend) {
@@ -488,6 +560,7 @@ macro_rules! conformance {
 conformance!(
     appends_are_ordered_dense_and_read_back_from_any_offset,
     a_stale_expected_position_is_a_conflict_and_stores_nothing,
+    appends_of_many_lots_at_once_each_get_their_own_answer,
     what_was_acknowledged_is_there_after_a_restart,
     a_subscription_catches_up_from_any_offset_and_follows,
     a_client_event_id_is_taken_once_also_after_a_restart,

@@ -257,8 +257,15 @@ impl<P: Projection> Runner<P> {
                         said = true;
                         tracing::info!(projection = %P::NAME, "another process folds this projection; standing by");
                     }
-                    self.board
-                        .set(P::NAME, |s| s.state = ProjectionState::Standby);
+                    // The holder's progress, from the checkpoint both share (a read
+                    // that fails leaves the last one shown: the next try tells).
+                    let holder = super::db::read_checkpoint(&self.pool, P::NAME).await;
+                    self.board.set(P::NAME, |s| {
+                        s.state = ProjectionState::Standby;
+                        if let Ok(Some(cp)) = holder {
+                            s.checkpoint = cp.next_offset;
+                        }
+                    });
                     tokio::select! {
                         _ = tokio::time::sleep(LEASE_EVERY) => {}
                         _ = shutdown.changed() => return None,

@@ -167,7 +167,27 @@ async fn run() {
             ))
         );
     }
+    // The scale-out floors, on the three-node cluster.
+    if let Some((_, r3)) = jetstream.iter().find(|(label, _)| label.contains("R3")) {
+        let met = |ok: bool| if ok { "met" } else { "NOT met" };
+        println!(
+            "floor: batch into the R3 cluster >= {R3_BATCH_FLOOR} events/s: {} ({:.0})",
+            met(r3.batch >= R3_BATCH_FLOOR as f64),
+            r3.batch
+        );
+        match upsert {
+            Some(u) => println!(
+                "floor: R3 single-event >= the upsert-per-event of this run: {} ({:.0} against {u:.0})",
+                met(r3.single >= u),
+                r3.single
+            ),
+            None => println!("floor: R3 single-event >= the upsert-per-event: not checked (no PostgreSQL figure)"),
+        }
+    }
 }
+
+/// The scale-out floor for batch ingest into the three-node cluster (events/s).
+const R3_BATCH_FLOOR: u64 = 50_000;
 
 /// The nats-server the JetStream figures run on: `PARKADE_BENCH_NATS_SERVER`, else the
 /// pinned one the test command installs (or `PARKADE_TEST_NATS_SERVER`).

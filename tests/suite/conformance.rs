@@ -205,13 +205,15 @@ pub async fn a_stale_expected_position_is_a_conflict_and_stores_nothing(b: Backe
     ));
 }
 
-/// Many lots' appends in flight at once (JetStream sends what waits together, as one
-/// atomic batch): each gets its own answer. A stale one among them is a conflict that
-/// stores nothing and does not hold the others back; a lot appended twice at once from
-/// the same position takes one of the two.
+/// Many lots' appends in flight at once (JetStream sends what waits together, as
+/// atomic batches of up to 1,000 events): each gets its own answer, also when there are
+/// more lots than the server takes atomic batches in flight. A stale one among them is
+/// a conflict that stores nothing and does not hold the others back; a lot appended
+/// twice at once from the same position takes one of the two.
 pub async fn appends_of_many_lots_at_once_each_get_their_own_answer(b: Backend) {
     let log = b.open("a").await;
-    let lots: Vec<String> = (0..40).map(|i| format!("lot-{i}")).collect();
+    // More lots than the server takes atomic batches in flight (50 by default).
+    let lots: Vec<String> = (0..120).map(|i| format!("lot-{i}")).collect();
     let mut last = Vec::new();
     for id in &lots {
         let offsets = append(&*log, Expect::Last(None), &arrivals(id, 1, 1))
@@ -224,7 +226,8 @@ pub async fn appends_of_many_lots_at_once_each_get_their_own_answer(b: Backend) 
     let mut sent = Vec::new();
     let mut answers = Vec::new();
     for (i, id) in lots.iter().enumerate() {
-        let events = arrivals(id, 2, 2);
+        // Up to 1,000 events go in one batch: 120 lots x 8 events and a ninth.
+        let events = arrivals(id, 2, 8);
         let expect = Expect::Last(if stale(i) { None } else { Some(last[i]) });
         // The embedded log answers a conflict at once, JetStream when the server did.
         answers.push(log.append(expect, &events));

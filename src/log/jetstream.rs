@@ -737,18 +737,26 @@ struct ApiErrorReply {
 /// all in flight, lots' appends wait and go out together in the next.
 const BATCHES_IN_FLIGHT: usize = 4;
 
-/// A lot's append waiting to go out in a combined batch.
+/// An append waiting to go out, alone or in a combined batch.
 struct Waiting {
-    /// The sequence of the lot's last message the writer knows (0: none).
-    expected: u64,
+    /// The sequence of the lot's last message the writer knows (0: none); `None`: no
+    /// check.
+    expected: Option<u64>,
     events: Vec<NewEvent>,
     reply: oneshot::Sender<Result<Vec<u64>, JetStreamError>>,
 }
 
-/// Send the lots' appends from `waiting` as combined atomic batches, up to
-/// [`BATCHES_IN_FLIGHT`] at once, each taking every append that waits when it goes
-/// (up to [`ATOMIC_BATCH`] events): one round trip, and one replicated write, for
-/// many lots instead of one each.
+impl Waiting {
+    /// Whether it may share a batch: it is checked, and fits one.
+    fn combinable(&self) -> bool {
+        self.expected.is_some() && self.events.len() <= ATOMIC_BATCH
+    }
+}
+
+/// Send the appends from `waiting`, up to [`BATCHES_IN_FLIGHT`] at once, as combined
+/// atomic batches, each taking every combinable append that waits when it goes (up to
+/// [`ATOMIC_BATCH`] events): one round trip, and one replicated write, for many lots
+/// instead of one each. An append that is not combinable goes alone.
 async fn combine(stream: Arc<Stream>, mut waiting: mpsc::UnboundedReceiver<Waiting>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     let mut carried = None;
@@ -765,13 +773,15 @@ async fn combine(stream: Arc<Stream>, mut waiting: mpsc::UnboundedReceiver<Waiti
         };
         let mut size = first.events.len();
         let mut group = vec![first];
-        while let Ok(w) = waiting.try_recv() {
-            if size + w.events.len() > ATOMIC_BATCH {
-                carried = Some(w);
-                break;
+        if group[0].combinable() {
+            while let Ok(w) = waiting.try_recv() {
+                if !w.combinable() || size + w.events.len() > ATOMIC_BATCH {
+                    carried = Some(w);
+                    break;
+                }
+                size += w.events.len();
+                group.push(w);
             }
-            size += w.events.len();
-            group.push(w);
         }
         let stream = stream.clone();
         tokio::spawn(async move {
@@ -786,11 +796,11 @@ async fn combine(stream: Arc<Stream>, mut waiting: mpsc::UnboundedReceiver<Waiti
 /// answer; an unknown outcome (no server answered) goes to every lot as it is (each
 /// lot's next append finds out by a conflict whether its events went in).
 async fn send_combined(stream: &Stream, group: Vec<Waiting>) {
-    if group.len() > 1 {
-        let lots: Vec<(u64, &[NewEvent])> = group
-            .iter()
-            .map(|w| (w.expected, w.events.as_slice()))
-            .collect();
+    let lots: Option<Vec<(u64, &[NewEvent])>> = group
+        .iter()
+        .map(|w| Some((w.expected?, w.events.as_slice())))
+        .collect();
+    if let (true, Some(lots)) = (group.len() > 1, lots) {
         match stream.append_atomic_retried(&lots).await {
             Ok(stored) => {
                 let mut offsets = stored.map(|sequence| sequence - 1);
@@ -810,7 +820,7 @@ async fn send_combined(stream: &Stream, group: Vec<Waiting>) {
         }
     }
     let alone = group.into_iter().map(|w| async move {
-        let stored = stream.append_lot(Some(w.expected), &w.events).await;
+        let stored = stream.append_lot(w.expected, &w.events).await;
         let _sent = w.reply.send(stored);
     });
     futures_util::future::join_all(alone).await;
@@ -840,7 +850,7 @@ pub struct JetStreamLog {
     /// Why the follower stopped, once it has.
     failed: watch::Receiver<Option<Arc<str>>>,
     stop: watch::Sender<bool>,
-    /// Lots' appends on their way to [`combine`].
+    /// Appends on their way to [`combine`].
     combiner: mpsc::UnboundedSender<Waiting>,
 }
 
@@ -1058,43 +1068,29 @@ impl EventLog for JetStreamLog {
             Expect::Last(last) => Some(last.map_or(0, |o| o + 1)),
             Expect::Any => None,
         };
-        if let (Some(expected), true) = (expected, events.len() <= ATOMIC_BATCH) {
-            // Goes out with other lots' appends (one unbounded queue, but bounded by
-            // its senders: a lot's actor has one append in flight at a time).
-            let (reply, answer) = oneshot::channel();
-            let waiting = Waiting {
-                expected,
-                events: events.to_vec(),
-                reply,
-            };
-            self.combiner.send(waiting).map_err(|_| LogError::Closed)?;
-            return Ok(Appended::Acknowledging(Box::pin(async move {
-                match tokio::time::timeout(APPEND_WAIT, answer).await {
-                    Ok(Ok(stored)) => stored.map_err(LogError::from),
-                    Ok(Err(_)) => Err(LogError::Backend(
-                        "the NATS task stopped before the append was answered".into(),
-                    )),
-                    Err(_) => Err(JetStreamError::Unanswered(format!(
-                        "no acknowledgement within {} s",
-                        APPEND_WAIT.as_secs()
-                    ))
-                    .into()),
-                }
-            })));
-        }
-        let stream = self.stream.clone();
-        let events = events.to_vec();
-        Ok(Appended::Acknowledging(on(self.handle(), async move {
-            // Never an append left waiting for ever: past the retries' 30 s it
-            // fails, its outcome unknown (the lot's next append finds out).
-            tokio::time::timeout(APPEND_WAIT, stream.append_lot(expected, &events))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(JetStreamError::Unanswered(format!(
-                        "no acknowledgement within {} s",
-                        APPEND_WAIT.as_secs()
-                    )))
-                })
+        // One queue, unbounded but bounded by its senders: a lot's actor has one
+        // append in flight at a time.
+        let (reply, answer) = oneshot::channel();
+        let waiting = Waiting {
+            expected,
+            events: events.to_vec(),
+            reply,
+        };
+        self.combiner.send(waiting).map_err(|_| LogError::Closed)?;
+        // Never an append left waiting for ever: past the retries' 30 s it fails, its
+        // outcome unknown (the lot's next append finds out).
+        Ok(Appended::Acknowledging(Box::pin(async move {
+            match tokio::time::timeout(APPEND_WAIT, answer).await {
+                Ok(Ok(stored)) => stored.map_err(LogError::from),
+                Ok(Err(_)) => Err(LogError::Backend(
+                    "the NATS task stopped before the append was answered".into(),
+                )),
+                Err(_) => Err(JetStreamError::Unanswered(format!(
+                    "no acknowledgement within {} s",
+                    APPEND_WAIT.as_secs()
+                ))
+                .into()),
+            }
         })))
     }
 

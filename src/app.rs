@@ -19,6 +19,7 @@ use crate::log::jetstream::JetStreamLog;
 use crate::log::{EventLog, FileLog, LogOptions};
 use crate::projections::features::memory::MemoryFeatures;
 use crate::projections::features::Features;
+use crate::projections::lease::LakeLease;
 use crate::projections::occupancy::Occupancy;
 use crate::projections::supervisor::supervise;
 use crate::projections::{
@@ -508,8 +509,11 @@ fn spawn_projection(
         hooks.projection_fault.clone(),
         hooks.projection_panic.clone(),
     );
+    let shared = log.shared();
     on_own_thread("parkade-projection", async move {
-        let Some(pool) = connect_until_stopped(&url, &board, max_backoff, shutdown.clone()).await
+        let Some(pool) =
+            connect_until_stopped(&url, occupancy::NAME, &board, max_backoff, shutdown.clone())
+                .await
         else {
             return;
         };
@@ -526,15 +530,23 @@ fn spawn_projection(
         let predictor = forecast
             .map(|f| Predictor::new(Store::Postgres(pool.clone()), &f, tz, &board, forecast_now));
         let lake = match &lake_config {
-            Some(c) => Some(crate::projections::features::lake::LakeExporter {
-                pool,
-                store: crate::projections::archive::Archive::from_config(c)
-                    .await
-                    .store()
-                    .clone(),
-                board: board.clone(),
-                every: Duration::from_secs(c.archive.roll_secs.clamp(1, 60)),
-            }),
+            Some(c) => {
+                let archive = crate::projections::archive::Archive::from_config(c).await;
+                let store = archive.store().clone();
+                let lease = lake_leased(shared, &store).then(|| {
+                    Arc::new(tokio::sync::Mutex::new(LakeLease::new(
+                        pool.clone(),
+                        features::lake::NAME,
+                    )))
+                });
+                Some(features::lake::LakeExporter {
+                    pool,
+                    store,
+                    board: board.clone(),
+                    every: Duration::from_secs(c.archive.roll_secs.clamp(1, 60)),
+                    lease,
+                })
+            }
             None => None,
         };
         let watch = |name: ProjectionName| (name, board.clone(), max_backoff, shutdown.clone());
@@ -555,9 +567,11 @@ fn spawn_projection(
     })
 }
 
-/// Connect to PostgreSQL (and migrate it), retrying with backoff; `None` once stopped.
+/// Connect to PostgreSQL (and migrate it), retrying with backoff (the failures shown on
+/// projection `name`'s line); `None` once stopped.
 async fn connect_until_stopped(
     url: &str,
+    name: ProjectionName,
     board: &StatusBoard,
     max_backoff: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -568,7 +582,7 @@ async fn connect_until_stopped(
             Ok(pool) => return Some(pool),
             Err(e) => {
                 tracing::error!(error = %e, "cannot reach PostgreSQL or migrate it; retrying");
-                board.report_failure(occupancy::NAME, &e);
+                board.report_failure(name, &e);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {},
                     _ = shutdown.changed() => return None,
@@ -652,26 +666,45 @@ fn spawn_archive(
     config: &Config,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<()>> {
+    use crate::projections::archive::NAME;
     let max_backoff = Duration::from_secs(config.projections.max_backoff_secs);
-    let runner = crate::projections::archive::ArchiveRunner {
-        archive,
-        log,
-        board: board.clone(),
-        max_backoff,
+    let leased = lake_leased(log.shared(), archive.store());
+    let url = match (&config.database_url, leased) {
+        (Some(url), true) => Some(url.clone()),
+        (None, true) => {
+            tracing::warn!("the archive is on a bucket and the log is shared, but there is no PostgreSQL to lease it: every node writing it must have its own prefix");
+            None
+        }
+        (_, false) => None,
     };
-    on_own_thread(
-        "parkade-archive",
-        supervised(
-            (
-                crate::projections::archive::NAME,
-                board,
-                max_backoff,
-                shutdown,
-            ),
-            runner,
-            |r, sd| r.run(sd),
-        ),
-    )
+    on_own_thread("parkade-archive", async move {
+        let archive = match url {
+            Some(url) => {
+                let Some(pool) =
+                    connect_until_stopped(&url, NAME, &board, max_backoff, shutdown.clone()).await
+                else {
+                    return;
+                };
+                archive.leased(LakeLease::new(pool, NAME))
+            }
+            None => archive,
+        };
+        let runner = crate::projections::archive::ArchiveRunner {
+            archive,
+            log,
+            board: board.clone(),
+            max_backoff,
+        };
+        let watch = (NAME, board, max_backoff, shutdown);
+        supervised(watch, runner, |r, sd| r.run(sd)).await
+    })
+}
+
+/// Whether a lake in `store` is written under a lease: when it is on a bucket and the
+/// log is shared (several nodes, one bucket; see `projections::lease`). A local folder
+/// belongs to its node.
+fn lake_leased(shared_log: bool, store: &crate::projections::archive::Store) -> bool {
+    shared_log && matches!(store, crate::projections::archive::Store::S3(_))
 }
 
 /// Run a background task on a thread with its own single-threaded runtime, so its

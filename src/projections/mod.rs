@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `archive/` | the Parquet lake (local folder or S3): flushes, resume, rebuild into a new generation |
 //! | `features/` | 15-minute features per lot by event time (`lot_features_15m`), late events, rebuild |
+//! | `lease.rs` | which of several processes on one database runs a projection; lake writes bounded in time |
 //! | `db.rs` | connecting to PostgreSQL, migrations, SQLSTATE classification |
 //! | `occupancy.rs` | the `current_lot_occupancy` read model: batch fold, write, rebuild |
 //! | `runner.rs` | the loop that keeps a projection caught up, with retries and status |
@@ -19,6 +20,7 @@
 pub mod archive;
 pub mod db;
 pub mod features;
+pub mod lease;
 mod name;
 pub mod occupancy;
 mod runner;

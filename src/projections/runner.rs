@@ -10,6 +10,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use super::lease::{Lease, LEASE_EVERY};
 use super::supervisor::Backoff;
 use super::{ProjectionError, ProjectionName};
 use crate::domain::{RecordedEvent, Timestamp};
@@ -198,40 +199,6 @@ impl<P> Runner<P> {
             panic: FaultPoint::default(),
             projection,
         }
-    }
-}
-
-/// How often a projection that stands by tries for the lease, and the holder checks
-/// that its session (and so its lease) is still there.
-const LEASE_EVERY: Duration = Duration::from_secs(2);
-
-/// A projection's lease: a PostgreSQL session advisory lock on its own connection. Of
-/// several parkade processes sharing a log and a database, the one holding it folds the
-/// projection; the others stand by. PostgreSQL frees the lock when the holder's session
-/// ends (its process died, its connection broke), and one of them takes over from the
-/// checkpoint. The checkpoint's compare-and-set in every write keeps a batch from being
-/// written twice even while two believe they hold it.
-struct Lease {
-    conn: sqlx::PgConnection,
-}
-
-impl Lease {
-    /// Try once: the lease, or `None` when another session holds it.
-    async fn try_take(pool: &PgPool, name: ProjectionName) -> Result<Option<Lease>, sqlx::Error> {
-        let mut conn = pool.acquire().await?.detach();
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-            .bind(format!("parkade projection {name}"))
-            .fetch_one(&mut conn)
-            .await?;
-        Ok(got.then_some(Lease { conn }))
-    }
-
-    /// Whether the session holding the lock is still there.
-    async fn alive(&mut self) -> bool {
-        sqlx::query("SELECT 1")
-            .execute(&mut self.conn)
-            .await
-            .is_ok()
     }
 }
 

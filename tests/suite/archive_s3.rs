@@ -201,3 +201,171 @@ async fn killed_while_archiving_to_s3_then_restarted_every_event_is_there_once()
     );
     assert_eq!(lake["records"][0]["event_type"], "LotRegistered");
 }
+
+/// Projection `name`'s state and checkpoint on `app`.
+async fn projection_state(app: &common::TestApp, name: &str) -> Result<(String, u64), String> {
+    let all = app.projections().await.map_err(|e| format!("{e:?}"))?;
+    let p = common::projection_view(&all, name).ok_or(format!("no {name} line"))?;
+    Ok((p.state.clone(), p.checkpoint))
+}
+
+/// Two nodes on one shared log (JetStream), one database and one bucket: only the node
+/// holding the archive's lease writes the archive (and only the features lake's holder
+/// the features lake); the other stands by. When the holder's lease session ends under
+/// it, it stops writing, and one of the two takes the lease (again) once the grace has
+/// passed: every event is in the lake exactly once.
+#[actix_web::test]
+async fn of_two_nodes_on_one_bucket_only_the_lease_holder_writes_the_lake() {
+    use parkade::projections::lease::TAKEOVER_GRACE;
+    let nats = common::nats::Nats::single();
+    let db = common::TestDb::new();
+    let prefix = format!("lake-{}", uuid::Uuid::new_v4().simple());
+    let config = |dir: &Path| {
+        let mut c = common::test_config(dir, Some(&db));
+        c.log.backend = parkade::config::LogBackend::Jetstream;
+        c.log.nats_url = nats.urls();
+        c.archive.s3 = Some(s3(&prefix));
+        c.archive.roll_events = 5;
+        c
+    };
+    let (dir_a, dir_b) = (common::data_dir(), common::data_dir());
+    let a = common::TestApp::spawn(config(dir_a.path()), Default::default()).await;
+    common::register(&a, "north", 500).await;
+    a.wait_caught_up("archive").await;
+    let b = common::TestApp::spawn(config(dir_b.path()), Default::default()).await;
+    for name in ["archive", "features-lake"] {
+        common::eventually(
+            Duration::from_secs(20),
+            "the second node to stand by",
+            || async {
+                match projection_state(&b, name).await? {
+                    (s, _) if s == "standby" => Ok(()),
+                    other => Err(format!("{name}: {other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    for _ in 0..20 {
+        common::arrive(&a, "north").await;
+        common::arrive(&b, "north").await;
+    }
+    a.wait_caught_up("archive").await;
+    assert_eq!(projection_state(&b, "archive").await.unwrap().0, "standby");
+
+    // The holder's lake lease sessions end under it (as when its network to the
+    // database breaks): it must stop writing, and whichever node takes the lease next
+    // must wait out the grace.
+    let ended = db
+        .query(
+            "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \
+             WHERE query LIKE '%projection_leases%' AND pid <> pg_backend_pid()",
+        )
+        .await;
+    assert!(!ended.is_empty(), "the lease sessions were found");
+    let taken = std::time::Instant::now();
+    for _ in 0..10 {
+        common::arrive(&a, "north").await;
+        common::arrive(&b, "north").await;
+    }
+    common::eventually(
+        Duration::from_secs(10),
+        "the holder to find its lease lost",
+        || async {
+            let states = (
+                projection_state(&a, "archive").await?.0,
+                projection_state(&b, "archive").await?.0,
+            );
+            match &states {
+                (s1, s2) if s1 != "running" && s2 != "running" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    common::eventually(
+        TAKEOVER_GRACE + Duration::from_secs(30),
+        "one node to take the archive's lease and catch up, the other to stand by",
+        || async {
+            let end = b.projections().await.map_err(|e| format!("{e:?}"))?.log_end;
+            let states = (
+                projection_state(&a, "archive").await?,
+                projection_state(&b, "archive").await?,
+            );
+            match &states {
+                ((s1, _), (s2, cp)) | ((s2, cp), (s1, _))
+                    if s1 == "standby" && s2 == "running" && *cp == end =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}, log end {end}")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        taken.elapsed() >= TAKEOVER_GRACE - Duration::from_secs(3),
+        "the next holder waited out the grace: caught up after {:?}",
+        taken.elapsed()
+    );
+    let end = b.projections().await.unwrap().log_end;
+    assert_eq!(end, 61, "the registration and 60 arrivals");
+    a.stop().await;
+    b.stop().await;
+
+    let store = S3Store::connect(&s3(&prefix)).await;
+    let gen = current_generation(&store).await;
+    let lake = common::read_lake_at(&format!(
+        "s3://{}/{prefix}/{gen}/events",
+        s3(&prefix).bucket
+    ));
+    assert_eq!(
+        common::lake_offsets(&lake),
+        (0..end).collect::<Vec<_>>(),
+        "every event exactly once"
+    );
+    let features = store.list("features/").await.unwrap();
+    assert!(!features.is_empty(), "the features lake was written");
+}
+
+/// A lake write under a lease never runs past the budget from the renewal before it,
+/// and one after the lease's session ended is refused, not made.
+#[tokio::test]
+async fn a_lake_write_under_a_lease_ends_within_its_budget_or_not_at_all() {
+    use parkade::projections::lease::{LakeLease, LeaseError, WRITE_BUDGET};
+    use parkade::projections::ProjectionName;
+    let db = common::TestDb::new();
+    let pool = parkade::projections::db::connect(&db.url).await.unwrap();
+    let board = parkade::projections::StatusBoard::default();
+    let (_stop, mut shutdown) = tokio::sync::watch::channel(false);
+    let mut lease = LakeLease::new(pool.clone(), ProjectionName::Archive);
+    assert!(lease.take(&board, &mut shutdown).await);
+    let started = std::time::Instant::now();
+    let slow = lease
+        .write(async {
+            tokio::time::sleep(WRITE_BUDGET + Duration::from_secs(5)).await;
+            Ok::<_, LeaseError>("written")
+        })
+        .await;
+    assert!(matches!(slow, Err(LeaseError::TooSlow)), "{slow:?}");
+    assert!(
+        started.elapsed() <= WRITE_BUDGET + Duration::from_secs(1),
+        "abandoned at the budget's end: {:?}",
+        started.elapsed()
+    );
+    // The session ends (its connection cut): the next write finds out before writing.
+    db.query(
+        "SELECT pg_terminate_backend(pid)::text FROM pg_stat_activity \
+         WHERE query LIKE '%projection_leases%' AND pid <> pg_backend_pid()",
+    )
+    .await;
+    let mut wrote = false;
+    let after = lease
+        .write(async {
+            wrote = true;
+            Ok::<_, LeaseError>(())
+        })
+        .await;
+    assert!(matches!(after, Err(LeaseError::Lost(_))), "{after:?}");
+    assert!(!wrote, "nothing written without the lease");
+}

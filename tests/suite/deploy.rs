@@ -190,13 +190,23 @@ mod containers {
 
     #[test]
     fn the_configs_it_mounts_are_ones_parkade_and_nats_take() {
+        let mut lakes = Vec::new();
         for file in ["parkade-1.toml", "parkade-2.toml"] {
             let path = deploy().join("compose").join(file);
             let config =
                 parkade::Config::load(Some(&path)).unwrap_or_else(|e| panic!("{file}: {e}"));
             config.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(config.auth.allow_open, "{file}");
+            let s3 = config
+                .archive
+                .s3
+                .unwrap_or_else(|| panic!("{file}: no lake"));
+            lakes.push((s3.bucket, s3.prefix));
         }
+        assert_eq!(
+            lakes[0], lakes[1],
+            "both nodes share one lake, under its lease"
+        );
         let out = Command::new(common::nats::server_binary())
             .args(["-t", "-c"])
             .arg(deploy().join("compose/nats.conf"))

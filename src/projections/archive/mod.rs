@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::lease::{LakeLease, LeaseError, LEASE_EVERY};
 use super::supervisor::Backoff;
 use super::{ProjectionName, ProjectionState, StatusBoard};
 use crate::domain::RecordedEvent;
@@ -150,6 +151,8 @@ pub enum ArchiveError {
     Log(#[from] LogError),
     #[error("the archive is inconsistent: {0}")]
     Inconsistent(String),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
 }
 
 /// A range encoded as Parquet: one `(date, file)` per event date.
@@ -172,6 +175,8 @@ pub struct RebuildStats {
 pub struct Archive {
     store: Store,
     opts: ArchiveOptions,
+    /// On a bucket several processes share: the lease every write is made under.
+    lease: Option<Arc<tokio::sync::Mutex<LakeLease>>>,
 }
 
 fn range_name(first: u64, last: u64) -> String {
@@ -213,7 +218,37 @@ impl Archive {
     }
 
     pub fn new(store: Store, opts: ArchiveOptions) -> Archive {
-        Archive { store, opts }
+        Archive {
+            store,
+            opts,
+            lease: None,
+        }
+    }
+
+    /// The same archive, written only under `lease` (a bucket several processes share).
+    pub fn leased(self, lease: LakeLease) -> Archive {
+        Archive {
+            lease: Some(Arc::new(tokio::sync::Mutex::new(lease))),
+            ..self
+        }
+    }
+
+    /// Put an object (under the lease, when there is one).
+    async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), ArchiveError> {
+        let put = async { Ok(self.store.put(key, body).await?) };
+        match &self.lease {
+            Some(lease) => lease.lock().await.write(put).await,
+            None => put.await,
+        }
+    }
+
+    /// Delete an object (under the lease, when there is one).
+    async fn delete(&self, key: &str) -> Result<(), ArchiveError> {
+        let delete = async { Ok(self.store.delete(key).await?) };
+        match &self.lease {
+            Some(lease) => lease.lock().await.write(delete).await,
+            None => delete.await,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -237,9 +272,7 @@ impl Archive {
     }
 
     async fn point_current(&self, gen: &str) -> Result<(), ArchiveError> {
-        self.store
-            .put(CURRENT, format!("{gen}\n").into_bytes())
-            .await?;
+        self.put(CURRENT, format!("{gen}\n").into_bytes()).await?;
         self.store.link_current(gen)?;
         Ok(())
     }
@@ -257,7 +290,7 @@ impl Archive {
             match parse_range(&key) {
                 Some((first, _)) if first >= next => {
                     tracing::warn!(key = %key, "removing a file of an unfinished flush; it will be written again");
-                    self.store.delete(&key).await?;
+                    self.delete(&key).await?;
                 }
                 Some(_) => {}
                 None => {
@@ -321,14 +354,13 @@ impl Archive {
         let mut keys = Vec::with_capacity(files.len());
         for (date, bytes) in files {
             let key = format!("{gen}/events/date={date}/{range}.parquet");
-            self.store.put(&key, bytes).await?;
+            self.put(&key, bytes).await?;
             keys.push(key);
         }
         let n = keys.len();
         let mut manifest = keys.join("\n");
         manifest.push('\n');
-        self.store
-            .put(&format!("{gen}/_progress/{range}"), manifest.into_bytes())
+        self.put(&format!("{gen}/_progress/{range}"), manifest.into_bytes())
             .await?;
         Ok(n)
     }
@@ -446,8 +478,16 @@ impl ArchiveRunner {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(self.max_backoff);
         while !*shutdown.borrow() {
+            if let Some(lease) = &self.archive.lease {
+                if !lease.lock().await.take(&self.board, &mut shutdown).await {
+                    break;
+                }
+            }
             match self.follow(&mut shutdown).await {
                 Ok(()) => break,
+                Err(ArchiveError::Lease(e @ LeaseError::Lost(_))) => {
+                    tracing::warn!(projection = %NAME, error = %e, "standing by again");
+                }
                 Err(e) => {
                     let board = &self.board;
                     if backoff
@@ -458,6 +498,9 @@ impl ArchiveRunner {
                     }
                 }
             }
+        }
+        if let Some(lease) = &self.archive.lease {
+            lease.lock().await.release().await;
         }
         self.board.set(NAME, |s| s.state = ProjectionState::Stopped);
     }
@@ -494,6 +537,8 @@ impl ArchiveRunner {
         let max_wait = Duration::from_secs(self.archive.opts.roll_secs.max(1));
         let mut chunker = Chunker::new(&self.archive.opts);
         let mut oldest: Option<Instant> = None;
+        // The holder of a lease renews it while it waits, so it finds out when it lost it.
+        let mut renew = tokio::time::interval(LEASE_EVERY);
         loop {
             let deadline = oldest.map(|t| t + max_wait);
             let due = async {
@@ -510,6 +555,11 @@ impl ArchiveRunner {
                     oldest.get_or_insert_with(Instant::now);
                 }
                 _ = due => {}
+                _ = renew.tick(), if self.archive.lease.is_some() => {
+                    if let Some(lease) = &self.archive.lease {
+                        lease.lock().await.renew().await?;
+                    }
+                }
                 _ = shutdown.changed() => stop = true,
             }
             let timed_out = deadline.is_some_and(|d| Instant::now() >= d);

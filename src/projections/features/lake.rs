@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use super::fold::FeatureRow;
 use crate::domain::LotId;
 use crate::projections::archive::Store;
+use crate::projections::lease::{LakeLease, LeaseError};
 use crate::projections::{ProjectionName, ProjectionState, StatusBoard};
 
 /// Name on the status board.
@@ -205,6 +206,16 @@ pub fn key(day: NaiveDate) -> String {
 /// while it was written (today's, under steady traffic) keeps its mark for the next
 /// call, so a day's file is rewritten at most once per call (per exporter interval).
 pub async fn export_dirty(pool: &PgPool, store: &Store) -> Result<usize, String> {
+    export_dirty_under(pool, store, None).await
+}
+
+/// [`export_dirty`], each file written under `lease` when there is one (a bucket several
+/// processes share).
+async fn export_dirty_under(
+    pool: &PgPool,
+    store: &Store,
+    mut lease: Option<&mut LakeLease>,
+) -> Result<usize, String> {
     let mut written = 0;
     let mut after = NaiveDate::from_ymd_opt(1, 1, 1).expect("a valid date");
     loop {
@@ -234,10 +245,16 @@ pub async fn export_dirty(pool: &PgPool, store: &Store) -> Result<usize, String>
                 .await
                 .expect("encoding does not panic")
                 .map_err(|e| format!("encoding the features of {day}: {e}"))?;
-            store
-                .put(&key(day), bytes)
-                .await
-                .map_err(|e| format!("writing the features of {day}: {e}"))?;
+            let put = async {
+                store.put(&key(day), bytes).await.map_err(|e| {
+                    LakeWriteError::Store(format!("writing the features of {day}: {e}"))
+                })
+            };
+            match lease.as_deref_mut() {
+                Some(lease) => lease.write(put).await,
+                None => put.await,
+            }
+            .map_err(|e| e.to_string())?;
             sqlx::query("DELETE FROM lot_features_dirty_days WHERE day = $1 AND version = $2")
                 .bind(day)
                 .bind(version)
@@ -249,6 +266,15 @@ pub async fn export_dirty(pool: &PgPool, store: &Store) -> Result<usize, String>
     }
 }
 
+/// A failed write of a features file.
+#[derive(Debug, thiserror::Error)]
+enum LakeWriteError {
+    #[error("{0}")]
+    Store(String),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+}
+
 /// Exports changed days every `every` until shut down.
 #[derive(Clone)]
 pub struct LakeExporter {
@@ -256,17 +282,28 @@ pub struct LakeExporter {
     pub store: Store,
     pub board: StatusBoard,
     pub every: Duration,
+    /// On a bucket several processes share: the lease the files are written under.
+    pub lease: Option<Arc<tokio::sync::Mutex<LakeLease>>>,
 }
 
 impl LakeExporter {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut lease = match &self.lease {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
         loop {
+            if let Some(lease) = lease.as_deref_mut() {
+                if !lease.take(&self.board, &mut shutdown).await {
+                    break;
+                }
+            }
             let stop = tokio::select! {
                 _ = tokio::time::sleep(self.every) => false,
                 _ = shutdown.changed() => true,
             };
             // One last export on the way out, so a clean stop leaves the lake current.
-            match export_dirty(&self.pool, &self.store).await {
+            match export_dirty_under(&self.pool, &self.store, lease.as_deref_mut()).await {
                 Ok(_) => self.board.set(NAME, |s| s.state = ProjectionState::Running),
                 Err(e) => {
                     tracing::error!(error = %e, "features lake export failed; retrying");
@@ -276,6 +313,9 @@ impl LakeExporter {
             if stop {
                 break;
             }
+        }
+        if let Some(lease) = lease.as_deref_mut() {
+            lease.release().await;
         }
         self.board.set(NAME, |s| s.state = ProjectionState::Stopped);
     }

@@ -715,6 +715,9 @@ fn on_own_thread(
 ) -> anyhow::Result<JoinHandle<()>> {
     Ok(std::thread::Builder::new()
         .name(name.into())
+        // The main thread's size: a poll through the S3 client's layers under a lease
+        // (the archive's flush) goes deeper than the default 2 MiB in a debug build.
+        .stack_size(8 << 20)
         .spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

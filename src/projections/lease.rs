@@ -226,3 +226,14 @@ impl LakeLease {
         self.until = None;
     }
 }
+
+/// Run `write` under `lease` when there is one ([`LakeLease::write`]), else as it is.
+pub async fn write_under<T, E: From<LeaseError>>(
+    lease: Option<&mut LakeLease>,
+    write: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    match lease {
+        Some(lease) => lease.write(write).await,
+        None => write.await,
+    }
+}

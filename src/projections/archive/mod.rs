@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::lease::{LakeLease, LeaseError, LEASE_EVERY};
+use super::lease::{write_under, LakeLease, LeaseError, LEASE_EVERY};
 use super::supervisor::Backoff;
 use super::{ProjectionName, ProjectionState, StatusBoard};
 use crate::domain::RecordedEvent;
@@ -235,19 +235,22 @@ impl Archive {
 
     /// Put an object (under the lease, when there is one).
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<(), ArchiveError> {
+        let mut lease = self.lock_lease().await;
         let put = async { Ok(self.store.put(key, body).await?) };
-        match &self.lease {
-            Some(lease) => lease.lock().await.write(put).await,
-            None => put.await,
-        }
+        write_under(lease.as_deref_mut(), put).await
     }
 
     /// Delete an object (under the lease, when there is one).
     async fn delete(&self, key: &str) -> Result<(), ArchiveError> {
+        let mut lease = self.lock_lease().await;
         let delete = async { Ok(self.store.delete(key).await?) };
+        write_under(lease.as_deref_mut(), delete).await
+    }
+
+    async fn lock_lease(&self) -> Option<tokio::sync::MutexGuard<'_, LakeLease>> {
         match &self.lease {
-            Some(lease) => lease.lock().await.write(delete).await,
-            None => delete.await,
+            Some(lease) => Some(lease.lock().await),
+            None => None,
         }
     }
 

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use super::fold::FeatureRow;
 use crate::domain::LotId;
 use crate::projections::archive::Store;
-use crate::projections::lease::{LakeLease, LeaseError};
+use crate::projections::lease::{write_under, LakeLease, LeaseError};
 use crate::projections::{ProjectionName, ProjectionState, StatusBoard};
 
 /// Name on the status board.
@@ -250,11 +250,9 @@ async fn export_dirty_under(
                     LakeWriteError::Store(format!("writing the features of {day}: {e}"))
                 })
             };
-            match lease.as_deref_mut() {
-                Some(lease) => lease.write(put).await,
-                None => put.await,
-            }
-            .map_err(|e| e.to_string())?;
+            write_under(lease.as_deref_mut(), put)
+                .await
+                .map_err(|e| e.to_string())?;
             sqlx::query("DELETE FROM lot_features_dirty_days WHERE day = $1 AND version = $2")
                 .bind(day)
                 .bind(version)

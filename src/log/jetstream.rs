@@ -25,12 +25,15 @@
 //! a quorum of the stream's replicas; on disk only with `jetstream { sync_interval:
 //! always }` (otherwise the page cache holds it for up to two minutes).
 //!
-//! Reads: [`JetStreamLog`] follows the stream (one ordered consumer) into a local copy,
-//! an embedded log in the data folder with the stream's log id and offsets; cursors,
-//! subscriptions and projections read that copy, so every node serves every event in
-//! stream order, whoever appended it. An append's reply does not wait for the copy
-//! (the acknowledgement is the durability). The copy is derived: deleted, it is
-//! filled again from the stream.
+//! Reads: [`JetStreamLog`] follows the stream into a local copy, an embedded log in the
+//! data folder with the stream's log id and offsets; cursors, subscriptions and
+//! projections read that copy, so every node serves every event in stream order,
+//! whoever appended it. The node's own appends go into the copy from their answers (the
+//! events as stored, at the sequences the server gave), not back over the network; what
+//! other nodes appended is read from the stream, the follower asking where the stream
+//! ends every 50 ms. An append's reply does not wait for the copy (the acknowledgement
+//! is the durability). The copy is derived: deleted, it is filled again from the
+//! stream.
 
 use std::time::Duration;
 
@@ -40,6 +43,9 @@ use bytes::Bytes;
 
 use std::path::Path;
 use std::sync::Arc;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -80,6 +86,9 @@ pub enum JetStreamError {
     Unanswered(String),
     #[error("JetStream read of sequence {sequence}: {reason}")]
     Read { sequence: u64, reason: String },
+    /// The stream holds no message at `sequence` though it holds later ones.
+    #[error("the stream has no message at sequence {sequence} (the next is {next}): messages were deleted, and the log is no longer whole")]
+    Missing { sequence: u64, next: u64 },
     #[error("message at sequence {sequence} is not a parkade event: {reason}")]
     Decode { sequence: u64, reason: String },
 }
@@ -328,22 +337,33 @@ impl Stream {
         expected: Option<u64>,
         events: &[NewEvent],
     ) -> Result<Vec<u64>, JetStreamError> {
+        let stored = self.store_lot(expected, events).await?;
+        Ok(stored.iter().map(|e| e.offset).collect())
+    }
+
+    /// [`Self::append_lot`], returning the events as the stream holds them.
+    async fn store_lot(
+        &self,
+        expected: Option<u64>,
+        events: &[NewEvent],
+    ) -> Result<Vec<RecordedEvent>, JetStreamError> {
         if let (Some(mut last), true) = (expected, events.len() > 1) {
             // One round trip per atomic batch instead of one per event.
-            let mut offsets = Vec::with_capacity(events.len());
+            let mut stored = Vec::with_capacity(events.len());
             for chunk in events.chunks(ATOMIC_BATCH) {
-                let stored = self.append_atomic_retried(&[(last, chunk)]).await?;
-                last = *stored.end();
-                offsets.extend(stored.map(|sequence| sequence - 1));
+                let batch = self.append_atomic_retried(&[(last, chunk)]).await?;
+                last = batch.last().map_or(last, |e| e.offset + 1);
+                stored.extend(batch);
             }
-            return Ok(offsets);
+            return Ok(stored);
         }
         let mut last = expected;
-        let mut offsets = Vec::with_capacity(events.len());
+        let mut stored = Vec::with_capacity(events.len());
         let now = Timestamp::now();
         for e in events {
             let mut buf = Vec::new();
             format::encode_record(&mut buf, 0, now, e);
+            let payload = Bytes::from(buf);
             let mut headers = HeaderMap::new();
             if let Some(last) = last {
                 headers.insert(
@@ -356,7 +376,7 @@ impl Stream {
                 e.event_id.to_string().as_str(),
             );
             let ack = self
-                .publish(self.subject(&e.lot_id), headers, Bytes::from(buf))
+                .publish(self.subject(&e.lot_id), headers, payload.clone())
                 .await;
             match ack {
                 // An event already in the stream (a retry after a lost reply): the
@@ -368,9 +388,21 @@ impl Stream {
                         expected: last.unwrap_or(0),
                     })
                 }
+                // Stored earlier (a retry without a check): as the stream holds it,
+                // with the record time of then.
+                Ok(ack) if ack.duplicate => {
+                    let earlier = self.read(ack.sequence - 1, 1).await?;
+                    let [earlier] = <[RecordedEvent; 1]>::try_from(earlier).map_err(|_| {
+                        JetStreamError::Read {
+                            sequence: ack.sequence,
+                            reason: "not there, though the server says it holds it".into(),
+                        }
+                    })?;
+                    stored.push(earlier);
+                }
                 Ok(ack) => {
                     last = last.map(|_| ack.sequence);
-                    offsets.push(ack.sequence - 1);
+                    stored.push(decode(ack.sequence, &payload)?);
                 }
                 Err(err) if wrong_last_sequence(&err) => {
                     return Err(JetStreamError::Conflict {
@@ -381,7 +413,7 @@ impl Stream {
                 Err(err) => return Err(JetStreamError::Publish(err.to_string())),
             }
         }
-        Ok(offsets)
+        Ok(stored)
     }
 
     /// [`Self::append_atomic`], again (for up to 30 s, backing off) while no server
@@ -391,7 +423,7 @@ impl Stream {
     async fn append_atomic_retried(
         &self,
         lots: &[(u64, &[NewEvent])],
-    ) -> Result<std::ops::RangeInclusive<u64>, JetStreamError> {
+    ) -> Result<Vec<RecordedEvent>, JetStreamError> {
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
@@ -412,13 +444,13 @@ impl Stream {
     /// order, or none; only if each lot's last message is still the sequence given with
     /// it (the server checks them all against the stream before the batch). The
     /// messages before the last go out without waiting; the last commits the batch and
-    /// its reply acknowledges all of them. Returns the sequences stored. Not tried
+    /// its reply acknowledges all of them. Returns the events as stored. Not tried
     /// again on an unclear end (a timeout): the lots' next appends then find out, by a
     /// conflict, whether the batch went in.
     async fn append_atomic(
         &self,
         lots: &[(u64, &[NewEvent])],
-    ) -> Result<std::ops::RangeInclusive<u64>, JetStreamError> {
+    ) -> Result<Vec<RecordedEvent>, JetStreamError> {
         let client = self.context.client();
         let batch = Uuid::new_v4().simple().to_string();
         let now = Timestamp::now();
@@ -432,9 +464,12 @@ impl Stream {
         }
         let total = messages.len();
         let mut reply = None;
+        let mut payloads = Vec::with_capacity(total);
         for (i, (e, expected)) in messages.into_iter().enumerate() {
             let mut buf = Vec::new();
             format::encode_record(&mut buf, 0, now, e);
+            let payload = Bytes::from(buf);
+            payloads.push(payload.clone());
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Batch-Id", batch.as_str());
             headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
@@ -451,14 +486,12 @@ impl Stream {
             let subject = self.subject(&e.lot_id);
             if i + 1 < total {
                 client
-                    .publish_with_headers(subject, headers, Bytes::from(buf))
+                    .publish_with_headers(subject, headers, payload)
                     .await
                     .map_err(|e| publish_err(e.to_string()))?;
             } else {
                 headers.insert("Nats-Batch-Commit", "1");
-                let answer = client
-                    .request_with_headers(subject, headers, Bytes::from(buf))
-                    .await;
+                let answer = client.request_with_headers(subject, headers, payload).await;
                 match answer {
                     Ok(answer) => reply = Some(answer.payload),
                     // Nothing stored (no responders), or not known (a timeout: the
@@ -508,7 +541,11 @@ impl Stream {
                 batch: Some(id),
                 ..
             } if count == total as u64 && id == batch && last >= count => {
-                Ok(last + 1 - count..=last)
+                let first = last + 1 - count;
+                (first..=last)
+                    .zip(&payloads)
+                    .map(|(sequence, payload)| decode(sequence, payload))
+                    .collect()
             }
             other => Err(publish_err(format!(
                 "an acknowledgement that does not match the batch: {other:?}"
@@ -568,10 +605,18 @@ impl Stream {
         let mut out = Vec::with_capacity((to - from) as usize);
         for offset in from..to {
             let (sequence, e) = next_message(&mut messages, offset + 1).await?;
-            if sequence != offset + 1 {
+            if sequence <= offset {
+                // The client made the consumer again before it delivered anything
+                // (a server went away), from the stream's start: read again later.
                 return Err(JetStreamError::Read {
                     sequence: offset + 1,
-                    reason: format!("the stream has no message there (the next is {sequence}): messages were deleted"),
+                    reason: format!("the consumer started over at sequence {sequence}"),
+                });
+            }
+            if sequence != offset + 1 {
+                return Err(JetStreamError::Missing {
+                    sequence: offset + 1,
+                    next: sequence,
                 });
             }
             out.push(e);
@@ -757,7 +802,7 @@ impl Waiting {
 /// atomic batches, each taking every combinable append that waits when it goes (up to
 /// [`ATOMIC_BATCH`] events): one round trip, and one replicated write, for many lots
 /// instead of one each. An append that is not combinable goes alone.
-async fn combine(stream: Arc<Stream>, mut waiting: mpsc::UnboundedReceiver<Waiting>) {
+async fn combine(stream: Arc<Stream>, mut waiting: mpsc::UnboundedReceiver<Waiting>, own: Own) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
     let mut carried = None;
     loop {
@@ -783,9 +828,11 @@ async fn combine(stream: Arc<Stream>, mut waiting: mpsc::UnboundedReceiver<Waiti
                 group.push(w);
             }
         }
-        let stream = stream.clone();
+        let (stream, own) = (stream.clone(), own.clone());
+        own.in_flight.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            send_combined(&stream, group).await;
+            send_combined(&stream, group, &own).await;
+            own.in_flight.fetch_sub(1, Ordering::SeqCst);
             drop(slot);
         });
     }
@@ -795,7 +842,7 @@ async fn combine(stream: Arc<Stream>, mut waiting: mpsc::UnboundedReceiver<Waiti
 /// lot twice, a server's limit) each sent again alone, so that each lot gets its own
 /// answer; an unknown outcome (no server answered) goes to every lot as it is (each
 /// lot's next append finds out by a conflict whether its events went in).
-async fn send_combined(stream: &Stream, group: Vec<Waiting>) {
+async fn send_combined(stream: &Stream, group: Vec<Waiting>, own: &Own) {
     let lots: Option<Vec<(u64, &[NewEvent])>> = group
         .iter()
         .map(|w| Some((w.expected?, w.events.as_slice())))
@@ -803,9 +850,13 @@ async fn send_combined(stream: &Stream, group: Vec<Waiting>) {
     if let (true, Some(lots)) = (group.len() > 1, lots) {
         match stream.append_atomic_retried(&lots).await {
             Ok(stored) => {
-                let mut offsets = stored.map(|sequence| sequence - 1);
-                for w in group {
-                    let mine = offsets.by_ref().take(w.events.len()).collect();
+                let mut offsets = stored.iter().map(|e| e.offset);
+                let answers: Vec<Vec<u64>> = group
+                    .iter()
+                    .map(|w| offsets.by_ref().take(w.events.len()).collect())
+                    .collect();
+                own.stored(stored);
+                for (w, mine) in group.into_iter().zip(answers) {
                     let _sent = w.reply.send(Ok(mine));
                 }
                 return;
@@ -820,8 +871,15 @@ async fn send_combined(stream: &Stream, group: Vec<Waiting>) {
         }
     }
     let alone = group.into_iter().map(|w| async move {
-        let stored = stream.append_lot(w.expected, &w.events).await;
-        let _sent = w.reply.send(stored);
+        let answer = match stream.store_lot(w.expected, &w.events).await {
+            Ok(stored) => {
+                let offsets = stored.iter().map(|e| e.offset).collect();
+                own.stored(stored);
+                Ok(offsets)
+            }
+            Err(e) => Err(e),
+        };
+        let _sent = w.reply.send(answer);
     });
     futures_util::future::join_all(alone).await;
 }
@@ -832,12 +890,33 @@ const APPEND_WAIT: Duration = Duration::from_secs(45);
 /// How long a read waits for the next message it knows is there.
 const READ_WAIT: Duration = Duration::from_secs(5);
 
-/// How long the follower waits for a message before it asks whether the stream has
-/// any it has not delivered.
-const STALL_CHECK: Duration = Duration::from_secs(2);
+/// How often the follower asks the stream where it ends (for what other nodes wrote).
+const POLL_EVERY: Duration = Duration::from_millis(50);
 
-/// Events the follower copies at once at most.
-const FOLLOW_BATCH: usize = 4096;
+/// How long the follower leaves a gap before the copy's end open, while this node has
+/// appends on their way (whose answers may fill it), before it reads the gap.
+const GAP_WAIT: Duration = Duration::from_millis(20);
+
+/// Events the follower reads from the stream at once at most.
+const FOLLOW_BATCH: usize = 16_384;
+
+/// What this node appended, for its follower: the events as the stream stored them
+/// (sent on as each append is answered), and how many combined appends are on their
+/// way.
+#[derive(Clone)]
+struct Own {
+    stored: mpsc::UnboundedSender<Vec<RecordedEvent>>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Own {
+    fn stored(&self, events: Vec<RecordedEvent>) {
+        if !events.is_empty() {
+            // The follower gone: the log is closing.
+            let _sent = self.stored.send(events);
+        }
+    }
+}
 
 /// The [`EventLog`] on a JetStream stream (see the module docs): appends go to the
 /// stream; reads come from the local copy the follower keeps.
@@ -899,15 +978,20 @@ impl JetStreamLog {
         }
         let (fail, failed) = watch::channel(None);
         let (stop, stopped) = watch::channel(false);
-        let (s, c) = (stream.clone(), copy.clone());
+        let (stored, own_events) = mpsc::unbounded_channel();
+        let own = Own {
+            stored,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        };
+        let (s, c, o) = (stream.clone(), copy.clone(), own.in_flight.clone());
         runtime.spawn(async move {
-            if let Err(e) = follow(&s, &c, stopped).await {
+            if let Err(e) = follow(&s, &c, own_events, &o, stopped).await {
                 tracing::error!(error = %e, "following the JetStream stream stopped; appends and reads wait until parkade restarts");
                 let _sent = fail.send(Some(e.to_string().into()));
             }
         });
         let (combiner, waiting) = mpsc::unbounded_channel();
-        runtime.spawn(combine(stream.clone(), waiting));
+        runtime.spawn(combine(stream.clone(), waiting, own));
         let log = JetStreamLog {
             stream,
             copy,
@@ -958,89 +1042,121 @@ fn on<T: Send + 'static>(
 }
 
 /// Copy the stream into `copy` from where the copy ends, in order and gapless, until
-/// `stop`. A consumer that fails (a server went away, heartbeats were missed) is made
-/// again from where the copy ends, as long as it takes; a gap or a message that is not
-/// an event stops the copy for good (the log is not whole: an operator must look).
+/// `stop`. What this node appended comes from its own answers (`own`), without a round
+/// trip; what other nodes appended (and an append of this node whose answer was lost)
+/// is read from the stream: the follower asks where the stream ends every
+/// [`POLL_EVERY`], and reads a gap before the copy's end at once when none of this
+/// node's appends are on their way (else after [`GAP_WAIT`]). A read that fails is
+/// tried again; a message missing from the stream, or one that is not an event, stops
+/// the copy for good (the log is not whole: an operator must look).
 async fn follow(
     stream: &Stream,
     copy: &FileLog,
+    mut own: mpsc::UnboundedReceiver<Vec<RecordedEvent>>,
+    in_flight: &AtomicUsize,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), LogError> {
-    use futures_util::StreamExt;
     let mut next = copy.durable_end();
+    // The stream holds at least this many events.
+    let mut known = next;
+    // This node's answered appends, by first offset, not yet in the copy.
+    let mut pending: BTreeMap<u64, Vec<RecordedEvent>> = BTreeMap::new();
+    let mut gap_since: Option<std::time::Instant> = None;
+    let mut poll = tokio::time::interval(POLL_EVERY);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut said = false;
-    loop {
-        let messages = match stream.messages(next + 1, None).await {
-            Ok(m) => m,
-            Err(e) => {
-                if !said {
-                    said = true;
-                    tracing::warn!(error = %e, "following the stream: trying again");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                    _ = stop.changed() => return Ok(()),
-                }
-            }
-        };
-        let mut chunks = messages.ready_chunks(FOLLOW_BATCH);
-        'consumer: loop {
-            let chunk = tokio::select! {
-                c = chunks.next() => c,
-                // Quiet for a while: is the stream quiet too, or did the consumer stop
-                // delivering without saying so (seen after a server was killed)?
-                _ = tokio::time::sleep(STALL_CHECK) => match stream.end().await {
-                    Ok(end) if end > next => {
-                        tracing::warn!(at = next, stream_end = end, "following the stream: the consumer stalled; making it again");
-                        break 'consumer;
-                    }
-                    _ => continue 'consumer,
-                },
-                _ = stop.changed() => return Ok(()),
-            };
-            let Some(chunk) = chunk else {
-                break 'consumer;
-            };
-            let mut events = Vec::with_capacity(chunk.len());
-            let mut broken = None;
-            for m in chunk {
-                let m = match m {
-                    Ok(m) => m,
-                    Err(e) => {
-                        broken = Some(e.to_string());
-                        break;
-                    }
-                };
-                let sequence = m
-                    .info()
-                    .map_err(|e| LogError::Backend(format!("following the stream: {e}")))?
-                    .stream_sequence;
-                if sequence <= next {
-                    continue; // a redelivery after the consumer was made again
-                }
-                if sequence != next + 1 {
-                    return Err(LogError::Backend(format!(
-                        "the stream has no message at sequence {} (the next is {sequence}): messages were deleted, and the log is no longer whole",
-                        next + 1
-                    )));
-                }
-                events.push(decode(sequence, &m.payload)?);
-                next += 1;
-            }
-            if !events.is_empty() {
-                copy.append_copy(&events)?;
-                said = false;
-            }
-            if let Some(why) = broken {
-                tracing::warn!(error = %why, at = next, "following the stream: the consumer failed; making it again");
-                break 'consumer;
-            }
+    let take = |pending: &mut BTreeMap<u64, Vec<RecordedEvent>>,
+                known: &mut u64,
+                events: Vec<RecordedEvent>| {
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            *known = (*known).max(last.offset + 1);
+            pending.insert(first.offset, events);
         }
+    };
+    loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            got = own.recv() => match got {
+                Some(events) => take(&mut pending, &mut known, events),
+                None => return Ok(()),
+            },
+            _ = poll.tick() => match stream.end().await {
+                Ok(end) => known = known.max(end),
+                Err(e) => {
+                    if !said {
+                        said = true;
+                        tracing::warn!(error = %e, "following the stream: cannot ask where it ends; trying again");
+                    }
+                }
+            },
             _ = stop.changed() => return Ok(()),
         }
+        loop {
+            while let Ok(events) = own.try_recv() {
+                take(&mut pending, &mut known, events);
+            }
+            next = copy_pending(copy, &mut pending, next)?;
+            if known <= next {
+                gap_since = None;
+                break;
+            }
+            let since = *gap_since.get_or_insert_with(std::time::Instant::now);
+            if in_flight.load(Ordering::SeqCst) > 0 && since.elapsed() < GAP_WAIT {
+                break;
+            }
+            // Read the gap: up to this node's first answered append not yet copied.
+            let upto = pending
+                .keys()
+                .next()
+                .map_or(known, |&first| first.min(known));
+            let want = (upto.saturating_sub(next) as usize).clamp(1, FOLLOW_BATCH);
+            match stream.read(next, want).await {
+                Ok(events) if !events.is_empty() => {
+                    next += events.len() as u64;
+                    copy.append_copy(&events)?;
+                    gap_since = None;
+                    said = false;
+                }
+                // The server asked is behind what this node was told: later.
+                Ok(_) => break,
+                Err(e @ (JetStreamError::Missing { .. } | JetStreamError::Decode { .. })) => {
+                    return Err(e.into())
+                }
+                Err(e) => {
+                    if !said {
+                        said = true;
+                        tracing::warn!(error = %e, at = next, "following the stream: a read failed; trying again");
+                    }
+                    break;
+                }
+            }
+        }
     }
+}
+
+/// Copy the answered appends in `pending` that continue the copy at `next` (each
+/// event once: a read may have copied some already); returns the copy's new end.
+fn copy_pending(
+    copy: &FileLog,
+    pending: &mut BTreeMap<u64, Vec<RecordedEvent>>,
+    mut next: u64,
+) -> Result<u64, LogError> {
+    let mut run = Vec::new();
+    while let Some(entry) = pending.first_entry() {
+        let first = *entry.key();
+        if first > next {
+            break;
+        }
+        let events = entry.remove();
+        let end = first + events.len() as u64;
+        if end > next {
+            run.extend(events.into_iter().skip((next - first) as usize));
+            next = end;
+        }
+    }
+    if !run.is_empty() {
+        copy.append_copy(&run)?;
+    }
+    Ok(next)
 }
 
 impl From<JetStreamError> for LogError {

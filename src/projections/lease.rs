@@ -2,7 +2,7 @@
 //! projection.
 //!
 //! A lease is a PostgreSQL session advisory lock on a connection of its own
-//! ([`Lease`]); PostgreSQL frees it when the holder's session ends (its process died,
+//! (`Lease`); PostgreSQL frees it when the holder's session ends (its process died,
 //! its connection broke), and a process standing by takes it over.
 //!
 //! A projection whose every write carries its checkpoint (the read model, the features)
@@ -12,16 +12,17 @@
 //! without its knowing (a network cut, a paused process) could still be writing when the
 //! next holder starts. A [`LakeLease`] bounds that in time:
 //! - the holder renews it in the database (`projection_leases.renewed_at`, the
-//!   database's clock) every [`LEASE_EVERY`] and before a write when the last renewal is
-//!   older than [`WRITE_BUDGET`] minus [`RENEW_AHEAD`]; a write must end within
-//!   [`WRITE_BUDGET`] of the renewal before it, or it is abandoned (and retried);
+//!   database's clock) before a write when less than 10 s is left of the last renewal's
+//!   [`WRITE_BUDGET`] (the archive's holder also every 2 s, to find out early when it
+//!   lost the lease); a write must end within [`WRITE_BUDGET`] of the renewal before
+//!   it, or it is abandoned (and retried);
 //! - the next holder, once it has the lock, waits until [`TAKEOVER_GRACE`] has passed
 //!   since the last renewal before it touches the lake.
 //!
 //! So the last write of a holder that lost its lease has ended before the next holder's
 //! first, as long as no process stalls for longer than the margin between the two
-//! (10 s) between checking its deadline and sending a request. A clean stop marks the
-//! lease released, and the next holder does not wait.
+//! (10 s) between checking its deadline and sending a request. A clean stop removes the
+//! renewal, and the next holder does not wait.
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -202,13 +202,6 @@ async fn killed_while_archiving_to_s3_then_restarted_every_event_is_there_once()
     assert_eq!(lake["records"][0]["event_type"], "LotRegistered");
 }
 
-/// Projection `name`'s state and checkpoint on `app`.
-async fn projection_state(app: &common::TestApp, name: &str) -> Result<(String, u64), String> {
-    let all = app.projections().await.map_err(|e| format!("{e:?}"))?;
-    let p = common::projection_view(&all, name).ok_or(format!("no {name} line"))?;
-    Ok((p.state.clone(), p.checkpoint))
-}
-
 /// Two nodes on one shared log (JetStream), one database and one bucket: only the node
 /// holding the archive's lease writes the archive (and only the features lake's holder
 /// the features lake); the other stands by. When the holder's lease session ends under
@@ -234,24 +227,17 @@ async fn of_two_nodes_on_one_bucket_only_the_lease_holder_writes_the_lake() {
     a.wait_caught_up("archive").await;
     let b = common::TestApp::spawn(config(dir_b.path()), Default::default()).await;
     for name in ["archive", "features-lake"] {
-        common::eventually(
-            Duration::from_secs(20),
-            "the second node to stand by",
-            || async {
-                match projection_state(&b, name).await? {
-                    (s, _) if s == "standby" => Ok(()),
-                    other => Err(format!("{name}: {other:?}")),
-                }
-            },
-        )
-        .await;
+        common::wait_standby(&b, name).await;
     }
     for _ in 0..20 {
         common::arrive(&a, "north").await;
         common::arrive(&b, "north").await;
     }
     a.wait_caught_up("archive").await;
-    assert_eq!(projection_state(&b, "archive").await.unwrap().0, "standby");
+    assert_eq!(
+        common::projection_state(&b, "archive").await.unwrap().0,
+        "standby"
+    );
 
     // The holder's lake lease sessions end under it (as when its network to the
     // database breaks): it must stop writing, and whichever node takes the lease next
@@ -273,8 +259,8 @@ async fn of_two_nodes_on_one_bucket_only_the_lease_holder_writes_the_lake() {
         "the holder to find its lease lost",
         || async {
             let states = (
-                projection_state(&a, "archive").await?.0,
-                projection_state(&b, "archive").await?.0,
+                common::projection_state(&a, "archive").await?.0,
+                common::projection_state(&b, "archive").await?.0,
             );
             match &states {
                 (s1, s2) if s1 != "running" && s2 != "running" => Ok(()),
@@ -289,8 +275,8 @@ async fn of_two_nodes_on_one_bucket_only_the_lease_holder_writes_the_lake() {
         || async {
             let end = b.projections().await.map_err(|e| format!("{e:?}"))?.log_end;
             let states = (
-                projection_state(&a, "archive").await?,
-                projection_state(&b, "archive").await?,
+                common::projection_state(&a, "archive").await?,
+                common::projection_state(&b, "archive").await?,
             );
             match &states {
                 ((s1, _), (s2, cp)) | ((s2, cp), (s1, _))

@@ -276,30 +276,7 @@ async fn of_two_nodes_one_folds_a_projection_and_the_other_takes_over_when_it_st
     common::register(&a, "north", 500).await;
     a.wait_caught_up("occupancy").await;
     let b = TestApp::spawn(config(dir_b.path()), Hooks::default()).await;
-    let state = |app: &TestApp| {
-        let base = app.base.clone();
-        async move {
-            let mut r = awc::Client::new()
-                .get(format!("{base}/v1/admin/projections"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let v: parkade::api::wire::Projections = r.json().await.map_err(|e| e.to_string())?;
-            let p = common::projection_view(&v, "occupancy").ok_or("no occupancy line")?;
-            Ok::<_, String>((p.state.clone(), p.checkpoint))
-        }
-    };
-    common::eventually(
-        std::time::Duration::from_secs(20),
-        "the second node to stand by",
-        || async {
-            match state(&b).await? {
-                (s, _) if s == "standby" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    common::wait_standby(&b, "occupancy").await;
     // Both take events; the one with the lease folds them all.
     for _ in 0..20 {
         common::arrive(&a, "north").await;
@@ -311,7 +288,7 @@ async fn of_two_nodes_one_folds_a_projection_and_the_other_takes_over_when_it_st
         std::time::Duration::from_secs(10),
         "the holder to fold the registration and 40 arrivals",
         || async {
-            match state(&a).await? {
+            match common::projection_state(&a, "occupancy").await? {
                 (s, cp) if s == "running" && cp >= 41 => Ok(cp),
                 other => Err(format!("{other:?}")),
             }
@@ -323,7 +300,7 @@ async fn of_two_nodes_one_folds_a_projection_and_the_other_takes_over_when_it_st
         std::time::Duration::from_secs(10),
         "the standby to show the holder's checkpoint",
         || async {
-            match state(&b).await? {
+            match common::projection_state(&b, "occupancy").await? {
                 (s, cp) if s == "standby" && cp == folded => Ok(()),
                 other => Err(format!("{other:?}, holder at {folded}")),
             }

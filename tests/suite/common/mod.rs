@@ -451,6 +451,28 @@ pub fn projection_view<'a>(
     status.projections.iter().find(|p| p.name == name)
 }
 
+/// Projection `name`'s state and checkpoint on `app`.
+pub async fn projection_state(app: &TestApp, name: &str) -> Result<(String, u64), String> {
+    let all = app.projections().await.map_err(|e| format!("{e:?}"))?;
+    let p = projection_view(&all, name).ok_or(format!("no {name} line"))?;
+    Ok((p.state.clone(), p.checkpoint))
+}
+
+/// Wait until projection `name` on `app` stands by (another node holds its lease).
+pub async fn wait_standby(app: &TestApp, name: &str) {
+    eventually(
+        Duration::from_secs(20),
+        "the second node to stand by",
+        || async {
+            match projection_state(app, name).await? {
+                (s, _) if s == "standby" => Ok(()),
+                other => Err(format!("{name}: {other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
 /// Projection `name`'s line in a `/v1/admin/projections` reply (null when absent).
 pub fn projection(status: &Value, name: &str) -> Value {
     status["projections"]

@@ -391,7 +391,7 @@ impl Stream {
                 // Stored earlier (a retry without a check): as the stream holds it,
                 // with the record time of then.
                 Ok(ack) if ack.duplicate => {
-                    let earlier = self.read(ack.sequence - 1, 1).await?;
+                    let earlier = self.read_range(ack.sequence - 1, ack.sequence).await?;
                     let [earlier] = <[RecordedEvent; 1]>::try_from(earlier).map_err(|_| {
                         JetStreamError::Read {
                             sequence: ack.sequence,
@@ -597,7 +597,13 @@ impl Stream {
     /// to be gapless.
     pub async fn read(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, JetStreamError> {
         let end = self.end().await?;
-        let to = end.min(from.saturating_add(max as u64));
+        self.read_range(from, end.min(from.saturating_add(max as u64)))
+            .await
+    }
+
+    /// The events of offsets `from..to`, which the stream holds (its end known
+    /// already), as [`Self::read`] reads them.
+    async fn read_range(&self, from: u64, to: u64) -> Result<Vec<RecordedEvent>, JetStreamError> {
         if to <= from {
             return Ok(Vec::new());
         }
@@ -1103,20 +1109,20 @@ async fn follow(
             if in_flight.load(Ordering::SeqCst) > 0 && since.elapsed() < GAP_WAIT {
                 break;
             }
-            // Read the gap: up to this node's first answered append not yet copied.
+            // Read the gap (the stream holds it: its end is known): up to this node's
+            // first answered append not yet copied.
             let upto = pending
                 .keys()
                 .next()
                 .map_or(known, |&first| first.min(known));
-            let want = (upto.saturating_sub(next) as usize).clamp(1, FOLLOW_BATCH);
-            match stream.read(next, want).await {
+            let to = upto.min(next + FOLLOW_BATCH as u64);
+            match stream.read_range(next, to).await {
                 Ok(events) if !events.is_empty() => {
                     next += events.len() as u64;
                     copy.append_copy(&events)?;
                     gap_since = None;
                     said = false;
                 }
-                // The server asked is behind what this node was told: later.
                 Ok(_) => break,
                 Err(e @ (JetStreamError::Missing { .. } | JetStreamError::Decode { .. })) => {
                     return Err(e.into())

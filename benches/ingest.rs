@@ -13,7 +13,10 @@
 //!    three-node cluster on loopback with the stream replicated three times (R3); the
 //!    servers sync every write before they acknowledge (`sync_interval: always`), as the
 //!    embedded log does. Needs a nats-server (`PARKADE_BENCH_NATS_SERVER`, else the
-//!    pinned one `./scripts/test.sh` installs); skipped without one.
+//!    pinned one `./scripts/test.sh` installs); skipped without one. Beside each, the
+//!    JetStream log library alone (no HTTP, no lot actors): one writer per lot appending
+//!    with the lot's expectation, so what parkade's request path adds can be told apart
+//!    from what the log and its servers take.
 //!
 //! Each figure is the median of several runs. Settings (environment):
 //! `PARKADE_BENCH_SECONDS` (per run, default 4), `PARKADE_BENCH_RUNS` (default 3),
@@ -30,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parkade::domain::{Capacity, LotEvent, LotId, NewEvent, Timestamp};
-use parkade::log::{EventLog, FileLog, LogOptions};
+use parkade::log::{Appended, EventLog, Expect, FileLog, LogOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -100,7 +103,16 @@ async fn run() {
                 let dir = work.path().join(format!("serve-js{nodes}"));
                 let f = ingest_figures(&dir, &env, runs, dur).await;
                 f.print(label);
-                jetstream.push((label, f));
+                let options = parkade::log::jetstream::JetStreamOptions {
+                    url: servers.urls(),
+                    stream: "bench_log_only".into(),
+                    replicas: nodes,
+                    credentials: None,
+                };
+                let dir = work.path().join(format!("log-js{nodes}"));
+                let lib = log_figures(&options, &dir, runs, dur).await;
+                lib.print_library();
+                jetstream.push((label, f, lib));
             }
         }
         None => println!("JetStream figures: skipped (no nats-server: set PARKADE_BENCH_NATS_SERVER, or run ./scripts/test.sh once to install the pinned one)"),
@@ -154,9 +166,9 @@ async fn run() {
     println!("summary (events/s): batch {batch:.0} | single {single:.0} | upsert-per-event {} | replay {} | archive replay {archive:.0}",
         upsert.map_or("skipped".into(), |v| format!("{v:.0}")),
         replay.map_or("skipped".into(), |v| format!("{v:.0}")));
-    for (label, f) in &jetstream {
+    for (label, f, lib) in &jetstream {
         println!(
-            "summary {label} (events/s): batch {:.0} | single {:.0} (p50 {:.2} ms, p99 {:.2} ms){}",
+            "summary {label} (events/s): batch {:.0} | single {:.0} (p50 {:.2} ms, p99 {:.2} ms){} | log library alone: batch {:.0}, single {:.0}",
             f.batch,
             f.single,
             f.p50,
@@ -164,11 +176,13 @@ async fn run() {
             upsert.map_or(String::new(), |u| format!(
                 " | single is {:.1}x the upsert-per-event",
                 f.single / u
-            ))
+            )),
+            lib.batch,
+            lib.single
         );
     }
     // The scale-out floors, on the three-node cluster.
-    if let Some((_, r3)) = jetstream.iter().find(|(label, _)| label.contains("R3")) {
+    if let Some((_, r3, _)) = jetstream.iter().find(|(label, _, _)| label.contains("R3")) {
         let met = |ok: bool| if ok { "met" } else { "NOT met" };
         println!(
             "floor: batch into the R3 cluster >= {R3_BATCH_FLOOR} events/s: {} ({:.0})",
@@ -284,6 +298,149 @@ async fn ingest_figures(
         single_runs,
         p50: median(&mut p50s),
         p99: median(&mut p99s),
+    }
+}
+
+impl Figures {
+    fn print_library(&self) {
+        println!(
+            "  straight through the log library (no HTTP, no lot actors), {LOTS} lots, one append per lot in flight:"
+        );
+        println!(
+            "    appends of {LIBRARY_BATCH} events:                       {:>10.0} events/s (runs: {})",
+            self.batch,
+            fmt_runs(&self.batch_runs)
+        );
+        println!(
+            "    appends of one event:                        {:>10.0} events/s (runs: {}); latency p50 {:.2} ms, p99 {:.2} ms",
+            self.single,
+            fmt_runs(&self.single_runs),
+            self.p50,
+            self.p99
+        );
+    }
+}
+
+/// Events per append in the log library's batch figure: a 1,000-event request's share
+/// of each lot.
+const LIBRARY_BATCH: usize = 1000_usize.div_ceil(LOTS);
+
+/// The JetStream log's own part of the figures: [`LOTS`] writers (one per lot, as the
+/// lot actors are) appending straight through the log library with the lot's
+/// expectation, each waiting for its acknowledgement before the next append; first
+/// appends of [`LIBRARY_BATCH`] events, then of one event. What the HTTP figures add to
+/// this is parkade's request path (HTTP, parsing, the lot actors) on the same cores.
+async fn log_figures(
+    options: &parkade::log::jetstream::JetStreamOptions,
+    dir: &Path,
+    runs: usize,
+    dur: Duration,
+) -> Figures {
+    let log = Arc::new(
+        parkade::log::jetstream::JetStreamLog::open(options, dir, LogOptions::default())
+            .await
+            .unwrap(),
+    );
+    let cap = Capacity::new(1_000_000).unwrap();
+    // Each lot: its id, its last offset, its last lot sequence.
+    let mut lots: Vec<(LotId, Option<u64>, u64)> = Vec::new();
+    for l in 0..LOTS {
+        let lot = LotId::parse(&format!("bench-{l}")).unwrap();
+        let register = NewEvent {
+            lot_id: lot.clone(),
+            lot_seq: 1,
+            event_id: uuid::Uuid::now_v7(),
+            client_event_id: false,
+            occurred_at: Timestamp::now(),
+            event: LotEvent::LotRegistered {
+                name: format!("Bench lot {l}"),
+                capacity: cap,
+            },
+            occupancy: 0,
+            capacity: cap.get(),
+        };
+        let offsets = acknowledged(&*log, None, &[register]).await;
+        lots.push((lot, offsets.last().copied(), 1));
+    }
+    let mut figures = Figures {
+        batch: 0.0,
+        batch_runs: Vec::new(),
+        single: 0.0,
+        single_runs: Vec::new(),
+        p50: 0.0,
+        p99: 0.0,
+    };
+    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    for (size, rates) in [(LIBRARY_BATCH, 0), (1, 1)] {
+        for _ in 0..runs {
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for (lot, last, seq) in lots.drain(..) {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    let (mut last, mut seq) = (last, seq);
+                    let mut lat = Vec::new();
+                    while start.elapsed() < dur {
+                        // Arrival/departure pairs: the lot never leaves its bounds.
+                        let events: Vec<NewEvent> = (0..size)
+                            .map(|i| {
+                                let arrive = (seq + i as u64) % 2 == 1;
+                                NewEvent {
+                                    lot_id: lot.clone(),
+                                    lot_seq: seq + 1 + i as u64,
+                                    event_id: uuid::Uuid::now_v7(),
+                                    client_event_id: false,
+                                    occurred_at: Timestamp::now(),
+                                    event: if arrive {
+                                        LotEvent::VehicleArrived
+                                    } else {
+                                        LotEvent::VehicleDeparted
+                                    },
+                                    occupancy: u32::from(arrive),
+                                    capacity: cap.get(),
+                                }
+                            })
+                            .collect();
+                        let t = Instant::now();
+                        let offsets = acknowledged(&*log, last, &events).await;
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                        last = offsets.last().copied();
+                        seq += size as u64;
+                    }
+                    ((lot, last, seq), lat)
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                let (state, lat) = t.await.unwrap();
+                lots.push(state);
+                all.extend(lat);
+            }
+            let rate = (all.len() * size) as f64 / start.elapsed().as_secs_f64();
+            if rates == 0 {
+                figures.batch_runs.push(rate);
+            } else {
+                all.sort_by(f64::total_cmp);
+                let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+                figures.single_runs.push(rate);
+                p50s.push(pct(0.5));
+                p99s.push(pct(0.99));
+            }
+        }
+    }
+    figures.batch = median(&mut figures.batch_runs.clone());
+    figures.single = median(&mut figures.single_runs.clone());
+    figures.p50 = median(&mut p50s);
+    figures.p99 = median(&mut p99s);
+    log.close();
+    figures
+}
+
+/// Append `events` of one lot after its `last` offset and wait for their offsets.
+async fn acknowledged(log: &dyn EventLog, last: Option<u64>, events: &[NewEvent]) -> Vec<u64> {
+    match log.append(Expect::Last(last), events).unwrap() {
+        Appended::Acknowledging(ack) => ack.await.unwrap(),
+        Appended::Ordered(first) => (first..first + events.len() as u64).collect(),
     }
 }
 

@@ -371,7 +371,7 @@ async fn log_figures(
         p99: 0.0,
     };
     let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
-    for (size, rates) in [(LIBRARY_BATCH, 0), (1, 1)] {
+    for (size, one_event) in [(LIBRARY_BATCH, false), (1, true)] {
         for _ in 0..runs {
             let start = Instant::now();
             let mut tasks = Vec::new();
@@ -417,14 +417,14 @@ async fn log_figures(
                 all.extend(lat);
             }
             let rate = (all.len() * size) as f64 / start.elapsed().as_secs_f64();
-            if rates == 0 {
-                figures.batch_runs.push(rate);
-            } else {
+            if one_event {
                 all.sort_by(f64::total_cmp);
                 let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
                 figures.single_runs.push(rate);
                 p50s.push(pct(0.5));
                 p99s.push(pct(0.99));
+            } else {
+                figures.batch_runs.push(rate);
             }
         }
     }

@@ -362,15 +362,8 @@ async fn log_figures(
         let offsets = acknowledged(&*log, None, &[register]).await;
         lots.push((lot, offsets.last().copied(), 1));
     }
-    let mut figures = Figures {
-        batch: 0.0,
-        batch_runs: Vec::new(),
-        single: 0.0,
-        single_runs: Vec::new(),
-        p50: 0.0,
-        p99: 0.0,
-    };
-    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    let (mut batch_runs, mut single_runs, mut p50s, mut p99s) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (size, one_event) in [(LIBRARY_BATCH, false), (1, true)] {
         for _ in 0..runs {
             let start = Instant::now();
@@ -418,22 +411,24 @@ async fn log_figures(
             }
             let rate = (all.len() * size) as f64 / start.elapsed().as_secs_f64();
             if one_event {
-                all.sort_by(f64::total_cmp);
-                let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-                figures.single_runs.push(rate);
-                p50s.push(pct(0.5));
-                p99s.push(pct(0.99));
+                let (p50, p99) = p50_p99(all);
+                single_runs.push(rate);
+                p50s.push(p50);
+                p99s.push(p99);
             } else {
-                figures.batch_runs.push(rate);
+                batch_runs.push(rate);
             }
         }
     }
-    figures.batch = median(&mut figures.batch_runs.clone());
-    figures.single = median(&mut figures.single_runs.clone());
-    figures.p50 = median(&mut p50s);
-    figures.p99 = median(&mut p99s);
     log.close();
-    figures
+    Figures {
+        batch: median(&mut batch_runs.clone()),
+        batch_runs,
+        single: median(&mut single_runs.clone()),
+        single_runs,
+        p50: median(&mut p50s),
+        p99: median(&mut p99s),
+    }
 }
 
 /// Append `events` of one lot after its `last` offset and wait for their offsets.
@@ -658,9 +653,15 @@ async fn single_run(port: u16, conns: usize, dur: Duration) -> (f64, f64, f64) {
         all.extend(t.await.unwrap());
     }
     let rate = all.len() as f64 / start.elapsed().as_secs_f64();
-    all.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    (rate, pct(0.5), pct(0.99))
+    let (p50, p99) = p50_p99(all);
+    (rate, p50, p99)
+}
+
+/// The median and 99th percentile of latencies.
+fn p50_p99(mut latencies: Vec<f64>) -> (f64, f64) {
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    (pct(0.5), pct(0.99))
 }
 
 /// A throwaway database on the benchmark's PostgreSQL server.

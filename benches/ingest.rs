@@ -235,6 +235,23 @@ struct Figures {
 }
 
 impl Figures {
+    /// The medians of the runs' figures.
+    fn of_runs(
+        batch_runs: Vec<f64>,
+        single_runs: Vec<f64>,
+        mut p50s: Vec<f64>,
+        mut p99s: Vec<f64>,
+    ) -> Figures {
+        Figures {
+            batch: median(&mut batch_runs.clone()),
+            batch_runs,
+            single: median(&mut single_runs.clone()),
+            single_runs,
+            p50: median(&mut p50s),
+            p99: median(&mut p99s),
+        }
+    }
+
     fn print(&self, label: &str) {
         println!("{label}:");
         println!(
@@ -291,14 +308,7 @@ async fn ingest_figures(
         .await;
     assert_eq!(status, 200, "{body}");
     server.stop();
-    Figures {
-        batch: median(&mut batch_runs.clone()),
-        batch_runs,
-        single: median(&mut single_runs.clone()),
-        single_runs,
-        p50: median(&mut p50s),
-        p99: median(&mut p99s),
-    }
+    Figures::of_runs(batch_runs, single_runs, p50s, p99s)
 }
 
 impl Figures {
@@ -421,14 +431,7 @@ async fn log_figures(
         }
     }
     log.close();
-    Figures {
-        batch: median(&mut batch_runs.clone()),
-        batch_runs,
-        single: median(&mut single_runs.clone()),
-        single_runs,
-        p50: median(&mut p50s),
-        p99: median(&mut p99s),
-    }
+    Figures::of_runs(batch_runs, single_runs, p50s, p99s)
 }
 
 /// Append `events` of one lot after its `last` offset and wait for their offsets.

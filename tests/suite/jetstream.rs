@@ -140,6 +140,37 @@ mod stream {
         assert_eq!(keys(&log.read(0, 100).await.unwrap()), expected);
     }
 
+    /// A checked append carries no message id: what refuses a copy sent again after a
+    /// lost reply is the lot's expectation, for one event and for an atomic batch alike.
+    #[actix_web::test]
+    async fn a_checked_append_sent_again_after_it_was_stored_is_refused_and_stored_once() {
+        let nats = Nats::single();
+        let log = Stream::connect(&options(&nats, 1), None).await.unwrap();
+        let one = arrivals("north", 1, 1);
+        let batch = arrivals("south", 1, 3);
+        assert_eq!(log.append_lot(Some(0), &one).await.unwrap(), [0]);
+        assert_eq!(log.append_lot(Some(0), &batch).await.unwrap(), [1, 2, 3]);
+        for (lot, again) in [("north", &one), ("south", &batch)] {
+            match log.append_lot(Some(0), again).await {
+                Err(JetStreamError::Conflict { lot: l, expected }) => {
+                    assert_eq!((l.as_str(), expected), (lot, 0))
+                }
+                other => panic!("{lot}: sent again, not a conflict: {other:?}"),
+            }
+        }
+        assert_eq!(log.end().await.unwrap(), 4, "each event stored once");
+        let sent: Vec<NewEvent> = [&one[..], &batch[..]].concat();
+        let ids: Vec<_> = sent.iter().map(|e| e.event_id).collect();
+        let stored: Vec<_> = log
+            .read(0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.event.event_id)
+            .collect();
+        assert_eq!(stored, ids);
+    }
+
     #[actix_web::test]
     async fn a_replicated_stream_takes_appends_with_a_node_down_and_the_node_catches_up() {
         let mut nats = Nats::cluster(3);

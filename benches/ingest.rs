@@ -252,6 +252,24 @@ impl Figures {
         }
     }
 
+    fn print_library(&self) {
+        println!(
+            "  straight through the log library (no HTTP, no lot actors), {LOTS} lots, one append per lot in flight:"
+        );
+        println!(
+            "    appends of {LIBRARY_BATCH} events:                       {:>10.0} events/s (runs: {})",
+            self.batch,
+            fmt_runs(&self.batch_runs)
+        );
+        println!(
+            "    appends of one event:                        {:>10.0} events/s (runs: {}); latency p50 {:.2} ms, p99 {:.2} ms",
+            self.single,
+            fmt_runs(&self.single_runs),
+            self.p50,
+            self.p99
+        );
+    }
+
     fn print(&self, label: &str) {
         println!("{label}:");
         println!(
@@ -311,26 +329,6 @@ async fn ingest_figures(
     Figures::of_runs(batch_runs, single_runs, p50s, p99s)
 }
 
-impl Figures {
-    fn print_library(&self) {
-        println!(
-            "  straight through the log library (no HTTP, no lot actors), {LOTS} lots, one append per lot in flight:"
-        );
-        println!(
-            "    appends of {LIBRARY_BATCH} events:                       {:>10.0} events/s (runs: {})",
-            self.batch,
-            fmt_runs(&self.batch_runs)
-        );
-        println!(
-            "    appends of one event:                        {:>10.0} events/s (runs: {}); latency p50 {:.2} ms, p99 {:.2} ms",
-            self.single,
-            fmt_runs(&self.single_runs),
-            self.p50,
-            self.p99
-        );
-    }
-}
-
 /// Events per append in the log library's batch figure: a 1,000-event request's share
 /// of each lot.
 const LIBRARY_BATCH: usize = 1000_usize.div_ceil(LOTS);
@@ -356,19 +354,11 @@ async fn log_figures(
     let mut lots: Vec<(LotId, Option<u64>, u64)> = Vec::new();
     for l in 0..LOTS {
         let lot = LotId::parse(&format!("bench-{l}")).unwrap();
-        let register = NewEvent {
-            lot_id: lot.clone(),
-            lot_seq: 1,
-            event_id: uuid::Uuid::now_v7(),
-            client_event_id: false,
-            occurred_at: Timestamp::now(),
-            event: LotEvent::LotRegistered {
-                name: format!("Bench lot {l}"),
-                capacity: cap,
-            },
-            occupancy: 0,
-            capacity: cap.get(),
+        let registered = LotEvent::LotRegistered {
+            name: format!("Bench lot {l}"),
+            capacity: cap,
         };
+        let register = bench_event(&lot, 1, Timestamp::now(), registered, 0, cap);
         let offsets = acknowledged(&*log, None, &[register]).await;
         lots.push((lot, offsets.last().copied(), 1));
     }
@@ -388,20 +378,13 @@ async fn log_figures(
                         let events: Vec<NewEvent> = (0..size)
                             .map(|i| {
                                 let arrive = (seq + i as u64) % 2 == 1;
-                                NewEvent {
-                                    lot_id: lot.clone(),
-                                    lot_seq: seq + 1 + i as u64,
-                                    event_id: uuid::Uuid::now_v7(),
-                                    client_event_id: false,
-                                    occurred_at: Timestamp::now(),
-                                    event: if arrive {
-                                        LotEvent::VehicleArrived
-                                    } else {
-                                        LotEvent::VehicleDeparted
-                                    },
-                                    occupancy: u32::from(arrive),
-                                    capacity: cap.get(),
-                                }
+                                let event = if arrive {
+                                    LotEvent::VehicleArrived
+                                } else {
+                                    LotEvent::VehicleDeparted
+                                };
+                                let (lot_seq, now) = (seq + 1 + i as u64, Timestamp::now());
+                                bench_event(&lot, lot_seq, now, event, u32::from(arrive), cap)
                             })
                             .collect();
                         let t = Instant::now();
@@ -432,6 +415,27 @@ async fn log_figures(
     }
     log.close();
     Figures::of_runs(batch_runs, single_runs, p50s, p99s)
+}
+
+/// An event of a bench lot, with a fresh event id.
+fn bench_event(
+    lot: &LotId,
+    lot_seq: u64,
+    occurred_at: Timestamp,
+    event: LotEvent,
+    occupancy: u32,
+    cap: Capacity,
+) -> NewEvent {
+    NewEvent {
+        lot_id: lot.clone(),
+        lot_seq,
+        event_id: uuid::Uuid::now_v7(),
+        client_event_id: false,
+        occurred_at,
+        event,
+        occupancy,
+        capacity: cap.get(),
+    }
 }
 
 /// Append `events` of one lot after its `last` offset and wait for their offsets.
@@ -782,16 +786,8 @@ async fn write_log(dir: &Path, n: u64) {
                 LotEvent::VehicleDeparted
             };
             seq[l] += 1;
-            batch.push(NewEvent {
-                lot_id: lots[l].clone(),
-                lot_seq: seq[l],
-                event_id: uuid::Uuid::now_v7(),
-                client_event_id: false,
-                occurred_at: Timestamp::from_micros(t0 + i as i64 * 1000),
-                event,
-                occupancy: occ[l],
-                capacity: cap.get(),
-            });
+            let at = Timestamp::from_micros(t0 + i as i64 * 1000);
+            batch.push(bench_event(&lots[l], seq[l], at, event, occ[l], cap));
         }
         let first = log.append_any(&batch).unwrap();
         written = first + batch.len() as u64;

@@ -1,6 +1,7 @@
 //! The lot actor and its typed handle.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -133,6 +134,9 @@ pub(crate) struct LotCore {
     pub(crate) last_offset: Option<u64>,
     pub(crate) updated_at: Option<Timestamp>,
     pub(crate) dedupe: Dedupe,
+    /// `last_offset + 1` (0: none), for the lot's [`LotHandle`] to read without asking
+    /// the actor: what the log's follower need not send it again.
+    folded: Arc<AtomicU64>,
 }
 
 impl LotCore {
@@ -144,7 +148,14 @@ impl LotCore {
             last_offset: None,
             updated_at: None,
             dedupe: Dedupe::new(window),
+            folded: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Remember that the lot's events up to `offset` are folded.
+    fn folded_to(&mut self, offset: u64) {
+        self.last_offset = Some(offset);
+        self.folded.store(offset + 1, Ordering::Release);
     }
 
     pub(crate) fn view(&self) -> LotView {
@@ -170,7 +181,7 @@ impl LotCore {
     pub(crate) fn replay(&mut self, e: &crate::domain::RecordedEvent) {
         apply(&mut self.state, &e.event.event);
         self.seq = e.event.lot_seq;
-        self.last_offset = Some(e.offset);
+        self.folded_to(e.offset);
         self.updated_at = Some(e.event.occurred_at);
         if e.event.client_event_id {
             self.dedupe.insert(e.event.event_id, e.offset);
@@ -228,7 +239,7 @@ impl LotCore {
         }
         let mut wait_end = 0u64;
         if let Some(last) = offsets.last() {
-            self.last_offset = Some(*last);
+            self.folded_to(*last);
             wait_end = last + 1;
         }
         let outcomes = slots
@@ -429,12 +440,7 @@ struct Waiting {
 }
 
 impl LotActor {
-    pub(crate) fn new(
-        core: LotCore,
-        log: Arc<dyn EventLog>,
-        mailbox: usize,
-        max_future_micros: i64,
-    ) -> Self {
+    fn new(core: LotCore, log: Arc<dyn EventLog>, mailbox: usize, max_future_micros: i64) -> Self {
         LotActor {
             core,
             log,
@@ -727,11 +733,29 @@ pub struct LotHandle {
     id: LotId,
     addr: Addr<LotActor>,
     log: Arc<dyn EventLog>,
+    /// The actor's count of folded offsets (see [`LotCore`]).
+    folded: Arc<AtomicU64>,
 }
 
 impl LotHandle {
-    pub(crate) fn new(id: LotId, addr: Addr<LotActor>, log: Arc<dyn EventLog>) -> Self {
-        LotHandle { id, addr, log }
+    /// Start the lot's actor on `arbiter` with `core` (its state folded so far).
+    pub(crate) fn start(
+        core: LotCore,
+        arbiter: &ArbiterHandle,
+        log: Arc<dyn EventLog>,
+        mailbox: usize,
+        max_future_micros: i64,
+    ) -> Self {
+        let (id, folded, actor_log) = (core.lot_id.clone(), core.folded.clone(), log.clone());
+        let addr = LotActor::start_in_arbiter(arbiter, move |_| {
+            LotActor::new(core, actor_log, mailbox, max_future_micros)
+        });
+        LotHandle {
+            id,
+            addr,
+            log,
+            folded,
+        }
     }
 
     pub fn id(&self) -> &LotId {
@@ -760,8 +784,14 @@ impl LotHandle {
     }
 
     /// Fold events of this lot another process appended (see [`Lots::follow`](super::Lots::follow)).
-    pub(crate) async fn observe(&self, events: Vec<RecordedEvent>) -> Result<(), LotError> {
-        self.addr.send(LotMsg::Observe(events)).await?;
+    /// Events the actor has already folded (its own appends, which come back through
+    /// the log's follower) are not sent: when none is left the actor is not asked.
+    pub(crate) async fn observe(&self, mut events: Vec<RecordedEvent>) -> Result<(), LotError> {
+        let folded = self.folded.load(Ordering::Acquire);
+        events.retain(|e| e.offset >= folded);
+        if !events.is_empty() {
+            self.addr.send(LotMsg::Observe(events)).await?;
+        }
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use actix::prelude::*;
 use uuid::Uuid;
 
-use super::lot::{LotActor, LotCore, LotError, LotHandle, LotView, Outcome, Request};
+use super::lot::{LotCore, LotError, LotHandle, LotView, Outcome, Request};
 use crate::domain::RecordedEvent;
 use crate::domain::{Capacity, Command, LotId, LotName, Timestamp};
 use crate::log::{EventLog, LogError, Subscription};
@@ -120,15 +120,14 @@ impl Lots {
     fn spawn(&self, core: LotCore) -> LotHandle {
         let next = self.inner.next_arbiter.fetch_add(1, Ordering::Relaxed);
         let arbiter = &self.inner.arbiters[next % self.inner.arbiters.len()];
-        let id = core.lot_id.clone();
-        let log = self.inner.log.clone();
-        let mailbox = self.inner.opts.mailbox;
-        let max_future = self.inner.opts.max_future_micros;
-        let actor_log = log.clone();
-        let addr = LotActor::start_in_arbiter(&arbiter.handle(), move |_| {
-            LotActor::new(core, actor_log, mailbox, max_future)
-        });
-        LotHandle::new(id, addr, log)
+        let opts = &self.inner.opts;
+        LotHandle::start(
+            core,
+            &arbiter.handle(),
+            self.inner.log.clone(),
+            opts.mailbox,
+            opts.max_future_micros,
+        )
     }
 
     /// Follow a shared log (one other processes append to as well) from where recovery
@@ -243,5 +242,61 @@ impl Lots {
         }
         drop(guard);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{LotEvent, NewEvent};
+    use crate::log::{Expect, MemoryLog};
+
+    /// A lot on a log another writer appends to as well: the follower brings the
+    /// lot that writer's event (the first after the lot's own, right at the offset it
+    /// has folded up to), and the lot's own events, which come back through the
+    /// follower too, are not counted twice.
+    #[actix_web::test]
+    async fn the_follower_brings_a_lot_another_writers_events_and_not_its_own_again() {
+        let log = MemoryLog::new();
+        let lots = Lots::recover(log.clone(), LotOptions::default()).unwrap();
+        let id = LotId::parse("north").unwrap();
+        let capacity = Capacity::new(10).unwrap();
+        let name = LotName::parse("North").unwrap();
+        let now = Timestamp::now();
+        lots.register(id.clone(), name, capacity, None, now)
+            .await
+            .unwrap();
+        let lot = lots.get(&id).unwrap();
+        let (_, own) = lot.arrive(now, None).await.unwrap();
+        assert_eq!((own.occupancy, own.offset), (1, Some(1)));
+
+        let (stop, stopped) = watch::channel(false);
+        let follower = actix_web::rt::spawn(lots.clone().follow(stopped));
+        // Another writer's arrival, decided on the lot as it is after its own two.
+        let other = NewEvent {
+            lot_id: id.clone(),
+            lot_seq: 3,
+            event_id: Uuid::new_v4(),
+            client_event_id: false,
+            occurred_at: now,
+            event: LotEvent::VehicleArrived,
+            occupancy: 2,
+            capacity: 10,
+        };
+        log.append(Expect::Last(Some(1)), &[other]).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let view = loop {
+            let view = lot.view().await.unwrap();
+            if view.offset == Some(2) || std::time::Instant::now() > deadline {
+                break view;
+            }
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        assert_eq!((view.occupancy, view.offset), (2, Some(2)), "{view:?}");
+        // The lot decides on top of it: its next append expects offset 2.
+        let (_, after) = lot.arrive(now, None).await.unwrap();
+        assert_eq!((after.occupancy, after.offset), (3, Some(3)));
+        stop.send(true).unwrap();
+        follower.await.unwrap().unwrap();
     }
 }

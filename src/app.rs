@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use actix::Arbiter;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -66,9 +67,9 @@ impl Application {
         fit_open_files(config.limits.max_connections)?;
         // Before the log opens: its writer binds its metrics when it starts.
         let metrics_handle = crate::metrics::install();
-        let log = open_log(&config, &hooks).await?;
+        let (log, lots_thread) = open_log(&config, &hooks).await?;
         let dyn_log = log.clone();
-        let lots = recover_lots(&config, dyn_log.clone())?;
+        let lots = recover_lots(&config, dyn_log.clone(), lots_thread)?;
         let board = StatusBoard::default();
         let (shutdown, shutdown_rx) = watch::channel(false);
         if dyn_log.shared() {
@@ -199,8 +200,12 @@ impl Application {
     }
 }
 
-/// Open the configured log (read-write), saying what recovery found.
-async fn open_log(config: &Config, hooks: &Hooks) -> anyhow::Result<Arc<dyn EventLog>> {
+/// Open the configured log (read-write), saying what recovery found. On JetStream,
+/// also the thread the log's client runs on, for the lots to run on too.
+async fn open_log(
+    config: &Config,
+    hooks: &Hooks,
+) -> anyhow::Result<(Arc<dyn EventLog>, Option<Arbiter>)> {
     let mut log_opts = LogOptions {
         segment_bytes: config.log.segment_bytes,
         ..LogOptions::default()
@@ -211,21 +216,31 @@ async fn open_log(config: &Config, hooks: &Hooks) -> anyhow::Result<Arc<dyn Even
     if config.log.backend == LogBackend::Jetstream {
         let dir = config.stream_copy_dir();
         let o = config.log.jetstream();
-        let log = JetStreamLog::open(&o, &dir, log_opts)
-            .await
-            .with_context(|| {
-                format!(
-                    "opening the JetStream stream {} at {} (local copy in {})",
-                    o.stream,
-                    o.url,
-                    dir.display()
-                )
-            })?;
+        // The lots' first thread: each append and its acknowledgement pass between
+        // the lot's actor and the client without waking another thread.
+        let thread = Arbiter::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        thread.spawn(async move {
+            let _sent = tx.send(tokio::runtime::Handle::current());
+        });
+        let handle = rx.await.context("starting the lots' thread")?;
+        let opened = JetStreamLog::open_on(&o, &dir, log_opts, handle).await;
+        if opened.is_err() {
+            thread.stop();
+        }
+        let log = opened.with_context(|| {
+            format!(
+                "opening the JetStream stream {} at {} (local copy in {})",
+                o.stream,
+                o.url,
+                dir.display()
+            )
+        })?;
         tracing::info!(
             stream = %o.stream, url = %o.url, replicas = o.replicas, log_id = %log.log_id(),
             events = log.durable_end(), copy = %dir.display(), "event log open on JetStream"
         );
-        return Ok(Arc::new(log));
+        return Ok((Arc::new(log), Some(thread)));
     }
     let log_dir = config.log_dir();
     let log = Arc::new(
@@ -237,12 +252,16 @@ async fn open_log(config: &Config, hooks: &Hooks) -> anyhow::Result<Arc<dyn Even
         dir = %log_dir.display(), log_id = %log.log_id(), events = rec.events, segments = rec.segments,
         truncated_bytes = rec.truncated_bytes, "event log open"
     );
-    Ok(log)
+    Ok((log, None))
 }
 
 /// Every lot rebuilt from the log, each on its actor.
-fn recover_lots(config: &Config, log: Arc<dyn EventLog>) -> anyhow::Result<Lots> {
-    Lots::recover(
+fn recover_lots(
+    config: &Config,
+    log: Arc<dyn EventLog>,
+    first_thread: Option<Arbiter>,
+) -> anyhow::Result<Lots> {
+    Lots::recover_on(
         log,
         LotOptions {
             dedupe_window: config.lots.dedupe_window,
@@ -251,6 +270,7 @@ fn recover_lots(config: &Config, log: Arc<dyn EventLog>) -> anyhow::Result<Lots>
             max_lots: config.limits.max_lots,
             ..LotOptions::default()
         },
+        first_thread,
     )
     .context("rebuilding the lots from the log")
 }

@@ -68,9 +68,22 @@ impl Drop for Inner {
 }
 
 impl Lots {
-    /// Fold the whole log into lot states and start one actor per lot.
+    /// Fold the whole log into lot states and start one actor per lot, on
+    /// `opts.threads` threads of their own.
     /// Must be called inside a running actix system.
     pub fn recover(log: Arc<dyn EventLog>, opts: LotOptions) -> Result<Lots, LogError> {
+        Self::recover_on(log, opts, None)
+    }
+
+    /// [`Lots::recover`] with `first` as the first of the lots' threads (the one the
+    /// log's client runs on, when the log acknowledges over the network: see
+    /// [`JetStreamLog::open_on`](crate::log::jetstream::JetStreamLog::open_on)). The lots
+    /// stop it when they are dropped.
+    pub fn recover_on(
+        log: Arc<dyn EventLog>,
+        opts: LotOptions,
+        first: Option<Arbiter>,
+    ) -> Result<Lots, LogError> {
         let started = std::time::Instant::now();
         let mut cores: HashMap<LotId, LotCore> = HashMap::new();
         let mut events = 0u64;
@@ -85,7 +98,12 @@ impl Lots {
             }
             std::ops::ControlFlow::Continue(())
         })?;
-        let arbiters: Vec<Arbiter> = (0..opts.threads.max(1)).map(|_| Arbiter::new()).collect();
+        let threads = opts.threads.max(1);
+        let arbiters: Vec<Arbiter> = first
+            .into_iter()
+            .chain(std::iter::repeat_with(Arbiter::new))
+            .take(threads)
+            .collect();
         let lots = Lots {
             inner: Arc::new(Inner {
                 map: RwLock::new(HashMap::new()),

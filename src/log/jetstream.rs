@@ -923,9 +923,11 @@ impl Own {
 pub struct JetStreamLog {
     stream: Arc<Stream>,
     copy: Arc<FileLog>,
-    /// The client's and the follower's own threads, so neither depends on the actors'
-    /// or the HTTP server's.
-    runtime: Option<tokio::runtime::Runtime>,
+    /// Where the client, the combiner and the follower run: the thread
+    /// [`JetStreamLog::open_on`] was given, or `own`.
+    handle: tokio::runtime::Handle,
+    /// The log's own thread, when [`JetStreamLog::open`] made one.
+    own: Option<tokio::runtime::Runtime>,
     /// Why the follower stopped, once it has.
     failed: watch::Receiver<Option<Arc<str>>>,
     stop: watch::Sender<bool>,
@@ -936,7 +938,7 @@ pub struct JetStreamLog {
 impl JetStreamLog {
     /// Connect to the stream, open (or create) its local copy in `dir`, and follow the
     /// stream into it; returns once the copy holds every event the stream held when this
-    /// connected.
+    /// connected. The client runs on a thread of its own.
     pub async fn open(
         options: &JetStreamOptions,
         dir: &Path,
@@ -951,14 +953,32 @@ impl JetStreamLog {
                 path: "<nats runtime>".into(),
                 source,
             })?;
+        let handle = runtime.handle().clone();
+        match Self::open_on(options, dir, copy_options, handle).await {
+            Ok(mut log) => {
+                log.own = Some(runtime);
+                Ok(log)
+            }
+            Err(e) => {
+                // Not dropped here: a runtime may not be dropped inside another's task.
+                runtime.shutdown_background();
+                Err(e)
+            }
+        }
+    }
+
+    /// [`JetStreamLog::open`] with the client, the combiner and the follower on the
+    /// runtime of `handle`: the thread of the writers that append most (the lot
+    /// actors', in the server), so that an append and its acknowledgement go from one
+    /// task to the next without waking another thread.
+    pub async fn open_on(
+        options: &JetStreamOptions,
+        dir: &Path,
+        copy_options: LogOptions,
+        handle: tokio::runtime::Handle,
+    ) -> Result<JetStreamLog, LogError> {
         let o = options.clone();
-        let stream = Arc::new(
-            on(
-                runtime.handle(),
-                async move { Stream::connect(&o, None).await },
-            )
-            .await?,
-        );
+        let stream = Arc::new(on(&handle, async move { Stream::connect(&o, None).await }).await?);
         let copy = Arc::new(FileLog::open(
             dir,
             LogOptions {
@@ -967,7 +987,7 @@ impl JetStreamLog {
             },
         )?);
         let s = stream.clone();
-        let end = on(runtime.handle(), async move { s.end().await }).await?;
+        let end = on(&handle, async move { s.end().await }).await?;
         if copy.durable_end() > end {
             return Err(LogError::Backend(format!(
                 "the local copy in {} holds {} events, the stream {} only {end}: it is not a copy of this stream as it is now (were messages deleted?); move the folder away to copy the stream afresh",
@@ -984,18 +1004,19 @@ impl JetStreamLog {
             in_flight: Arc::new(AtomicUsize::new(0)),
         };
         let (s, c, o) = (stream.clone(), copy.clone(), own.in_flight.clone());
-        runtime.spawn(async move {
+        handle.spawn(async move {
             if let Err(e) = follow(&s, &c, own_events, &o, stopped).await {
                 tracing::error!(error = %e, "following the JetStream stream stopped; appends and reads wait until parkade restarts");
                 let _sent = fail.send(Some(e.to_string().into()));
             }
         });
         let (combiner, waiting) = mpsc::unbounded_channel();
-        runtime.spawn(combine(stream.clone(), waiting, own));
+        handle.spawn(combine(stream.clone(), waiting, own));
         let log = JetStreamLog {
             stream,
             copy,
-            runtime: Some(runtime),
+            handle,
+            own: None,
             failed,
             stop,
             combiner,
@@ -1011,17 +1032,14 @@ impl JetStreamLog {
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
-        self.runtime
-            .as_ref()
-            .expect("running until dropped")
-            .handle()
+        &self.handle
     }
 }
 
 impl Drop for JetStreamLog {
     fn drop(&mut self) {
         let _sent = self.stop.send(true);
-        if let Some(rt) = self.runtime.take() {
+        if let Some(rt) = self.own.take() {
             rt.shutdown_background();
         }
     }

@@ -42,6 +42,13 @@
 //! ends every 50 ms. An append's reply does not wait for the copy (the acknowledgement
 //! is the durability). The copy is derived: deleted, it is filled again from the
 //! stream.
+//!
+//! Threads: the client, the combiner and the follower are tasks of one runtime. The
+//! server opens the log on the lot actors' first thread ([`JetStreamLog::open_on`]), so
+//! an append and its acknowledgement pass between a lot's actor and the client without
+//! waking another thread (on two cores shared with the NATS servers that took the R3
+//! single-event figure from about 0.9 to about 1.1 times the UPSERT baseline's);
+//! [`JetStreamLog::open`] gives the log a thread of its own.
 
 use std::time::Duration;
 

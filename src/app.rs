@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::config::LogBackend;
 use crate::forecast::service::{self as predictor, Predictor, Runs, Store};
 use crate::log::jetstream::JetStreamLog;
-use crate::log::{EventLog, FileLog, LogOptions};
+use crate::log::{EventLog, FileLog, LogError, LogOptions};
 use crate::projections::features::memory::MemoryFeatures;
 use crate::projections::features::Features;
 use crate::projections::lease::LakeLease;
@@ -223,8 +223,10 @@ async fn open_log(
         thread.spawn(async move {
             let _sent = tx.send(tokio::runtime::Handle::current());
         });
-        let handle = rx.await.context("starting the lots' thread")?;
-        let opened = JetStreamLog::open_on(&o, &dir, log_opts, handle).await;
+        let opened = match rx.await {
+            Ok(handle) => JetStreamLog::open_on(&o, &dir, log_opts, handle).await,
+            Err(_) => Err(LogError::Backend("the lots' thread did not start".into())),
+        };
         if opened.is_err() {
             thread.stop();
         }

@@ -46,9 +46,10 @@
 //! Threads: the client, the combiner and the follower are tasks of one runtime. The
 //! server opens the log on the lot actors' first thread ([`JetStreamLog::open_on`]), so
 //! an append and its acknowledgement pass between a lot's actor and the client without
-//! waking another thread (on two cores shared with the NATS servers that took the R3
-//! single-event figure from about 0.9 to about 1.1 times the UPSERT baseline's);
-//! [`JetStreamLog::open`] gives the log a thread of its own.
+//! waking another thread (on two cores shared with the NATS servers, that took the
+//! ingest benchmark's R3 single-event figure from 0.75 to 0.92 times the per-event
+//! UPSERT baseline's to 1.00 to 1.44 times); [`JetStreamLog::open`] gives the log a
+//! thread of its own.
 
 use std::time::Duration;
 

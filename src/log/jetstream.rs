@@ -1038,10 +1038,6 @@ impl JetStreamLog {
     pub fn stream(&self) -> &Arc<Stream> {
         &self.stream
     }
-
-    fn handle(&self) -> &tokio::runtime::Handle {
-        &self.handle
-    }
 }
 
 impl Drop for JetStreamLog {
@@ -1244,7 +1240,7 @@ impl EventLog for JetStreamLog {
         let stream = self.stream.clone();
         let lot = lot.clone();
         on(
-            self.handle(),
+            &self.handle,
             async move { stream.read_lot(&lot, after).await },
         )
     }

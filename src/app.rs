@@ -65,6 +65,7 @@ impl Application {
             api::auth::check_origin(o).map_err(|e| anyhow::anyhow!("[auth] cors_origins: {e}"))?;
         }
         fit_open_files(config.limits.max_connections)?;
+        return_large_buffers();
         // Before the log opens: its writer binds its metrics when it starts.
         let metrics_handle = crate::metrics::install();
         let (log, lots_thread) = open_log(&config, &hooks).await?;
@@ -126,6 +127,7 @@ impl Application {
                 config.limits.max_connections,
                 config.limits.max_connections_per_address,
             ),
+            bodies: api::limits::BodyBudget::new(config.limits.body_budget()),
             metrics: metrics_handle,
             stale_after_secs: config.lots.stale_after_secs,
             features: read.features,
@@ -379,6 +381,7 @@ fn serve_http(
         );
     }
     let hosts = web::Data::new(hosts);
+    let origins = web::Data::new(api::auth::Origins::new(&config.auth.cors_origins));
     let closed = !auth.is_open();
     let auth_data = web::Data::new(auth);
     let listener =
@@ -392,6 +395,7 @@ fn serve_http(
             .app_data(state.clone())
             .app_data(auth_data.clone())
             .app_data(hosts.clone())
+            .app_data(origins.clone())
             // Without tokens there is nothing to check: no middleware in the way.
             .wrap(actix_web::middleware::Condition::new(
                 closed,
@@ -486,6 +490,23 @@ fn fit_open_files(max_connections: usize) -> anyhow::Result<()> {
         "raised the open-files limit to fit [limits] max_connections"
     );
     Ok(())
+}
+
+/// Have the allocator give large buffers (request bodies up to `[limits]
+/// max_body_bytes`) back to the OS when they are freed. glibc raises its mmap threshold
+/// each time such a buffer is freed, after which the next ones come from the heap and
+/// stay resident after their requests: a burst of large bodies would keep its memory.
+/// A fixed threshold keeps every buffer above 256 KiB in its own mapping.
+fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only sets allocator parameters; called before the server
+        // starts its threads' work, with documented parameters and values.
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) };
+        if ok != 1 {
+            tracing::warn!("could not fix the allocator's mmap threshold; large request bodies may stay resident after they are freed");
+        }
+    }
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

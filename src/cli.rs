@@ -1146,6 +1146,8 @@ fn token(a: TokenArgs) -> anyhow::Result<ExitCode> {
     if !lots.is_empty() {
         let quoted: Vec<String> = lots.iter().map(|l| format!("\"{l}\"")).collect();
         println!("lots = [{}]", quoted.join(", "));
+    } else if a.role == "ingest" {
+        println!("lots = \"*\"");
     }
     println!("sha256 = \"{hash}\"");
     Ok(ExitCode::SUCCESS)

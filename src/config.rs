@@ -197,6 +197,11 @@ pub struct Limits {
     /// Longest wait for a whole request body, in seconds (408 after it), so a client
     /// trickling a body cannot hold a connection and its worker for ever. Default 30.
     pub body_timeout_secs: u64,
+    /// Request body bytes all requests together may hold at once while they arrive and
+    /// are handled; a body past it gets 503 `busy` with `Retry-After`, so many slow or
+    /// stalled uploads (from one address or many) cannot take the machine's memory.
+    /// 0 (the default): a sixteenth of the machine's memory, between 64 MiB and 1 GiB.
+    pub body_budget_bytes: usize,
     /// Most lots the service holds; a registration beyond it is refused (409
     /// `lot_limit`), since every lot costs an actor and a place in every snapshot.
     /// Default 10,000.
@@ -305,6 +310,23 @@ impl Default for Config {
 /// Default of [`Limits::max_future_secs`].
 pub const DEFAULT_MAX_FUTURE_SECS: i64 = 900;
 
+impl Limits {
+    /// [`Limits::body_budget_bytes`], with 0 sized for this machine's memory.
+    pub fn body_budget(&self) -> usize {
+        if self.body_budget_bytes > 0 {
+            return self.body_budget_bytes;
+        }
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+                line.split_whitespace().nth(1)?.parse::<usize>().ok()
+            })
+            .map_or(1 << 30, |kib| kib.saturating_mul(1024));
+        (total / 16).clamp(64 << 20, 1 << 30)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -312,6 +334,7 @@ impl Default for Limits {
             max_batch_events: 10_000,
             max_future_secs: DEFAULT_MAX_FUTURE_SECS,
             body_timeout_secs: 30,
+            body_budget_bytes: 0,
             max_lots: 10_000,
             max_connections: 4_096,
             max_connections_per_address: 256,

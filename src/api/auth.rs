@@ -13,9 +13,13 @@
 //! [[token]]
 //! name = "gate-north"          # shown in audit lines, never the token
 //! role = "ingest"
-//! lots = ["north-1"]           # optional: the only lots this token may move
+//! lots = ["north-1"]           # the only lots this token may move; "*" for every lot
 //! sha256 = "9f86d0…"           # `parkade token new` prints it
 //! ```
+//!
+//! An `ingest` token must say its lots (`"*"` for all), so that an entry cut short is
+//! never an unrestricted one; a file with no tokens is refused unless it says
+//! `no_tokens = true`, so that an empty or half-written file cannot revoke them all.
 //!
 //! A presented token is hashed and compared with every known hash in constant time. The
 //! file is read again when it changes (checked every 2 seconds), so tokens are added and
@@ -29,7 +33,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -83,13 +87,26 @@ struct TokenEntry {
     name: String,
     role: Role,
     #[serde(default)]
-    lots: Option<Vec<String>>,
+    lots: Option<LotsEntry>,
     sha256: String,
+}
+
+/// `lots = "*"` (every lot, said explicitly) or `lots = ["north-1", ...]`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum LotsEntry {
+    All(String),
+    Some(Vec<String>),
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenFile {
+    /// `no_tokens = true`: the file holds no tokens on purpose (every route that needs
+    /// one is closed). Without it, a file with no tokens is refused: an empty or
+    /// half-written file must not revoke every token.
+    #[serde(default)]
+    no_tokens: bool,
     #[serde(default)]
     token: Vec<TokenEntry>,
 }
@@ -111,6 +128,21 @@ pub enum TokensError {
 fn parse_tokens(text: &str, origin: &str) -> Result<Vec<Known>, TokensError> {
     let file: TokenFile =
         toml::from_str(text).map_err(|e| TokensError::Parse(origin.into(), e.to_string()))?;
+    match (file.no_tokens, file.token.is_empty()) {
+        (false, true) => {
+            return Err(TokensError::Parse(
+                origin.into(),
+                "holds no tokens; to run with none on purpose (every route that needs a token closed), write `no_tokens = true`".into(),
+            ))
+        }
+        (true, false) => {
+            return Err(TokensError::Parse(
+                origin.into(),
+                "says `no_tokens = true` but holds tokens".into(),
+            ))
+        }
+        _ => {}
+    }
     let mut names = HashSet::new();
     file.token
         .into_iter()
@@ -125,15 +157,27 @@ fn parse_tokens(text: &str, origin: &str) -> Result<Vec<Known>, TokensError> {
             let hash: [u8; 32] = bytes
                 .try_into()
                 .map_err(|_| bad("sha256 must be 64 hex digits".into()))?;
-            let lots = t
-                .lots
-                .map(|ls| {
-                    ls.iter()
-                        .map(|l| LotId::parse(l).map_err(|e| bad(format!("lots: {l:?}: {e}"))))
-                        .collect::<Result<HashSet<_>, _>>()
-                })
-                .transpose()?
-                .map(Arc::new);
+            let lots =
+                match t.lots {
+                    // An ingest token says which lots it moves, so that an entry cut short
+                    // is never an unrestricted one.
+                    None if t.role == Role::Ingest => return Err(bad(
+                        "an ingest token needs `lots`: a list of lot ids, or \"*\" for every lot"
+                            .into(),
+                    )),
+                    None => None,
+                    Some(LotsEntry::All(star)) if star == "*" => None,
+                    Some(LotsEntry::All(other)) => {
+                        return Err(bad(format!(
+                            "lots must be \"*\" or a list of lot ids (got {other:?})"
+                        )))
+                    }
+                    Some(LotsEntry::Some(ls)) => Some(Arc::new(
+                        ls.iter()
+                            .map(|l| LotId::parse(l).map_err(|e| bad(format!("lots: {l:?}: {e}"))))
+                            .collect::<Result<HashSet<_>, _>>()?,
+                    )),
+                };
             Ok(Known {
                 hash,
                 caller: Caller {
@@ -179,8 +223,11 @@ pub fn new_token() -> Result<(String, String), getrandom::Error> {
     Ok((token, hash))
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// The file's text and its SHA-256, or why it cannot be read.
+fn read_tokens_file(path: &Path) -> Result<(String, [u8; 32]), TokensError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TokensError::Read(path.into(), e))?;
+    let hash = Sha256::digest(text.as_bytes()).into();
+    Ok((text, hash))
 }
 
 impl Auth {
@@ -226,26 +273,37 @@ impl Auth {
         found
     }
 
-    /// Read the tokens file again whenever it changes, until `stop`. A file that
-    /// became invalid keeps the tokens that were loaded (and says so in the log).
+    /// Read the tokens file again whenever its content changes (checked every 2 s, by
+    /// the content's hash, not its modification time), until `stop`. A new content is
+    /// taken only once it has stayed the same for a moment (a file being written is not
+    /// read half way) and parses completely; a file that became invalid or empty keeps
+    /// the tokens that were loaded (and says so in the log).
     pub async fn watch(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let TokenSource::File(path) = self.source.clone() else {
             return;
         };
-        let mut seen = modified(&path);
+        let mut seen = read_tokens_file(&path).ok().map(|(_, h)| h);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = stop.changed() => return,
             }
-            let now = modified(&path);
-            if now == seen {
-                continue;
+            let first = read_tokens_file(&path);
+            if let Ok((_, h)) = &first {
+                if Some(*h) == seen {
+                    continue;
+                }
+                tokio::time::sleep(SETTLE).await;
             }
-            seen = now;
-            let loaded = std::fs::read_to_string(&path)
-                .map_err(|e| TokensError::Read(path.clone(), e))
-                .and_then(|t| parse_tokens(&t, &path.display().to_string()));
+            let loaded = match (first, read_tokens_file(&path)) {
+                (Ok((_, a)), Ok((text, b))) if a == b => {
+                    seen = Some(b);
+                    parse_tokens(&text, &path.display().to_string())
+                }
+                // Still being written: look again at the next check.
+                (Ok(_), Ok(_)) => continue,
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
             match loaded {
                 Ok(known) => {
                     let n = known.len();
@@ -259,6 +317,9 @@ impl Auth {
         }
     }
 }
+
+/// How long a changed tokens file must keep the same content before it is loaded.
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// CORS for the read endpoints: pages of `origins` may `GET` (with a bearer token);
 /// a preflight for anything else is refused, so a browser never sends a cross-origin
@@ -277,6 +338,43 @@ pub fn cors(origins: &[String]) -> actix_cors::Cors {
         cors = cors.allowed_origin(o);
     }
     cors
+}
+
+/// Which web pages may open the websocket, by the same rule as CORS for reads: the
+/// server's own pages (an `Origin` naming the `Host` the request came to) and those of
+/// `[auth] cors_origins`. A request without `Origin` is not from a browser page and
+/// passes (a browser always sends one on a websocket handshake).
+#[derive(Debug, Clone, Default)]
+pub struct Origins(pub Arc<Vec<String>>);
+
+impl Origins {
+    pub fn new(cors_origins: &[String]) -> Origins {
+        Origins(Arc::new(cors_origins.to_vec()))
+    }
+
+    /// Whether a page of `origin` may open a websocket on a request to `host`.
+    pub fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin.map(str::trim) else {
+            return true;
+        };
+        if self.0.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+            return true;
+        }
+        let Ok(url) = url::Url::parse(origin) else {
+            return false;
+        };
+        let (Some(name), Some(host)) = (url.host_str(), host) else {
+            return false;
+        };
+        if !matches!(url.scheme(), "http" | "https") {
+            return false;
+        }
+        let authority = match url.port() {
+            Some(p) => format!("{name}:{p}"),
+            None => name.to_owned(),
+        };
+        authority.eq_ignore_ascii_case(host.trim())
+    }
 }
 
 /// An origin for `[auth] cors_origins`: `scheme://host[:port]`, nothing else.
@@ -304,23 +402,44 @@ pub enum Need {
     Role(Role),
 }
 
-/// The role a request needs, by method and path (the API's routes, see `api`).
-pub fn need(method: &Method, path: &str) -> Need {
-    // The dashboard's page and assets hold no data (it reads through the API).
-    if path == "/healthz" || path == "/readyz" || path == "/" || path.starts_with("/assets/") {
+/// The role a request needs, by its method and the pattern of the route the router
+/// matches for it ([`route_pattern`]; `None`: no route, the 404 reply). Decided on the
+/// pattern, never on the raw path, so a path spelled another way (`/v1/%61dmin/...`)
+/// needs what the route it reaches needs; a pattern missing from this table needs
+/// `admin`, so a route added later is closed until it is listed here.
+pub fn need(method: &Method, pattern: Option<&str>) -> Need {
+    let Some(pattern) = pattern else {
         return Need::Open;
-    }
-    let v1 = path.strip_prefix("/v1");
-    match (method.clone(), v1) {
-        (Method::POST, Some("/events")) => Need::Role(Role::Ingest),
-        (Method::POST, Some(p)) if p.starts_with("/lots/") && p.ends_with("/count") => {
-            Need::Role(Role::Ingest)
+    };
+    let reads = matches!(*method, Method::GET | Method::HEAD);
+    match pattern {
+        // The dashboard's page and assets hold no data (it reads through the API).
+        "/" | "/assets/{file}" | "/healthz" | "/readyz" => Need::Open,
+        "/v1/events" | "/v1/lots/{id}/count" if *method == Method::POST => Need::Role(Role::Ingest),
+        "/metrics"
+        | "/openapi.json"
+        | "/v1/lots"
+        | "/v1/lots/{id}"
+        | "/v1/lots/{id}/history"
+        | "/v1/lots/{id}/forecast"
+        | "/v1/lots/{id}/timespan"
+        | "/v1/lots/{id}/recent"
+        | "/v1/ws"
+            if reads =>
+        {
+            Need::Role(Role::Read)
         }
-        (_, Some(p)) if p.starts_with("/admin/") => Need::Role(Role::Admin),
-        (Method::GET | Method::HEAD, _) => Need::Role(Role::Read),
-        // Every other write: registration, capacity changes.
+        // The admin routes, every other write (registration, capacity changes), and
+        // any route this table does not know.
         _ => Need::Role(Role::Admin),
     }
+}
+
+/// The pattern of the route the router matches for a request, found on the path as the
+/// router reads it (percent-decoded, `crate::api` routes), not the raw one; `None` when
+/// no route matches.
+pub fn route_pattern(req: &ServiceRequest) -> Option<String> {
+    req.resource_map().match_pattern(req.match_info().as_str())
 }
 
 /// The token a request presents: `Authorization: Bearer …`, or `?access_token=…`.
@@ -362,7 +481,7 @@ pub async fn authorize(
         .app_data::<web::Data<Auth>>()
         .cloned()
         .expect("Auth is registered as app data");
-    let Need::Role(role) = need(req.method(), req.path()) else {
+    let Need::Role(role) = need(req.method(), route_pattern(&req).as_deref()) else {
         // Open routes need no token, but one that is given and known is noted (the
         // health checks show their details to admins).
         if let Some(c) = presented(&req).and_then(|t| auth.check(&t)) {
@@ -554,15 +673,15 @@ mod tests {
 
     #[test]
     fn routes_need_the_roles_of_the_table() {
-        let r = |m: Method, p: &str| need(&m, p);
+        let r = |m: Method, p: &str| need(&m, Some(p));
         assert_eq!(r(Method::GET, "/healthz"), Need::Open);
         assert_eq!(r(Method::POST, "/v1/events"), Need::Role(Role::Ingest));
         assert_eq!(
-            r(Method::POST, "/v1/lots/a/count"),
+            r(Method::POST, "/v1/lots/{id}/count"),
             Need::Role(Role::Ingest)
         );
         assert_eq!(r(Method::POST, "/v1/lots"), Need::Role(Role::Admin));
-        assert_eq!(r(Method::PATCH, "/v1/lots/a"), Need::Role(Role::Admin));
+        assert_eq!(r(Method::PATCH, "/v1/lots/{id}"), Need::Role(Role::Admin));
         assert_eq!(r(Method::POST, "/v1/admin/replay"), Need::Role(Role::Admin));
         assert_eq!(
             r(Method::GET, "/v1/admin/projections"),
@@ -572,8 +691,14 @@ mod tests {
         assert_eq!(r(Method::GET, "/v1/ws"), Need::Role(Role::Read));
         assert_eq!(r(Method::GET, "/metrics"), Need::Role(Role::Read));
         assert_eq!(r(Method::GET, "/"), Need::Open);
-        assert_eq!(r(Method::GET, "/v1/lots/a/history"), Need::Role(Role::Read));
-        assert_eq!(r(Method::DELETE, "/v1/lots/a"), Need::Role(Role::Admin));
+        assert_eq!(
+            r(Method::GET, "/v1/lots/{id}/history"),
+            Need::Role(Role::Read)
+        );
+        assert_eq!(r(Method::DELETE, "/v1/lots/{id}"), Need::Role(Role::Admin));
+        // A pattern the table does not know is closed; no route at all is the 404.
+        assert_eq!(r(Method::GET, "/v1/new-route"), Need::Role(Role::Admin));
+        assert_eq!(need(&Method::GET, None), Need::Open);
     }
 
     #[test]
@@ -610,6 +735,14 @@ mod tests {
         assert!(!c.may_move(&LotId::parse("south").unwrap()));
         assert!(auth.check("pk_wrong").is_none());
         for bad in [
+            "",
+            "# all tokens revoked\n",
+            "no_tokens = true\n[[token]]\nname = \"a\"\nrole = \"read\"\nsha256 = \"00\"\n",
+            // An ingest entry cut before its lots is not an unrestricted token.
+            &format!("[[token]]\nname = \"a\"\nrole = \"ingest\"\nsha256 = \"{hash}\"\n"),
+            &format!(
+                "[[token]]\nname = \"a\"\nrole = \"ingest\"\nlots = \"all\"\nsha256 = \"{hash}\"\n"
+            ),
             "[[token]]\nname = \"a\"\nrole = \"root\"\nsha256 = \"00\"\n",
             "[[token]]\nname = \"a\"\nrole = \"read\"\nsha256 = \"zz\"\n",
             "[[token]]\nname = \"a\"\nrole = \"read\"\nsha256 = \"00\"\n",
@@ -620,5 +753,15 @@ mod tests {
                 "{bad}"
             );
         }
+        let none = Auth::load(TokenSource::Inline("no_tokens = true\n".into()), true).unwrap();
+        assert_eq!(none.count(), 0);
+        let every = format!(
+            "[[token]]\nname = \"gate\"\nrole = \"ingest\"\nlots = \"*\"\nsha256 = \"{hash}\"\n"
+        );
+        let every = Auth::load(TokenSource::Inline(every), true).unwrap();
+        assert!(every
+            .check(&token)
+            .unwrap()
+            .may_move(&LotId::parse("south").unwrap()));
     }
 }

@@ -49,6 +49,10 @@ pub(super) async fn post_events(
 ) -> Result<HttpResponse, ApiError> {
     let kind = body_kind(&req, true)?;
     let body = read_body(&req, payload, st.limits.max_body_bytes).await?;
+    // The caller's allowance is charged before anything is parsed, so a throttled token
+    // costs no parsing: by the most events the body can hold (an event is one JSON
+    // object, so at most one per `{`), which for a well-formed body is its count.
+    st.spend_ingest(&req, most_events(&body, st.limits.max_batch_events))?;
     let rules = EdgeRules {
         now: Timestamp::now(),
         max_future_micros: st.limits.max_future_secs.saturating_mul(1_000_000),
@@ -63,7 +67,6 @@ pub(super) async fn post_events(
             )),
         })?;
     check_span(&parsed, st.limits.max_request_span_secs)?;
-    st.spend_ingest(&req, parsed.len())?;
     let caller = super::auth::caller(&req);
     let forbids = |lot: &LotId| caller.as_ref().is_some_and(|c| !c.may_move(lot));
     if shape == Shape::One {
@@ -77,6 +80,15 @@ pub(super) async fn post_events(
     }
     let done = run_batch(&st, parsed, forbids).await;
     Ok(batch(done.into_iter(), caller.as_ref()))
+}
+
+/// The most events `body` can hold: one per `{`, at least one, at most a batch (a body
+/// with more is refused by the parser as too many).
+fn most_events(body: &[u8], max_batch: usize) -> usize {
+    body.iter()
+        .filter(|b| **b == b'{')
+        .count()
+        .clamp(1, max_batch.max(1))
 }
 
 /// Run a batch's events: each lot's events go to its actor in one command, the lots in

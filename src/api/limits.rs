@@ -148,6 +148,62 @@ pub async fn refuse_over_cap(
     Ok(req.into_response(reply).map_into_right_body())
 }
 
+/// Request body bytes held at once by all requests together (`[limits]
+/// body_budget_bytes`). A body takes its bytes from the budget as they arrive, never
+/// ahead of them (a declared length alone holds nothing), and gives them back when its
+/// request is done.
+#[derive(Clone)]
+pub struct BodyBudget {
+    bytes: Arc<tokio::sync::Semaphore>,
+    total: usize,
+}
+
+/// Bytes a body holds from the [`BodyBudget`]; given back on drop.
+pub struct Held(Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl BodyBudget {
+    pub fn new(total: usize) -> BodyBudget {
+        let total = total.min(tokio::sync::Semaphore::MAX_PERMITS);
+        BodyBudget {
+            bytes: Arc::new(tokio::sync::Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// Nothing held yet.
+    pub fn none() -> Held {
+        Held(None)
+    }
+
+    /// Add `n` bytes to what `held` holds, or the 503 to answer when the budget is spent.
+    pub fn take(&self, held: &mut Held, n: usize) -> Result<(), ApiError> {
+        let permit = u32::try_from(n)
+            .ok()
+            .and_then(|n| self.bytes.clone().try_acquire_many_owned(n).ok());
+        match (permit, &mut held.0) {
+            (Some(p), Some(h)) => h.merge(p),
+            (Some(p), None) => held.0 = Some(p),
+            (None, _) => {
+                return Err(ApiError::Limited {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "busy",
+                    message: format!(
+                        "the server holds as many request bodies as it may at once ({} bytes, [limits] body_budget_bytes); nothing of this request was taken: send it again in a moment",
+                        self.total
+                    ),
+                    retry_after_secs: Some(1),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes held by bodies now.
+    pub fn in_use(&self) -> usize {
+        self.total - self.bytes.available_permits()
+    }
+}
+
 /// Events per second per `ingest` token (a keyed GCRA from `governor`).
 #[derive(Clone)]
 pub struct IngestRate {
@@ -214,6 +270,29 @@ impl IngestRate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_hold_the_budget_while_they_live_and_give_it_back() {
+        let b = BodyBudget::new(100);
+        let mut one = BodyBudget::none();
+        b.take(&mut one, 60).unwrap();
+        b.take(&mut one, 30).unwrap();
+        assert_eq!(b.in_use(), 90);
+        let mut two = BodyBudget::none();
+        let err = b.take(&mut two, 20).unwrap_err();
+        assert!(matches!(
+            err,
+            ApiError::Limited {
+                retry_after_secs: Some(_),
+                ..
+            }
+        ));
+        b.take(&mut two, 10).unwrap();
+        drop(one);
+        assert_eq!(b.in_use(), 10);
+        drop(two);
+        assert_eq!(b.in_use(), 0);
+    }
 
     #[test]
     fn caps_count_in_all_and_per_address_and_give_places_back() {

@@ -71,6 +71,8 @@ pub struct ApiState {
     pub ingest_rate: Option<limits::IngestRate>,
     /// Open connections (for `/metrics`).
     pub connections: limits::Connections,
+    /// Request body bytes held at once (`[limits] body_budget_bytes`).
+    pub bodies: limits::BodyBudget,
     /// The metrics recorder's page; `None` when another recorder was installed first.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// `[lots] stale_after_secs`: a lot this long without an event is stale.
@@ -151,25 +153,67 @@ fn count_outcome(o: &crate::actors::Outcome) {
     }
 }
 
-/// Middleware: count each request and time it to its response head, by the pattern of
-/// the route it matched (never the path itself, which would make a series per lot).
+/// Middleware: count each request and time it to its response head. Every label comes
+/// from a closed set, so no request can add series: the method (the standard ones, else
+/// `other`), the pattern of the route the router matches (never the path itself, which
+/// would make a series per lot; `unmatched` for none) and the status class (`2xx`...).
 pub async fn observe(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let started = std::time::Instant::now();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_owned();
+    let route = auth::route_pattern(&req).unwrap_or_else(|| "unmatched".into());
+    let method = method_label(req.method());
     let res = next.call(req).await;
     let status = match &res {
-        Ok(r) => r.status().as_u16(),
-        Err(e) => e.as_response_error().status_code().as_u16(),
+        Ok(r) => r.status(),
+        Err(e) => e.as_response_error().status_code(),
     };
-    metrics::counter!("parkade_http_requests_total", "method" => method, "route" => route.clone(), "status" => status.to_string())
+    metrics::counter!("parkade_http_requests_total", "method" => method, "route" => route.clone(), "status" => status_class(status))
         .increment(1);
     metrics::histogram!("parkade_http_request_duration_seconds", "route" => route)
         .record(started.elapsed());
     res
+}
+
+/// A method as a metrics label: one of the standard methods, else `other`.
+fn method_label(m: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ]
+    .iter()
+    .find(|s| *s == m)
+    .map_or("other", |s| match s.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        _ => "TRACE",
+    })
+}
+
+/// A status as a metrics label: its class (`1xx` to `5xx`).
+fn status_class(s: actix_web::http::StatusCode) -> &'static str {
+    match s.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// The reply to one accepted or duplicate command.
@@ -234,18 +278,33 @@ fn body_kind(req: &HttpRequest, allow_ndjson: bool) -> Result<BodyKind, ApiError
     }
 }
 
-/// Read a whole body, refusing more than `limit` bytes or a body that has not arrived
-/// within `[limits] body_timeout_secs`.
+/// A request body as read, holding its bytes of the [`limits::BodyBudget`] until it is
+/// dropped (with the request's handling).
+pub(crate) struct Body {
+    bytes: web::BytesMut,
+    _held: limits::Held,
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Read a whole body, refusing more than `limit` bytes, a body that has not arrived
+/// within `[limits] body_timeout_secs`, and one that does not fit in what is left of
+/// the body budget (503 with `Retry-After`).
 async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
     limit: usize,
-) -> Result<web::BytesMut, ApiError> {
-    let secs = req
-        .app_data::<web::Data<ApiState>>()
-        .map_or(30, |st| st.limits.body_timeout_secs);
+) -> Result<Body, ApiError> {
+    let st = req.app_data::<web::Data<ApiState>>();
+    let secs = st.map_or(30, |st| st.limits.body_timeout_secs);
+    let budget = st.map(|st| st.bodies.clone());
     let within = std::time::Duration::from_secs(secs);
-    match tokio::time::timeout(within, read_body_until(req, payload, limit)).await {
+    match tokio::time::timeout(within, read_body_until(req, payload, limit, budget)).await {
         Ok(body) => body,
         Err(_) => Err(ApiError::RequestTimeout(format!(
             "the request body did not arrive within {secs} s ([limits] body_timeout_secs)"
@@ -253,11 +312,16 @@ async fn read_body(
     }
 }
 
+/// What a body is given before its first bytes: room to grow from, never the length
+/// it declares (memory follows the bytes that arrive).
+const FIRST_ROOM: usize = 8192;
+
 async fn read_body_until(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
-) -> Result<web::BytesMut, ApiError> {
+    budget: Option<limits::BodyBudget>,
+) -> Result<Body, ApiError> {
     let too_large = || {
         ApiError::PayloadTooLarge(format!(
             "request body is larger than the limit of {limit} bytes"
@@ -271,14 +335,23 @@ async fn read_body_until(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
+    let mut held = limits::BodyBudget::none();
+    let mut bytes = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk
             .map_err(|e| ApiError::bad(None, format!("could not read the request body: {e}")))?;
-        if body.len() + chunk.len() > limit {
+        if bytes.len() + chunk.len() > limit {
             return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
+        // The budget counts the room the buffer grows to, which is what it costs.
+        let before = bytes.capacity();
+        if bytes.is_empty() {
+            bytes.reserve(FIRST_ROOM.min(limit).max(chunk.len()));
+        }
+        bytes.extend_from_slice(&chunk);
+        if let Some(b) = &budget {
+            b.take(&mut held, bytes.capacity() - before)?;
+        }
     }
-    Ok(body)
+    Ok(Body { bytes, _held: held })
 }

@@ -52,6 +52,25 @@ pub(super) struct WsQuery {
     from_offset: Option<u64>,
 }
 
+/// Refuse a handshake from a web page of another origin (see [`Origins`]): without
+/// this, any site's page could read the live feed through its visitors' browsers.
+///
+/// [`Origins`]: super::auth::Origins
+fn check_origin(req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(origins) = req.app_data::<web::Data<super::auth::Origins>>() else {
+        return Ok(());
+    };
+    let header = |name| req.headers().get(name).map(|v| v.to_str().unwrap_or(""));
+    let origin = header(actix_web::http::header::ORIGIN);
+    if origins.allows(origin, header(actix_web::http::header::HOST)) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "a page of origin {:?} may not open the live feed: only this server's own pages and those of [auth] cors_origins may",
+        origin.unwrap_or_default()
+    )))
+}
+
 #[utoipa::path(
     get, path = "/v1/ws", tag = "live",
     description = "A websocket of occupancy changes: a snapshot then changes, or every change after `from_offset` (see the README).",
@@ -62,6 +81,7 @@ pub(super) struct WsQuery {
     responses(
         (status = 101, description = "Switching to the websocket protocol"),
         (status = 400, description = "Not a websocket handshake, a bad lot id or offset", body = wire::ErrorBody),
+        (status = 403, description = "A page of an origin that may not read (not this server's, not in `[auth] cors_origins`)", body = wire::ErrorBody),
         (status = 503, description = "Too many subscribers", body = wire::ErrorBody),
     )
 )]
@@ -71,6 +91,7 @@ pub(super) async fn ws(
     q: web::Query<WsQuery>,
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
+    check_origin(&req)?;
     let keep: Option<HashSet<LotId>> = match q.lots.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(list) => Some(

@@ -555,3 +555,154 @@ async fn readiness_details_are_for_admins_when_tokens_are_configured() {
     assert!(body["log_end"].is_u64(), "{body}");
     app.stop().await;
 }
+
+/// The spellings of `path` a client may send for the same route: each segment with its
+/// first character percent-encoded, and the whole path encoded (upper-case hex).
+fn encoded_variants(path: &str) -> Vec<String> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut out = Vec::new();
+    for (i, seg) in segments.iter().enumerate() {
+        let Some(first) = seg.chars().next() else {
+            continue;
+        };
+        let mut v = segments.clone();
+        let spelled = format!("%{:02x}{}", first as u32, &seg[first.len_utf8()..]);
+        v[i] = &spelled;
+        out.push(v.join("/"));
+    }
+    let all: String = path
+        .chars()
+        .map(|c| match c {
+            '/' => "/".to_owned(),
+            c => format!("%{:02X}", c as u32),
+        })
+        .collect();
+    out.push(all);
+    out
+}
+
+#[actix_web::test]
+async fn every_documented_route_needs_its_role_however_its_path_is_spelled() {
+    let (_dir, app, t) = app_with_tokens(false).await;
+    let (s, r) = call(
+        &app,
+        "POST",
+        "/v1/lots",
+        Some(&t.admin),
+        Some(json!({"lot_id": "north", "name": "North", "capacity": 100})),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    let (s, doc) = call(&app, "GET", "/openapi.json", Some(&t.admin), None).await;
+    assert_eq!(s, 200);
+    let identities = [None, Some(&t.read), Some(&t.ingest), Some(&t.admin)];
+    let mut checked = 0;
+    let mut refusals = 0;
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        let path = template
+            .replace("{id}", "north")
+            .replace("{file}", "app.js");
+        for method in item.as_object().unwrap().keys() {
+            let method = method.to_ascii_uppercase();
+            // A body every write route refuses after the role check (400), so nothing
+            // is changed whoever asks.
+            let body = (method != "GET").then(|| json!({}));
+            for (who, token) in identities.iter().enumerate() {
+                let token = token.map(String::as_str);
+                let (canonical, _) = call(&app, &method, &path, token, body.clone()).await;
+                if canonical != 401 && canonical != 403 {
+                    continue;
+                }
+                refusals += 1;
+                for spelled in encoded_variants(&path) {
+                    let (status, reply) = call(&app, &method, &spelled, token, body.clone()).await;
+                    assert!(
+                        matches!(status, 401 | 403 | 404),
+                        "{method} {spelled} as {} answered {status} where {path} answers {canonical}: {reply}",
+                        ["nobody", "read", "ingest", "admin"][who]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        refusals >= 15 && checked >= 60,
+        "{refusals} refusals, {checked} spellings"
+    );
+    // The spelling the review found: the admin view without a token.
+    let (s, _) = call(&app, "GET", "/v1/%61dmin/projections", None, None).await;
+    assert_eq!(s, 401);
+    // And a spelled path still reaches its route for a caller who may use it.
+    let (s, r) = call(&app, "GET", "/v1/%61dmin/projections", Some(&t.admin), None).await;
+    assert_eq!(s, 200, "{r}");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_tokens_file_is_reloaded_only_when_it_parses_whole_and_by_its_content() {
+    let (dir, app, t) = app_with_tokens(false).await;
+    let path = dir.path().join("tokens.toml");
+    let before = std::fs::read_to_string(&path).unwrap();
+    let status = |token: String| {
+        let app = &app;
+        async move { call(app, "GET", "/v1/lots", Some(&token), None).await.0 }
+    };
+    // Two checks of the watcher (every 2 s) and its settling time.
+    let two_checks = || tokio::time::sleep(Duration::from_millis(4_500));
+    // An empty file (a write that has truncated and not yet written) revokes nothing.
+    std::fs::write(&path, "").unwrap();
+    two_checks().await;
+    assert_eq!(
+        status(t.read.clone()).await,
+        200,
+        "an empty file was loaded"
+    );
+    // An ingest entry without its lots is not taken as an unrestricted token.
+    let (cut, entry) = new_token("cut", "ingest", Some("North"));
+    let cut_entry: String = entry
+        .lines()
+        .filter(|l| !l.starts_with("lots"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&path, format!("{before}\n{cut_entry}")).unwrap();
+    two_checks().await;
+    assert_eq!(status(cut.clone()).await, 401, "a cut entry was loaded");
+    assert_eq!(
+        status(t.read.clone()).await,
+        200,
+        "the previous tokens stay"
+    );
+    // A new content under the old modification time is still seen.
+    std::fs::write(&path, &before).unwrap();
+    let stamp = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let (late, late_entry) = new_token("late", "read", None);
+    std::fs::write(&path, format!("{before}\n{late_entry}")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(stamp)
+        .unwrap();
+    common::eventually(
+        Duration::from_secs(10),
+        "the new token, under the old modification time",
+        || async {
+            match status(late.clone()).await {
+                200 => Ok(()),
+                s => Err(format!("{s}")),
+            }
+        },
+    )
+    .await;
+    // Revoking every token is said explicitly.
+    std::fs::write(&path, "no_tokens = true\n").unwrap();
+    common::eventually(Duration::from_secs(10), "every token revoked", || async {
+        match status(t.admin.clone()).await {
+            401 => Ok(()),
+            s => Err(format!("{s}")),
+        }
+    })
+    .await;
+    app.stop().await;
+}

@@ -418,8 +418,13 @@ fn tokens(dir: &std::path::Path) -> (std::path::PathBuf, [String; 3]) {
     let mut out = Vec::new();
     for (name, role) in [("gate-1", "ingest"), ("gate-2", "ingest"), ("ops", "admin")] {
         let (token, hash) = parkade::api::auth::new_token().unwrap();
+        let lots = if role == "ingest" {
+            "lots = \"*\"\n"
+        } else {
+            ""
+        };
         text.push_str(&format!(
-            "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\nsha256 = \"{hash}\"\n"
+            "[[token]]\nname = \"{name}\"\nrole = \"{role}\"\n{lots}sha256 = \"{hash}\"\n"
         ));
         out.push(token);
     }
@@ -469,6 +474,16 @@ async fn an_ingest_token_past_its_rate_gets_429_with_retry_after() {
     assert_eq!(s, 200, "{r}");
     let (s, retry, r) = post_as(&app, &gate1, five.clone()).await;
     assert_eq!(s, 429, "{r}");
+    // A throttled token is refused before its body is parsed: a body that would not
+    // parse gets the 429, not the parser's 400.
+    let resp = awc::Client::new()
+        .post(app.url("/v1/events"))
+        .bearer_auth(&gate1)
+        .insert_header(("content-type", "application/json"))
+        .send_body(r#"[{"lot_id": "north"}, {"lot_id": "north"}, {}, {}, {"lot_id": "#)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429, "parsed before the rate was charged");
     assert_eq!(r["error"], "rate_limited", "{r}");
     assert!(r["message"].as_str().unwrap().contains("gate-1"), "{r}");
     let secs: u64 = retry.expect("a Retry-After header").parse().unwrap();

@@ -426,3 +426,47 @@ async fn a_ping_flood_from_a_client_that_never_reads_is_bounded_and_closed() {
     );
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn only_this_servers_pages_and_the_cors_origins_may_open_the_live_feed() {
+    let dir = common::data_dir();
+    let mut config = test_config(dir.path(), None);
+    config.auth.cors_origins = vec!["https://maps.campus.example".into()];
+    let app = TestApp::spawn(config, Hooks::default()).await;
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    let url = format!("{}/v1/ws", app.base.replace("http://", "ws://"));
+    let handshake = |origin: Option<String>| {
+        let mut req = awc::Client::new().ws(url.clone());
+        if let Some(o) = origin {
+            req = req.origin(o.as_str());
+        }
+        async move {
+            match req.connect().await {
+                Ok((resp, socket)) => {
+                    close(socket).await;
+                    resp.status().as_u16()
+                }
+                Err(awc::error::WsClientError::InvalidResponseStatus(s)) => s.as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    for (origin, want) in [
+        (None, 101),
+        (Some(format!("http://127.0.0.1:{port}")), 101),
+        (Some("https://maps.campus.example".into()), 101),
+        (Some("https://evil.example".into()), 403),
+        (Some(format!("http://127.0.0.1.evil.example:{port}")), 403),
+        (
+            Some(format!(
+                "http://127.0.0.1:{}",
+                port.parse::<u16>().unwrap() ^ 1
+            )),
+            403,
+        ),
+        (Some("null".into()), 403),
+    ] {
+        assert_eq!(handshake(origin.clone()).await, want, "Origin {origin:?}");
+    }
+    app.stop().await;
+}

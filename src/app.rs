@@ -137,6 +137,12 @@ impl Application {
             actix_web::rt::spawn(tidy_rates(rate, shutdown.subscribe()));
         }
         actix_web::rt::spawn(auth.clone().watch(shutdown.subscribe()));
+        actix_web::rt::spawn(
+            state
+                .connections
+                .clone()
+                .close_stalled_until(shutdown.subscribe()),
+        );
         let (server, port) = serve_http(&config, state, auth)?;
         stop_on_signals(server.handle(), live);
         tracing::info!(address = %config.bind, port, "HTTP server listening");

@@ -6,12 +6,20 @@
 //! place back). A connection past a cap is still read, so that its client gets a clear
 //! answer (503 or 429 `too_many_connections`) rather than a silent hang, and is closed
 //! after that answer ([`refuse_over_cap`]). A connection that never sends a request is
-//! closed by the server's request-head timeout (5 s).
+//! closed by the server's request-head timeout (5 s). After that, every request on a
+//! connection has a deadline for its head too: a connection with no request in flight
+//! must have sent its next whole head within [`NEXT_HEAD_WITHIN`] of its last reply
+//! (the server's keep-alive closes a silent one after 5 s; this closes one that
+//! trickles a head, or a body its handler did not read, a byte at a time). The bodies
+//! handlers read have their own deadline (`[limits] body_timeout_secs`).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -32,6 +40,27 @@ struct Counts {
     max_total: usize,
     max_per_address: usize,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// The connections whose next request head is watched, by id.
+    watched: Mutex<HashMap<u64, Arc<Watched>>>,
+    next_id: AtomicU64,
+    epoch: Instant,
+}
+
+/// How long a connection with no request in flight may take, from its last reply, to
+/// send the whole head of its next request: the server's keep-alive (5 s) and as long
+/// again for the head.
+pub const NEXT_HEAD_WITHIN: Duration = Duration::from_secs(10);
+
+/// A connection's requests in flight, and since when it has had none.
+struct Watched {
+    /// The connection's socket: valid while the connection is in `watched`, since the
+    /// connection's data (its [`Slot`], which takes it out) is dropped before its
+    /// socket is closed.
+    fd: RawFd,
+    peer: SocketAddr,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `Counts::epoch` when the last request in flight ended.
+    idle_since_ms: AtomicU64,
 }
 
 /// One accepted connection's place; what it may do.
@@ -39,6 +68,7 @@ pub struct Slot {
     counts: Arc<Counts>,
     peer: Option<IpAddr>,
     refused: Option<Refusal>,
+    watched: Option<(u64, Arc<Watched>)>,
 }
 
 #[derive(Clone, Copy)]
@@ -54,7 +84,79 @@ impl Connections {
                 max_total,
                 max_per_address,
                 open: Mutex::new((0, HashMap::new())),
+                watched: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                epoch: Instant::now(),
             }),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Watch the next request heads of the connection on `fd` (see [`NEXT_HEAD_WITHIN`]).
+    fn watch(&self, slot: &mut Slot, fd: RawFd, peer: SocketAddr) {
+        let w = Arc::new(Watched {
+            fd,
+            peer,
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(self.now_ms()),
+        });
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, w.clone());
+        slot.watched = Some((id, w));
+    }
+
+    /// Close the connections that have had no request in flight for longer than
+    /// `within` since their last reply; how many.
+    pub fn close_stalled(&self, within: Duration) -> usize {
+        let now = self.now_ms();
+        let limit = u64::try_from(within.as_millis()).unwrap_or(u64::MAX);
+        let mut watched = self.inner.watched.lock().unwrap_or_else(|e| e.into_inner());
+        let stalled: Vec<u64> = watched
+            .iter()
+            .filter(|(_, w)| {
+                w.in_flight.load(Ordering::Acquire) == 0
+                    && now.saturating_sub(w.idle_since_ms.load(Ordering::Acquire)) > limit
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &stalled {
+            if let Some(w) = watched.remove(id) {
+                // SAFETY: the socket stays open while its connection is in `watched`
+                // (see `Watched::fd`), and we hold that map's lock; ManuallyDrop never
+                // closes it. The peer is compared before anything is done to it.
+                let socket = std::mem::ManuallyDrop::new(unsafe {
+                    <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(w.fd)
+                });
+                if socket.peer_addr().is_ok_and(|p| p == w.peer) {
+                    let _closed = socket.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+        stalled.len()
+    }
+
+    /// Every second until `stop`: close the connections stalled before their next
+    /// request head ([`NEXT_HEAD_WITHIN`]).
+    pub async fn close_stalled_until(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+            let n = self.close_stalled(NEXT_HEAD_WITHIN);
+            if n > 0 {
+                tracing::debug!(
+                    connections = n,
+                    "closed connections stalled before their next request head"
+                );
+            }
         }
     }
 
@@ -82,6 +184,7 @@ impl Connections {
             counts: self.inner.clone(),
             peer,
             refused,
+            watched: None,
         }
     }
 
@@ -92,16 +195,25 @@ impl Connections {
 
     /// For `HttpServer::on_connect`: count each accepted TCP connection.
     pub fn on_connect(&self, conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
-        let peer = conn
-            .downcast_ref::<actix_web::rt::net::TcpStream>()
-            .and_then(|s| s.peer_addr().ok())
-            .map(|a| a.ip());
-        data.insert(self.open(peer));
+        let stream = conn.downcast_ref::<actix_web::rt::net::TcpStream>();
+        let peer = stream.and_then(|s| s.peer_addr().ok());
+        let mut slot = self.open(peer.map(|a| a.ip()));
+        if let (Some(s), Some(p)) = (stream, peer) {
+            self.watch(&mut slot, s.as_raw_fd(), p);
+        }
+        data.insert(slot);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some((id, _)) = self.watched.take() {
+            self.counts
+                .watched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        }
         let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
         let (total, by_peer) = &mut *open;
         *total -= 1;
@@ -116,18 +228,72 @@ impl Drop for Slot {
     }
 }
 
+/// A request in flight on a watched connection; when the last one's reply has been
+/// sent (its body dropped), the connection's wait for its next head starts.
+struct InFlight {
+    watched: Arc<Watched>,
+    counts: Arc<Counts>,
+}
+
+impl InFlight {
+    fn begin(slot: &Slot) -> Option<InFlight> {
+        let (_, w) = slot.watched.as_ref()?;
+        w.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(InFlight {
+            watched: w.clone(),
+            counts: slot.counts.clone(),
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = u64::try_from(self.counts.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.watched.idle_since_ms.store(now, Ordering::Release);
+        self.watched.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A reply's body, ending its request's time in flight when it is dropped (sent, or
+/// given up).
+struct Tracked<B> {
+    body: std::pin::Pin<Box<B>>,
+    _in_flight: Option<InFlight>,
+}
+
+impl<B: MessageBody> MessageBody for Tracked<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<actix_web::web::Bytes, Self::Error>>> {
+        self.body.as_mut().poll_next(cx)
+    }
+}
+
 /// Middleware: a request on a connection past a cap is answered with the cap's error
-/// and the connection closed.
+/// and the connection closed; every other request counts as in flight on its
+/// connection until its reply is sent (see [`NEXT_HEAD_WITHIN`]).
 pub async fn refuse_over_cap(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let refused = req.request().conn_data::<Slot>().and_then(|s| s.refused);
+    let slot = req.request().conn_data::<Slot>();
+    let refused = slot.and_then(|s| s.refused);
     let Some(refusal) = refused else {
-        return next
-            .call(req)
-            .await
-            .map(ServiceResponse::map_into_left_body);
+        let in_flight = slot.and_then(InFlight::begin);
+        return next.call(req).await.map(|r| {
+            r.map_body(|_, body| Tracked {
+                body: Box::pin(body),
+                _in_flight: in_flight,
+            })
+            .map_into_left_body()
+        });
     };
     let err = match refusal {
         Refusal::Total(max) => ApiError::limited(

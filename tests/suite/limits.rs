@@ -36,6 +36,11 @@ async fn connect_from(ip: &str, port: u16) -> TcpStream {
 async fn get_on(s: &mut TcpStream, path: &str) -> (u16, String, Value) {
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
+    read_reply(s).await
+}
+
+/// The next reply on a connection: status, head (lower case) and body.
+async fn read_reply(s: &mut TcpStream) -> (u16, String, Value) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -559,3 +564,139 @@ async fn cors_lets_configured_origins_read_and_no_origin_write() {
         .expect("a wildcard origin is refused");
     assert!(err.to_string().contains("cors_origins"), "{err}");
 }
+
+/// The head of a `POST /v1/events` declaring `len` bytes of JSON.
+fn post_head(len: usize) -> String {
+    format!("POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n")
+}
+
+#[actix_web::test]
+async fn bodies_in_flight_share_one_budget_and_give_it_back() {
+    let dir = common::data_dir();
+    let mut c = test_config(dir.path(), None);
+    c.limits.max_body_bytes = 64 << 10;
+    c.limits.body_budget_bytes = 100 << 10;
+    let app = spawn(c).await;
+    let port = port(&app);
+    let len = 60_000;
+    let body = format!("[{}]", " ".repeat(len - 2));
+    // Declared lengths alone hold nothing: ten connections that declare 60 kB and send
+    // none of it leave the budget whole.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        let mut s = connect_from("127.0.0.1", port).await;
+        s.write_all(post_head(len).as_bytes()).await.unwrap();
+        idle.push(s);
+    }
+    // One body held: 59 kB sent of its 60 kB.
+    let mut held = connect_from("127.0.0.1", port).await;
+    held.write_all(post_head(len).as_bytes()).await.unwrap();
+    held.write_all(&body.as_bytes()[..59_000]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A second body does not fit beside it: 503 with Retry-After, nothing taken.
+    let mut second = connect_from("127.0.0.2", port).await;
+    second.write_all(post_head(len).as_bytes()).await.unwrap();
+    second.write_all(body.as_bytes()).await.unwrap();
+    let (status, head, reply) = read_reply(&mut second).await;
+    assert_eq!(status, 503, "{reply}");
+    assert_eq!(reply["error"], "busy", "{reply}");
+    assert!(head.contains("retry-after:"), "{head}");
+    // Once the held body's connection closes, its bytes are given back.
+    drop(held);
+    common::eventually(Duration::from_secs(10), "the budget given back", || async {
+        let mut s = connect_from("127.0.0.3", port).await;
+        s.write_all(post_head(len).as_bytes()).await.unwrap();
+        s.write_all(body.as_bytes()).await.unwrap();
+        match read_reply(&mut s).await {
+            // An empty array: read whole, then refused for holding no events.
+            (400, _, r) => Ok(r),
+            (s, _, r) => Err(format!("{s} {r}")),
+        }
+    })
+    .await;
+    drop(idle);
+    app.stop().await;
+}
+
+/// Trickle `bytes` one every 500 ms until the server closes the connection; the time
+/// it took, or `None` when it was still open after `most`.
+async fn trickle_until_closed(s: &mut TcpStream, bytes: &[u8], most: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    for b in bytes.iter().cycle() {
+        if started.elapsed() > most {
+            return None;
+        }
+        if s.write_all(&[*b]).await.is_err() {
+            return Some(started.elapsed());
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            _ => {}
+        }
+    }
+    unreachable!("cycle never ends")
+}
+
+#[actix_web::test]
+async fn a_keep_alive_connection_that_trickles_its_next_request_is_closed() {
+    let dir = common::data_dir();
+    let app = spawn(test_config(dir.path(), None)).await;
+    register(&app, "north", 10).await;
+    let port = port(&app);
+    let most = Duration::from_secs(25);
+    // A full request, then the next head a byte at a time.
+    let head = async {
+        let mut s = connect_from("127.0.0.1", port).await;
+        let (status, _, _) = get_on(&mut s, "/healthz").await;
+        assert_eq!(status, 200);
+        trickle_until_closed(
+            &mut s,
+            b"GET /healthz HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaa",
+            most,
+        )
+        .await
+    };
+    // A GET with a chunked body its handler never reads, trickled.
+    let body = async {
+        let mut s = connect_from("127.0.0.2", port).await;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+            .await
+            .unwrap();
+        trickle_until_closed(&mut s, b"1\r\na\r\n", most).await
+    };
+    // A websocket is a request in flight for as long as it lives: it stays open.
+    let socket = async {
+        let url = format!("{}/v1/ws?lots=north", app.base.replace("http://", "ws://"));
+        let (_, mut ws) = awc::Client::new().ws(url).connect().await.unwrap();
+        tokio::time::sleep(NEXT_HEAD + Duration::from_secs(3)).await;
+        common::arrive(&app, "north").await;
+        let mut changes = 0;
+        while changes == 0 {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Frame::Text(t)))) if String::from_utf8_lossy(&t).contains("change") => {
+                    changes += 1
+                }
+                Ok(Some(Ok(Frame::Ping(p)))) => ws.send(awc::ws::Message::Pong(p)).await.unwrap(),
+                Ok(Some(Ok(_))) => {}
+                other => panic!("the websocket ended: {other:?}"),
+            }
+        }
+        let _ = ws.send(awc::ws::Message::Close(None)).await;
+        changes
+    };
+    let (head, body, changes) = tokio::join!(head, body, socket);
+    let head = head.expect("the trickled head held its connection open");
+    let body = body.expect("the trickled body held its connection open");
+    for took in [head, body] {
+        assert!(
+            took >= NEXT_HEAD - Duration::from_secs(1),
+            "closed after {took:?}, before its deadline"
+        );
+    }
+    assert_eq!(changes, 1);
+    app.stop().await;
+}
+
+/// `parkade::api::limits::NEXT_HEAD_WITHIN`.
+const NEXT_HEAD: Duration = parkade::api::limits::NEXT_HEAD_WITHIN;

@@ -566,9 +566,17 @@ impl Hosts {
         let host = host.trim();
         let name = match host.strip_prefix('[') {
             // [v6]:port
+            // [v6] or [v6]:port, and nothing else after the bracket.
             Some(rest) => match rest.split_once(']') {
-                Some((v6, _)) => format!("[{v6}]"),
-                None => return false,
+                Some((v6, after))
+                    if after.is_empty()
+                        || after.strip_prefix(':').is_some_and(|p| {
+                            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+                        }) =>
+                {
+                    format!("[{v6}]")
+                }
+                _ => return false,
             },
             None => match host.rsplit_once(':') {
                 Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n.to_owned(),
@@ -712,6 +720,9 @@ mod tests {
             "evil.example:8080",
             "127.0.0.1.evil.example",
             "[::2]:80",
+            "[::1]evil",
+            "[::1]:evil",
+            "[::1]:",
         ] {
             assert!(!local.allows(bad), "{bad}");
         }

@@ -15,6 +15,39 @@ const SMALL_BODY: usize = 16 * 1024;
 
 struct Fields(Map<String, Value>);
 
+/// A JSON object whose keys each appear once: a key given twice is refused (as
+/// `POST /v1/events` refuses it), not read as its last value.
+struct UniqueKeys(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut map = Map::new();
+                while let Some(k) = a.next_key::<String>()? {
+                    let v: Value = a.next_value()?;
+                    if map.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "duplicate field {k:?}"
+                        )));
+                    }
+                    map.insert(k, v);
+                }
+                Ok(UniqueKeys(map))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 impl Fields {
     async fn read(
         req: &HttpRequest,
@@ -23,11 +56,8 @@ impl Fields {
     ) -> Result<Fields, ApiError> {
         body_kind(req, false)?;
         let body = read_body(req, payload, SMALL_BODY).await?;
-        let value: Value = serde_json::from_slice(&body)
+        let UniqueKeys(map) = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad(None, format!("malformed JSON: {e}")))?;
-        let Value::Object(map) = value else {
-            return Err(ApiError::bad(None, "the body must be a JSON object"));
-        };
         if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(ApiError::bad(
                 Some(k.clone()),

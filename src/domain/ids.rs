@@ -19,6 +19,10 @@ pub enum IdError {
     LotIdTooLong,
     #[error("lot_id may only contain letters, digits, '-', '_' and '.' (found {0:?})")]
     LotIdChar(char),
+    #[error(
+        "lot_id must hold a letter, digit, '-' or '_' (not only dots, which name folders in paths)"
+    )]
+    LotIdDots,
     #[error("name must not be empty")]
     EmptyName,
     #[error("name is longer than {MAX_NAME_LEN} bytes")]
@@ -63,6 +67,9 @@ impl LotId {
         }
         if out.len() > MAX_LOT_ID_LEN {
             return Err(IdError::LotIdTooLong);
+        }
+        if out.bytes().all(|b| b == b'.') {
+            return Err(IdError::LotIdDots);
         }
         Ok(LotId(out.into()))
     }
@@ -173,6 +180,10 @@ mod tests {
         assert_eq!(LotId::parse("a/b"), Err(IdError::LotIdChar('/')));
         assert_eq!(LotId::parse(&"x".repeat(65)), Err(IdError::LotIdTooLong));
         assert!(LotId::parse(&"x".repeat(64)).is_ok());
+        for dots in [".", "..", " .. ", "..."] {
+            assert_eq!(LotId::parse(dots), Err(IdError::LotIdDots), "{dots:?}");
+        }
+        assert!(LotId::parse("north.1").is_ok() && LotId::parse(".north").is_ok());
     }
 
     #[test]

@@ -607,3 +607,61 @@ async fn registrations_stop_at_the_lot_limit_and_the_others_go_on() {
     );
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_key_given_twice_and_a_lot_id_of_dots_are_refused_on_every_endpoint() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(common::test_config(dir.path(), None), Hooks::default()).await;
+    common::register(&app, "north", 10).await;
+    let end = app.log_end().await;
+    let raw = |method: &'static str, path: &'static str, body: &'static str| {
+        let req = awc::Client::new().request(method.parse().unwrap(), app.url(path));
+        common::request(req, Some("application/json"), Some(body.into()))
+    };
+    for (method, path, body) in [
+        (
+            "POST",
+            "/v1/lots",
+            r#"{"lot_id": "east", "name": "East", "capacity": 5, "capacity": 500}"#,
+        ),
+        (
+            "PATCH",
+            "/v1/lots/north",
+            r#"{"capacity": 20, "capacity": 2000}"#,
+        ),
+        (
+            "POST",
+            "/v1/lots/north/count",
+            r#"{"count": 1, "count": 9}"#,
+        ),
+        (
+            "POST",
+            "/v1/events",
+            r#"{"lot_id": "north", "lot_id": "south", "event_type": "ARRIVAL"}"#,
+        ),
+        (
+            "POST",
+            "/v1/admin/known-events",
+            r#"{"event_ids": [], "event_ids": []}"#,
+        ),
+    ] {
+        let (s, r) = raw(method, path, body).await;
+        assert_eq!(s, 400, "{method} {path}: {r}");
+        assert!(
+            r["message"].as_str().unwrap().contains("duplicate"),
+            "{method} {path}: {r}"
+        );
+    }
+    for id in [".", ".."] {
+        let (s, r) = app
+            .post(
+                "/v1/lots",
+                json!({"lot_id": id, "name": "Dots", "capacity": 5}),
+            )
+            .await;
+        assert_eq!(s, 400, "{id}: {r}");
+        assert_eq!(r["field"], "lot_id", "{r}");
+    }
+    assert_eq!(app.log_end().await, end, "nothing was appended");
+    app.stop().await;
+}

@@ -34,7 +34,7 @@ pub enum IdError {
 }
 
 /// A normalised lot identifier: trimmed, lower-cased, inner whitespace runs turned into
-/// a single `-`, then restricted to `[a-z0-9._-]`, 1..=64 bytes.
+/// a single `-`, then restricted to `[a-z0-9._-]`, 1..=64 bytes, not dots alone.
 ///
 /// `" NIA North "` and `"nia-north"` are the same lot. Cloning is cheap (shared string).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -119,6 +119,7 @@ impl Application {
             replay: Arc::new(tokio::sync::Mutex::new(())),
             live_config: config.live.clone(),
             ws_slots: Arc::new(tokio::sync::Semaphore::new(config.live.max_subscribers)),
+            catch_up_slots: Arc::new(tokio::sync::Semaphore::new(config.live.max_catch_ups)),
             ingest_rate: api::limits::IngestRate::new(
                 config.limits.ingest_events_per_sec,
                 config.limits.max_batch_events,

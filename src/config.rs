@@ -85,6 +85,11 @@ pub struct LiveConfig {
     /// How many events back `?from_offset=` may resume from (400 above: start from a
     /// snapshot instead). Default 1,000,000.
     pub max_replay_events: u64,
+    /// Most `?from_offset=` catch-ups reading the log at once; one more is answered
+    /// 503 `too_many_catch_ups` with `Retry-After`, so that many subscribers resuming
+    /// from far back cannot take the machine from everyone else (each holds at most
+    /// `outbox_bytes` while it reads). Default 8.
+    pub max_catch_ups: usize,
 }
 
 impl Default for LiveConfig {
@@ -94,6 +99,7 @@ impl Default for LiveConfig {
             outbox_bytes: crate::live::MAX_QUEUED_BYTES,
             max_subscribers: 1_024,
             max_replay_events: 1_000_000,
+            max_catch_ups: 8,
         }
     }
 }
@@ -508,6 +514,7 @@ impl Config {
                 1,
             ),
             ("[lots] threads", n(self.lots.threads), 1),
+            ("[live] max_catch_ups", n(self.live.max_catch_ups), 1),
             (
                 "[log] segment_bytes",
                 self.log.segment_bytes.into(),

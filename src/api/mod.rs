@@ -67,6 +67,8 @@ pub struct ApiState {
     pub live_config: crate::config::LiveConfig,
     /// One permit per websocket subscriber (`[live] max_subscribers`).
     pub ws_slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per websocket catch-up reading the log (`[live] max_catch_ups`).
+    pub catch_up_slots: Arc<tokio::sync::Semaphore>,
     /// The per-token ingest rate; `None` when off.
     pub ingest_rate: Option<limits::IngestRate>,
     /// Open connections (for `/metrics`).

@@ -82,7 +82,7 @@ fn check_origin(req: &HttpRequest) -> Result<(), ApiError> {
         (status = 101, description = "Switching to the websocket protocol"),
         (status = 400, description = "Not a websocket handshake, a bad lot id or offset", body = wire::ErrorBody),
         (status = 403, description = "A page of an origin that may not read (not this server's, not in `[auth] cors_origins`)", body = wire::ErrorBody),
-        (status = 503, description = "Too many subscribers", body = wire::ErrorBody),
+        (status = 503, description = "Too many subscribers, or too many catch-ups at once", body = wire::ErrorBody),
     )
 )]
 pub(super) async fn ws(
@@ -134,6 +134,21 @@ pub(super) async fn ws(
             ),
         )
     })?;
+    // A catch-up holds its place until it has joined the live stream.
+    let catching_up = match q.from_offset {
+        None => None,
+        Some(_) => Some(st.catch_up_slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Limited {
+                status: actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                code: "too_many_catch_ups",
+                message: format!(
+                    "{} websocket catch-ups are reading the log, the most this server runs at once ([live] max_catch_ups); try again in a moment, or connect without from_offset for a snapshot",
+                    st.live_config.max_catch_ups
+                ),
+                retry_after_secs: Some(1),
+            }
+        })?),
+    };
     let mut handshake =
         actix_http::ws::handshake(req.head()).map_err(|e| ApiError::bad(None, e.to_string()))?;
     let (out, body) = crate::live::outbox(st.live_config.outbox_bytes);
@@ -164,7 +179,11 @@ pub(super) async fn ws(
                 });
                 true
             }
-            Some(n) => catch_up(&st, &out, n + 1, keep).await,
+            Some(n) => {
+                let joined = catch_up(&st, &out, n + 1, keep).await;
+                drop(catching_up);
+                joined
+            }
         };
         if joined {
             watch_client(&out, payload).await;

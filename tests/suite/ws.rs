@@ -470,3 +470,67 @@ async fn only_this_servers_pages_and_the_cors_origins_may_open_the_live_feed() {
     }
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn catch_ups_from_far_back_are_bounded_in_number_and_others_keep_their_place() {
+    let dir = common::data_dir();
+    let mut config = test_config(dir.path(), None);
+    config.live.max_catch_ups = 1;
+    config.limits.max_batch_events = 10_000;
+    config.limits.max_body_bytes = 1 << 20;
+    let app = TestApp::spawn(config, Hooks::default()).await;
+    common::register(&app, "a", 50).await;
+    // Far more changes behind than the connection's buffers hold, so a client that
+    // does not read keeps its catch-up reading.
+    for _ in 0..20 {
+        let batch: Vec<Value> = (0..10_000)
+            .map(|i| {
+                let kind = if i % 2 == 0 { "ARRIVAL" } else { "DEPARTURE" };
+                json!({"lot_id": "a", "event_type": kind})
+            })
+            .collect();
+        let (status, r) = app.post("/v1/events", json!(batch)).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let url = |q: &str| format!("{}/v1/ws{q}", app.base.replace("http://", "ws://"));
+    let status_of = |q: &'static str| {
+        let u = url(q);
+        async move {
+            match awc::Client::new().ws(u).connect().await {
+                Ok((resp, socket)) => (resp.status().as_u16(), Some(socket)),
+                Err(awc::error::WsClientError::InvalidResponseStatus(s)) => (s.as_u16(), None),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    // A catch-up whose client does not read holds the one place...
+    let (s, first) = status_of("?from_offset=0").await;
+    assert_eq!(s, 101);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so a second gets 503; a snapshot subscriber is served.
+    let (s, _) = status_of("?from_offset=0").await;
+    assert_eq!(s, 503);
+    let mut live = connect(&app, "").await;
+    assert!(matches!(
+        next_message(&mut live).await,
+        Message::Snapshot { .. }
+    ));
+    // Once the first has joined or been closed, its place is free again.
+    drop(first);
+    common::eventually(
+        Duration::from_secs(20),
+        "the catch-up's place back",
+        || async {
+            match status_of("?from_offset=5000").await {
+                (101, Some(s)) => {
+                    close(s).await;
+                    Ok(())
+                }
+                (s, _) => Err(format!("{s}")),
+            }
+        },
+    )
+    .await;
+    close(live).await;
+    app.stop().await;
+}

@@ -40,6 +40,9 @@ const SILENT_LIMIT: Duration = Duration::from_secs(30);
 const NORMAL: u16 = 1000;
 /// The client broke the protocol.
 const PROTOCOL_ERROR: u16 = 1002;
+/// The reason given with [`PROTOCOL_ERROR`].
+const BROKE_PROTOCOL: &str =
+    "the client broke the websocket protocol (a frame that is malformed, unmasked or over 64 KiB)";
 /// The server failed (the log could not be read).
 const INTERNAL_ERROR: u16 = 1011;
 /// A catch-up reads the log in batches of this many events; the last one, at most this
@@ -219,7 +222,9 @@ async fn watch_client(out: &Outbox, mut payload: web::Payload) {
                         Ok(Some(_)) => {}
                         Ok(None) => break,
                         Err(e) => {
-                            return out.end(Some(frame::close(PROTOCOL_ERROR, &e.to_string())));
+                            // The codec's own words stay in the log; the client gets ours.
+                            tracing::debug!(error = %e, "websocket client broke the protocol");
+                            return out.end(Some(frame::close(PROTOCOL_ERROR, BROKE_PROTOCOL)));
                         }
                     }
                 }

@@ -534,3 +534,35 @@ async fn catch_ups_from_far_back_are_bounded_in_number_and_others_keep_their_pla
     close(live).await;
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_client_that_breaks_the_protocol_is_closed_in_the_servers_words() {
+    let (_dir, app) = setup().await;
+    let mut ws = connect(&app, "").await;
+    assert!(matches!(
+        next_message(&mut ws).await,
+        Message::Snapshot { .. }
+    ));
+    // A text frame past the server's frame limit (64 KiB).
+    ws.send(awc::ws::Message::Text("x".repeat(100_000).into()))
+        .await
+        .unwrap();
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Frame::Close(r)))) => break r.expect("a close reason"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(reason.code), 1002);
+    let words = reason.description.unwrap_or_default();
+    assert!(
+        words.starts_with("the client broke the websocket protocol"),
+        "{words}"
+    );
+    assert!(
+        !words.to_ascii_lowercase().contains("payload reached"),
+        "{words}"
+    );
+    app.stop().await;
+}

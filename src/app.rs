@@ -144,6 +144,10 @@ impl Application {
                 .clone()
                 .close_stalled_until(shutdown.subscribe()),
         );
+        actix_web::rt::spawn(trim_after_bodies(
+            state.bodies.clone(),
+            shutdown.subscribe(),
+        ));
         let (server, port) = serve_http(&config, state, auth)?;
         stop_on_signals(server.handle(), live);
         tracing::info!(address = %config.bind, port, "HTTP server listening");
@@ -512,6 +516,32 @@ fn return_large_buffers() {
         let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10) };
         if ok != 1 {
             tracing::warn!("could not fix the allocator's mmap threshold; large request bodies may stay resident after they are freed");
+        }
+    }
+}
+
+/// Give the memory of request bodies back to the OS once a burst of them is over: every
+/// 200 ms, when bodies held more than 16 MiB at some point since the last trim and hold
+/// little now, ask the allocator to return its free pages (glibc's `malloc_trim`: the
+/// connections' read buffers of such a burst are many small blocks, below the mmap
+/// threshold that returns large ones at once).
+async fn trim_after_bodies(bodies: api::limits::BodyBudget, mut stop: watch::Receiver<bool>) {
+    const BURST: usize = 16 << 20;
+    let mut peak = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = stop.changed() => return,
+        }
+        let now = bodies.in_use();
+        peak = peak.max(now);
+        if peak > BURST && now < BURST / 4 {
+            peak = 0;
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only gives free pages of the allocator back to the OS.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 }

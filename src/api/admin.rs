@@ -241,22 +241,18 @@ fn rebuild_error(e: crate::projections::ProjectionError) -> ApiError {
 /// `[limits] max_body_bytes`: about 100,000 ids fit in the default 4 MiB).
 pub const KNOWN_EVENTS_MAX: usize = 1_000_000;
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KnownEventsBody {
-    event_ids: Vec<String>,
-}
-
-/// `POST /v1/admin/known-events` with `{"event_ids": [...]}`: which of these client event
-/// ids the whole log holds, however old (the idempotency window only covers recent
-/// ones). One read of the log per request; `parkade import --url` asks once per
-/// re-imported file chunk.
+/// `POST /v1/admin/known-events` with `{"events": [{"lot_id", "event_id"}, ...]}`:
+/// which of these client events the whole log holds, however old (the idempotency
+/// window only covers recent ones). An event is known by its lot and its id together:
+/// the same id on another lot is another event, so a token of one lot cannot make an
+/// import skip another lot's rows. One read of the log per request; `parkade import
+/// --url` asks once per re-imported file chunk.
 #[utoipa::path(
     post, path = "/v1/admin/known-events", tag = "admin",
     request_body(content = wire::KnownEventsIn, content_type = "application/json"),
     responses(
-        (status = 200, description = "Which of the ids the log holds", body = wire::Known),
-        (status = 400, description = "Malformed body or not a UUID", body = wire::ErrorBody),
+        (status = 200, description = "Which of the events the log holds", body = wire::Known),
+        (status = 400, description = "Malformed body, a bad lot id or not a UUID", body = wire::ErrorBody),
         (status = 408, description = "The body did not arrive in time", body = wire::ErrorBody),
         (status = 413, description = "Body or list too large", body = wire::ErrorBody),
         (status = 415, description = "Not JSON", body = wire::ErrorBody),
@@ -269,36 +265,45 @@ pub(super) async fn known_events(
 ) -> Result<HttpResponse, ApiError> {
     super::body_kind(&req, false)?;
     let body = super::read_body(&req, payload, st.limits.max_body_bytes).await?;
-    let parsed: KnownEventsBody = serde_json::from_slice(&body).map_err(|e| {
+    let parsed: wire::KnownEventsIn = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(
             None,
-            format!("expected {{\"event_ids\": [\"<uuid>\", ...]}}: {e}"),
+            format!("expected {{\"events\": [{{\"lot_id\": \"<lot>\", \"event_id\": \"<uuid>\"}}, ...]}}: {e}"),
         )
     })?;
-    if parsed.event_ids.len() > KNOWN_EVENTS_MAX {
+    if parsed.events.len() > KNOWN_EVENTS_MAX {
         return Err(ApiError::PayloadTooLarge(format!(
-            "{} event ids in one request; the limit is {KNOWN_EVENTS_MAX}",
-            parsed.event_ids.len()
+            "{} events in one request; the limit is {KNOWN_EVENTS_MAX}",
+            parsed.events.len()
         )));
     }
-    let mut wanted = rustc_hash::FxHashSet::default();
-    for (i, s) in parsed.event_ids.iter().enumerate() {
-        let id = uuid::Uuid::parse_str(s).map_err(|e| {
+    let mut wanted: rustc_hash::FxHashMap<(crate::domain::LotId, u128), usize> =
+        rustc_hash::FxHashMap::default();
+    for (i, k) in parsed.events.iter().enumerate() {
+        let lot = crate::domain::LotId::parse(&k.lot_id).map_err(|e| {
             ApiError::bad(
-                Some(format!("event_ids[{i}]")),
-                format!("{s:?} is not a UUID: {e}"),
+                Some(format!("events[{i}].lot_id")),
+                format!("{:?}: {e}", k.lot_id),
             )
         })?;
-        wanted.insert(id.as_u128());
+        let id = uuid::Uuid::parse_str(&k.event_id).map_err(|e| {
+            ApiError::bad(
+                Some(format!("events[{i}].event_id")),
+                format!("{:?} is not a UUID: {e}", k.event_id),
+            )
+        })?;
+        wanted.insert((lot, id.as_u128()), i);
     }
+    let asked = parsed.events;
     let log = st.log.clone();
     let (found, end) = web::block(move || -> Result<_, crate::log::LogError> {
         let end = log.durable_end();
         let mut found = Vec::new();
         crate::log::scan(&*log, 0, end, crate::log::SCAN_BATCH, |batch| {
             for e in batch.iter().filter(|e| e.event.client_event_id) {
-                if wanted.remove(&e.event.event_id.as_u128()) {
-                    found.push(e.event.event_id.to_string());
+                let key = (e.event.lot_id.clone(), e.event.event_id.as_u128());
+                if let Some(i) = wanted.remove(&key) {
+                    found.push(i);
                 }
             }
             if wanted.is_empty() {
@@ -312,8 +317,11 @@ pub(super) async fn known_events(
     .await
     .map_err(|e| ApiError::Internal(e.into()))?
     .map_err(|e| ApiError::Internal(e.into()))?;
+    let mut found = found;
+    found.sort_unstable();
+    let known = found.into_iter().map(|i| asked[i].clone()).collect();
     Ok(HttpResponse::Ok().json(wire::Known {
-        known: found,
+        known,
         log_end: end,
     }))
 }

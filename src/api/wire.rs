@@ -366,9 +366,18 @@ pub struct Replayed {
 /// `POST /v1/admin/known-events`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Known {
-    /// The asked ids the log holds.
-    pub known: Vec<String>,
+    /// The asked events the log holds (each with its lot, as asked).
+    pub known: Vec<EventKey>,
     pub log_end: u64,
+}
+
+/// An event as idempotency knows it: by its lot and its id together (an event id is
+/// unique within its lot only; the same id on another lot is another event).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventKey {
+    pub lot_id: String,
+    pub event_id: String,
 }
 
 /// What every command may carry beside its own fields.
@@ -459,6 +468,8 @@ pub struct CountIn {
 
 /// `POST /v1/admin/known-events`.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct KnownEventsIn {
-    pub event_ids: Vec<String>,
+    /// The events to look for, each by its lot and its id.
+    pub events: Vec<EventKey>,
 }

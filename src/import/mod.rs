@@ -283,8 +283,8 @@ struct Run<'a, S: Sink> {
     pending: Vec<Item>,
     /// Raw rows of pending items, for the rejects file.
     raw: HashMap<u64, String>,
-    /// Event ids seen in this run (a repeat is a duplicate row).
-    seen: FxHashSet<u128>,
+    /// Events (lot and id) seen in this run (a repeat is a duplicate row).
+    seen: FxHashSet<(LotId, u128)>,
     /// Capacity of each lot as this run knows it (for count files).
     capacity: HashMap<LotId, Option<u32>>,
     lot_cache: FxHashMap<String, LotId>,
@@ -575,15 +575,16 @@ impl<S: Sink> Run<'_, S> {
         Ok(id)
     }
 
-    /// Check a derived or given event id against this run and the log.
-    fn fresh(&mut self, id: Uuid, repeat: &str) -> Result<Option<()>, Reject> {
-        if !self.seen.insert(id.as_u128()) {
+    /// Check lot `lot`'s derived or given event id against this run and the log (an id
+    /// is known only together with its lot).
+    fn fresh(&mut self, lot: &LotId, id: Uuid, repeat: &str) -> Result<Option<()>, Reject> {
+        if !self.seen.insert((lot.clone(), id.as_u128())) {
             return Err(Reject::new("duplicate", repeat));
         }
         if self.prepass {
             return Ok(Some(()));
         }
-        if self.sink.already_in_log(&id) {
+        if self.sink.already_in_log(lot, &id) {
             return Ok(None);
         }
         Ok(Some(()))
@@ -656,7 +657,7 @@ impl<S: Sink> Run<'_, S> {
                 id
             }
         };
-        match self.fresh(id, "the same event_id appears earlier in this file")? {
+        match self.fresh(&lot, id, "the same event_id appears earlier in this file")? {
             None => Ok(Row::AlreadyImported),
             Some(()) => {
                 self.refused_before(&lot, line)?;
@@ -719,7 +720,7 @@ impl<S: Sink> Run<'_, S> {
                         }),
                     Format::Birmingham => parse_count(&record, columns, tz, rules)
                         .ok()
-                        .filter(|c| self.fresh(c.id, "").is_ok())
+                        .filter(|c| self.fresh(&c.lot, c.id, "").is_ok())
                         .map(|c| (c.lot, c.id)),
                 };
                 if let Some((lot, id)) = derived {
@@ -729,11 +730,11 @@ impl<S: Sink> Run<'_, S> {
             let full = chunk.len() >= if sampled { LOOKUP_ROWS } else { SAMPLE_ROWS };
             if full || !more {
                 self.sink
-                    .look_up(chunk.iter().map(|c| c.2).collect())
+                    .look_up(chunk.iter().map(|c| (c.1.clone(), c.2)).collect())
                     .await
                     .map_err(ImportError::Sink)?;
                 for (line, lot, id) in chunk.drain(..) {
-                    if self.sink.already_in_log(&id) {
+                    if self.sink.already_in_log(&lot, &id) {
                         let last = self.prior.entry(lot).or_default();
                         *last = (*last).max(line);
                     }
@@ -768,6 +769,7 @@ impl<S: Sink> Run<'_, S> {
         };
         let code = record.get(cols.a).map(str::trim).unwrap_or("");
         match self.fresh(
+            &c.lot,
             c.id,
             &format!("{code} at {} was already read from this file", c.when_raw),
         ) {

@@ -37,14 +37,16 @@ impl From<Outcome> for RowOutcome {
 pub trait Sink {
     /// The capacity of a registered lot; `None` when the lot is unknown.
     async fn capacity(&mut self, lot: &LotId) -> Result<Option<u32>, String>;
-    /// True when an event with this id is in the log already.
-    fn already_in_log(&self, id: &Uuid) -> bool;
+    /// True when lot `lot`'s event with this id is in the log already (an id is known
+    /// only together with its lot: the same id on another lot is another event).
+    fn already_in_log(&self, lot: &LotId, id: &Uuid) -> bool;
     /// True when the log may hold rows of this file: a first pass over the file then
     /// looks its ids up (see [`Sink::look_up`]).
     fn sees_log(&self) -> bool;
-    /// Learn which of these ids the whole log holds, so that [`Sink::already_in_log`]
-    /// answers for them (not only for the server's idempotency window).
-    async fn look_up(&mut self, ids: Vec<Uuid>) -> Result<(), String>;
+    /// Learn which of these events (lot and id) the whole log holds, so that
+    /// [`Sink::already_in_log`] answers for them (not only for the server's
+    /// idempotency window).
+    async fn look_up(&mut self, events: Vec<(LotId, Uuid)>) -> Result<(), String>;
     /// Run one ordered batch per lot (lots concurrently); one result per batch, in order,
     /// each holding one outcome per request.
     async fn execute_all(
@@ -56,7 +58,7 @@ pub trait Sink {
 /// The lot actors of a data directory opened by this process.
 pub struct LocalSink {
     lots: Lots,
-    in_log: FxHashSet<u128>,
+    in_log: FxHashSet<(LotId, u128)>,
 }
 
 impl LocalSink {
@@ -69,7 +71,7 @@ impl LocalSink {
                 batch
                     .iter()
                     .filter(|e| e.event.client_event_id)
-                    .map(|e| e.event.event_id.as_u128()),
+                    .map(|e| (e.event.lot_id.clone(), e.event.event_id.as_u128())),
             );
             std::ops::ControlFlow::Continue(())
         })?;
@@ -130,8 +132,8 @@ impl Sink for LocalSink {
         }
     }
 
-    fn already_in_log(&self, id: &Uuid) -> bool {
-        self.in_log.contains(&id.as_u128())
+    fn already_in_log(&self, lot: &LotId, id: &Uuid) -> bool {
+        self.in_log.contains(&(lot.clone(), id.as_u128()))
     }
 
     fn sees_log(&self) -> bool {
@@ -139,7 +141,7 @@ impl Sink for LocalSink {
         !self.in_log.is_empty()
     }
 
-    async fn look_up(&mut self, _ids: Vec<Uuid>) -> Result<(), String> {
+    async fn look_up(&mut self, _events: Vec<(LotId, Uuid)>) -> Result<(), String> {
         // Every client id of the log was read when the sink was made.
         Ok(())
     }
@@ -162,8 +164,8 @@ impl Sink for LocalSink {
 pub struct HttpSink {
     client: awc::Client,
     base: String,
-    /// Ids the server said its log holds (`POST /v1/admin/known-events`).
-    known: FxHashSet<u128>,
+    /// Events (lot and id) the server said its log holds (`POST /v1/admin/known-events`).
+    known: FxHashSet<(LotId, u128)>,
 }
 
 /// Events per NDJSON request (below the server's default limit of 10,000).
@@ -392,8 +394,8 @@ impl Sink for HttpSink {
         }
     }
 
-    fn already_in_log(&self, id: &Uuid) -> bool {
-        self.known.contains(&id.as_u128())
+    fn already_in_log(&self, lot: &LotId, id: &Uuid) -> bool {
+        self.known.contains(&(lot.clone(), id.as_u128()))
     }
 
     fn sees_log(&self) -> bool {
@@ -401,15 +403,22 @@ impl Sink for HttpSink {
         true
     }
 
-    async fn look_up(&mut self, ids: Vec<Uuid>) -> Result<(), String> {
-        // 50,000 ids are about 2 MB, under the server's default body limit (4 MiB); a
-        // server with a smaller limit answers 413 and is asked in smaller pieces.
-        let mut size = 50_000;
+    async fn look_up(&mut self, ids: Vec<(LotId, Uuid)>) -> Result<(), String> {
+        // 25,000 events (lot and id) are about 2.5 MB, under the server's default body
+        // limit (4 MiB); a server with a smaller limit answers 413 and is asked in
+        // smaller pieces.
+        let mut size = 25_000;
         let mut rest = &ids[..];
         while !rest.is_empty() {
             let chunk = &rest[..size.min(rest.len())];
             let body = wire::KnownEventsIn {
-                event_ids: chunk.iter().map(Uuid::to_string).collect(),
+                events: chunk
+                    .iter()
+                    .map(|(lot, id)| wire::EventKey {
+                        lot_id: lot.to_string(),
+                        event_id: id.to_string(),
+                    })
+                    .collect(),
             };
             let (status, reply) = self
                 .send_json("POST", "/v1/admin/known-events", &body)
@@ -426,10 +435,12 @@ impl Sink for HttpSink {
                 ));
             }
             let known: wire::Known = read(status, &reply)?;
-            for v in known.known {
-                let id = Uuid::parse_str(&v)
-                    .map_err(|_| format!("POST /v1/admin/known-events: {v:?} is not a UUID"))?;
-                self.known.insert(id.as_u128());
+            for k in known.known {
+                let bad =
+                    || format!("POST /v1/admin/known-events: {k:?} is not an event asked for");
+                let id = Uuid::parse_str(&k.event_id).map_err(|_| bad())?;
+                let lot = LotId::parse(&k.lot_id).map_err(|_| bad())?;
+                self.known.insert((lot, id.as_u128()));
             }
         }
         Ok(())

@@ -152,7 +152,7 @@ async fn every_route_answers_401_403_or_200_by_role() {
         (
             "POST",
             "/v1/admin/known-events",
-            Some(json!({"event_ids": []})),
+            Some(json!({"events": []})),
             [401, 403, 403, 200],
         ),
     ];

@@ -642,7 +642,7 @@ async fn a_key_given_twice_and_a_lot_id_of_dots_are_refused_on_every_endpoint() 
         (
             "POST",
             "/v1/admin/known-events",
-            r#"{"event_ids": [], "event_ids": []}"#,
+            r#"{"events": [], "events": []}"#,
         ),
     ] {
         let (s, r) = raw(method, path, body).await;

@@ -327,15 +327,81 @@ async fn known_events_names_the_bad_id_and_finds_only_client_ids() {
         .await;
     assert_eq!(status, 200);
     let other = "7b0c2e11-5d3a-4f6e-8b9c-1a2b3c4d5e6f";
+    let key = |lot: &str, id: &str| json!({"lot_id": lot, "event_id": id});
     let (status, reply) = app
-        .post("/v1/admin/known-events", json!({"event_ids": [id, other]}))
+        .post(
+            "/v1/admin/known-events",
+            json!({"events": [key("East", id), key("east", other), key("west", id)]}),
+        )
         .await;
     assert_eq!(status, 200, "{reply}");
-    assert_eq!(reply["known"], json!([id]));
+    // Known with its lot only: the same id on another lot is another event.
+    assert_eq!(reply["known"], json!([key("East", id)]));
     let (status, reply) = app
-        .post("/v1/admin/known-events", json!({"event_ids": [id, "nope"]}))
+        .post(
+            "/v1/admin/known-events",
+            json!({"events": [key("east", id), key("east", "nope")]}),
+        )
         .await;
     assert_eq!(status, 400, "{reply}");
-    assert_eq!(reply["field"], "event_ids[1]", "{reply}");
+    assert_eq!(reply["field"], "events[1].event_id", "{reply}");
     app.stop().await;
+}
+
+#[actix_web::test]
+async fn an_event_id_on_one_lot_does_not_make_an_import_skip_another_lots_row() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    for lot in ["east", "west"] {
+        let (status, _) = app
+            .post(
+                "/v1/lots",
+                json!({"lot_id": lot, "name": lot, "capacity": 10}),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    // A gate of lot east posts events with the ids west's rows carry.
+    let (x, y) = (
+        "0d7c51e4-34a1-4f55-9a3f-5d3f9f0f1a01",
+        "0d7c51e4-34a1-4f55-9a3f-5d3f9f0f1a02",
+    );
+    for id in [x, y] {
+        let (status, r) = app
+            .post(
+                "/v1/events",
+                json!({"lot_id": "east", "event_type": "ARRIVAL", "event_id": id}),
+            )
+            .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    let file = |name: &str, id: &str, minute: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("lot_id,event_type,timestamp,event_id\nwest,ARRIVAL,2016-10-04T08:0{minute}:00Z,{id}\n"),
+        )
+        .unwrap();
+        path
+    };
+    // Through the server (its known-events)...
+    let through = file("x.csv", x, 1);
+    let url = app.base.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        parkade(
+            &["import", through.to_str().unwrap(), "--url", &url],
+            Path::new("/nonexistent"),
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 accepted, 0 already imported"), "{out}");
+    app.stop().await;
+    // ...and offline, on the data directory (the log read by the import itself).
+    let offline = file("y.csv", y, 2);
+    let (code, out) = parkade(&["import", offline.to_str().unwrap()], dir.path(), None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 accepted, 0 already imported"), "{out}");
 }

@@ -398,20 +398,17 @@ async fn history_ranges_are_bounded_by_points() {
 async fn known_events_is_held_to_the_body_limit() {
     let dir = common::data_dir();
     let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
-    // 64 KiB in the tests' config: 3,000 ids are about 117 KB.
-    let ids: Vec<String> = (0..3_000)
-        .map(|_| uuid::Uuid::new_v4().to_string())
+    // 64 KiB in the tests' config: 3,000 events are about 200 KB.
+    let ids: Vec<Value> = (0..3_000)
+        .map(|_| json!({"lot_id": "north", "event_id": uuid::Uuid::new_v4().to_string()}))
         .collect();
     let (s, r) = app
-        .post("/v1/admin/known-events", json!({ "event_ids": ids }))
+        .post("/v1/admin/known-events", json!({ "events": ids }))
         .await;
     assert_eq!(s, 413, "{r}");
     assert_eq!(r["error"], "payload_too_large", "{r}");
     let (s, r) = app
-        .post(
-            "/v1/admin/known-events",
-            json!({ "event_ids": &ids[..100] }),
-        )
+        .post("/v1/admin/known-events", json!({ "events": &ids[..100] }))
         .await;
     assert_eq!(s, 200, "{r}");
     app.stop().await;

@@ -347,9 +347,15 @@ impl TestApp {
     }
 
     /// `POST /v1/admin/known-events`.
-    pub async fn known_events(&self, ids: &[String]) -> Reply<wire::Known> {
+    pub async fn known_events(&self, events: &[(String, String)]) -> Reply<wire::Known> {
         let body = wire::KnownEventsIn {
-            event_ids: ids.to_vec(),
+            events: events
+                .iter()
+                .map(|(lot, id)| wire::EventKey {
+                    lot_id: lot.clone(),
+                    event_id: id.clone(),
+                })
+                .collect(),
         };
         self.post_as("/v1/admin/known-events", &body).await
     }

@@ -439,8 +439,18 @@ pub fn need(method: &Method, pattern: Option<&str>) -> Need {
 /// router reads it (percent-decoded, `crate::api` routes), not the raw one; `None` when
 /// no route matches.
 pub fn route_pattern(req: &ServiceRequest) -> Option<String> {
-    req.resource_map().match_pattern(req.match_info().as_str())
+    // Found once per request (the metrics and access control both ask).
+    if let Some(MatchedRoute(p)) = req.extensions().get::<MatchedRoute>() {
+        return p.clone();
+    }
+    let p = req.resource_map().match_pattern(req.match_info().as_str());
+    req.extensions_mut().insert(MatchedRoute(p.clone()));
+    p
 }
+
+/// A request's [`route_pattern`], kept in its extensions.
+#[derive(Clone)]
+struct MatchedRoute(Option<String>);
 
 /// The token a request presents: `Authorization: Bearer …`, or `?access_token=…`.
 pub fn presented(req: &ServiceRequest) -> Option<String> {

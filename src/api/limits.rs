@@ -46,6 +46,13 @@ struct Counts {
     epoch: Instant,
 }
 
+impl Counts {
+    /// Milliseconds since `epoch`.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 /// How long a connection with no request in flight may take, from its last reply, to
 /// send the whole head of its next request: the server's keep-alive (5 s) and as long
 /// again for the head.
@@ -92,7 +99,7 @@ impl Connections {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.inner.now_ms()
     }
 
     /// Watch the next request heads of the connection on `fd` (see [`NEXT_HEAD_WITHIN`]).
@@ -248,8 +255,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let now = u64::try_from(self.counts.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.watched.idle_since_ms.store(now, Ordering::Release);
+        self.watched
+            .idle_since_ms
+            .store(self.counts.now_ms(), Ordering::Release);
         self.watched.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -180,31 +180,13 @@ pub async fn observe(
 
 /// A method as a metrics label: one of the standard methods, else `other`.
 fn method_label(m: &actix_web::http::Method) -> &'static str {
-    use actix_web::http::Method;
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::PATCH,
-        Method::DELETE,
-        Method::OPTIONS,
-        Method::CONNECT,
-        Method::TRACE,
-    ]
-    .iter()
-    .find(|s| *s == m)
-    .map_or("other", |s| match s.as_str() {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "POST" => "POST",
-        "PUT" => "PUT",
-        "PATCH" => "PATCH",
-        "DELETE" => "DELETE",
-        "OPTIONS" => "OPTIONS",
-        "CONNECT" => "CONNECT",
-        _ => "TRACE",
-    })
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|s| *s == m.as_str())
+        .unwrap_or("other")
 }
 
 /// A status as a metrics label: its class (`1xx` to `5xx`).

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use rustc_hash::FxHashMap;
@@ -125,6 +125,56 @@ impl Dedupe {
     }
 }
 
+/// The most views a lot keeps waiting for the log to make them durable; past it the
+/// oldest waiting ones are dropped (a reader then sees a newer durable view sooner or
+/// an older one a little longer, never one a crash could take back).
+const MAX_PUBLISHED: usize = 1_024;
+
+/// The lot as readers see it, without asking its actor: the views the actor has
+/// committed, oldest first, from the newest one that is durable on. Reads never queue
+/// behind the lot's writes, and never show an event the log could still lose.
+#[derive(Debug, Default)]
+pub(crate) struct Published(Mutex<VecDeque<LotView>>);
+
+/// Whether a view reflects only events below `durable_end`.
+fn durable(view: &LotView, durable_end: u64) -> bool {
+    view.offset.is_none_or(|o| o < durable_end)
+}
+
+impl Published {
+    /// Add the newest committed view; `durable_end` is the log's (`u64::MAX` when every
+    /// committed view is durable).
+    fn push(&self, view: LotView, durable_end: u64) {
+        let mut views = self.0.lock().expect("published views lock");
+        if views.back().is_some_and(|last| *last == view) {
+            return;
+        }
+        views.push_back(view);
+        Self::forget_older(&mut views, durable_end);
+        if views.len() > MAX_PUBLISHED {
+            views.remove(1);
+        }
+    }
+
+    /// The newest view that is durable.
+    fn read(&self, durable_end: u64) -> LotView {
+        let mut views = self.0.lock().expect("published views lock");
+        Self::forget_older(&mut views, durable_end);
+        views
+            .front()
+            .cloned()
+            .expect("a lot always has a durable view")
+    }
+
+    /// Drop the views older than the newest durable one (the first stays durable: it
+    /// was when it became first).
+    fn forget_older(views: &mut VecDeque<LotView>, durable_end: u64) {
+        if let Some(newest) = views.iter().rposition(|v| durable(v, durable_end)) {
+            views.drain(..newest);
+        }
+    }
+}
+
 /// Everything a lot actor holds; also what recovery folds the log into.
 #[derive(Debug)]
 pub(crate) struct LotCore {
@@ -137,6 +187,8 @@ pub(crate) struct LotCore {
     /// `last_offset + 1` (0: none), for the lot's [`LotHandle`] to read without asking
     /// the actor: what the log's follower need not send it again.
     folded: Arc<AtomicU64>,
+    /// What readers see (see [`Published`]).
+    published: Arc<Published>,
 }
 
 impl LotCore {
@@ -149,6 +201,7 @@ impl LotCore {
             updated_at: None,
             dedupe: Dedupe::new(window),
             folded: Arc::new(AtomicU64::new(0)),
+            published: Arc::default(),
         }
     }
 
@@ -419,16 +472,14 @@ pub(crate) struct LotActor {
     log: Arc<dyn EventLog>,
     mailbox: usize,
     max_future_micros: i64,
-    /// While an append waits for the log's acknowledgement: the lot as it was before
-    /// it (what readers see meanwhile), the requests that came since (they go out
-    /// together as the next append: group commit at the lot), and events other writers
-    /// appended (folded once the append is over).
+    /// While an append waits for the log's acknowledgement: the requests that came
+    /// since (they go out together as the next append: group commit at the lot), and
+    /// events other writers appended (folded once the append is over).
     inflight: Option<Inflight>,
 }
 
 /// What a lot actor holds while an append is unacknowledged.
 struct Inflight {
-    shown: LotView,
     queue: Vec<Waiting>,
     observed: Vec<RecordedEvent>,
 }
@@ -448,6 +499,18 @@ impl LotActor {
             max_future_micros,
             inflight: None,
         }
+    }
+
+    /// Show readers the lot as it now is: called after every change of the lot that
+    /// is in the log (a commit, or events of other writers folded), never while an
+    /// append's decisions wait for the log.
+    fn publish(&self) {
+        let durable_end = if self.log.durable_when_acknowledged() {
+            u64::MAX
+        } else {
+            self.log.durable_end()
+        };
+        self.core.published.push(self.core.view(), durable_end);
     }
 }
 
@@ -475,7 +538,6 @@ fn conflict_backoff(attempt: u32) -> std::time::Duration {
 /// The messages a lot actor understands.
 pub(crate) enum LotMsg {
     Execute(Vec<Request>),
-    View,
     /// Events of this lot from the log that another process may have appended.
     Observe(Vec<RecordedEvent>),
 }
@@ -486,7 +548,6 @@ type ExecResult = Result<(Vec<Outcome>, u64, LotView), LogError>;
 #[derive(MessageResponse)]
 pub(crate) enum LotReply {
     Executed(ExecResult),
-    View(LotView),
     Observed,
 }
 
@@ -522,18 +583,17 @@ impl actix::dev::MessageResponse<LotActor, LotMsg> for LotResponse {
     }
 }
 
-/// One step of an execution: done, or waiting on the log, with the lot as readers see
-/// it meanwhile (as it was before the batch).
+/// One step of an execution: done, or waiting on the log.
 enum Step {
     Done(ExecResult),
-    Wait(ResponseActFuture<LotActor, ExecResult>, LotView),
+    Wait(ResponseActFuture<LotActor, ExecResult>),
 }
 
 impl Step {
     fn boxed(self) -> ResponseActFuture<LotActor, ExecResult> {
         match self {
             Step::Done(r) => Box::pin(actix::fut::ready(r)),
-            Step::Wait(f, _) => f,
+            Step::Wait(f) => f,
         }
     }
 }
@@ -561,14 +621,15 @@ impl LotActor {
             Ok(Appended::Ordered(first)) => {
                 let offsets = consecutive(first, d.events.len());
                 let (outcomes, end) = self.core.commit(&d.events, d.slots, &offsets);
+                self.publish();
                 Step::Done(Ok((outcomes, end, self.core.view())))
             }
             Ok(Appended::Acknowledging(ack)) => {
-                let shown = self.core.view_of(&d.saved.state, d.saved.updated_at);
                 let waiting = ack.into_actor(self).then(move |acked, act, _| {
                     match acked {
                         Ok(offsets) => {
                             let (outcomes, end) = act.core.commit(&d.events, d.slots, &offsets);
+                            act.publish();
                             Step::Done(Ok((outcomes, end, act.core.view())))
                         }
                         Err(e) => {
@@ -578,7 +639,7 @@ impl LotActor {
                     }
                     .boxed()
                 });
-                Step::Wait(Box::pin(waiting), shown)
+                Step::Wait(Box::pin(waiting))
             }
             Err(e) => {
                 self.core.restore(d.saved);
@@ -601,18 +662,18 @@ impl LotActor {
             actix::clock::sleep(wait).await;
             read.await
         };
-        let shown = self.core.view();
         let waiting = read.into_actor(self).then(move |missed, act, _| {
             match missed {
                 Ok(events) => {
                     act.core.catch_up(&events, &mut requests);
+                    act.publish();
                     act.run(requests, attempt + 1)
                 }
                 Err(e) => Step::Done(Err(e)),
             }
             .boxed()
         });
-        Step::Wait(Box::pin(waiting), shown)
+        Step::Wait(Box::pin(waiting))
     }
 }
 
@@ -642,9 +703,8 @@ impl LotActor {
     ) {
         match step {
             Step::Done(result) => answer(result, &counts, replies),
-            Step::Wait(f, shown) => {
+            Step::Wait(f) => {
                 self.inflight = Some(Inflight {
-                    shown,
                     queue: Vec::new(),
                     observed: Vec::new(),
                 });
@@ -652,6 +712,7 @@ impl LotActor {
                     answer(result, &counts, replies);
                     if let Some(done) = act.inflight.take() {
                         act.core.catch_up(&done.observed, &mut []);
+                        act.publish();
                         if !done.queue.is_empty() {
                             act.start(done.queue, ctx);
                         }
@@ -712,14 +773,13 @@ impl Handler<LotMsg> for LotActor {
                     }
                 }
             }
-            LotMsg::View => LotResponse::Now(LotReply::View(match &self.inflight {
-                Some(inflight) => inflight.shown.clone(),
-                None => self.core.view(),
-            })),
             LotMsg::Observe(events) => {
                 match &mut self.inflight {
                     Some(inflight) => inflight.observed.extend(events),
-                    None => self.core.catch_up(&events, &mut []),
+                    None => {
+                        self.core.catch_up(&events, &mut []);
+                        self.publish();
+                    }
                 }
                 LotResponse::Now(LotReply::Observed)
             }
@@ -735,6 +795,8 @@ pub struct LotHandle {
     log: Arc<dyn EventLog>,
     /// The actor's count of folded offsets (see [`LotCore`]).
     folded: Arc<AtomicU64>,
+    /// What the actor shows readers.
+    published: Arc<Published>,
 }
 
 impl LotHandle {
@@ -747,6 +809,9 @@ impl LotHandle {
         max_future_micros: i64,
     ) -> Self {
         let (id, folded, actor_log) = (core.lot_id.clone(), core.folded.clone(), log.clone());
+        // What recovery folded is durable: the log's follower reads only durable events.
+        let published = core.published.clone();
+        published.push(core.view(), u64::MAX);
         let addr = LotActor::start_in_arbiter(arbiter, move |_| {
             LotActor::new(core, actor_log, mailbox, max_future_micros)
         });
@@ -755,6 +820,7 @@ impl LotHandle {
             addr,
             log,
             folded,
+            published,
         }
     }
 
@@ -777,7 +843,7 @@ impl LotHandle {
                 Ok(Executed { outcomes, view })
             }
             LotReply::Executed(Err(e)) => Err(e.into()),
-            LotReply::View(_) | LotReply::Observed => {
+            LotReply::Observed => {
                 unreachable!("execute is answered with Executed")
             }
         }
@@ -860,22 +926,19 @@ impl LotHandle {
         .await
     }
 
-    /// The lot's current state, once everything it reflects is durable.
-    pub async fn view(&self) -> Result<LotView, LotError> {
-        match self.addr.send(LotMsg::View).await? {
-            LotReply::View(view) => {
-                if let Some(offset) = view
-                    .offset
-                    .filter(|_| !self.log.durable_when_acknowledged())
-                {
-                    self.log.wait_durable(offset + 1).await?;
-                }
-                Ok(view)
-            }
-            LotReply::Executed(_) | LotReply::Observed => {
-                unreachable!("view is answered with View")
-            }
-        }
+    /// The lot as of its newest durable event, without asking the actor: a read never
+    /// waits for the lot's writes, and never shows an event a crash could take back.
+    /// A reply the lot's actor gave (an acknowledged event) is durable by then, so a
+    /// read after it reflects it (unless more than [`MAX_PUBLISHED`] of the lot's
+    /// commits waited for one sync of the log: then it may show an earlier durable view
+    /// until the newest is durable).
+    pub fn view(&self) -> LotView {
+        let durable_end = if self.log.durable_when_acknowledged() {
+            u64::MAX
+        } else {
+            self.log.durable_end()
+        };
+        self.published.read(durable_end)
     }
 }
 

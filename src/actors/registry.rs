@@ -214,11 +214,9 @@ impl Lots {
         all
     }
 
-    /// Views of every registered lot, sorted by id.
-    pub async fn views(&self) -> Result<Vec<LotView>, LotError> {
-        let handles = self.handles();
-        let views = futures_util::future::join_all(handles.iter().map(|h| h.view())).await;
-        views.into_iter().collect()
+    /// Views of every registered lot, sorted by id (see [`LotHandle::view`]).
+    pub fn views(&self) -> Vec<LotView> {
+        self.handles().iter().map(LotHandle::view).collect()
     }
 
     /// Register a lot. An existing lot answers with its own decision (a duplicate
@@ -304,7 +302,7 @@ mod tests {
         log.append(Expect::Last(Some(1)), &[other]).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let view = loop {
-            let view = lot.view().await.unwrap();
+            let view = lot.view();
             if view.offset == Some(2) || std::time::Instant::now() > deadline {
                 break view;
             }
@@ -316,5 +314,52 @@ mod tests {
         assert_eq!((after.occupancy, after.offset), (3, Some(3)));
         stop.send(true).unwrap();
         follower.await.unwrap().unwrap();
+    }
+
+    /// A read does not wait for the lot's writes (issue 26): while an arrival waits
+    /// for a slow sync of the log, the lot reads at once, as it was before the arrival
+    /// (never what a crash could still take back), and reads the arrival once the
+    /// arrival's reply has come.
+    #[actix_web::test]
+    async fn a_read_never_waits_for_a_sync_and_never_shows_what_is_not_durable() {
+        let log = MemoryLog::new();
+        let lots = Lots::recover(log.clone(), LotOptions::default()).unwrap();
+        let id = LotId::parse("north").unwrap();
+        let now = Timestamp::now();
+        let (capacity, name) = (Capacity::new(10).unwrap(), LotName::parse("North").unwrap());
+        lots.register(id.clone(), name, capacity, None, now)
+            .await
+            .unwrap();
+        let lot = lots.get(&id).unwrap();
+        lot.arrive(now, None).await.unwrap();
+
+        log.hold_syncs();
+        let arriving = actix_web::rt::spawn({
+            let lot = lot.clone();
+            async move { lot.arrive(now, None).await }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while log.events().len() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the arrival was not appended"
+            );
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let read =
+            actix_web::rt::time::timeout(std::time::Duration::from_secs(1), async { lot.view() })
+                .await
+                .expect("a read waited for the sync");
+        assert_eq!((read.occupancy, read.offset), (1, Some(1)), "{read:?}");
+        assert_eq!(lots.views(), vec![read]);
+        assert!(
+            !arriving.is_finished(),
+            "the arrival was answered before it was durable"
+        );
+
+        log.sync();
+        let (_, replied) = arriving.await.unwrap().unwrap();
+        assert_eq!((replied.occupancy, replied.offset), (2, Some(2)));
+        assert_eq!(lot.view(), replied);
     }
 }

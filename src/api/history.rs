@@ -66,7 +66,7 @@ pub(super) async fn history(
     q: web::Query<HistoryQuery>,
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let lot = super::lots::handle(&st, &path)?.view().await?;
+    let lot = super::lots::handle(&st, &path)?.view();
     let (from, to) = range(q.from.as_deref(), q.to.as_deref(), 86_400)?;
     let bucket = q.bucket.as_deref().unwrap_or("15m");
     let width = Width::parse(bucket).ok_or_else(|| {
@@ -172,7 +172,7 @@ pub(super) async fn forecast(
     path: web::Path<String>,
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let lot = super::lots::handle(&st, &path)?.view().await?;
+    let lot = super::lots::handle(&st, &path)?.view();
     let store = forecasts(&st, "the forecast")?;
     let rows = latest_forecast(store, lot.lot_id.as_str()).await?;
     let Some(first) = rows.first() else {
@@ -222,7 +222,7 @@ pub(super) async fn timespan(
     q: web::Query<HistoryQuery>,
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let lot = super::lots::handle(&st, &path)?.view().await?;
+    let lot = super::lots::handle(&st, &path)?.view();
     let default_to = (Utc::now() + chrono::Duration::hours(24)).to_rfc3339();
     let to_text = q.to.clone().unwrap_or(default_to);
     let (from, to) = range(q.from.as_deref(), Some(&to_text), 48 * 3600)?;
@@ -306,7 +306,7 @@ pub(super) async fn recent(
     path: web::Path<String>,
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let lot = super::lots::handle(&st, &path)?.view().await?;
+    let lot = super::lots::handle(&st, &path)?.view();
     let points = st
         .live
         .recent(&lot.lot_id)

@@ -214,7 +214,7 @@ pub(super) async fn register(
     responses((status = 200, description = "Every lot", body = wire::LotList))
 )]
 pub(super) async fn list(st: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let lots = st.lots.views().await?;
+    let lots = st.lots.views();
     let (now, after) = (Timestamp::now(), st.stale_after_secs);
     Ok(HttpResponse::Ok().json(wire::LotList {
         lots: lots
@@ -238,7 +238,7 @@ pub(super) async fn get(
     path: web::Path<String>,
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = handle(&st, &path)?.view().await?;
+    let view = handle(&st, &path)?.view();
     let lot = wire::Lot::read(&view, Timestamp::now(), st.stale_after_secs);
     Ok(HttpResponse::Ok().json(lot))
 }

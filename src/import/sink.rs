@@ -128,7 +128,7 @@ impl Sink for LocalSink {
     async fn capacity(&mut self, lot: &LotId) -> Result<Option<u32>, String> {
         match self.lots.get(lot) {
             None => Ok(None),
-            Some(h) => Ok(Some(h.view().await.map_err(|e| e.to_string())?.capacity)),
+            Some(h) => Ok(Some(h.view().capacity)),
         }
     }
 

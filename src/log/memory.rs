@@ -1,7 +1,9 @@
 //! An [`EventLog`] in memory, for unit tests of what sits on the log (the lot core, the
 //! live fan-out) without files: appends are durable at once, and a test can make the
-//! log fail as the embedded one does on a write error.
+//! log fail as the embedded one does on a write error, or hold its syncs back as a slow
+//! disk would.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -16,6 +18,8 @@ pub struct MemoryLog {
     events: Arc<Mutex<Vec<RecordedEvent>>>,
     /// The durable end, or why the log failed.
     durable: watch::Sender<Result<u64, Arc<str>>>,
+    /// Appends are not durable until [`MemoryLog::sync`].
+    held: AtomicBool,
 }
 
 impl Default for MemoryLog {
@@ -24,6 +28,7 @@ impl Default for MemoryLog {
             id: Uuid::new_v4(),
             events: Arc::default(),
             durable: watch::channel(Ok(0)).0,
+            held: AtomicBool::new(false),
         }
     }
 }
@@ -36,6 +41,25 @@ impl MemoryLog {
     /// From now on refuse appends, as the embedded log does after a failed write.
     pub fn fail(&self, why: &str) {
         let _previous = self.durable.send_replace(Err(why.into()));
+    }
+
+    /// From now on appends are not durable until [`MemoryLog::sync`], as on a disk
+    /// that is slow to sync.
+    pub fn hold_syncs(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Make every append so far durable, and the ones after it at once again.
+    pub fn sync(&self) {
+        self.held.store(false, Ordering::SeqCst);
+        let end = self.lock().len() as u64;
+        self.durable.send_if_modified(|d| match d {
+            Ok(n) if *n < end => {
+                *n = end;
+                true
+            }
+            _ => false,
+        });
     }
 
     /// Append without an expected position ([`Expect::Any`]); the first offset.
@@ -86,9 +110,10 @@ impl EventLog for MemoryLog {
             schema_version: 1,
             event: e.clone(),
         }));
-        let end = log.len() as u64;
         drop(log);
-        let _previous = self.durable.send_replace(Ok(end));
+        if !self.held.load(Ordering::SeqCst) {
+            self.sync();
+        }
         Ok(Appended::Ordered(first))
     }
 
@@ -109,7 +134,10 @@ impl EventLog for MemoryLog {
     }
 
     fn durable_end(&self) -> u64 {
-        self.lock().len() as u64
+        match &*self.durable.borrow() {
+            Ok(end) => *end,
+            Err(_) => self.lock().len() as u64,
+        }
     }
 
     fn wait_durable(&self, end: u64) -> BoxFuture<'_, Result<(), LogError>> {
@@ -129,6 +157,7 @@ impl EventLog for MemoryLog {
     fn cursor(&self, from: u64) -> Box<dyn LogCursor> {
         Box::new(MemoryCursor {
             events: self.events.clone(),
+            durable: self.durable.subscribe(),
             next: from,
         })
     }
@@ -143,14 +172,19 @@ impl EventLog for MemoryLog {
 
 struct MemoryCursor {
     events: Arc<Mutex<Vec<RecordedEvent>>>,
+    durable: watch::Receiver<Result<u64, Arc<str>>>,
     next: u64,
 }
 
 impl LogCursor for MemoryCursor {
     fn next_batch(&mut self, max: usize) -> Result<Vec<RecordedEvent>, LogError> {
         let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
-        let from = (self.next as usize).min(events.len());
-        let to = from.saturating_add(max).min(events.len());
+        let end = match &*self.durable.borrow() {
+            Ok(end) => *end as usize,
+            Err(_) => events.len(),
+        };
+        let from = (self.next as usize).min(end);
+        let to = from.saturating_add(max).min(end);
         let batch = events[from..to].to_vec();
         self.next += batch.len() as u64;
         Ok(batch)

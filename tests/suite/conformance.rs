@@ -526,7 +526,7 @@ pub async fn two_writers_of_one_lot_keep_it_in_bounds_and_count_each_event_once(
             std::time::Duration::from_secs(10),
             "the lot's view to follow the log",
             || async {
-                let v = h.view().await.map_err(|e| e.to_string())?;
+                let v = h.view();
                 if i64::from(v.occupancy) == occupancy {
                     Ok(())
                 } else {

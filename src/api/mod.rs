@@ -65,6 +65,8 @@ pub struct ApiState {
     pub replay: Arc<tokio::sync::Mutex<()>>,
     /// Websocket limits (outbox bytes, subscribers, replay reach).
     pub live_config: crate::config::LiveConfig,
+    /// The bytes all websocket outboxes may hold (`[live] outbox_budget_bytes`).
+    pub outboxes: Arc<crate::live::Budget>,
     /// One permit per websocket subscriber (`[live] max_subscribers`).
     pub ws_slots: Arc<tokio::sync::Semaphore>,
     /// One permit per websocket catch-up reading the log (`[live] max_catch_ups`).

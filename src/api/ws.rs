@@ -154,7 +154,7 @@ pub(super) async fn ws(
     };
     let mut handshake =
         actix_http::ws::handshake(req.head()).map_err(|e| ApiError::bad(None, e.to_string()))?;
-    let (out, body) = crate::live::outbox(st.live_config.outbox_bytes);
+    let (out, body) = crate::live::outbox(st.live_config.outbox_bytes, &st.outboxes);
     let response = handshake
         .message_body(BodyStream::new(body).boxed())
         .map_err(|e| ApiError::bad(None, e.to_string()))?;

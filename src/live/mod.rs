@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-pub use outbox::{outbox, Outbox, MAX_QUEUED_BYTES};
+pub use outbox::{outbox, Budget, Outbox, MAX_QUEUED_BYTES};
 
 use crate::actors::LotView;
 use crate::domain::{LotEvent, LotId, RecordedEvent};
@@ -110,8 +110,13 @@ fn going_away() -> Bytes {
     frame::close(GOING_AWAY, "parkade is stopping")
 }
 
-/// The frames of `changes`, back to back.
+/// The frames of `changes`, back to back (one change's frame is shared, not copied:
+/// a lot's followers all hold the same bytes).
 pub fn concat<'a>(changes: impl Iterator<Item = &'a Change> + Clone) -> (Bytes, usize) {
+    let mut two = changes.clone().take(2);
+    if let (Some(only), None) = (two.next(), two.next()) {
+        return (only.frame.clone(), 1);
+    }
     let len = changes.clone().map(|c| c.frame.len()).sum();
     let mut out = BytesMut::with_capacity(len);
     let mut n = 0;
@@ -473,7 +478,7 @@ mod tests {
         let live = Live::new(Vec::new(), 0, 64);
         let (stop, rx) = watch::channel(false);
         let follower = tokio::spawn(live.clone().follow(log.clone(), rx));
-        let (out, mut body) = crate::live::outbox(1 << 20);
+        let (out, mut body) = crate::live::outbox(1 << 20, &Budget::new(usize::MAX));
         let keep = Some(HashSet::from([LotId::parse("north").unwrap()]));
         live.subscribe(keep, out, |snap| {
             assert_eq!(snap.next_offset, 0);

@@ -9,10 +9,16 @@
 //! (changes, snapshots, and control frames such as the pongs a client's pings ask for):
 //! a put that would pass the bound ends the outbox with a 4008 close instead, so a
 //! client that sends and never reads cannot grow the server's memory.
+//!
+//! All outboxes together are bounded too ([`Budget`], `[live] outbox_budget_bytes`), so
+//! that many connections from one address (a campus NAT, or an attacker) cannot hold
+//! the bound of each: past the budget, a put to an outbox holding more than its fair
+//! share (the budget over the outboxes open) ends that outbox instead. The ones that
+//! keep up hold little and go on; what all hold stays under twice the budget.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -30,13 +36,54 @@ enum Item {
 /// Default of the most bytes an outbox holds that its connection has not taken: 8 MiB.
 pub const MAX_QUEUED_BYTES: usize = 8 << 20;
 
+/// The bytes all outboxes may hold at once that their connections have not taken.
+#[derive(Debug)]
+pub struct Budget {
+    max: usize,
+    held: AtomicUsize,
+    outboxes: AtomicUsize,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Arc<Budget> {
+        Arc::new(Budget {
+            max,
+            held: AtomicUsize::new(0),
+            outboxes: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes all outboxes hold.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Take `len` more bytes for an outbox that holds `own`: refused when the budget
+    /// is spent and the outbox holds more than its share.
+    fn charge(&self, len: usize, own: usize) -> bool {
+        let after = self.held.fetch_add(len, Ordering::AcqRel) + len;
+        let share = self.max / self.outboxes.load(Ordering::Relaxed).max(1);
+        if after > self.max && own + len > share {
+            self.release(len);
+            return false;
+        }
+        true
+    }
+
+    fn release(&self, len: usize) {
+        self.held.fetch_sub(len, Ordering::AcqRel);
+    }
+}
+
 struct Shared {
     /// Most bytes held that the connection has not taken.
     max_bytes: usize,
+    budget: Arc<Budget>,
     /// Changes put in and not yet taken by the connection.
     queued: AtomicUsize,
-    /// Bytes put in and not yet taken.
-    queued_bytes: AtomicUsize,
+    /// Bytes put in and not yet taken (all charged to the budget), and whether the
+    /// connection is gone (then nothing more is put).
+    held: Mutex<Held>,
     /// When the connection last took something (ms since [`epoch`]).
     taken_at: AtomicU64,
     /// Signalled each time the connection takes something.
@@ -69,13 +116,22 @@ pub struct Body {
     done: bool,
 }
 
-/// A new, empty outbox holding at most `max_bytes` untaken, and the body that drains it.
-pub fn outbox(max_bytes: usize) -> (Outbox, Body) {
+#[derive(Default)]
+struct Held {
+    bytes: usize,
+    gone: bool,
+}
+
+/// A new, empty outbox holding at most `max_bytes` untaken (and its part of `budget`),
+/// and the body that drains it.
+pub fn outbox(max_bytes: usize, budget: &Arc<Budget>) -> (Outbox, Body) {
     let (tx, rx) = mpsc::unbounded_channel();
+    budget.outboxes.fetch_add(1, Ordering::Relaxed);
     let shared = Arc::new(Shared {
         max_bytes,
+        budget: budget.clone(),
         queued: AtomicUsize::new(0),
-        queued_bytes: AtomicUsize::new(0),
+        held: Mutex::default(),
         taken_at: AtomicU64::new(now_ms()),
         taken: Notify::new(),
         ended: AtomicBool::new(false),
@@ -97,27 +153,50 @@ pub fn outbox(max_bytes: usize) -> (Outbox, Body) {
 impl Outbox {
     /// Queue frames carrying `changes` changes (0 for control frames). False when the
     /// outbox has ended or the connection is gone.
-    /// A put past the outbox's byte bound ends it with a 4008 close and is false.
+    /// A put past the outbox's byte bound, or past the budget of all outboxes while
+    /// this one holds more than its share, ends it with a 4008 close and is false.
     pub fn put(&self, frames: Bytes, changes: usize) -> bool {
         if self.is_ended() {
             return false;
         }
         let len = frames.len();
-        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        let max = self.shared.max_bytes;
-        if before + len > max {
-            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            let why = format!("slow consumer: more than {max} bytes not taken");
-            self.end(Some(super::frame::close(super::SLOW_CONSUMER, &why)));
-            return false;
+        let refused = {
+            let mut held = self.shared.lock();
+            let max = self.shared.max_bytes;
+            if held.gone {
+                return false;
+            }
+            if held.bytes + len > max {
+                Some(format!("slow consumer: more than {max} bytes not taken"))
+            } else if !self.shared.budget.charge(len, held.bytes) {
+                Some(format!(
+                    "slow consumer: {} bytes not taken while all websocket buffers are full ([live] outbox_budget_bytes)",
+                    held.bytes
+                ))
+            } else {
+                held.bytes += len;
+                self.shared.queued.fetch_add(changes, Ordering::Relaxed);
+                // Sent under the lock, so the body's drop releases it if it is not taken.
+                if self.tx.send(Item::Frames(frames, changes)).is_err() {
+                    held.bytes -= len;
+                    self.shared.budget.release(len);
+                    return false;
+                }
+                None
+            }
+        };
+        match refused {
+            None => true,
+            Some(why) => {
+                self.end(Some(super::frame::close(super::SLOW_CONSUMER, &why)));
+                false
+            }
         }
-        self.shared.queued.fetch_add(changes, Ordering::Relaxed);
-        self.tx.send(Item::Frames(frames, changes)).is_ok()
     }
 
     /// Bytes put in and not yet taken by the connection.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.queued_bytes.load(Ordering::Acquire)
+        self.shared.lock().bytes
     }
 
     /// Queue a last frame (a close frame, say) and end: nothing put afterwards is sent.
@@ -130,7 +209,14 @@ impl Outbox {
             if let Some(code) = super::frame::close_code(&b) {
                 crate::metrics::ws_closed(code);
             }
-            let _ = self.tx.send(Item::Frames(b, 0));
+            // Counted (a few bytes past any bound), so that taking it releases it.
+            let mut held = self.shared.lock();
+            if !held.gone {
+                held.bytes += b.len();
+                self.shared.budget.held.fetch_add(b.len(), Ordering::AcqRel);
+                // The body is not gone (it is marked first), so this is taken or released.
+                let _ = self.tx.send(Item::Frames(b, 0));
+            }
         }
         let _ = self.tx.send(Item::End);
         self.shared.end_signal.notify_one();
@@ -196,13 +282,8 @@ impl Stream for Body {
             Poll::Ready(Some(Item::Frames(b, changes))) => {
                 let shared = &self.shared;
                 shared.queued.fetch_sub(changes, Ordering::Relaxed);
-                // The last frame of `end` was never counted.
-                let _ =
-                    shared
-                        .queued_bytes
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                            Some(n.saturating_sub(b.len()))
-                        });
+                shared.lock().bytes -= b.len();
+                shared.budget.release(b.len());
                 shared.taken_at.store(now_ms(), Ordering::Relaxed);
                 shared.taken.notify_waiters();
                 Poll::Ready(Some(Ok(b)))
@@ -216,14 +297,33 @@ impl Stream for Body {
     }
 }
 
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Body {
+    /// The connection is gone: what it never took goes back to the budget.
+    fn drop(&mut self) {
+        let mut held = self.shared.lock();
+        held.gone = true;
+        self.shared.budget.release(std::mem::take(&mut held.bytes));
+        self.shared.budget.outboxes.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures_util::StreamExt;
 
+    /// The largest close frame: its head and the most a control frame carries.
+    const CLOSE_FRAME: usize = 2 + 125;
+
     #[tokio::test]
     async fn frames_come_out_in_order_and_the_count_follows_what_was_taken() {
-        let (out, mut body) = outbox(MAX_QUEUED_BYTES);
+        let (out, mut body) = outbox(MAX_QUEUED_BYTES, &Budget::new(usize::MAX));
         assert!(out.put(Bytes::from_static(b"a"), 2));
         assert!(out.put(Bytes::from_static(b"b"), 3));
         assert_eq!(out.queued(), 5);
@@ -239,7 +339,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_outbox_never_holds_more_than_its_byte_bound() {
-        let (out, mut body) = outbox(MAX_QUEUED_BYTES);
+        let (out, mut body) = outbox(MAX_QUEUED_BYTES, &Budget::new(usize::MAX));
         let pong = Bytes::from(vec![0x8a; 127]);
         let mut put = 0usize;
         while out.put(pong.clone(), 0) {
@@ -251,7 +351,8 @@ mod tests {
             "stopped early at {put}"
         );
         assert!(out.is_ended());
-        assert!(out.queued_bytes() <= MAX_QUEUED_BYTES);
+        // And the close frame, past the bound.
+        assert!(out.queued_bytes() <= MAX_QUEUED_BYTES + CLOSE_FRAME);
         // What was queued still drains, then the 4008 close, then the end.
         let mut taken = 0;
         let mut last = Bytes::new();
@@ -265,9 +366,39 @@ mod tests {
         assert_eq!(out.queued_bytes(), 0);
     }
 
+    /// Past the budget of all outboxes, the one holding more than its share is closed,
+    /// while one that keeps up goes on; what all hold stays under twice the budget and
+    /// a connection's going gives its bytes back.
+    #[tokio::test]
+    async fn past_the_budget_the_outbox_over_its_share_is_closed_and_one_that_keeps_up_goes_on() {
+        let budget = Budget::new(4_096);
+        let (hog, hog_body) = outbox(MAX_QUEUED_BYTES, &budget);
+        let (keeper, mut keeper_body) = outbox(MAX_QUEUED_BYTES, &budget);
+        let frame = Bytes::from(vec![0x8a; 100]);
+        let mut put = 0;
+        while hog.put(frame.clone(), 0) {
+            put += frame.len();
+            assert!(put <= 4_096, "put past the budget: {put}");
+        }
+        assert!(hog.is_ended(), "the hog is closed");
+        assert!(put > 4_096 - frame.len(), "closed early at {put}");
+        for _ in 0..100 {
+            assert!(keeper.put(frame.clone(), 1), "a keeper was refused");
+            keeper_body.next().await.unwrap().unwrap();
+        }
+        while keeper.put(frame.clone(), 1) {}
+        let keeps = keeper.queued_bytes();
+        assert!(keeps <= 4_096 / 2 + CLOSE_FRAME, "{keeps}");
+        assert!(budget.held() <= 2 * 4_096, "{}", budget.held());
+        drop(hog_body);
+        assert_eq!(budget.held(), keeps);
+        drop(keeper_body);
+        assert_eq!(budget.held(), 0);
+    }
+
     #[tokio::test]
     async fn drained_to_waits_for_the_connection_and_gives_up_at_its_limit() {
-        let (out, mut body) = outbox(MAX_QUEUED_BYTES);
+        let (out, mut body) = outbox(MAX_QUEUED_BYTES, &Budget::new(usize::MAX));
         out.put(Bytes::from_static(b"a"), 10);
         assert!(!out.drained_to(5, Duration::from_millis(50)).await);
         let waiter = {

@@ -64,7 +64,7 @@ impl Application {
         for o in &config.auth.cors_origins {
             api::auth::check_origin(o).map_err(|e| anyhow::anyhow!("[auth] cors_origins: {e}"))?;
         }
-        fit_open_files(config.limits.max_connections)?;
+        let max_connections = fit_open_files(config.limits.max_connections)?;
         return_large_buffers();
         // Before the log opens: its writer binds its metrics when it starts.
         let metrics_handle = crate::metrics::install();
@@ -84,9 +84,7 @@ impl Application {
         }
         // The live fan-out starts from the state the lots were rebuilt to.
         let live = crate::live::Live::new(
-            lots.views()
-                .await
-                .context("reading the lots for the live view")?,
+            lots.views(),
             dyn_log.durable_end(),
             config.live.buffer_messages,
         );
@@ -118,6 +116,7 @@ impl Application {
             forecast_interval_secs: config.forecast.interval_secs,
             replay: Arc::new(tokio::sync::Mutex::new(())),
             live_config: config.live.clone(),
+            outboxes: crate::live::Budget::new(config.live.outbox_budget()),
             ws_slots: Arc::new(tokio::sync::Semaphore::new(config.live.max_subscribers)),
             catch_up_slots: Arc::new(tokio::sync::Semaphore::new(config.live.max_catch_ups)),
             ingest_rate: api::limits::IngestRate::new(
@@ -125,8 +124,9 @@ impl Application {
                 config.limits.max_batch_events,
             ),
             connections: api::limits::Connections::new(
-                config.limits.max_connections,
-                config.limits.max_connections_per_address,
+                max_connections,
+                config.limits.per_address(max_connections),
+                config.limits.trusted_proxies.clone(),
             ),
             bodies: api::limits::BodyBudget::new(config.limits.body_budget()),
             metrics: metrics_handle,
@@ -383,6 +383,7 @@ fn serve_http(
     auth: api::auth::Auth,
 ) -> anyhow::Result<(actix_web::dev::Server, u16)> {
     let counting = state.connections.clone();
+    let max_connections = counting.max_total();
     let state = web::Data::new(state);
     let cors_origins = config.auth.cors_origins.clone();
     let hosts = api::auth::Hosts::new(&config.auth.allowed_hosts, config.bind);
@@ -434,7 +435,7 @@ fn serve_http(
     .workers(config.http_workers)
     // A backstop under our own count: connections past the caps are still taken,
     // to be told why, up to twice the cap (beyond that they wait in the backlog).
-    .max_connections((2 * config.limits.max_connections).div_ceil(config.http_workers))
+    .max_connections((2 * max_connections).div_ceil(config.http_workers))
     .backlog(2048)
     // Replies and websocket frames are small and wanted now: without this, Nagle's
     // algorithm holds a frame until the client acknowledges the previous one, which
@@ -474,33 +475,50 @@ async fn tidy_rates(rate: api::limits::IngestRate, mut stop: watch::Receiver<boo
     }
 }
 
-/// Make room for `max_connections` open files beside the log's and the archive's:
-/// raise the soft open-files limit up to the hard one if needed, and refuse to start
-/// when even that is too low, rather than fail to accept at an unknown point.
-fn fit_open_files(max_connections: usize) -> anyhow::Result<()> {
+/// Make room for the connections `[limits] max_connections` asks for (0: the default
+/// number, or fewer when the hard open-files limit is lower) beside the log's and the
+/// archive's files: raise the soft open-files limit up to the hard one if needed, and
+/// refuse to start when a number set explicitly does not fit, rather than fail to
+/// accept at an unknown point. Returns how many connections the server takes.
+fn fit_open_files(max_connections: usize) -> anyhow::Result<usize> {
     use rustix::process::{getrlimit, setrlimit, Resource};
     // The log's segments, the archive, PostgreSQL, the runtime's own.
     const RESERVE: u64 = 256;
-    let want = max_connections as u64 + RESERVE;
+    let asked = match max_connections {
+        0 => crate::config::DEFAULT_MAX_CONNECTIONS,
+        n => n,
+    };
     let mut lim = getrlimit(Resource::Nofile);
     let soft = lim.current.unwrap_or(u64::MAX);
-    if soft >= want {
-        return Ok(());
-    }
     let hard = lim.maximum.unwrap_or(u64::MAX);
+    let mut taken = asked;
+    let want = asked as u64 + RESERVE;
     if hard < want {
-        anyhow::bail!(
-            "[limits] max_connections = {max_connections} needs {want} open files, but the hard limit is {hard}: lower max_connections or raise LimitNOFILE"
+        if max_connections > 0 {
+            anyhow::bail!(
+                "[limits] max_connections = {max_connections} needs {want} open files, but the hard limit is {hard}: lower max_connections or raise LimitNOFILE"
+            );
+        }
+        taken = usize::try_from(hard.saturating_sub(RESERVE))
+            .unwrap_or(usize::MAX)
+            .max(16);
+        tracing::warn!(
+            hard_limit = hard,
+            connections = taken,
+            "the open-files hard limit holds fewer than the default {asked} connections; taking {taken} (raise LimitNOFILE, or set [limits] max_connections)"
         );
     }
-    lim.current = Some(want);
-    setrlimit(Resource::Nofile, lim).context("raising the open-files limit")?;
-    tracing::info!(
-        from = soft,
-        to = want,
-        "raised the open-files limit to fit [limits] max_connections"
-    );
-    Ok(())
+    let want = taken as u64 + RESERVE;
+    if soft < want {
+        lim.current = Some(want.min(hard));
+        setrlimit(Resource::Nofile, lim).context("raising the open-files limit")?;
+        tracing::info!(
+            from = soft,
+            to = want,
+            "raised the open-files limit to fit [limits] max_connections"
+        );
+    }
+    Ok(taken)
 }
 
 /// Have the allocator give large buffers (request bodies up to `[limits]

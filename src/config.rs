@@ -79,8 +79,14 @@ pub struct LiveConfig {
     /// Bytes a websocket connection may leave untaken (changes, snapshots, pongs) before
     /// it is closed (code 4008). Default 8 MiB.
     pub outbox_bytes: usize,
+    /// Bytes all websocket connections together may leave untaken; past it, one
+    /// holding more than its share (this over the connections open) is closed with
+    /// 4008, so that many connections that never read (from one address or many)
+    /// cannot hold `outbox_bytes` each. What all hold stays under twice this.
+    /// 0 (the default): a sixteenth of the machine's memory, between 64 MiB and 1 GiB.
+    pub outbox_budget_bytes: usize,
     /// Most websocket subscribers at once; one more is answered 503
-    /// `too_many_subscribers`. Default 1,024.
+    /// `too_many_subscribers`. Default 16,384 (as many as connections, by default).
     pub max_subscribers: usize,
     /// How many events back `?from_offset=` may resume from (400 above: start from a
     /// snapshot instead). Default 1,000,000.
@@ -97,7 +103,8 @@ impl Default for LiveConfig {
         LiveConfig {
             buffer_messages: 4_096,
             outbox_bytes: crate::live::MAX_QUEUED_BYTES,
-            max_subscribers: 1_024,
+            outbox_budget_bytes: 0,
+            max_subscribers: 16_384,
             max_replay_events: 1_000_000,
             max_catch_ups: 8,
         }
@@ -213,13 +220,21 @@ pub struct Limits {
     /// Default 10,000.
     pub max_lots: usize,
     /// Most open connections in all; one past it is answered 503 `too_many_connections`
-    /// and closed. Default 4,096 (the service raises its open-files limit to fit, and
-    /// refuses to start when it cannot).
+    /// and closed. The service raises its open-files limit to fit, and refuses to start
+    /// when a value set here cannot fit. 0 (the default): [`DEFAULT_MAX_CONNECTIONS`],
+    /// or as many as the hard open-files limit fits when that is lower (with a warning).
     pub max_connections: usize,
     /// Most open connections from one client address; one past it is answered 429
-    /// `too_many_connections` and closed. Default 256. Behind a reverse proxy every
-    /// client shares the proxy's address: raise it to `max_connections` there.
+    /// `too_many_connections` and closed. 0 (the default): three quarters of
+    /// `max_connections`, so that a campus behind one NAT address fits (10,000 phones on
+    /// the live feed) and one address still leaves a quarter to everyone else.
     pub max_connections_per_address: usize,
+    /// Addresses of reverse proxies in front of parkade: their connections count in
+    /// `max_connections` but not per address (every client of a proxy comes from its
+    /// address; per-client caps are then the proxy's to keep). parkade never reads
+    /// `X-Forwarded-For` or `Forwarded`: nothing in it is decided by a client's address
+    /// past the connection. Default none.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Events of one `POST /v1/events` request may span at most this many seconds of
     /// event time (413 `span_too_large` above), so one request cannot scatter events
     /// over years of archive partitions. Default 2,678,400 (31 days).
@@ -313,23 +328,47 @@ impl Default for Config {
     }
 }
 
+/// Open connections when `[limits] max_connections` is 0 and the open-files limit fits
+/// them: a campus's phones on the live feed at 8 am, and room beside them.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
+
 /// Default of [`Limits::max_future_secs`].
 pub const DEFAULT_MAX_FUTURE_SECS: i64 = 900;
 
+/// `set`, or when it is 0 a sixteenth of this machine's memory, between 64 MiB and 1 GiB.
+fn or_memory_share(set: usize) -> usize {
+    if set > 0 {
+        return set;
+    }
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<usize>().ok()
+        })
+        .map_or(1 << 30, |kib| kib.saturating_mul(1024));
+    (total / 16).clamp(64 << 20, 1 << 30)
+}
+
 impl Limits {
+    /// [`Limits::max_connections_per_address`] when the server holds `max_connections`.
+    pub fn per_address(&self, max_connections: usize) -> usize {
+        match self.max_connections_per_address {
+            0 => (max_connections * 3 / 4).max(1),
+            n => n,
+        }
+    }
+
     /// [`Limits::body_budget_bytes`], with 0 sized for this machine's memory.
     pub fn body_budget(&self) -> usize {
-        if self.body_budget_bytes > 0 {
-            return self.body_budget_bytes;
-        }
-        let total = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-                line.split_whitespace().nth(1)?.parse::<usize>().ok()
-            })
-            .map_or(1 << 30, |kib| kib.saturating_mul(1024));
-        (total / 16).clamp(64 << 20, 1 << 30)
+        or_memory_share(self.body_budget_bytes)
+    }
+}
+
+impl LiveConfig {
+    /// [`LiveConfig::outbox_budget_bytes`], with 0 sized for this machine's memory.
+    pub fn outbox_budget(&self) -> usize {
+        or_memory_share(self.outbox_budget_bytes)
     }
 }
 
@@ -342,8 +381,9 @@ impl Default for Limits {
             body_timeout_secs: 30,
             body_budget_bytes: 0,
             max_lots: 10_000,
-            max_connections: 4_096,
-            max_connections_per_address: 256,
+            max_connections: 0,
+            max_connections_per_address: 0,
+            trusted_proxies: Vec::new(),
             max_request_span_secs: 31 * 86_400,
             max_history_points: 10_000,
             ingest_events_per_sec: 5_000,
@@ -490,12 +530,6 @@ impl Config {
             ("[limits] max_batch_events", n(l.max_batch_events), 1),
             ("[limits] body_timeout_secs", l.body_timeout_secs.into(), 1),
             ("[limits] max_lots", n(l.max_lots), 1),
-            ("[limits] max_connections", n(l.max_connections), 1),
-            (
-                "[limits] max_connections_per_address",
-                n(l.max_connections_per_address),
-                1,
-            ),
             (
                 "[limits] max_request_span_secs",
                 l.max_request_span_secs.into(),

@@ -39,6 +39,8 @@ pub struct Connections {
 struct Counts {
     max_total: usize,
     max_per_address: usize,
+    /// Reverse proxies: not counted per address.
+    trusted: Vec<IpAddr>,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
     /// The connections whose next request head is watched, by id.
     watched: Mutex<HashMap<u64, Arc<Watched>>>,
@@ -85,11 +87,14 @@ enum Refusal {
 }
 
 impl Connections {
-    pub fn new(max_total: usize, max_per_address: usize) -> Connections {
+    /// Caps of `max_total` connections and `max_per_address` from one address, except
+    /// from the `trusted` proxies' addresses.
+    pub fn new(max_total: usize, max_per_address: usize, trusted: Vec<IpAddr>) -> Connections {
         Connections {
             inner: Arc::new(Counts {
                 max_total,
                 max_per_address,
+                trusted: trusted.iter().map(IpAddr::to_canonical).collect(),
                 open: Mutex::new((0, HashMap::new())),
                 watched: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
@@ -100,6 +105,11 @@ impl Connections {
 
     fn now_ms(&self) -> u64 {
         self.inner.now_ms()
+    }
+
+    /// The most connections the server holds.
+    pub fn max_total(&self) -> usize {
+        self.inner.max_total
     }
 
     /// Watch the next request heads of the connection on `fd` (see [`NEXT_HEAD_WITHIN`]).
@@ -167,6 +177,12 @@ impl Connections {
         }
     }
 
+    /// The address a connection from `peer` counts against: none for a trusted proxy.
+    fn counted_as(&self, peer: IpAddr) -> Option<IpAddr> {
+        let ip = peer.to_canonical();
+        (!self.inner.trusted.contains(&ip)).then_some(ip)
+    }
+
     /// Count a connection from `peer`: its slot says whether it is over a cap.
     pub fn open(&self, peer: Option<IpAddr>) -> Slot {
         let mut open = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
@@ -204,7 +220,7 @@ impl Connections {
     pub fn on_connect(&self, conn: &dyn std::any::Any, data: &mut actix_web::dev::Extensions) {
         let stream = conn.downcast_ref::<actix_web::rt::net::TcpStream>();
         let peer = stream.and_then(|s| s.peer_addr().ok());
-        let mut slot = self.open(peer.map(|a| a.ip()));
+        let mut slot = self.open(peer.and_then(|a| self.counted_as(a.ip())));
         if let (Some(s), Some(p)) = (stream, peer) {
             self.watch(&mut slot, s.as_raw_fd(), p);
         }
@@ -470,7 +486,7 @@ mod tests {
 
     #[test]
     fn caps_count_in_all_and_per_address_and_give_places_back() {
-        let c = Connections::new(3, 2);
+        let c = Connections::new(3, 2, Vec::new());
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let s1 = c.open(Some(a));
@@ -486,5 +502,22 @@ mod tests {
         drop((s1, s2));
         assert_eq!(c.open_now(), 0);
         assert!(c.inner.open.lock().unwrap().1.is_empty());
+    }
+
+    /// A reverse proxy's connections are all its clients': counted in all, not against
+    /// its address (issue 26); anyone else's still are, IPv4 however it is spelled.
+    #[test]
+    fn a_trusted_proxy_is_not_capped_per_address_and_others_are() {
+        let proxy: IpAddr = "10.0.0.9".parse().unwrap();
+        let c = Connections::new(100, 2, vec![proxy]);
+        let through: Vec<Slot> = (0..10).map(|_| c.open(c.counted_as(proxy))).collect();
+        assert!(through.iter().all(|s| s.refused.is_none()));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let plain: IpAddr = "10.0.0.1".parse().unwrap();
+        let _one = c.open(c.counted_as(mapped));
+        let _two = c.open(c.counted_as(plain));
+        let three = c.open(c.counted_as(plain));
+        assert!(matches!(three.refused, Some(Refusal::PerAddress(2))));
+        assert_eq!(c.open_now(), 13);
     }
 }

@@ -80,11 +80,10 @@ fn the_unit_holds_the_default_connection_limit() {
         .trim()
         .parse()
         .expect("a number");
-    let limits = parkade::config::Limits::default();
+    let connections = parkade::config::DEFAULT_MAX_CONNECTIONS;
     assert!(
-        nofile >= limits.max_connections + 256,
-        "LimitNOFILE={nofile} cannot hold max_connections={} and the log's files",
-        limits.max_connections
+        nofile >= connections + 256,
+        "LimitNOFILE={nofile} cannot hold the default {connections} connections and the log's files"
     );
 }
 

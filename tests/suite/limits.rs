@@ -697,3 +697,99 @@ async fn a_keep_alive_connection_that_trickles_its_next_request_is_closed() {
 
 /// `parkade::api::limits::NEXT_HEAD_WITHIN`.
 const NEXT_HEAD: Duration = parkade::api::limits::NEXT_HEAD_WITHIN;
+
+/// A flood of malformed requests (issue 26) is not an ERROR line each, which would fill
+/// the disk and bury real errors: the server's log sums them up in at most one WARN line
+/// per 10 s, and `/metrics` counts every one.
+#[test]
+fn malformed_requests_are_counted_and_summed_up_not_logged_one_by_one() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let dir = common::data_dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(common::binary())
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("PARKADE_DATA_DIR", dir.path())
+        .env_remove("PARKADE_DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let send = |request: &[u8]| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(request)?;
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        Ok(String::from_utf8_lossy(&reply).into_owned())
+    };
+    let send = |request: &[u8]| send(request).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .starts_with("HTTP/1.1 200")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    const SENT: u64 = 300;
+    for _ in 0..SENT {
+        let reply = send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n");
+        assert!(!reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    let metrics = send(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let counted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("parkade_http_connection_errors_total "))
+        .unwrap_or_else(|| panic!("no connection error counter:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // Lines as they come (text logs on stderr), until the summary is written or 15 s
+    // have passed: it comes at most 10 s after the first of them.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    for pipe in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
+        let tx = lines_tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(lines_tx);
+    let summary = |l: &str| l.contains("dropped connections with an error");
+    let mut logs = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !logs.lines().any(summary) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => logs.push_str(&(line + "\n")),
+            Err(_) => break,
+        }
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    logs.extend(lines_rx.iter().map(|l| l + "\n"));
+    assert!(counted >= SENT, "{counted} of {SENT} counted");
+    assert!(
+        !logs.lines().any(|l| l.contains("ERROR")),
+        "a malformed request was logged at ERROR:\n{logs}"
+    );
+    let summaries = logs.lines().filter(|l| summary(l)).count();
+    assert!(
+        (1..=2).contains(&summaries),
+        "{summaries} lines about dropped connections:\n{logs}"
+    );
+}

@@ -18,7 +18,9 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::actors::Request;
-use crate::domain::{check_event_time, Command, LotId, Timestamp};
+use crate::domain::{
+    check_event_time, Command, LotId, Timestamp, MAX_WRITTEN_MICROS, MIN_WRITTEN_MICROS,
+};
 
 const FIELDS: &str = "event_id, lot_id, event_type, timestamp, count";
 /// Latest epoch-milliseconds timestamp accepted (9999-12-31T23:59:59.999Z).
@@ -269,15 +271,24 @@ pub fn standardise(
 }
 
 /// An RFC 3339 timestamp with an explicit offset, normalised to UTC.
+/// RFC 3339 with an offset, within years 0000 to 9999 once in UTC (an offset can
+/// carry `0000-01-01T00:00:00+01:00` into year -1, which no reply could write).
 pub fn parse_timestamp_text(s: &str) -> Result<Timestamp, FieldError> {
-    DateTime::parse_from_rfc3339(s.trim())
+    let t = DateTime::parse_from_rfc3339(s.trim())
         .map(|dt| Timestamp::from_datetime(dt.to_utc()))
         .map_err(|e| {
             FieldError::new(
                 "timestamp",
                 format!("timestamp {s:?} is not RFC 3339 with a UTC offset, e.g. 2026-11-27T09:00:00Z ({e})"),
             )
-        })
+        })?;
+    if !(MIN_WRITTEN_MICROS..=MAX_WRITTEN_MICROS).contains(&t.micros()) {
+        return Err(FieldError::new(
+            "timestamp",
+            format!("timestamp {s:?} is outside years 0000 to 9999 in UTC"),
+        ));
+    }
+    Ok(t)
 }
 
 /// Epoch milliseconds, 1970 to 9999.

@@ -38,9 +38,19 @@ impl Timestamp {
     }
 }
 
+/// The first instant of year 0000 (UTC): [`Timestamp`]s are written with four-digit
+/// years, from this one...
+pub const MIN_WRITTEN_MICROS: i64 = -62_167_219_200_000_000;
+/// ...to the last microsecond of year 9999 (UTC).
+pub const MAX_WRITTEN_MICROS: i64 = 253_402_300_799_999_999;
+
 impl serde::Serialize for Timestamp {
+    /// RFC 3339 in UTC. Times the edges take are within years 0000 to 9999; one
+    /// computed past them (a bucket before year 0000) is written as the bound, so a
+    /// reply never holds a year RFC 3339 readers refuse.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_datetime()
+        Timestamp(self.0.clamp(MIN_WRITTEN_MICROS, MAX_WRITTEN_MICROS))
+            .to_datetime()
             .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
             .serialize(s)
     }
@@ -49,9 +59,17 @@ impl serde::Serialize for Timestamp {
 impl<'de> serde::Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        chrono::DateTime::parse_from_rfc3339(&text)
+        let t = chrono::DateTime::parse_from_rfc3339(&text)
             .map(|t| Timestamp::from_datetime(t.to_utc()))
-            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not an RFC 3339 time: {e}")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!("{text:?} is not an RFC 3339 time: {e}"))
+            })?;
+        if !(MIN_WRITTEN_MICROS..=MAX_WRITTEN_MICROS).contains(&t.0) {
+            return Err(serde::de::Error::custom(format!(
+                "{text:?} is outside years 0000 to 9999 in UTC"
+            )));
+        }
+        Ok(t)
     }
 }
 

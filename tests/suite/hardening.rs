@@ -665,3 +665,50 @@ async fn a_key_given_twice_and_a_lot_id_of_dots_are_refused_on_every_endpoint() 
     assert_eq!(app.log_end().await, end, "nothing was appended");
     app.stop().await;
 }
+
+/// A UTC offset can carry a time of year 0000 or 9999 past the years an RFC 3339 reply
+/// can write (issue 26): such a time is refused where it comes in, by name, and no reply
+/// shows a year outside 0000 to 9999.
+#[actix_web::test]
+async fn times_past_year_9999_or_before_year_0000_in_utc_are_refused_where_they_come_in() {
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), None), Hooks::default()).await;
+    register(&app, "north", 10).await;
+    let end = app.log_end().await;
+    let past = ["9999-12-31T23:59:59-23:59", "0000-01-01T00:00:00+00:01"];
+    let mut replies = Vec::new();
+    for ts in past {
+        let (status, body) = app
+            .post(
+                "/v1/events",
+                json!({"lot_id": "north", "event_type": "ARRIVAL", "timestamp": ts}),
+            )
+            .await;
+        assert_eq!(status, 400, "{ts}: {body}");
+        replies.push(body);
+    }
+    for q in [
+        "from=9999-12-31T22:00:00-23:59&to=9999-12-31T23:00:00-23:59&bucket=1h",
+        "from=0000-01-01T00:00:00%2B00:30&to=0000-01-01T00:10:00Z&bucket=15m",
+    ] {
+        let (status, body) = app.get(&format!("/v1/lots/north/history?{q}")).await;
+        assert_eq!(status, 400, "{q}: {body}");
+        assert!(
+            ["from", "to"].contains(&body["field"].as_str().unwrap_or_default()),
+            "{q}: {body}"
+        );
+        replies.push(body);
+    }
+    for body in &replies {
+        let text = body.to_string();
+        assert!(
+            text.contains("outside years 0000 to 9999"),
+            "not told why: {text}"
+        );
+        assert!(
+            !text.contains("+10000") && !text.contains("-0001"),
+            "a reply shows a year outside 0000 to 9999: {text}"
+        );
+    }
+    assert_eq!(app.log_end().await, end, "nothing was appended");
+}

@@ -929,7 +929,7 @@ impl LotHandle {
     /// The lot as of its newest durable event, without asking the actor: a read never
     /// waits for the lot's writes, and never shows an event a crash could take back.
     /// A reply the lot's actor gave (an acknowledged event) is durable by then, so a
-    /// read after it reflects it (unless more than [`MAX_PUBLISHED`] of the lot's
+    /// read after it reflects it (unless more than 1,024 of the lot's
     /// commits waited for one sync of the log: then it may show an earlier durable view
     /// until the newest is durable).
     pub fn view(&self) -> LotView {

@@ -342,55 +342,86 @@ pub async fn refuse_over_cap(
 /// body_budget_bytes`). A body takes its bytes from the budget as they arrive, never
 /// ahead of them (a declared length alone holds nothing), and gives them back when its
 /// request is done.
+///
+/// A sixteenth of the budget is kept for bodies that declare at most [`SMALL_BODY`]
+/// bytes: a gate's event or a lot's registration still goes in while large bodies
+/// that stall hold the rest, and to spend that part too takes thousands of
+/// connections, not hundreds.
 #[derive(Clone)]
 pub struct BodyBudget {
     bytes: Arc<tokio::sync::Semaphore>,
+    small: Arc<tokio::sync::Semaphore>,
     total: usize,
 }
 
+/// The most a body may declare (`Content-Length`) to be given bytes from the part of
+/// the budget kept for small ones.
+pub const SMALL_BODY: usize = 64 << 10;
+
 /// Bytes a body holds from the [`BodyBudget`]; given back on drop.
-pub struct Held(Option<tokio::sync::OwnedSemaphorePermit>);
+pub struct Held {
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// Declared small: it may take from the part kept for small bodies.
+    small: bool,
+}
 
 impl BodyBudget {
     pub fn new(total: usize) -> BodyBudget {
         let total = total.min(tokio::sync::Semaphore::MAX_PERMITS);
+        let small = total / 16;
         BodyBudget {
-            bytes: Arc::new(tokio::sync::Semaphore::new(total)),
+            bytes: Arc::new(tokio::sync::Semaphore::new(total - small)),
+            small: Arc::new(tokio::sync::Semaphore::new(small)),
             total,
         }
     }
 
-    /// Nothing held yet.
+    /// Nothing held yet, for a body of unknown length.
     pub fn none() -> Held {
-        Held(None)
+        BodyBudget::declared(None)
+    }
+
+    /// Nothing held yet, for a body that declares `len` bytes.
+    pub fn declared(len: Option<usize>) -> Held {
+        Held {
+            permits: Vec::new(),
+            small: len.is_some_and(|n| n <= SMALL_BODY),
+        }
     }
 
     /// Add `n` bytes to what `held` holds, or the 503 to answer when the budget is spent.
     pub fn take(&self, held: &mut Held, n: usize) -> Result<(), ApiError> {
-        let permit = u32::try_from(n)
-            .ok()
-            .and_then(|n| self.bytes.clone().try_acquire_many_owned(n).ok());
-        match (permit, &mut held.0) {
-            (Some(p), Some(h)) => h.merge(p),
-            (Some(p), None) => held.0 = Some(p),
-            (None, _) => {
-                return Err(ApiError::Limited {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: "busy",
-                    message: format!(
-                        "the server holds as many request bodies as it may at once ({} bytes, [limits] body_budget_bytes); nothing of this request was taken: send it again in a moment",
-                        self.total
-                    ),
-                    retry_after_secs: Some(1),
-                })
-            }
+        let take = |pool: &Arc<tokio::sync::Semaphore>| {
+            u32::try_from(n)
+                .ok()
+                .and_then(|n| pool.clone().try_acquire_many_owned(n).ok())
+        };
+        let permit = if held.small {
+            take(&self.small).or_else(|| take(&self.bytes))
+        } else {
+            take(&self.bytes)
+        };
+        let Some(permit) = permit else {
+            return Err(ApiError::Limited {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "busy",
+                message: format!(
+                    "the server holds as many request bodies as it may at once ({} bytes, [limits] body_budget_bytes); nothing of this request was taken: send it again in a moment",
+                    self.total
+                ),
+                retry_after_secs: Some(1),
+            });
+        };
+        match held.permits.last_mut() {
+            Some(last) if Arc::ptr_eq(last.semaphore(), permit.semaphore()) => last.merge(permit),
+            _ => held.permits.push(permit),
         }
         Ok(())
     }
 
     /// Bytes held by bodies now.
     pub fn in_use(&self) -> usize {
-        self.total - self.bytes.available_permits()
+        self.total - self.bytes.available_permits() - self.small.available_permits()
     }
 }
 
@@ -463,11 +494,12 @@ mod tests {
 
     #[test]
     fn bodies_hold_the_budget_while_they_live_and_give_it_back() {
-        let b = BodyBudget::new(100);
+        // 150 bytes for any body, 10 kept for small ones.
+        let b = BodyBudget::new(160);
         let mut one = BodyBudget::none();
-        b.take(&mut one, 60).unwrap();
-        b.take(&mut one, 30).unwrap();
-        assert_eq!(b.in_use(), 90);
+        b.take(&mut one, 100).unwrap();
+        b.take(&mut one, 40).unwrap();
+        assert_eq!(b.in_use(), 140);
         let mut two = BodyBudget::none();
         let err = b.take(&mut two, 20).unwrap_err();
         assert!(matches!(
@@ -481,6 +513,40 @@ mod tests {
         drop(one);
         assert_eq!(b.in_use(), 10);
         drop(two);
+        assert_eq!(b.in_use(), 0);
+    }
+
+    /// Large bodies that stall cannot shut small ones out: a sixteenth of the budget
+    /// is theirs; once that is spent too, they are refused like the rest.
+    #[test]
+    fn large_bodies_leave_room_for_small_ones() {
+        const MIB: usize = 1 << 20;
+        let b = BodyBudget::new(16 * MIB);
+        let mut large = Vec::new();
+        loop {
+            let mut h = BodyBudget::declared(Some(4 * MIB));
+            match b.take(&mut h, MIB) {
+                Ok(()) => large.push(h),
+                Err(_) => break,
+            }
+        }
+        assert!(b.in_use() > 14 * MIB, "{}", b.in_use());
+        // A large body gets no more, nor one of unknown length; an event's still goes in.
+        assert!(b
+            .take(&mut BodyBudget::declared(Some(4 * MIB)), 8 << 10)
+            .is_err());
+        assert!(b.take(&mut BodyBudget::none(), 8 << 10).is_err());
+        let mut small = Vec::new();
+        loop {
+            let mut h = BodyBudget::declared(Some(200));
+            match b.take(&mut h, 8 << 10) {
+                Ok(()) => small.push(h),
+                Err(_) => break,
+            }
+        }
+        assert!(small.len() >= 128, "{} small bodies", small.len());
+        assert!(b.in_use() <= 16 * MIB);
+        drop((large, small));
         assert_eq!(b.in_use(), 0);
     }
 

@@ -321,7 +321,7 @@ async fn read_body_until(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let mut held = limits::BodyBudget::none();
+    let mut held = limits::BodyBudget::declared(declared);
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk

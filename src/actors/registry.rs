@@ -195,6 +195,17 @@ impl Lots {
         }
     }
 
+    /// A registered lot as readers see it ([`LotHandle::view`]), without taking a
+    /// handle out of the map.
+    pub fn view(&self, id: &LotId) -> Option<LotView> {
+        self.inner
+            .map
+            .read()
+            .expect("lots lock")
+            .get(id)
+            .map(LotHandle::view)
+    }
+
     /// The handle of a registered lot.
     pub fn get(&self, id: &LotId) -> Option<LotHandle> {
         self.inner.map.read().expect("lots lock").get(id).cloned()

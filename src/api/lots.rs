@@ -238,7 +238,10 @@ pub(super) async fn get(
     path: web::Path<String>,
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = handle(&st, &path)?.view();
+    let id = lot_id(&path)?;
+    let view = st.lots.view(&id).ok_or(ApiError::NotFound {
+        lot_id: id.to_string(),
+    })?;
     let lot = wire::Lot::read(&view, Timestamp::now(), st.stale_after_secs);
     Ok(HttpResponse::Ok().json(lot))
 }

@@ -4,7 +4,9 @@
 //! drives it over HTTP from this process, on the same machine:
 //!
 //! 1. batch ingest: requests of 1,000 durable events from a few connections;
-//! 2. single-event requests from 64 concurrent connections (events/s, latency);
+//! 2. single-event requests from 64 concurrent connections (events/s, latency), and
+//!    beside them reads from 64 connections: `/healthz`, `GET /v1/lots/{id}` and
+//!    `GET /v1/lots` (requests/s, latency, and each as a share of `/healthz`);
 //! 3. the old cloud processor's way for comparison: the same events as one UPSERT per
 //!    event against PostgreSQL, from 64 concurrent connections;
 //! 4. `parkade replay --projection occupancy` of a 10M-event log, timed as a whole
@@ -232,6 +234,8 @@ struct Figures {
     single_runs: Vec<f64>,
     p50: f64,
     p99: f64,
+    /// Read figures: (what, requests/s, p50, p99), medians of the runs.
+    reads: Vec<(&'static str, f64, f64, f64)>,
 }
 
 impl Figures {
@@ -249,6 +253,7 @@ impl Figures {
             single_runs,
             p50: median(&mut p50s),
             p99: median(&mut p99s),
+            reads: Vec::new(),
         }
     }
 
@@ -284,6 +289,13 @@ impl Figures {
             self.p50,
             self.p99
         );
+        let healthz = self.reads.first().map_or(f64::NAN, |r| r.1);
+        for (what, rate, p50, p99) in &self.reads {
+            println!(
+                "  reads, 64 connections, {what:<17}          {rate:>10.0} requests/s ({:.0}% of /healthz); latency p50 {p50:.2} ms, p99 {p99:.2} ms",
+                100.0 * rate / healthz
+            );
+        }
     }
 }
 
@@ -325,8 +337,64 @@ async fn ingest_figures(
         .request("GET", "/v1/lots/bench-0", "", "application/json")
         .await;
     assert_eq!(status, 200, "{body}");
+    // Reads, run after run in turn so that each sees the same machine.
+    let paths: [(&'static str, PathOf); 3] = [
+        ("/healthz", |_| "/healthz".into()),
+        ("GET /v1/lots/{id}", |i| {
+            format!("/v1/lots/bench-{}", i % LOTS)
+        }),
+        ("GET /v1/lots", |_| "/v1/lots".into()),
+    ];
+    let mut reads: Vec<[Vec<f64>; 3]> = vec![Default::default(); paths.len()];
+    for _ in 0..runs {
+        for (k, (_, path)) in paths.iter().enumerate() {
+            let (rate, p50, p99) = read_run(port, 64, *path, dur).await;
+            reads[k][0].push(rate);
+            reads[k][1].push(p50);
+            reads[k][2].push(p99);
+        }
+    }
     server.stop();
-    Figures::of_runs(batch_runs, single_runs, p50s, p99s)
+    let mut figures = Figures::of_runs(batch_runs, single_runs, p50s, p99s);
+    figures.reads = paths
+        .iter()
+        .zip(reads)
+        .map(|((what, _), [mut r, mut p50, mut p99])| {
+            (*what, median(&mut r), median(&mut p50), median(&mut p99))
+        })
+        .collect();
+    figures
+}
+
+/// The path the `i`th connection reads.
+type PathOf = fn(usize) -> String;
+
+/// `GET path(i)` from `conns` keep-alive connections (the `i`th connection's path) for
+/// `dur`: requests/s, p50 and p99 in ms.
+async fn read_run(port: u16, conns: usize, path: PathOf, dur: Duration) -> (f64, f64, f64) {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::connect(port).await;
+            let path = path(i);
+            let mut lat = Vec::with_capacity(100_000);
+            while start.elapsed() < dur {
+                let t = Instant::now();
+                let (status, reply) = c.request("GET", &path, "", "application/json").await;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                assert_eq!(status, 200, "{reply}");
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    let (p50, p99) = p50_p99(all);
+    (rate, p50, p99)
 }
 
 /// Events per append in the log library's batch figure: a 1,000-event request's share

@@ -110,6 +110,7 @@ async fn run() {
                     stream: "bench_log_only".into(),
                     replicas: nodes,
                     credentials: None,
+                    max_copy_lag: parkade::log::jetstream::DEFAULT_MAX_COPY_LAG,
                 };
                 let dir = work.path().join(format!("log-js{nodes}"));
                 let lib = log_figures(&options, &dir, runs, dur).await;

@@ -283,6 +283,9 @@ pub struct LogConfig {
     pub replicas: usize,
     /// A NATS credentials file (`.creds`), when the server asks for one.
     pub nats_credentials: Option<PathBuf>,
+    /// JetStream: past this many events of the stream not yet in this node's copy, the
+    /// node says it is not ready (`/readyz`). Default 5,000.
+    pub max_copy_lag: u64,
 }
 
 /// The event log's backend.
@@ -410,6 +413,7 @@ impl Default for LogConfig {
             stream: "PARKADE".into(),
             replicas: 1,
             nats_credentials: None,
+            max_copy_lag: crate::log::jetstream::DEFAULT_MAX_COPY_LAG,
         }
     }
 }
@@ -422,6 +426,7 @@ impl LogConfig {
             stream: self.stream.clone(),
             replicas: self.replicas,
             credentials: self.nats_credentials.clone(),
+            max_copy_lag: self.max_copy_lag,
         }
     }
 }

@@ -13,6 +13,8 @@
 //! | `parkade_log_sync_seconds` | histogram | write and `fdatasync` of each group commit |
 //! | `parkade_log_commit_events` | histogram | events per group commit |
 //! | `parkade_log_end_offset` | gauge | durable end of the log |
+//! | `parkade_log_copy_lag_events` | gauge | JetStream: events of the stream not yet in this node's copy |
+//! | `parkade_jetstream_consumers` | gauge | JetStream: consumers the server keeps on the stream (parkade's reads make none) |
 //! | `parkade_projection_checkpoint` | gauge | `projection` |
 //! | `parkade_projection_lag_events` | gauge | `projection`: log end minus checkpoint |
 //! | `parkade_projection_failing` | gauge | `projection`: 1 while failing |
@@ -80,6 +82,14 @@ fn describe() {
     describe_histogram!("parkade_log_commit_events", "Events per group commit");
     describe_gauge!("parkade_log_end_offset", "Durable end of the event log");
     describe_gauge!(
+        "parkade_log_copy_lag_events",
+        "Events of the JetStream stream not yet in this node's copy"
+    );
+    describe_gauge!(
+        "parkade_jetstream_consumers",
+        "Consumers the NATS server keeps on the stream"
+    );
+    describe_gauge!(
         "parkade_projection_checkpoint",
         "Next log offset a projection folds"
     );
@@ -126,6 +136,8 @@ fn describe() {
 pub struct Views<'a> {
     pub board: &'a StatusBoard,
     pub log_end: u64,
+    /// How this node's copy of a shared log stands (JetStream).
+    pub copy: Option<crate::log::CopyState>,
     pub subscribers: usize,
     pub connections: usize,
 }
@@ -133,6 +145,10 @@ pub struct Views<'a> {
 /// The page: every recorded metric, with the views' gauges set just before.
 pub fn render(handle: &PrometheusHandle, v: Views<'_>) -> String {
     metrics::gauge!("parkade_log_end_offset").set(v.log_end as f64);
+    if let Some(c) = v.copy {
+        metrics::gauge!("parkade_log_copy_lag_events").set(c.lag() as f64);
+        metrics::gauge!("parkade_jetstream_consumers").set(c.consumers as f64);
+    }
     for p in v.board.all() {
         let name = p.name.as_str();
         metrics::gauge!("parkade_projection_checkpoint", "projection" => name)

@@ -466,6 +466,14 @@ enum Slot {
     SameBatch(u64),
 }
 
+impl Slot {
+    /// A refusal that the lot's state decided (full, empty, ...), which a newer state
+    /// might not make (unlike an event time out of bounds).
+    fn refused_on_state(&self) -> bool {
+        matches!(self, Slot::Done(Outcome::Rejected(r)) if !matches!(r, Rejection::InvalidTime(_)))
+    }
+}
+
 /// The actor wrapping a [`LotCore`].
 pub(crate) struct LotActor {
     core: LotCore,
@@ -606,11 +614,19 @@ fn consecutive(first: u64, n: usize) -> Vec<u64> {
 impl LotActor {
     /// Decide `requests` and append their events; on a conflict read what the lot
     /// missed and decide again (up to [`CONFLICT_ATTEMPTS`] times).
-    fn run(&mut self, requests: Vec<Fixed>, attempt: u32) -> Step {
+    ///
+    /// `fresh`: the lot's state was just read from the log. An append's expected
+    /// position proves the state it was decided on current; a refusal appends nothing,
+    /// so on a shared log this node's view is first brought up to date ([`Self::refresh`])
+    /// and the refusal decided again on that.
+    fn run(&mut self, requests: Vec<Fixed>, attempt: u32, fresh: bool) -> Step {
         let d = self
             .core
             .decide_batch(&requests, Timestamp::now(), self.max_future_micros);
         if d.events.is_empty() {
+            if !fresh && self.log.shared() && d.slots.iter().any(Slot::refused_on_state) {
+                return self.refresh(requests, attempt);
+            }
             let (outcomes, end) = self.core.commit(&[], d.slots, &[]);
             return Step::Done(Ok((outcomes, end, self.core.view())));
         }
@@ -667,7 +683,31 @@ impl LotActor {
                 Ok(events) => {
                     act.core.catch_up(&events, &mut requests);
                     act.publish();
-                    act.run(requests, attempt + 1)
+                    act.run(requests, attempt + 1, true)
+                }
+                Err(e) => Step::Done(Err(e)),
+            }
+            .boxed()
+        });
+        Step::Wait(Box::pin(waiting))
+    }
+
+    /// Some of `requests` were refused on this node's view of the lot, and nothing
+    /// was to be appended: read what other writers appended to the lot since (the log
+    /// asked where the lot ends, as of now), and decide again on that. A refusal then
+    /// stands on state read after the request came, as an acceptance stands on its
+    /// append's check; the log unreachable, the request fails as an append would.
+    fn refresh(&mut self, mut requests: Vec<Fixed>, attempt: u32) -> Step {
+        let read = self.log.read_lot(&self.core.lot_id, self.core.last_offset);
+        let waiting = read.into_actor(self).then(move |missed, act, _| {
+            match missed {
+                Ok(events) => {
+                    if !events.is_empty() {
+                        metrics::counter!("parkade_lot_refusals_reconsidered_total").increment(1);
+                        act.core.catch_up(&events, &mut requests);
+                        act.publish();
+                    }
+                    act.run(requests, attempt, true)
                 }
                 Err(e) => Step::Done(Err(e)),
             }
@@ -688,7 +728,7 @@ impl LotActor {
             requests.extend(w.requests);
             replies.push(w.reply);
         }
-        let step = self.run(requests, 0);
+        let step = self.run(requests, 0, false);
         self.finish(step, counts, replies, ctx);
     }
 
@@ -763,7 +803,7 @@ impl Handler<LotMsg> for LotActor {
                     return LotResponse::Pending(rx);
                 }
                 let count = requests.len();
-                match self.run(requests, 0) {
+                match self.run(requests, 0, false) {
                     // The embedded log: answered at once, nothing more to arrange.
                     Step::Done(result) => LotResponse::Now(LotReply::Executed(result)),
                     waiting => {

@@ -57,6 +57,7 @@ pub(super) async fn metrics(st: web::Data<ApiState>) -> HttpResponse {
         crate::metrics::Views {
             board: &st.board,
             log_end: st.log.durable_end(),
+            copy: st.log.copy_state(),
             subscribers: st.live.subscribers(),
             connections: st.connections.open_now(),
         },
@@ -66,7 +67,8 @@ pub(super) async fn metrics(st: web::Data<ApiState>) -> HttpResponse {
         .body(page)
 }
 
-/// `GET /readyz`: the log accepts writes and no projection is failing. Each reason is a
+/// `GET /readyz`: the log accepts writes, this node's copy of a shared log is not far
+/// behind it, and no projection is failing. Each reason is a
 /// stable code and message; the errors themselves are in the server's log and in
 /// `GET /v1/admin/projections`. With tokens configured, the reasons (and the log's end)
 /// are shown to admin tokens only; everyone else gets the status alone.
@@ -74,7 +76,7 @@ pub(super) async fn metrics(st: web::Data<ApiState>) -> HttpResponse {
     get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = wire::Ready),
-        (status = 503, description = "Not ready (the log failed, or a projection is failing)", body = wire::Ready),
+        (status = 503, description = "Not ready (the log failed, this node's copy of the stream is behind, or a projection is failing)", body = wire::Ready),
     )
 )]
 pub(super) async fn readyz(req: actix_web::HttpRequest, st: web::Data<ApiState>) -> HttpResponse {
@@ -86,6 +88,19 @@ pub(super) async fn readyz(req: actix_web::HttpRequest, st: web::Data<ApiState>)
             message: LOG_FAILED.into(),
             projection: None,
             checkpoint: None,
+            failures: None,
+        });
+    }
+    if let Some(copy) = st.log.copy_state().filter(|c| c.lag() > c.max_lag) {
+        reasons.push(NotReadyReason {
+            reason: "log_copy_behind".into(),
+            message: format!(
+                "this node's copy of the stream is {} events behind it (more than [log] max_copy_lag = {}): its reads are out of date",
+                copy.lag(),
+                copy.max_lag
+            ),
+            projection: None,
+            checkpoint: Some(copy.copy_end),
             failures: None,
         });
     }

@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::actors::{LotError, LotView};
 use crate::domain::Rejection;
+use crate::log::LogError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -114,9 +115,25 @@ impl ApiError {
 }
 
 /// What a client is told when the log could not make its events durable: nothing
-/// about files or OS errors (those go to the server's log).
+/// about files or OS errors (those go to the server's log). A write that failed may
+/// still have reached the disk, so only a retry with the same `event_id` is sure to
+/// record the event once.
 pub(crate) const NOT_DURABLE: &str =
-    "the event log cannot accept writes now; nothing was acknowledged, so the request is safe to retry";
+    "the event log cannot accept writes now and nothing was acknowledged; a retry with the same event_id is safe (an event sent without one may be recorded twice, if the failed write reached the log)";
+
+/// What a client is told when the log did not answer an append in time: the events
+/// may be in it.
+pub(crate) const OUTCOME_UNKNOWN: &str =
+    "the event log did not answer in time, so whether the event was recorded is unknown; retry with the same event_id, which is then recorded once (a retry without one may record it twice)";
+
+/// The reply's words for a request the lot could not carry out.
+pub(crate) fn not_acknowledged(e: &LotError) -> String {
+    match e {
+        LotError::Busy(lot) => format!("lot {lot} is being written by other nodes at this moment; nothing was recorded, so the request is safe to retry"),
+        LotError::Log(LogError::Unknown(_)) => OUTCOME_UNKNOWN.into(),
+        _ => NOT_DURABLE.into(),
+    }
+}
 
 impl From<LotError> for ApiError {
     fn from(e: LotError) -> Self {
@@ -125,10 +142,10 @@ impl From<LotError> for ApiError {
         }
         if let LotError::Busy(lot) = &e {
             tracing::warn!(lot_id = %lot, "lot request gave up after repeated conflicts with other writers");
-            return ApiError::Unavailable(format!("lot {lot} is being written by other nodes at this moment; nothing was acknowledged, so the request is safe to retry (with the same event_id)"));
+        } else {
+            tracing::error!(error = %e, "lot request failed");
         }
-        tracing::error!(error = %e, "lot request failed");
-        ApiError::Unavailable(NOT_DURABLE.into())
+        ApiError::Unavailable(not_acknowledged(&e))
     }
 }
 

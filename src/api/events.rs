@@ -14,7 +14,8 @@ enum Done {
     Invalid(FieldError),
     Unknown(LotId),
     Decided(Outcome),
-    Failed,
+    /// Not carried out: what the client is told.
+    Failed(String),
     /// The caller's token may not move this lot.
     Forbidden(LotId),
 }
@@ -138,8 +139,9 @@ async fn run_batch(
                 } else {
                     tracing::error!(error = %e, "append failed");
                 }
+                let message = super::error::not_acknowledged(&e);
                 for i in idx {
-                    done[i] = Some(Done::Failed);
+                    done[i] = Some(Done::Failed(message.clone()));
                 }
             }
         }
@@ -228,9 +230,9 @@ fn batch(done: impl Iterator<Item = Done>, caller: Option<&super::auth::Caller>)
                 message: caller.map_or_else(String::new, |c| forbidden(c, &lot)),
                 field: Some("lot_id".into()),
             },
-            Done::Failed => Item::Error {
+            Done::Failed(message) => Item::Error {
                 code: "unavailable".into(),
-                message: super::error::NOT_DURABLE.into(),
+                message,
             },
         };
         match &item {

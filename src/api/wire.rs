@@ -99,7 +99,8 @@ pub enum BatchItem {
         #[serde(skip_serializing_if = "Option::is_none")]
         field: Option<String>,
     },
-    /// The log could not make the event durable: not acknowledged, safe to retry.
+    /// The log could not make the event durable, or did not say in time whether it
+    /// did: not acknowledged; a retry with the same `event_id` is safe.
     Error {
         code: String,
         message: String,

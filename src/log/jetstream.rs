@@ -61,7 +61,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -69,7 +69,8 @@ use uuid::Uuid;
 use crate::domain::{LotId, NewEvent, RecordedEvent, Timestamp};
 
 use super::{
-    format, Appended, BoxFuture, EventLog, Expect, FileLog, LogCursor, LogError, LogOptions,
+    format, Appended, BoxFuture, CopyState, EventLog, Expect, FileLog, LogCursor, LogError,
+    LogOptions,
 };
 
 /// Where the stream is and what it is.
@@ -82,7 +83,13 @@ pub struct JetStreamOptions {
     pub replicas: usize,
     /// A NATS credentials file, when the server asks for one.
     pub credentials: Option<std::path::PathBuf>,
+    /// Past this many events of the stream not yet in this node's copy, the node is
+    /// not ready (`/readyz`).
+    pub max_copy_lag: u64,
 }
+
+/// The default of [`JetStreamOptions::max_copy_lag`]: a few seconds of a busy campus.
+pub const DEFAULT_MAX_COPY_LAG: u64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JetStreamError {
@@ -155,9 +162,16 @@ impl Stream {
             url: o.url.clone(),
             reason,
         };
+        // A server that stalls (a stopped process still holds its connections open) is
+        // found out by its missing pongs within three ping intervals, and the client
+        // goes to another server; a request to it fails after REQUEST_WAIT and is sent
+        // again on the new connection. A stalled server also accepts a connection
+        // without greeting it: CONNECT_WAIT moves on to the next.
         let mut options = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(10)));
+            .name("parkade")
+            .ping_interval(PING_EVERY)
+            .connection_timeout(CONNECT_WAIT)
+            .request_timeout(Some(REQUEST_WAIT));
         if let Some(path) = &o.credentials {
             options = options
                 .credentials_file(path)
@@ -174,7 +188,9 @@ impl Stream {
             .connect(servers)
             .await
             .map_err(|e| connect_err(e.to_string()))?;
-        let context = jetstream::new(client);
+        let mut context = jetstream::new(client);
+        // Publish acknowledgements wait this long too (30 s by default).
+        context.set_timeout(REQUEST_WAIT);
         let stream_err = |reason: String| JetStreamError::Stream {
             stream: o.stream.clone(),
             reason,
@@ -187,6 +203,7 @@ impl Stream {
             num_replicas: o.replicas,
             metadata: [(LOG_ID_KEY.to_owned(), wanted_id.to_string())].into(),
             allow_atomic_publish: true,
+            allow_direct: true,
             ..Default::default()
         };
         // A cluster that has just formed (or lost a node) may time the request out
@@ -239,15 +256,15 @@ impl Stream {
                     info.config.num_replicas, o.replicas
                 )));
             }
-            if !info.config.allow_atomic_publish {
+            if !info.config.allow_atomic_publish || !info.config.allow_direct {
                 // Made by an operator or an older parkade: a lot's batch is appended
-                // as one atomic batch.
+                // as one atomic batch, and reads are direct gets.
                 let mut config = info.config.clone();
                 config.allow_atomic_publish = true;
-                context
-                    .update_stream(config)
-                    .await
-                    .map_err(|e| stream_err(format!("allowing atomic batches: {e}")))?;
+                config.allow_direct = true;
+                context.update_stream(config).await.map_err(|e| {
+                    stream_err(format!("allowing atomic batches and direct gets: {e}"))
+                })?;
                 continue;
             }
             let leader = info.cluster.as_ref().and_then(|c| c.leader.as_ref());
@@ -319,12 +336,31 @@ impl Stream {
 
     /// The number of events in the stream (one past the last offset).
     pub async fn end(&self) -> Result<u64, JetStreamError> {
+        Ok(self.state().await?.last_sequence)
+    }
+
+    /// The server that leads the stream (`None` for a stream of one replica).
+    pub async fn leader(&self) -> Result<Option<String>, JetStreamError> {
         let mut stream = self.stream.clone();
         let info = stream.info().await.map_err(|e| JetStreamError::Stream {
             stream: self.name.clone(),
             reason: e.to_string(),
         })?;
-        Ok(info.state.last_sequence)
+        Ok(info
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .filter(|l| !l.is_empty()))
+    }
+
+    /// The stream's state as its leader knows it: its last sequence, its consumers.
+    pub async fn state(&self) -> Result<stream::State, JetStreamError> {
+        let mut stream = self.stream.clone();
+        let info = stream.info().await.map_err(|e| JetStreamError::Stream {
+            stream: self.name.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(info.state.clone())
     }
 
     /// The stream sequence of the lot's last event (0 when it has none).
@@ -423,7 +459,7 @@ impl Stream {
         Ok(stored)
     }
 
-    /// [`Self::append_atomic`], again (for up to 30 s, backing off) while no server
+    /// [`Self::append_atomic`], again (for up to [`RETRY_FOR`], backing off) while no server
     /// answers for the stream (a leader being elected, the connection's server gone).
     /// Sending again is safe: if an earlier copy was stored, the server refuses this one
     /// (its lots' expected sequences) and the writer catches up.
@@ -435,9 +471,7 @@ impl Stream {
         let mut backoff = Duration::from_millis(20);
         loop {
             match self.append_atomic(lots).await {
-                Err(JetStreamError::Unanswered(_))
-                    if started.elapsed() < Duration::from_secs(30) =>
-                {
+                Err(JetStreamError::Unanswered(_)) if started.elapsed() < RETRY_FOR => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -555,7 +589,7 @@ impl Stream {
         }
     }
 
-    /// Publish one message and wait for its acknowledgement, again (for up to 30 s,
+    /// Publish one message and wait for its acknowledgement, again (for up to [`RETRY_FOR`],
     /// backing off) while the stream cannot be reached: a new replicated stream's
     /// subject is not yet known across the cluster, or a node went away. A retry of a
     /// message the stream did store is answered from its `Nats-Msg-Id` (the server's
@@ -586,7 +620,7 @@ impl Stream {
                     | PublishErrorKind::TimedOut
                     | PublishErrorKind::BrokenPipe)
             );
-            if !transient || started.elapsed() > Duration::from_secs(30) {
+            if !transient || started.elapsed() > RETRY_FOR {
                 return ack;
             }
             tokio::time::sleep(backoff).await;
@@ -594,9 +628,8 @@ impl Stream {
         }
     }
 
-    /// Up to `max` events from offset `from`, in order: an ordered consumer from the
-    /// sequence after `from` (one request, the server streaming the messages), checked
-    /// to be gapless.
+    /// Up to `max` events from offset `from`, in order, by direct gets (see
+    /// [`Self::read_range`]).
     pub async fn read(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, JetStreamError> {
         let end = self.end().await?;
         self.read_range(from, end.min(from.saturating_add(max as u64)))
@@ -604,85 +637,169 @@ impl Stream {
     }
 
     /// The events of offsets `from..to`, which the stream holds (its end known
-    /// already), as [`Self::read`] reads them.
+    /// already): batched direct gets, answered by any of the stream's replicas, which
+    /// leave nothing behind on the server (a consumer per read did: thousands of them
+    /// within a minute of a busy cluster, until the server refused new ones). A
+    /// replica that has not yet stored the newest sequences answers with fewer; the
+    /// rest is asked for again, for up to [`READ_WAIT`]. Checked to be gapless.
     async fn read_range(&self, from: u64, to: u64) -> Result<Vec<RecordedEvent>, JetStreamError> {
-        if to <= from {
-            return Ok(Vec::new());
-        }
-        let mut messages = self.messages(from + 1, None).await?;
-        let mut out = Vec::with_capacity((to - from) as usize);
-        for offset in from..to {
-            let (sequence, e) = next_message(&mut messages, offset + 1).await?;
-            if sequence <= offset {
-                // The client made the consumer again before it delivered anything
-                // (a server went away), from the stream's start: read again later.
-                return Err(JetStreamError::Read {
-                    sequence: offset + 1,
-                    reason: format!("the consumer started over at sequence {sequence}"),
-                });
+        let mut out = Vec::with_capacity(to.saturating_sub(from).min(FOLLOW_BATCH as u64) as usize);
+        let started = std::time::Instant::now();
+        let mut next = from;
+        while next < to {
+            let want = (to - next).min(DIRECT_BATCH as u64) as usize;
+            let got = self.direct_batch(next + 1, None, want).await?;
+            if got.is_empty() {
+                if started.elapsed() > READ_WAIT {
+                    return Err(JetStreamError::Read {
+                        sequence: next + 1,
+                        reason: format!(
+                            "no server had it within {} s, though the stream ends after it",
+                            READ_WAIT.as_secs()
+                        ),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
             }
-            if sequence != offset + 1 {
-                return Err(JetStreamError::Missing {
-                    sequence: offset + 1,
-                    next: sequence,
-                });
+            for (sequence, payload) in got {
+                if sequence > to {
+                    break;
+                }
+                if sequence != next + 1 {
+                    return Err(JetStreamError::Missing {
+                        sequence: next + 1,
+                        next: sequence,
+                    });
+                }
+                out.push(decode(sequence, &payload)?);
+                next = sequence;
             }
-            out.push(e);
         }
         Ok(out)
     }
 
     /// The events of `lot` after offset `after` (all for `None`), up to its last message
-    /// when this is called.
+    /// when this is called (asked of the stream's leader, so nothing acknowledged
+    /// before the call is missed), by batched direct gets of the lot's subject.
     pub async fn read_lot(
         &self,
         lot: &LotId,
         after: Option<u64>,
     ) -> Result<Vec<RecordedEvent>, JetStreamError> {
         let last = self.last_of_lot(lot).await?;
-        let start = after.map_or(1, |a| a + 2);
-        if last < start {
-            return Ok(Vec::new());
-        }
-        let mut messages = self.messages(start, Some(self.subject(lot))).await?;
+        let mut start = after.map_or(1, |a| a + 2);
+        let subject = self.subject(lot);
         let mut out = Vec::new();
-        loop {
-            let (sequence, e) = next_message(&mut messages, start).await?;
-            out.push(e);
-            if sequence >= last {
-                return Ok(out);
+        let started = std::time::Instant::now();
+        while start <= last {
+            let got = self
+                .direct_batch(start, Some(&subject), DIRECT_BATCH)
+                .await?;
+            if got.is_empty() {
+                if started.elapsed() > READ_WAIT {
+                    return Err(JetStreamError::Read {
+                        sequence: start,
+                        reason: format!(
+                            "no server had lot {lot}'s messages up to sequence {last} within {} s",
+                            READ_WAIT.as_secs()
+                        ),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            for (sequence, payload) in got {
+                if sequence > last {
+                    break;
+                }
+                out.push(decode(sequence, &payload)?);
+                start = sequence + 1;
             }
         }
+        Ok(out)
     }
 
-    /// The stream's messages from `start` (a sequence) on, of one subject or all, as
-    /// the server delivers them (an ordered consumer: recreated by the client on a gap
-    /// in its delivery).
-    async fn messages(
+    /// One batched direct get: up to `batch` messages from sequence `start` on (of
+    /// `subject` only, when given), as (sequence, payload), from whichever replica
+    /// answers; empty when it holds none from there (or did not answer within
+    /// [`DIRECT_WAIT`]).
+    async fn direct_batch(
         &self,
         start: u64,
-        subject: Option<String>,
-    ) -> Result<async_nats::jetstream::consumer::pull::Ordered, JetStreamError> {
-        use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+        subject: Option<&str>,
+        batch: usize,
+    ) -> Result<Vec<(u64, Bytes)>, JetStreamError> {
+        use futures_util::StreamExt;
         let read_err = |reason: String| JetStreamError::Read {
             sequence: start,
             reason,
         };
-        let consumer = self
-            .stream
-            .create_consumer(pull::OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: start,
-                },
-                filter_subject: subject.unwrap_or_default(),
-                ..Default::default()
-            })
+        let client = self.context.client();
+        let inbox = client.new_inbox();
+        // Dropped at the end of the read: the subscription goes with it.
+        let mut replies = client
+            .subscribe(inbox.clone())
             .await
             .map_err(|e| read_err(e.to_string()))?;
-        consumer
-            .messages()
+        let mut request = serde_json::json!({
+            "seq": start,
+            "batch": batch,
+            "max_bytes": DIRECT_MAX_BYTES,
+        });
+        if let Some(subject) = subject {
+            request["next_by_subj"] = subject.into();
+        }
+        client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{}", self.name),
+                inbox,
+                Bytes::from(request.to_string()),
+            )
             .await
-            .map_err(|e| read_err(e.to_string()))
+            .map_err(|e| read_err(e.to_string()))?;
+        let mut out = Vec::new();
+        loop {
+            // A replica that stalled may still be asked (until the other servers notice):
+            // what came is returned, and the caller asks again, likely another replica.
+            let Ok(m) = tokio::time::timeout(DIRECT_WAIT, replies.next()).await else {
+                return Ok(out);
+            };
+            let m =
+                m.ok_or_else(|| read_err("the connection closed during a direct get".into()))?;
+            match m.status.map(|s| s.as_u16()) {
+                None => {}
+                // The end of the batch, or nothing from `start` on.
+                Some(204 | 404) => return Ok(out),
+                Some(503) => {
+                    return Err(read_err(
+                        "no server answers direct gets for the stream (is allow_direct set?)"
+                            .into(),
+                    ))
+                }
+                Some(code) => {
+                    return Err(read_err(format!(
+                        "direct get answered {code} {}",
+                        m.description.unwrap_or_default()
+                    )))
+                }
+            }
+            let header = |name: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
+            let sequence = header("Nats-Sequence")
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| read_err("a direct get's reply without Nats-Sequence".into()))?;
+            // A server without batched gets answers the first message alone.
+            let batched = header("Nats-Num-Pending").is_some();
+            out.push((sequence, m.payload));
+            if !batched {
+                return Ok(out);
+            }
+        }
     }
 }
 
@@ -721,30 +838,6 @@ fn copied(
         ))),
         Err(e) => Err(JetStreamError::Publish(e.to_string())),
     }
-}
-
-/// The next message of an ordered consumer, decoded, with its stream sequence.
-async fn next_message(
-    messages: &mut async_nats::jetstream::consumer::pull::Ordered,
-    near: u64,
-) -> Result<(u64, RecordedEvent), JetStreamError> {
-    use futures_util::StreamExt;
-    let read_err = |reason: String| JetStreamError::Read {
-        sequence: near,
-        reason,
-    };
-    // A consumer can stop delivering without a word (seen after a server was
-    // killed): a read waits for each message a bounded time, then fails.
-    let m = tokio::time::timeout(READ_WAIT, messages.next())
-        .await
-        .map_err(|_| read_err(format!("no message within {} s", READ_WAIT.as_secs())))?
-        .ok_or_else(|| read_err("the stream of messages ended".into()))?
-        .map_err(|e| read_err(e.to_string()))?;
-    let sequence = m
-        .info()
-        .map_err(|e| read_err(e.to_string()))?
-        .stream_sequence;
-    Ok((sequence, decode(sequence, &m.payload)?))
 }
 
 /// The event in the message at `sequence`.
@@ -892,11 +985,30 @@ async fn send_combined(stream: &Stream, group: Vec<Waiting>, own: &Own) {
     futures_util::future::join_all(alone).await;
 }
 
-/// The longest an append may take, retries included.
-const APPEND_WAIT: Duration = Duration::from_secs(45);
+/// How long an append that no server answered is sent again (a leader being elected,
+/// a stalled server left for another) before it fails, its outcome unknown.
+const RETRY_FOR: Duration = Duration::from_secs(15);
 
-/// How long a read waits for the next message it knows is there.
+/// The longest an append may take, retries included.
+const APPEND_WAIT: Duration = Duration::from_secs(20);
+
+/// How often the client pings its server; three unanswered pings in a row and it
+/// leaves the server for another.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a server may take to greet a new connection.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a request (an append's acknowledgement, a read, the stream's state) waits
+/// for its answer before it is sent again or fails. A replicated write that syncs
+/// to disk takes milliseconds; seconds mean the server or the leader is gone.
+const REQUEST_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a read keeps asking for messages it knows the stream holds.
 const READ_WAIT: Duration = Duration::from_secs(5);
+
+/// How long one direct get waits for its next reply before it is asked again.
+const DIRECT_WAIT: Duration = Duration::from_secs(1);
 
 /// How often the follower asks the stream where it ends (for what other nodes wrote).
 const POLL_EVERY: Duration = Duration::from_millis(50);
@@ -908,6 +1020,11 @@ const GAP_WAIT: Duration = Duration::from_millis(20);
 /// Events the follower reads from the stream at once at most.
 const FOLLOW_BATCH: usize = 16_384;
 
+/// Messages one direct get asks for at most, and the bytes the server sends for it at
+/// most (it sends a batch without flow control).
+const DIRECT_BATCH: usize = 4_096;
+const DIRECT_MAX_BYTES: usize = 4 << 20;
+
 /// What this node appended, for its follower: the events as the stream stored them
 /// (sent on as each append is answered), and how many combined appends are on their
 /// way.
@@ -915,6 +1032,15 @@ const FOLLOW_BATCH: usize = 16_384;
 struct Own {
     stored: mpsc::UnboundedSender<Vec<RecordedEvent>>,
     in_flight: Arc<AtomicUsize>,
+}
+
+/// What the follower last learnt of the stream, for [`EventLog::copy_state`].
+#[derive(Default)]
+struct Seen {
+    /// Events the stream holds at least.
+    end: AtomicU64,
+    /// Consumers on the stream.
+    consumers: AtomicU64,
 }
 
 impl Own {
@@ -941,6 +1067,8 @@ pub struct JetStreamLog {
     stop: watch::Sender<bool>,
     /// Appends on their way to [`combine`].
     combiner: mpsc::UnboundedSender<Waiting>,
+    seen: Arc<Seen>,
+    max_copy_lag: u64,
 }
 
 impl JetStreamLog {
@@ -1011,9 +1139,18 @@ impl JetStreamLog {
             stored,
             in_flight: Arc::new(AtomicUsize::new(0)),
         };
-        let (s, c, o) = (stream.clone(), copy.clone(), own.in_flight.clone());
+        let seen = Arc::new(Seen {
+            end: AtomicU64::new(end),
+            consumers: AtomicU64::new(0),
+        });
+        let (s, c, o, n) = (
+            stream.clone(),
+            copy.clone(),
+            own.in_flight.clone(),
+            seen.clone(),
+        );
         handle.spawn(async move {
-            if let Err(e) = follow(&s, &c, own_events, &o, stopped).await {
+            if let Err(e) = follow(&s, &c, own_events, &o, &n, stopped).await {
                 tracing::error!(error = %e, "following the JetStream stream stopped; appends and reads wait until parkade restarts");
                 let _sent = fail.send(Some(e.to_string().into()));
             }
@@ -1028,6 +1165,8 @@ impl JetStreamLog {
             failed,
             stop,
             combiner,
+            seen,
+            max_copy_lag: options.max_copy_lag,
         };
         tracing::info!(stream = %options.stream, events = end, "copying the JetStream stream");
         log.wait_durable(end).await?;
@@ -1076,6 +1215,7 @@ async fn follow(
     copy: &FileLog,
     mut own: mpsc::UnboundedReceiver<Vec<RecordedEvent>>,
     in_flight: &AtomicUsize,
+    seen: &Seen,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), LogError> {
     let mut next = copy.durable_end();
@@ -1101,8 +1241,11 @@ async fn follow(
                 Some(events) => take(&mut pending, &mut known, events),
                 None => return Ok(()),
             },
-            _ = poll.tick() => match stream.end().await {
-                Ok(end) => known = known.max(end),
+            _ = poll.tick() => match stream.state().await {
+                Ok(state) => {
+                    known = known.max(state.last_sequence);
+                    seen.consumers.store(state.consumer_count as u64, Ordering::Relaxed);
+                }
                 Err(e) => {
                     if !said {
                         said = true;
@@ -1116,6 +1259,7 @@ async fn follow(
             while let Ok(events) = own.try_recv() {
                 take(&mut pending, &mut known, events);
             }
+            seen.end.fetch_max(known, Ordering::Relaxed);
             next = copy_pending(copy, &mut pending, next)?;
             if known <= next {
                 gap_since = None;
@@ -1188,6 +1332,7 @@ impl From<JetStreamError> for LogError {
                 lot,
                 expected: expected.checked_sub(1),
             },
+            JetStreamError::Unanswered(why) => LogError::Unknown(why),
             other => LogError::Backend(other.to_string()),
         }
     }
@@ -1215,7 +1360,7 @@ impl EventLog for JetStreamLog {
             reply,
         };
         self.combiner.send(waiting).map_err(|_| LogError::Closed)?;
-        // Never an append left waiting for ever: past the retries' 30 s it fails, its
+        // Never an append left waiting for ever: past the retries it fails, its
         // outcome unknown (the lot's next append finds out).
         Ok(Appended::Acknowledging(Box::pin(async move {
             match tokio::time::timeout(APPEND_WAIT, answer).await {
@@ -1247,6 +1392,24 @@ impl EventLog for JetStreamLog {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    /// Asked of the stream's leader (not a replica, which may lag).
+    fn lot_end(&self, lot: &LotId) -> BoxFuture<'static, Result<Option<u64>, LogError>> {
+        let stream = self.stream.clone();
+        let lot = lot.clone();
+        on(&self.handle, async move {
+            Ok(stream.last_of_lot(&lot).await?.checked_sub(1))
+        })
+    }
+
+    fn copy_state(&self) -> Option<CopyState> {
+        Some(CopyState {
+            stream_end: self.seen.end.load(Ordering::Relaxed),
+            copy_end: self.copy.durable_end(),
+            max_lag: self.max_copy_lag,
+            consumers: self.seen.consumers.load(Ordering::Relaxed),
+        })
     }
 
     /// Acknowledged means stored on a quorum of the stream's replicas; the local copy

@@ -85,6 +85,11 @@ pub enum LogError {
     /// The shared backend (JetStream) could not be reached or answered with an error.
     #[error("{0}")]
     Backend(String),
+    /// No answer came for an append in time: its events may be in the log or not.
+    /// The writer's next append finds out (by its expected position); a client's
+    /// retry is safe only with the same event ids.
+    #[error("the log did not answer in time, so whether the events were stored is unknown: {0}")]
+    Unknown(String),
     /// A scan meant to read up to `end` found the log ending at `read` (a damaged log:
     /// what was durable is gone).
     #[error("the log could be read only up to offset {read} of {end}")]
@@ -103,6 +108,7 @@ impl LogError {
             LogError::Failed(why) => LogError::Failed(why.clone()),
             LogError::Closed => LogError::Closed,
             LogError::ReadOnly => LogError::ReadOnly,
+            LogError::Unknown(why) => LogError::Unknown(why.clone()),
             other => LogError::Backend(other.to_string()),
         }
     }
@@ -161,6 +167,27 @@ pub enum Appended {
     Acknowledging(BoxFuture<'static, Result<Vec<u64>, LogError>>),
 }
 
+/// How a node's copy of a shared log stands: what `/readyz` and `/metrics` show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyState {
+    /// Events the shared log holds, as last asked (or answered to this node's appends).
+    pub stream_end: u64,
+    /// Events this node's copy holds (what its readers see).
+    pub copy_end: u64,
+    /// Past this many events behind, the node is not ready.
+    pub max_lag: u64,
+    /// Consumers the server keeps on the stream (for all nodes; parkade's reads make
+    /// none).
+    pub consumers: u64,
+}
+
+impl CopyState {
+    /// Events the shared log holds that this node's copy does not yet.
+    pub fn lag(&self) -> u64 {
+        self.stream_end.saturating_sub(self.copy_end)
+    }
+}
+
 /// An append-only, durable, totally ordered log of lot events.
 pub trait EventLog: Send + Sync + 'static {
     /// Identity of this log, kept by projections with their checkpoint so a read model
@@ -192,6 +219,21 @@ pub trait EventLog: Send + Sync + 'static {
     /// then the lots follow it for what the others wrote.
     fn shared(&self) -> bool {
         false
+    }
+
+    /// The offset of `lot`'s last event in the log as of this call (`None`: it has
+    /// none), including what other writers appended: what a writer on a shared log
+    /// asks before it refuses a request on its own view of the lot. (A log with one
+    /// writer needs no asking; this default reads the lot.)
+    fn lot_end(&self, lot: &LotId) -> BoxFuture<'static, Result<Option<u64>, LogError>> {
+        let read = self.read_lot(lot, None);
+        Box::pin(async move { Ok(read.await?.last().map(|e| e.offset)) })
+    }
+
+    /// How this node's copy of a shared log stands against the shared log (`None`
+    /// for a log of one process).
+    fn copy_state(&self) -> Option<CopyState> {
+        None
     }
 
     /// Whether an event this process appended is durable once its append is answered

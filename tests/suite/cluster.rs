@@ -49,14 +49,33 @@ impl Node {
     }
 
     fn start(&mut self, nats: &Nats, db: &TestDb) {
-        let child = Command::new(common::binary())
+        self.start_on(nats, Some(db), 3);
+    }
+
+    /// `parkade serve` on the stream of `replicas` copies, with PostgreSQL or on the
+    /// embedded read side.
+    fn start_on(&mut self, nats: &Nats, db: Option<&TestDb>, replicas: usize) {
+        self.start_with(nats, db, replicas, "");
+    }
+
+    /// [`Self::start_on`] with `config` as its configuration file.
+    fn start_with(&mut self, nats: &Nats, db: Option<&TestDb>, replicas: usize, config: &str) {
+        let mut command = Command::new(common::binary());
+        if let Some(db) = db {
+            command.env("PARKADE_DATABASE_URL", &db.url);
+        }
+        if !config.is_empty() {
+            let path = self.dir.path().join("parkade.toml");
+            std::fs::write(&path, config).unwrap();
+            command.env("PARKADE_CONFIG", path);
+        }
+        let child = command
             .arg("serve")
             .env("PARKADE_DATA_DIR", self.dir.path())
-            .env("PARKADE_DATABASE_URL", &db.url)
             .env("PARKADE_BIND", format!("127.0.0.1:{}", self.port))
             .env("PARKADE_LOG_BACKEND", "jetstream")
             .env("PARKADE_NATS_URL", nats.urls())
-            .env("PARKADE_NATS_REPLICAS", "3")
+            .env("PARKADE_NATS_REPLICAS", replicas.to_string())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -258,6 +277,7 @@ async fn two_nodes_on_a_three_node_stream_lose_nothing_through_kills_and_agree()
         stream: "PARKADE".into(),
         replicas: 3,
         credentials: None,
+        max_copy_lag: parkade::log::jetstream::DEFAULT_MAX_COPY_LAG,
     })
     .await
     .unwrap();
@@ -373,4 +393,158 @@ async fn two_nodes_on_a_three_node_stream_lose_nothing_through_kills_and_agree()
     );
     assert!(ok, "{text}");
     assert!(text.contains("no differences"), "{text}");
+}
+
+/// One client, strictly one request after the other, on a lot of one space: an arrival
+/// through one node, then the departure through the other, and so on. Each request is
+/// sent once its predecessor was acknowledged, so none may be refused: a node that has
+/// not yet followed the other's event must find it before it refuses (full, empty).
+#[actix_web::test]
+async fn a_node_refuses_only_on_state_as_fresh_as_the_other_nodes_acknowledgements() {
+    let nats = Nats::single();
+    let mut nodes = [Node::new(), Node::new()];
+    for n in &mut nodes {
+        n.start_on(&nats, None, 1);
+    }
+    for n in &nodes {
+        n.wait_healthy().await;
+    }
+    let (status, reply) = common::post_json(
+        &nodes[0].base(),
+        "/v1/lots",
+        &json!({"lot_id": "one", "name": "One space", "capacity": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{reply}");
+    // The other node knows the lot.
+    common::eventually(Duration::from_secs(10), "the lot on the other node", || {
+        let base = nodes[1].base();
+        async move {
+            match awc::Client::new()
+                .get(format!("{base}/v1/lots/one"))
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => Ok(()),
+                other => Err(format!("{:?}", other.map(|r| r.status()))),
+            }
+        }
+    })
+    .await;
+    let mut refused = Vec::new();
+    for i in 0..120 {
+        let kind = if i % 2 == 0 { "ARRIVAL" } else { "DEPARTURE" };
+        // Arrivals through one node, departures through the other: each request goes
+        // to the node that did not take the one before.
+        let node = &nodes[i % 2];
+        let (status, reply) = common::post_json(
+            &node.base(),
+            "/v1/events",
+            &json!({"lot_id": "one", "event_type": kind}),
+        )
+        .await
+        .unwrap();
+        match status {
+            200 => {}
+            409 => refused.push((i, kind, reply["code"].clone())),
+            _ => panic!("request {i} ({kind}): {status} {reply}"),
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "refused on stale state: {} of 120: {refused:?}",
+        refused.len()
+    );
+}
+
+/// A node whose copy of the stream is behind it by more than `[log] max_copy_lag` says
+/// it is not ready, and ready again once its copy caught up; `/metrics` shows the lag
+/// and that the server keeps no consumer for its reads.
+#[actix_web::test]
+async fn a_node_whose_copy_is_behind_is_not_ready_until_it_caught_up() {
+    let nats = Nats::single();
+    let mut node = Node::new();
+    node.start_with(&nats, None, 1, "[log]\nmax_copy_lag = 0\n");
+    node.wait_healthy().await;
+    let (status, reply) = common::post_json(
+        &node.base(),
+        "/v1/lots",
+        &json!({"lot_id": "big", "name": "Big", "capacity": 1_000_000}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{reply}");
+    // Another writer appends to the stream without pause; the node's copy follows.
+    let stream = Stream::connect_existing(&JetStreamOptions {
+        url: nats.urls(),
+        stream: "PARKADE".into(),
+        replicas: 1,
+        credentials: None,
+        max_copy_lag: 0,
+    })
+    .await
+    .unwrap();
+    let writer = actix_web::rt::spawn(async move {
+        let mut last = stream
+            .last_of_lot(&parkade::domain::LotId::parse("big").unwrap())
+            .await
+            .unwrap();
+        let mut n = 0u64;
+        for _ in 0..40 {
+            // After the registration (the lot's first event), as the node would write them.
+            let events: Vec<_> = crate::conformance::arrivals("big", 0, 1_000)
+                .into_iter()
+                .map(|mut e| {
+                    n += 1;
+                    (e.lot_seq, e.occupancy, e.capacity) = (n + 1, n as u32, 1_000_000);
+                    e
+                })
+                .collect();
+            let offsets = stream.append_lot(Some(last), &events).await.unwrap();
+            last = offsets.last().unwrap() + 1;
+        }
+    });
+    let mut behind = None;
+    while !writer.is_finished() {
+        let r = awc::Client::new()
+            .get(format!("{}/readyz", node.base()))
+            .send()
+            .await;
+        if let Ok(mut r) = r {
+            if r.status() == 503 {
+                let body: Value = r.json().await.unwrap();
+                if body.to_string().contains("log_copy_behind") {
+                    behind = Some(body);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    writer.await.unwrap();
+    let behind =
+        behind.expect("/readyz never said the copy was behind while it followed 40,000 events");
+    println!("while behind: {behind}");
+    common::eventually(Duration::from_secs(20), "ready again", || {
+        let base = node.base();
+        async move {
+            match awc::Client::new()
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+            {
+                Ok(r) if r.status() == 200 => Ok(()),
+                other => Err(format!("{:?}", other.map(|r| r.status()))),
+            }
+        }
+    })
+    .await;
+    let mut r = awc::Client::new()
+        .get(format!("{}/metrics", node.base()))
+        .send()
+        .await
+        .unwrap();
+    let page = String::from_utf8(r.body().limit(1 << 24).await.unwrap().to_vec()).unwrap();
+    assert!(page.contains("parkade_log_copy_lag_events 0"), "{page}");
+    assert!(page.contains("parkade_jetstream_consumers 0"), "{page}");
 }

@@ -52,6 +52,7 @@ impl Backend {
                         stream: "PARKADE".into(),
                         replicas: 1,
                         credentials: None,
+                        max_copy_lag: parkade::log::jetstream::DEFAULT_MAX_COPY_LAG,
                     },
                     &dir.path().join(node),
                     LogOptions::default(),

@@ -80,6 +80,7 @@ mod stream {
             stream: "PARKADE".into(),
             replicas,
             credentials: None,
+            max_copy_lag: parkade::log::jetstream::DEFAULT_MAX_COPY_LAG,
         }
     }
 
@@ -316,5 +317,195 @@ mod copy {
         assert!(!ok, "{text}");
         assert!(text.contains("in use"), "{text}");
         open.close();
+    }
+}
+
+mod liveness {
+    //! The JetStream log stays live: its reads leave nothing behind on the server, a
+    //! stalled server is left for another within seconds, and appends go on.
+
+    use std::time::{Duration, Instant};
+
+    use parkade::domain::{LotId, NewEvent};
+    use parkade::log::jetstream::{JetStreamLog, JetStreamOptions, Stream, DEFAULT_MAX_COPY_LAG};
+    use parkade::log::{Appended, EventLog, Expect, LogOptions};
+
+    use crate::common::{self, nats::Nats};
+    use crate::conformance::arrivals;
+
+    fn options(nats: &Nats, replicas: usize) -> JetStreamOptions {
+        JetStreamOptions {
+            url: nats.urls(),
+            stream: "PARKADE".into(),
+            replicas,
+            credentials: None,
+            max_copy_lag: DEFAULT_MAX_COPY_LAG,
+        }
+    }
+
+    /// Append and wait for the acknowledgement.
+    async fn append(
+        log: &JetStreamLog,
+        expect: Expect,
+        events: &[NewEvent],
+    ) -> Result<Vec<u64>, parkade::log::LogError> {
+        match log.append(expect, events)? {
+            Appended::Acknowledging(ack) => ack.await,
+            Appended::Ordered(_) => unreachable!("JetStream acknowledges"),
+        }
+    }
+
+    /// Two nodes append to one lot in turn, each following what the other wrote, and
+    /// read the lot's events as a writer that lost a conflict does: the server keeps no
+    /// consumer for any of it (a consumer per read piled up to the server's limit).
+    #[actix_web::test]
+    async fn reads_leave_no_consumer_on_the_server_and_both_copies_keep_up() {
+        let nats = Nats::single();
+        let (da, db) = (common::data_dir(), common::data_dir());
+        let a = JetStreamLog::open(&options(&nats, 1), da.path(), LogOptions::default())
+            .await
+            .unwrap();
+        let b = JetStreamLog::open(&options(&nats, 1), db.path(), LogOptions::default())
+            .await
+            .unwrap();
+        let lot = LotId::parse("north").unwrap();
+        let events = arrivals("north", 1, 300);
+        for (i, e) in events.iter().enumerate() {
+            let log = if i % 2 == 0 { &a } else { &b };
+            append(log, Expect::Any, std::slice::from_ref(e))
+                .await
+                .unwrap();
+            if i % 3 == 0 {
+                let read = log.read_lot(&lot, None).await.unwrap();
+                assert_eq!(read.len(), i + 1, "the lot's events up to now");
+            }
+        }
+        for log in [&a, &b] {
+            tokio::time::timeout(Duration::from_secs(20), log.wait_durable(300))
+                .await
+                .expect("the copy reaches the stream's end")
+                .unwrap();
+        }
+        let stream = Stream::connect_existing(&options(&nats, 1)).await.unwrap();
+        let state = stream.state().await.unwrap();
+        assert_eq!(state.last_sequence, 300);
+        assert_eq!(
+            state.consumer_count, 0,
+            "reads left consumers on the server"
+        );
+        // The copies are the stream, in order.
+        let want: Vec<_> = events.iter().map(|e| e.event_id).collect();
+        for log in [&a, &b] {
+            let mut got = Vec::new();
+            parkade::log::scan(log, 0, 300, 1000, |batch| {
+                got.extend(batch.iter().map(|e| e.event.event_id));
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+            assert_eq!(got, want);
+            let copy = log.copy_state().expect("a shared log's copy");
+            assert_eq!((copy.copy_end, copy.consumers), (300, 0), "{copy:?}");
+        }
+    }
+
+    /// One writer appends without pause (one lot unchecked, one lot as checked
+    /// batches) while the server its client is connected to is stalled (SIGSTOP: its
+    /// connections stay open, it answers nothing), and then the stream's leader: each
+    /// time, appends are acknowledged again within 10 s; every acknowledged event is in
+    /// the stream once.
+    #[actix_web::test]
+    async fn a_stalled_server_is_left_and_appends_go_on_within_seconds() {
+        let nats = Nats::cluster(3);
+        let dir = common::data_dir();
+        let log = std::sync::Arc::new(
+            JetStreamLog::open(&options(&nats, 3), dir.path(), LogOptions::default())
+                .await
+                .unwrap(),
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (log, stop) = (log.clone(), stop.clone());
+            actix_web::rt::spawn(async move {
+                let (mut acked, mut longest) = (Vec::new(), Duration::ZERO);
+                let mut last_ack = Instant::now();
+                let mut checked_last: Option<u64> = None;
+                let (mut n, mut failures) = (0u64, 0u32);
+                let b = LotId::parse("b").unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let one = arrivals("a", n, 1);
+                    let two = arrivals("b", 2 * n - 1, 2);
+                    let got_one = append(&log, Expect::Any, &one).await;
+                    let got_two = append(&log, Expect::Last(checked_last), &two).await;
+                    match (&got_one, &got_two) {
+                        (Ok(_), Ok(offsets)) => {
+                            longest = longest.max(last_ack.elapsed());
+                            last_ack = Instant::now();
+                            checked_last = offsets.last().copied();
+                            acked.extend(one.iter().chain(&two).map(|e| e.event_id));
+                        }
+                        _ => {
+                            failures += 1;
+                            if got_one.is_ok() {
+                                acked.push(one[0].event_id);
+                            }
+                            // Where the checked lot stands now (the batch may be in).
+                            checked_last = log.lot_end(&b).await.unwrap_or(checked_last);
+                            if let Ok(offsets) = got_two {
+                                checked_last = offsets.last().copied();
+                                acked.extend(two.iter().map(|e| e.event_id));
+                            }
+                        }
+                    }
+                }
+                longest = longest.max(last_ack.elapsed());
+                (acked, longest, failures)
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let connected = nats
+            .nodes
+            .iter()
+            .position(|n| n.has_client("parkade"))
+            .expect("the client is connected to a server");
+        let stream = Stream::connect_existing(&JetStreamOptions {
+            url: nats.nodes[(connected + 1) % 3].url(),
+            ..options(&nats, 3)
+        })
+        .await
+        .unwrap();
+        let mut stalls = Vec::new();
+        for which in ["the client's server", "the stream's leader"] {
+            let i = if which == "the client's server" {
+                connected
+            } else {
+                let leader = stream.leader().await.unwrap().expect("a leader");
+                nats.nodes.iter().position(|n| n.name == leader).unwrap()
+            };
+            nats.nodes[i].stall();
+            tokio::time::sleep(Duration::from_secs(14)).await;
+            nats.nodes[i].resume();
+            stalls.push((which, nats.nodes[i].name.clone()));
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (acked, longest, failures) = writer.await.unwrap();
+        println!(
+            "stalled {stalls:?} for 14 s each: {} events acknowledged, {failures} appends failed, longest time without an acknowledgement {longest:?}",
+            acked.len()
+        );
+        assert!(
+            longest < Duration::from_secs(10),
+            "no acknowledgement for {longest:?} (stalls: {stalls:?})"
+        );
+        let end = stream.end().await.unwrap();
+        let mut stored = Vec::new();
+        while (stored.len() as u64) < end {
+            stored.extend(stream.read(stored.len() as u64, 10_000).await.unwrap());
+        }
+        let ids: std::collections::HashSet<_> = stored.iter().map(|e| e.event.event_id).collect();
+        assert_eq!(ids.len(), stored.len(), "an event stored twice");
+        let lost = acked.iter().filter(|id| !ids.contains(id)).count();
+        assert_eq!(lost, 0, "acknowledged events not in the stream");
     }
 }

@@ -89,6 +89,36 @@ impl Node {
         }
     }
 
+    /// SIGSTOP: the process stays, with its connections open, and answers nothing (a
+    /// server stalled by its machine, a pause of its VM).
+    pub fn stall(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Self::stall`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let pid = self.child.as_ref().expect("the server is running").id();
+        let ok = Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {which} {pid}");
+    }
+
+    /// Whether a client named `name` is connected to this server.
+    pub fn has_client(&self, name: &str) -> bool {
+        self.monitor("connz").is_some_and(|c| {
+            c["connections"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|x| x["name"] == name))
+        })
+    }
+
     /// A monitoring page as JSON, `None` while the server does not answer.
     pub fn monitor(&self, page: &str) -> Option<Value> {
         use std::io::{Read, Write};

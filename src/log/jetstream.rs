@@ -473,7 +473,7 @@ impl Stream {
             match self.append_atomic(lots).await {
                 Err(JetStreamError::Unanswered(_)) if started.elapsed() < RETRY_FOR => {
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = (backoff * 2).min(RETRY_BACKOFF);
                 }
                 other => return other,
             }
@@ -624,7 +624,7 @@ impl Stream {
                 return ack;
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            backoff = (backoff * 2).min(RETRY_BACKOFF);
         }
     }
 
@@ -1002,7 +1002,11 @@ const CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// How long a request (an append's acknowledgement, a read, the stream's state) waits
 /// for its answer before it is sent again or fails. A replicated write that syncs
 /// to disk takes milliseconds; seconds mean the server or the leader is gone.
-const REQUEST_WAIT: Duration = Duration::from_secs(3);
+const REQUEST_WAIT: Duration = Duration::from_secs(2);
+
+/// The longest wait between two tries of an unanswered append: short, as the try
+/// itself has waited [`REQUEST_WAIT`] for its answer (a new leader may be there now).
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 
 /// How long a read keeps asking for messages it knows the stream holds.
 const READ_WAIT: Duration = Duration::from_secs(5);

@@ -447,7 +447,7 @@ async fn a_node_refuses_only_on_state_as_fresh_as_the_other_nodes_acknowledgemen
         .unwrap();
         match status {
             200 => {}
-            409 => refused.push((i, kind, reply["code"].clone())),
+            409 => refused.push((i, kind, reply["error"].clone())),
             _ => panic!("request {i} ({kind}): {status} {reply}"),
         }
     }

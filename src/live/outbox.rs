@@ -175,7 +175,12 @@ impl Outbox {
                 ))
             } else {
                 held.bytes += len;
-                self.shared.queued.fetch_add(changes, Ordering::Relaxed);
+                // A wait for the connection starts when something is queued, not at
+                // its last take: after a quiet minute, two changes in a row must not
+                // look like a minute's stall.
+                if self.shared.queued.fetch_add(changes, Ordering::Relaxed) == 0 && changes > 0 {
+                    self.shared.taken_at.store(now_ms(), Ordering::Relaxed);
+                }
                 // Sent under the lock, so the body's drop releases it if it is not taken.
                 if self.tx.send(Item::Frames(frames, changes)).is_err() {
                     held.bytes -= len;
@@ -320,6 +325,23 @@ mod tests {
 
     /// The largest close frame: its head and the most a control frame carries.
     const CLOSE_FRAME: usize = 2 + 125;
+
+    /// A subscriber that took everything and then had nothing to take for a while has
+    /// not stalled: the wait is counted from when a change was queued.
+    #[tokio::test]
+    async fn a_quiet_spell_is_not_a_stall() {
+        let (out, mut body) = outbox(MAX_QUEUED_BYTES, &Budget::new(usize::MAX));
+        assert!(out.put(Bytes::from_static(b"a"), 1));
+        body.next().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert!(out.put(Bytes::from_static(b"b"), 1));
+        assert!(out.put(Bytes::from_static(b"c"), 1));
+        assert!(
+            out.stalled_for() < Duration::from_secs(1),
+            "{:?}",
+            out.stalled_for()
+        );
+    }
 
     #[tokio::test]
     async fn frames_come_out_in_order_and_the_count_follows_what_was_taken() {

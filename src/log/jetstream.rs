@@ -363,20 +363,30 @@ impl Stream {
         Ok(info.state.clone())
     }
 
-    /// The stream sequence of the lot's last event (0 when it has none).
+    /// The stream sequence of the lot's last event (0 when it has none), asked of the
+    /// stream's leader; asked again (for up to [`RETRY_FOR`]) while none answers, as an
+    /// append is sent again: a refusal waits out a leader's election as an acceptance
+    /// does.
     pub async fn last_of_lot(&self, lot: &LotId) -> Result<u64, JetStreamError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        match self
-            .stream
-            .get_last_raw_message_by_subject(&self.subject(lot))
-            .await
-        {
-            Ok(m) => Ok(m.sequence),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
-            Err(e) => Err(JetStreamError::Read {
-                sequence: 0,
-                reason: e.to_string(),
-            }),
+        let subject = self.subject(lot);
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match self.stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => return Ok(m.sequence),
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(0),
+                Err(e) if started.elapsed() > RETRY_FOR => {
+                    return Err(JetStreamError::Read {
+                        sequence: 0,
+                        reason: e.to_string(),
+                    })
+                }
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF);
+                }
+            }
         }
     }
 
@@ -628,8 +638,8 @@ impl Stream {
         }
     }
 
-    /// Up to `max` events from offset `from`, in order, by direct gets (see
-    /// [`Self::read_range`]).
+    /// Up to `max` events from offset `from`, in order: batched direct gets, answered
+    /// by any of the stream's replicas, which leave nothing behind on the server.
     pub async fn read(&self, from: u64, max: usize) -> Result<Vec<RecordedEvent>, JetStreamError> {
         let end = self.end().await?;
         self.read_range(from, end.min(from.saturating_add(max as u64)))
@@ -648,20 +658,11 @@ impl Stream {
         let mut next = from;
         while next < to {
             let want = (to - next).min(DIRECT_BATCH as u64) as usize;
-            let got = self.direct_batch(next + 1, None, want).await?;
-            if got.is_empty() {
-                if started.elapsed() > READ_WAIT {
-                    return Err(JetStreamError::Read {
-                        sequence: next + 1,
-                        reason: format!(
-                            "no server had it within {} s, though the stream ends after it",
-                            READ_WAIT.as_secs()
-                        ),
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
+            let got = self
+                .direct_some(next + 1, None, want, started, || {
+                    "the stream ends after it".into()
+                })
+                .await?;
             for (sequence, payload) in got {
                 if sequence > to {
                     break;
@@ -694,21 +695,10 @@ impl Stream {
         let started = std::time::Instant::now();
         while start <= last {
             let got = self
-                .direct_batch(start, Some(&subject), DIRECT_BATCH)
+                .direct_some(start, Some(&subject), DIRECT_BATCH, started, || {
+                    format!("lot {lot}'s last message is sequence {last}")
+                })
                 .await?;
-            if got.is_empty() {
-                if started.elapsed() > READ_WAIT {
-                    return Err(JetStreamError::Read {
-                        sequence: start,
-                        reason: format!(
-                            "no server had lot {lot}'s messages up to sequence {last} within {} s",
-                            READ_WAIT.as_secs()
-                        ),
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
             for (sequence, payload) in got {
                 if sequence > last {
                     break;
@@ -718,6 +708,36 @@ impl Stream {
             }
         }
         Ok(out)
+    }
+
+    /// [`Self::direct_batch`], asked again while it brings nothing, until [`READ_WAIT`]
+    /// after `started`: the stream holds messages from `start` on (`known` says how it
+    /// is known), so an empty answer is a replica that has not stored them yet.
+    async fn direct_some(
+        &self,
+        start: u64,
+        subject: Option<&str>,
+        batch: usize,
+        started: std::time::Instant,
+        known: impl Fn() -> String,
+    ) -> Result<Vec<(u64, Bytes)>, JetStreamError> {
+        loop {
+            let got = self.direct_batch(start, subject, batch).await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            if started.elapsed() > READ_WAIT {
+                return Err(JetStreamError::Read {
+                    sequence: start,
+                    reason: format!(
+                        "no server had it within {} s, though {}",
+                        READ_WAIT.as_secs(),
+                        known()
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// One batched direct get: up to `batch` messages from sequence `start` on (of

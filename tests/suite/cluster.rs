@@ -104,7 +104,9 @@ impl Drop for Node {
 
 /// A gate: sends batches of arrivals and departures with its own event ids to its node,
 /// and a batch that got no answer (the node died, or said 503) to the other node, the
-/// same ids again, until one answers. Returns the ids acknowledged.
+/// same ids again, until one answers; so too the events of a batch marked `error` (the
+/// log could not take them, or not say in time whether it did). Returns the ids
+/// acknowledged.
 async fn gate(
     bases: [String; 2],
     first: usize,
@@ -130,12 +132,13 @@ async fn gate(
                 (id, e)
             })
             .collect();
-        let body = json!(batch.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>());
         let mut target = first;
         let started = std::time::Instant::now();
-        let reply = loop {
-            match common::post_json(&bases[target], "/v1/events", &body).await {
-                Some((200, reply)) => break reply,
+        let mut batch = batch;
+        while !batch.is_empty() {
+            let body = json!(batch.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>());
+            let reply = match common::post_json(&bases[target], "/v1/events", &body).await {
+                Some((200, reply)) => reply,
                 _ => {
                     assert!(
                         started.elapsed() < Duration::from_secs(60),
@@ -143,15 +146,22 @@ async fn gate(
                     );
                     target = 1 - target;
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let mut again = Vec::new();
+            let mut a = acked.lock().unwrap();
+            for ((id, e), r) in batch.into_iter().zip(reply["results"].as_array().unwrap()) {
+                match r["status"].as_str() {
+                    Some("accepted" | "duplicate") => a.push(id),
+                    Some("rejected") => {}
+                    Some("error") => again.push((id, e)),
+                    other => panic!("{other:?}: {r}"),
                 }
             }
-        };
-        let mut a = acked.lock().unwrap();
-        for ((id, _), r) in batch.into_iter().zip(reply["results"].as_array().unwrap()) {
-            match r["status"].as_str() {
-                Some("accepted" | "duplicate") => a.push(id),
-                Some("rejected") => {}
-                other => panic!("{other:?}: {r}"),
+            batch = again;
+            if !batch.is_empty() {
+                target = 1 - target;
             }
         }
     }

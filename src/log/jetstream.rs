@@ -364,7 +364,7 @@ impl Stream {
     }
 
     /// The stream sequence of the lot's last event (0 when it has none), asked of the
-    /// stream's leader; asked again (for up to [`RETRY_FOR`]) while none answers, as an
+    /// stream's leader; asked again (for up to 15 s) while none answers, as an
     /// append is sent again: a refusal waits out a leader's election as an acceptance
     /// does.
     pub async fn last_of_lot(&self, lot: &LotId) -> Result<u64, JetStreamError> {

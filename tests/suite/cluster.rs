@@ -84,6 +84,17 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// SIGSTOP, then SIGCONT: the process keeps its sockets and answers nothing.
+    fn signal(&self, which: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([which, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {which} {pid}");
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
@@ -108,7 +119,7 @@ impl Drop for Node {
 /// log could not take them, or not say in time whether it did). Returns the ids
 /// acknowledged.
 async fn gate(
-    bases: [String; 2],
+    bases: Vec<String>,
     first: usize,
     seed: u64,
     stop: Arc<AtomicBool>,
@@ -144,7 +155,7 @@ async fn gate(
                         started.elapsed() < Duration::from_secs(60),
                         "no node took a batch for 60 s"
                     );
-                    target = 1 - target;
+                    target = (target + 1) % bases.len();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -161,7 +172,7 @@ async fn gate(
             }
             batch = again;
             if !batch.is_empty() {
-                target = 1 - target;
+                target = (target + 1) % bases.len();
             }
         }
     }
@@ -238,7 +249,7 @@ async fn two_nodes_on_a_three_node_stream_lose_nothing_through_kills_and_agree()
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let bases = [a.base(), b.base()];
+    let bases = vec![a.base(), b.base()];
     let gates: Vec<_> = (0..4)
         .map(|i| {
             actix_web::rt::spawn(gate(
@@ -557,4 +568,393 @@ async fn a_node_whose_copy_is_behind_is_not_ready_until_it_caught_up() {
     let page = String::from_utf8(r.body().limit(1 << 24).await.unwrap().to_vec()).unwrap();
     assert!(page.contains("parkade_log_copy_lag_events 0"), "{page}");
     assert!(page.contains("parkade_jetstream_consumers 0"), "{page}");
+}
+
+/// A probe of one node: one event at a time (its own event id, sent again to the same
+/// node until it is answered), noting when the node answered (accepted, duplicate or
+/// refused: the node decided). Returns the ids acknowledged.
+async fn probe(
+    base: String,
+    node: usize,
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<(usize, std::time::Instant)>>>,
+) -> Vec<String> {
+    let mut acked = Vec::new();
+    let mut k = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        k += 1;
+        let kind = if k % 2 == 1 { "ARRIVAL" } else { "DEPARTURE" };
+        let id = uuid::Uuid::new_v4().to_string();
+        let body = json!({"lot_id": "west", "event_type": kind, "event_id": id});
+        loop {
+            match common::post_json(&base, "/v1/events", &body).await {
+                Some((200, _)) => {
+                    acked.push(id);
+                    break;
+                }
+                Some((409, _)) => break,
+                _ if stop.load(Ordering::Relaxed) => return acked,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        answers
+            .lock()
+            .unwrap()
+            .push((node, std::time::Instant::now()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    acked
+}
+
+/// The acceptance's fault run: three NATS nodes, three parkade nodes on one PostgreSQL,
+/// a mixed load with client event ids (gates sending batches and failing over, and a
+/// probe per node), while in turn the stream's leader is stalled, a NATS follower is
+/// killed -9 and restarted, a NATS follower is stalled, a parkade node is killed -9
+/// and restarted, and a parkade node is stalled. Afterwards: every acknowledged event
+/// in the stream once, each lot within bounds at every event, every node's lots equal
+/// to the stream's fold, a websocket on a node no fault touched gapless and in order,
+/// the read model equal to the stream (`parkade verify`), no consumer on the stream;
+/// and every node answered again within 10 s of each fault's end.
+#[actix_web::test]
+async fn three_nodes_lose_nothing_and_answer_again_within_seconds_through_kills_and_stalls() {
+    let mut nats = Nats::cluster(3);
+    let db = TestDb::new();
+    let mut nodes = [Node::new(), Node::new(), Node::new()];
+    nodes[0].start(&nats, &db);
+    nodes[0].wait_healthy().await;
+    for (lot, capacity) in LOTS {
+        let (status, reply) = common::post_json(
+            &nodes[0].base(),
+            "/v1/lots",
+            &json!({"lot_id": lot, "name": lot, "capacity": capacity}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201, "{reply}");
+    }
+    for n in &mut nodes[1..] {
+        n.start(&nats, &db);
+    }
+    for n in &nodes[1..] {
+        n.wait_healthy().await;
+    }
+    let bases: Vec<String> = nodes.iter().map(Node::base).collect();
+    // Every node knows the lots.
+    for base in &bases {
+        common::eventually(Duration::from_secs(20), "the lots on every node", || {
+            let base = base.clone();
+            async move {
+                match awc::Client::new()
+                    .get(format!("{base}/v1/lots/west"))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => Ok(()),
+                    other => Err(format!("{:?}", other.map(|r| r.status()))),
+                }
+            }
+        })
+        .await;
+    }
+
+    let seen: Arc<Mutex<Vec<(u64, String, u32)>>> = Arc::default();
+    let from: Arc<Mutex<Option<u64>>> = Arc::default();
+    let watcher = actix_web::rt::spawn(subscribe(bases[0].clone(), seen.clone(), from.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let gates: Vec<_> = (0..3)
+        .map(|i| {
+            actix_web::rt::spawn(gate(
+                bases.clone(),
+                i,
+                i as u64 + 11,
+                stop.clone(),
+                acked.clone(),
+            ))
+        })
+        .collect();
+    let answers: Arc<Mutex<Vec<(usize, std::time::Instant)>>> = Arc::default();
+    let probes: Vec<_> = (0..3)
+        .map(|i| actix_web::rt::spawn(probe(bases[i].clone(), i, stop.clone(), answers.clone())))
+        .collect();
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let urls: Vec<String> = nats.nodes.iter().map(|n| n.url()).collect();
+    let stream = |i: usize| {
+        let url = urls[i].clone();
+        async move {
+            Stream::connect_existing(&JetStreamOptions {
+                url,
+                stream: "PARKADE".into(),
+                replicas: 3,
+                credentials: None,
+                max_copy_lag: parkade::log::jetstream::DEFAULT_MAX_COPY_LAG,
+            })
+            .await
+        }
+    };
+    let mut faults: Vec<(String, std::time::Instant)> = Vec::new();
+    let stall = Duration::from_secs(10);
+    // 1. The stream's leader stalls.
+    let watch = stream(0).await.unwrap();
+    let lead = stream_leader(&watch).await;
+    let li = nats.nodes.iter().position(|n| n.name == lead).unwrap();
+    nats.nodes[li].stall();
+    tokio::time::sleep(stall).await;
+    nats.nodes[li].resume();
+    faults.push((
+        format!("NATS {lead} (the stream's leader) stalled {stall:?}"),
+        std::time::Instant::now(),
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // 2. A NATS follower is killed -9, and comes back.
+    let watch = stream(li).await.unwrap();
+    let lead = stream_leader(&watch).await;
+    let fi = (0..3).find(|&i| nats.nodes[i].name != lead).unwrap();
+    nats.nodes[fi].kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    nats.nodes[fi].start();
+    faults.push((
+        format!(
+            "NATS {} (a follower) killed -9 for 4 s",
+            nats.nodes[fi].name
+        ),
+        std::time::Instant::now(),
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // 3. A NATS follower stalls.
+    let lead = stream_leader(&watch).await;
+    let fi = (0..3).rev().find(|&i| nats.nodes[i].name != lead).unwrap();
+    nats.nodes[fi].stall();
+    tokio::time::sleep(stall).await;
+    nats.nodes[fi].resume();
+    faults.push((
+        format!(
+            "NATS {} (a follower) stalled {stall:?}",
+            nats.nodes[fi].name
+        ),
+        std::time::Instant::now(),
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // 4. A parkade node is killed -9, and comes back.
+    nodes[2].kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nodes[2].start(&nats, &db);
+    nodes[2].wait_healthy().await;
+    faults.push((
+        "parkade node 3 killed -9 and restarted".into(),
+        std::time::Instant::now(),
+    ));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // 5. A parkade node stalls.
+    nodes[1].signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    nodes[1].signal("-CONT");
+    faults.push((
+        "parkade node 2 stalled 8 s".into(),
+        std::time::Instant::now(),
+    ));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    for g in gates {
+        g.await.unwrap();
+    }
+    let mut acked = acked.lock().unwrap().clone();
+    for p in probes {
+        acked.extend(p.await.unwrap());
+    }
+    let load_ended = std::time::Instant::now();
+
+    // Every node answered again within 10 s of each fault's end.
+    let answers = answers.lock().unwrap().clone();
+    let mut report = Vec::new();
+    for (what, end) in &faults {
+        let mut again = Vec::new();
+        for n in 0..3 {
+            let first = answers
+                .iter()
+                .filter(|(node, at)| *node == n && at >= end)
+                .map(|(_, at)| at.duration_since(*end))
+                .min();
+            again.push(first);
+        }
+        report.push(format!("{what}: answered again after {again:?}"));
+        for (n, first) in again.iter().enumerate() {
+            let first =
+                first.unwrap_or_else(|| panic!("node {} never answered after {what}", n + 1));
+            assert!(
+                first <= Duration::from_secs(10),
+                "node {} answered {first:?} after {what}",
+                n + 1
+            );
+        }
+    }
+    let mut longest = [Duration::ZERO; 3];
+    for (n, l) in longest.iter_mut().enumerate() {
+        let times: Vec<_> = answers
+            .iter()
+            .filter(|(node, _)| *node == n)
+            .map(|(_, at)| *at)
+            .collect();
+        for w in times.windows(2) {
+            *l = (*l).max(w[1] - w[0]);
+        }
+    }
+
+    // The stream: every acknowledged event once; each lot within bounds at each event.
+    let stream = stream(0).await.unwrap();
+    let end = stream.end().await.unwrap();
+    let mut events = Vec::new();
+    while (events.len() as u64) < end {
+        events.extend(stream.read(events.len() as u64, 10_000).await.unwrap());
+    }
+    let mut ids = HashSet::new();
+    for e in &events {
+        assert!(
+            ids.insert(e.event.event_id.to_string()),
+            "{} twice",
+            e.event.event_id
+        );
+    }
+    let missing = acked.iter().filter(|id| !ids.contains(*id)).count();
+    assert_eq!(missing, 0, "acknowledged events not in the stream");
+    let mut occupancy: HashMap<String, i64> = HashMap::new();
+    for e in &events {
+        let lot = e.event.lot_id.to_string();
+        let capacity = LOTS.iter().find(|(l, _)| *l == lot).unwrap().1;
+        let occ = occupancy.entry(lot.clone()).or_default();
+        match e.event.event {
+            LotEvent::VehicleArrived => *occ += 1,
+            LotEvent::VehicleDeparted => *occ -= 1,
+            _ => {}
+        }
+        assert!(
+            (0..=i64::from(capacity)).contains(occ),
+            "{lot}: {occ} at {}",
+            e.offset
+        );
+        assert_eq!(i64::from(e.event.occupancy), *occ, "{lot} at {}", e.offset);
+    }
+    assert_eq!(
+        stream.state().await.unwrap().consumer_count,
+        0,
+        "consumers left on the stream"
+    );
+
+    // Every node's copy reaches the stream's fold.
+    for base in &bases {
+        common::eventually(
+            Duration::from_secs(30),
+            "every node's lots to equal the stream",
+            || {
+                let (base, occupancy) = (base.clone(), occupancy.clone());
+                async move {
+                    for (lot, want) in &occupancy {
+                        let mut r = awc::Client::new()
+                            .get(format!("{base}/v1/lots/{lot}"))
+                            .send()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let v: Value = r.json().await.map_err(|e| e.to_string())?;
+                        if v["occupancy"] != *want
+                            || v["offset"].as_u64().map(|o| o + 1) > Some(end)
+                        {
+                            return Err(format!("{base} {lot}: {v} (the stream: {want})"));
+                        }
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await;
+    }
+    let converged = load_ended.elapsed();
+
+    // The websocket on the node no fault touched saw every event after its snapshot.
+    let first = from.lock().unwrap().expect("a snapshot");
+    common::eventually(
+        Duration::from_secs(20),
+        "the subscriber to see the end",
+        || {
+            let n = seen.lock().unwrap().len() as u64;
+            async move {
+                if first + n >= end {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{n} changes from {first}, the stream ends at {end}"
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+    watcher.abort();
+    let seen = seen.lock().unwrap().clone();
+    let want: Vec<(u64, String, u32)> = events[first as usize..]
+        .iter()
+        .map(|e| (e.offset, e.event.lot_id.to_string(), e.event.occupancy))
+        .collect();
+    assert_eq!(
+        seen, want,
+        "the subscriber's changes are the stream's events"
+    );
+
+    // The read model reaches the end and equals the fold of the stream.
+    common::eventually(
+        Duration::from_secs(60),
+        "the read model to reach the end",
+        || {
+            let bases = bases.clone();
+            async move {
+                for base in &bases {
+                    let Ok(mut r) = awc::Client::new()
+                        .get(format!("{base}/v1/admin/projections"))
+                        .send()
+                        .await
+                    else {
+                        continue;
+                    };
+                    let v: wire::Projections = r.json().await.map_err(|e| e.to_string())?;
+                    if let Some(p) = common::projection_view(&v, "occupancy") {
+                        if p.state == "running" && p.checkpoint == end {
+                            return Ok(());
+                        }
+                    }
+                }
+                Err("no node's occupancy projection is at the end".to_owned())
+            }
+        },
+    )
+    .await;
+    let (ok, text) = common::output(
+        Command::new(common::binary())
+            .arg("verify")
+            .env("PARKADE_DATA_DIR", nodes[0].dir.path())
+            .env("PARKADE_DATABASE_URL", &db.url)
+            .env("PARKADE_LOG_BACKEND", "jetstream")
+            .env("PARKADE_NATS_URL", nats.urls()),
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("no differences"), "{text}");
+    println!(
+        "fault run: {} s, {} events in the stream, {} acknowledged, {} faults; longest without an answer per node {longest:?}; copies converged {converged:?} after the load; {}",
+        started.elapsed().as_secs(),
+        events.len(),
+        acked.len(),
+        faults.len(),
+        report.join("; ")
+    );
+}
+
+/// The stream's leader, once there is one.
+async fn stream_leader(s: &Stream) -> String {
+    common::eventually(Duration::from_secs(30), "a stream leader", || async {
+        match s.leader().await {
+            Ok(Some(l)) => Ok(l),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
 }

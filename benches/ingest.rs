@@ -18,7 +18,10 @@
 //!    pinned one `./scripts/test.sh` installs); skipped without one. Beside each, the
 //!    JetStream log library alone (no HTTP, no lot actors): one writer per lot appending
 //!    with the lot's expectation, so what parkade's request path adds can be told apart
-//!    from what the log and its servers take.
+//!    from what the log and its servers take; and raw publish-with-ack through the same
+//!    client library (the backend's own ceiling on this machine). On the cluster, also
+//!    three parkade nodes taking single events for the same lots at once: how many each
+//!    gets acknowledged.
 //!
 //! Each figure is the median of several runs. Settings (environment):
 //! `PARKADE_BENCH_SECONDS` (per run, default 4), `PARKADE_BENCH_RUNS` (default 3),
@@ -115,6 +118,11 @@ async fn run() {
                 let dir = work.path().join(format!("log-js{nodes}"));
                 let lib = log_figures(&options, &dir, runs, dur).await;
                 lib.print_library();
+                raw_publish_figures(&servers.urls(), nodes, runs, dur).await;
+                if nodes > 1 {
+                    let dir = work.path().join(format!("contended-js{nodes}"));
+                    contention_figures(&dir, &env, dur).await;
+                }
                 jetstream.push((label, f, lib));
             }
         }
@@ -484,6 +492,168 @@ async fn log_figures(
     }
     log.close();
     Figures::of_runs(batch_runs, single_runs, p50s, p99s)
+}
+
+/// The backend's own ceiling on this machine: 64 tasks publishing 100-byte messages to a
+/// stream of its own (the same replicas, the same servers syncing every write), each
+/// waiting for its acknowledgement before the next, through the same client library,
+/// with no parkade code between.
+async fn raw_publish_figures(urls: &str, replicas: usize, runs: usize, dur: Duration) {
+    let servers: Vec<async_nats::ServerAddr> =
+        urls.split(',').map(|u| u.parse().unwrap()).collect();
+    let client = async_nats::ConnectOptions::new()
+        .connect(servers)
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "bench_raw".into(),
+        subjects: vec!["bench_raw.>".into()],
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("the raw stream");
+    let mut rates = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let js = js.clone();
+                tokio::spawn(async move {
+                    let payload = bytes::Bytes::from(vec![b'x'; 100]);
+                    let mut n = 0u64;
+                    while start.elapsed() < dur {
+                        js.publish(format!("bench_raw.{}", i % LOTS), payload.clone())
+                            .await
+                            .expect("publish")
+                            .await
+                            .expect("acknowledged");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut n = 0;
+        for t in tasks {
+            n += t.await.unwrap();
+        }
+        rates.push(n as f64 / start.elapsed().as_secs_f64());
+    }
+    println!(
+        "  raw JetStream publish-with-ack, 64 publishers, 100 bytes, R{replicas}: {:>8.0} messages/s (runs: {})",
+        median(&mut rates.clone()),
+        rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ")
+    );
+}
+
+/// Three parkade nodes on one cluster, each sent single events for the same lots by 16
+/// connections of its own: how many each node gets acknowledged, and how many it
+/// answers otherwise (a lot written hard from every node at once).
+async fn contention_figures(dir: &Path, env: &[(&str, String)], dur: Duration) {
+    // A stream of its own, so that no node first copies the other figures' events.
+    let mut env = env.to_vec();
+    env.push(("PARKADE_NATS_STREAM", "bench_contended".to_owned()));
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut servers: Vec<Server> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let server = Server::start(&dir.join(format!("node{i}")), *port, None, &env);
+        server.wait_healthy().await;
+        if i == 0 {
+            let mut c = Conn::connect(*port).await;
+            for l in 0..LOTS {
+                let body = format!(
+                    r#"{{"lot_id":"bench-{l}","name":"Bench lot {l}","capacity":1000000}}"#
+                );
+                let (status, _) = c
+                    .request("POST", "/v1/lots", &body, "application/json")
+                    .await;
+                assert!(status == 201 || status == 200, "register: {status}");
+            }
+        }
+        servers.push(server);
+    }
+    // Each node knows the lots once it has followed the stream.
+    for port in &ports {
+        let mut c = Conn::connect(*port).await;
+        let started = Instant::now();
+        loop {
+            let (status, _) = c
+                .request("GET", "/v1/lots/bench-0", "", "application/json")
+                .await;
+            if status == 200 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "node on {port}: no lots"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let start = Instant::now();
+    let nodes: Vec<_> = ports
+        .iter()
+        .map(|&port| {
+            tokio::spawn(async move {
+                let conns: Vec<_> = (0..16)
+                    .map(|i| {
+                        tokio::spawn(async move {
+                            let mut c = Conn::connect(port).await;
+                            let lot = i % LOTS;
+                            let (mut ok, mut other, mut k) = (0u64, 0u64, 0u64);
+                            while start.elapsed() < dur {
+                                let kind = if k.is_multiple_of(2) {
+                                    "ARRIVAL"
+                                } else {
+                                    "DEPARTURE"
+                                };
+                                let body =
+                                    format!(r#"{{"lot_id":"bench-{lot}","event_type":"{kind}"}}"#);
+                                let (status, _) = c
+                                    .request("POST", "/v1/events", &body, "application/json")
+                                    .await;
+                                if status == 200 {
+                                    ok += 1;
+                                    k += 1;
+                                } else {
+                                    other += 1;
+                                }
+                            }
+                            (ok, other)
+                        })
+                    })
+                    .collect();
+                let (mut ok, mut other) = (0, 0);
+                for c in conns {
+                    let (o, x) = c.await.unwrap();
+                    ok += o;
+                    other += x;
+                }
+                (ok, other)
+            })
+        })
+        .collect();
+    let secs = dur.as_secs_f64();
+    let mut line = Vec::new();
+    for (i, n) in nodes.into_iter().enumerate() {
+        let (ok, other) = n.await.unwrap();
+        line.push(format!(
+            "node {}: {:.0} accepted/s, {:.0} other/s",
+            i + 1,
+            ok as f64 / secs,
+            other as f64 / secs
+        ));
+    }
+    println!(
+        "  contended: 3 nodes x 16 connections on the same {LOTS} lots, single events: {}",
+        line.join("; ")
+    );
+    for mut s in servers {
+        s.stop();
+    }
 }
 
 /// An event of a bench lot, with a fresh event id.

@@ -69,6 +69,7 @@ impl Application {
         // Before the log opens: its writer binds its metrics when it starts.
         let metrics_handle = crate::metrics::install();
         let (log, lots_thread) = open_log(&config, &hooks).await?;
+        refuse_lost_events(&config, &*log).await?;
         let dyn_log = log.clone();
         let lots = recover_lots(&config, dyn_log.clone(), lots_thread)?;
         let board = StatusBoard::default();
@@ -301,6 +302,72 @@ struct ReadModels {
     archive: Option<crate::projections::archive::Archive>,
     projection: Option<JoinHandle<()>>,
     archive_thread: Option<JoinHandle<()>>,
+}
+
+/// A projection whose checkpoint lies past the log's end has folded events the log no
+/// longer holds: acknowledged events were lost (a disk that zeroed the log's tail, a
+/// data folder put back from an older copy). The service does not start on that: the
+/// error names each such projection and both positions, and the ways on (put the log
+/// back, or rebuild each projection from the log as it is, which forgets the lost
+/// events). The checkpoints are asked within a few seconds; a database or store that
+/// does not answer by then is passed over here (its projection then reports the same
+/// at `/readyz` once it can read its checkpoint).
+async fn refuse_lost_events(config: &Config, log: &dyn EventLog) -> anyhow::Result<()> {
+    use crate::projections::ProjectionName;
+    const ASK_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+    let end = log.durable_end();
+    let mut ahead: Vec<(ProjectionName, u64)> = Vec::new();
+    if let Some(url) = &config.database_url {
+        let asked = tokio::time::timeout(ASK_WITHIN, async {
+            let opts: PgConnectOptions = url.parse()?;
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ASK_WITHIN)
+                .connect_with(opts)
+                .await?;
+            let mut found = Vec::new();
+            for name in [ProjectionName::Occupancy, ProjectionName::Features] {
+                // A database not yet migrated has no checkpoints at all.
+                match crate::projections::db::read_checkpoint(&pool, name).await {
+                    Ok(Some(cp)) if cp.log_id == log.log_id() => found.push((name, cp.next_offset)),
+                    _ => {}
+                }
+            }
+            pool.close().await;
+            anyhow::Ok(found)
+        })
+        .await;
+        match asked {
+            Ok(Ok(found)) => ahead.extend(found.into_iter().filter(|(_, cp)| *cp > end)),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not read the projections' checkpoints at start; each projection checks its own when it starts"),
+            Err(_) => tracing::warn!("the database did not answer within 5 s at start; each projection checks its checkpoint when it starts"),
+        }
+    }
+    if config.archive.enabled {
+        let archive = crate::projections::archive::Archive::from_config(config).await;
+        match tokio::time::timeout(ASK_WITHIN, archive.archived_end()).await {
+            Ok(Ok(Some(next))) if next > end => ahead.push((ProjectionName::Archive, next)),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not read the archive's progress at start; it checks it when it starts"),
+            Err(_) => tracing::warn!("the archive's store did not answer within 5 s at start; it checks its progress when it starts"),
+        }
+    }
+    if ahead.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = ahead
+        .iter()
+        .map(|(name, next)| format!("{name} has folded up to offset {next}"))
+        .collect();
+    let rebuild: Vec<String> = ahead
+        .iter()
+        .map(|(name, _)| format!("`parkade replay --projection {name}`"))
+        .collect();
+    anyhow::bail!(
+        "acknowledged events are missing from the log: it ends at offset {end}, but {}. parkade does not start on a log that lost events. Put the log back from a copy that holds them; or, to go on without them, rebuild each from the log as it is ({}), which forgets them, and start again",
+        names.join(", and "),
+        rebuild.join(", ")
+    )
 }
 
 /// Start the PostgreSQL projections (when a database is configured) and the archive

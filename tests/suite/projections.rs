@@ -318,3 +318,97 @@ async fn of_two_nodes_one_folds_a_projection_and_the_other_takes_over_when_it_st
     assert_eq!(rows[0][0], "50", "{rows:?}");
     b.stop().await;
 }
+
+/// Acknowledged events gone from the log (here: its newest segment put back as it was
+/// three events earlier, as a disk that zeroed the tail or an older copy of the data
+/// folder would leave it) while the read model, the features and the archive folded
+/// them: the service does not start, naming each and both positions; rebuilt from the
+/// log as it is, it starts.
+#[actix_web::test]
+async fn a_start_on_a_log_that_lost_folded_events_is_refused_until_they_are_rebuilt() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let config = test_config(dir.path(), Some(&db));
+    let app = TestApp::spawn(config.clone(), Hooks::default()).await;
+    let (s, r) = app
+        .post(
+            "/v1/lots",
+            json!({"lot_id": "north", "name": "North", "capacity": 10}),
+        )
+        .await;
+    assert_eq!(s, 201, "{r}");
+    for _ in 0..2 {
+        let (s, r) = app
+            .post(
+                "/v1/events",
+                json!({"lot_id": "north", "event_type": "ARRIVAL"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{r}");
+    }
+    app.wait_caught_up("occupancy").await;
+    app.wait_caught_up("archive").await;
+    app.stop().await;
+    let segment = {
+        let mut all: Vec<_> = std::fs::read_dir(dir.path().join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        all.sort();
+        all.pop().expect("a segment")
+    };
+    let earlier = std::fs::read(&segment).unwrap();
+
+    let app = TestApp::spawn(config.clone(), Hooks::default()).await;
+    for _ in 0..3 {
+        let (s, r) = app
+            .post(
+                "/v1/events",
+                json!({"lot_id": "north", "event_type": "ARRIVAL"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{r}");
+    }
+    app.wait_caught_up("occupancy").await;
+    app.wait_caught_up("features").await;
+    app.wait_caught_up("archive").await;
+    app.stop().await;
+    std::fs::write(&segment, &earlier).unwrap();
+
+    let refused = parkade::app::Application::build(config.clone(), Hooks::default()).await;
+    let text = match refused {
+        Ok(_) => panic!("the service started on a log that lost 3 acknowledged events"),
+        Err(e) => format!("{e:#}"),
+    };
+    for want in [
+        "ends at offset 3",
+        "occupancy has folded up to offset 6",
+        "features has folded up to offset 6",
+        "archive has folded up to offset 6",
+        "parkade replay --projection occupancy",
+    ] {
+        assert!(text.contains(want), "{want:?} not in: {text}");
+    }
+
+    for name in ["occupancy", "features", "archive"] {
+        let out = Command::new(common::binary())
+            .args(["replay", "--projection", name])
+            .env("PARKADE_DATA_DIR", dir.path())
+            .env("PARKADE_DATABASE_URL", &db.url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "replay {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let app = TestApp::spawn(config, Hooks::default()).await;
+    let (s, lot) = app.get("/v1/lots/north").await;
+    assert_eq!((s, lot["occupancy"].clone()), (200, json!(2)), "{lot}");
+    app.wait_caught_up("occupancy").await;
+    app.stop().await;
+}

@@ -280,6 +280,25 @@ impl Archive {
         Ok(())
     }
 
+    /// One past the last offset the current generation holds (`None`: no generation
+    /// yet), changing nothing (unlike [`Self::resume`], it removes no unfinished
+    /// flush's files, so a process that does not hold the lake may ask).
+    pub async fn archived_end(&self) -> Result<Option<u64>, ArchiveError> {
+        let Some(bytes) = self.store.get(CURRENT).await? else {
+            return Ok(None);
+        };
+        let gen = String::from_utf8_lossy(&bytes).trim().to_owned();
+        let marks = self.store.list(&format!("{gen}/_progress/")).await?;
+        Ok(Some(
+            marks
+                .iter()
+                .filter_map(|k| parse_range(k))
+                .map(|(_, last)| last + 1)
+                .max()
+                .unwrap_or(0),
+        ))
+    }
+
     /// The next offset to archive in `gen`; removes files of unfinished flushes.
     pub async fn resume(&self, gen: &str) -> Result<u64, ArchiveError> {
         let marks = self.store.list(&format!("{gen}/_progress/")).await?;

@@ -311,7 +311,8 @@ struct ReadModels {
 /// back, or rebuild each projection from the log as it is, which forgets the lost
 /// events). The checkpoints are asked within a few seconds; a database or store that
 /// does not answer by then is passed over here (its projection then reports the same
-/// at `/readyz` once it can read its checkpoint).
+/// at `/readyz` once it can read its checkpoint). On a shared log, a checkpoint past
+/// this node's copy is lost only if the copy does not reach it within 10 s.
 async fn refuse_lost_events(config: &Config, log: &dyn EventLog) -> anyhow::Result<()> {
     use crate::projections::ProjectionName;
     const ASK_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -352,9 +353,24 @@ async fn refuse_lost_events(config: &Config, log: &dyn EventLog) -> anyhow::Resu
             Err(_) => tracing::warn!("the archive's store did not answer within 5 s at start; it checks its progress when it starts"),
         }
     }
+    if log.shared() {
+        // Other nodes go on appending and folding: a checkpoint past this node's copy
+        // is lost only if the copy cannot reach it (the stream does not hold it).
+        let mut lost = Vec::new();
+        for (name, next) in ahead {
+            let reached =
+                tokio::time::timeout(std::time::Duration::from_secs(10), log.wait_durable(next))
+                    .await;
+            if !matches!(reached, Ok(Ok(()))) {
+                lost.push((name, next));
+            }
+        }
+        ahead = lost;
+    }
     if ahead.is_empty() {
         return Ok(());
     }
+    let end = log.durable_end();
     let names: Vec<String> = ahead
         .iter()
         .map(|(name, next)| format!("{name} has folded up to offset {next}"))

@@ -397,13 +397,7 @@ async fn read_run(port: u16, conns: usize, path: PathOf, dur: Duration) -> (f64,
             lat
         }));
     }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
-    let (p50, p99) = p50_p99(all);
-    (rate, p50, p99)
+    requests_per_sec(tasks, start).await
 }
 
 /// Events per append in the log library's batch figure: a 1,000-event request's share
@@ -894,6 +888,15 @@ async fn single_run(port: u16, conns: usize, dur: Duration) -> (f64, f64, f64) {
             lat
         }));
     }
+    requests_per_sec(tasks, start).await
+}
+
+/// Requests per second since `start`, and the p50 and p99 of their latencies, from
+/// tasks that each give their requests' latencies.
+async fn requests_per_sec(
+    tasks: Vec<tokio::task::JoinHandle<Vec<f64>>>,
+    start: Instant,
+) -> (f64, f64, f64) {
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.unwrap());

@@ -1418,15 +1418,6 @@ impl EventLog for JetStreamLog {
         true
     }
 
-    /// Asked of the stream's leader (not a replica, which may lag).
-    fn lot_end(&self, lot: &LotId) -> BoxFuture<'static, Result<Option<u64>, LogError>> {
-        let stream = self.stream.clone();
-        let lot = lot.clone();
-        on(&self.handle, async move {
-            Ok(stream.last_of_lot(&lot).await?.checked_sub(1))
-        })
-    }
-
     fn copy_state(&self) -> Option<CopyState> {
         Some(CopyState {
             stream_end: self.seen.end.load(Ordering::Relaxed),

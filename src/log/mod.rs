@@ -221,15 +221,6 @@ pub trait EventLog: Send + Sync + 'static {
         false
     }
 
-    /// The offset of `lot`'s last event in the log as of this call (`None`: it has
-    /// none), including what other writers appended: what a writer on a shared log
-    /// asks before it refuses a request on its own view of the lot. (A log with one
-    /// writer needs no asking; this default reads the lot.)
-    fn lot_end(&self, lot: &LotId) -> BoxFuture<'static, Result<Option<u64>, LogError>> {
-        let read = self.read_lot(lot, None);
-        Box::pin(async move { Ok(read.await?.last().map(|e| e.offset)) })
-    }
-
     /// How this node's copy of a shared log stands against the shared log (`None`
     /// for a log of one process).
     fn copy_state(&self) -> Option<CopyState> {

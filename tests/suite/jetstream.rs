@@ -459,7 +459,10 @@ mod liveness {
                                 acked.push(one[0].event_id);
                             }
                             // Where the checked lot stands now (the batch may be in).
-                            checked_last = log.lot_end(&b).await.unwrap_or(checked_last);
+                            checked_last = match log.stream().last_of_lot(&b).await {
+                                Ok(sequence) => sequence.checked_sub(1),
+                                Err(_) => checked_last,
+                            };
                             if let Ok(offsets) = got_two {
                                 checked_last = offsets.last().copied();
                                 acked.extend(two.iter().map(|e| e.event_id));

@@ -319,6 +319,19 @@ async fn of_two_nodes_one_folds_a_projection_and_the_other_takes_over_when_it_st
     b.stop().await;
 }
 
+/// `n` arrivals at lot north, each acknowledged.
+async fn arrive(app: &TestApp, n: usize) {
+    for _ in 0..n {
+        let (s, r) = app
+            .post(
+                "/v1/events",
+                json!({"lot_id": "north", "event_type": "ARRIVAL"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{r}");
+    }
+}
+
 /// Acknowledged events gone from the log (here: its newest segment put back as it was
 /// three events earlier, as a disk that zeroed the tail or an older copy of the data
 /// folder would leave it) while the read model, the features and the archive folded
@@ -337,15 +350,7 @@ async fn a_start_on_a_log_that_lost_folded_events_is_refused_until_they_are_rebu
         )
         .await;
     assert_eq!(s, 201, "{r}");
-    for _ in 0..2 {
-        let (s, r) = app
-            .post(
-                "/v1/events",
-                json!({"lot_id": "north", "event_type": "ARRIVAL"}),
-            )
-            .await;
-        assert_eq!(s, 200, "{r}");
-    }
+    arrive(&app, 2).await;
     app.wait_caught_up("occupancy").await;
     app.wait_caught_up("archive").await;
     app.stop().await;
@@ -361,15 +366,7 @@ async fn a_start_on_a_log_that_lost_folded_events_is_refused_until_they_are_rebu
     let earlier = std::fs::read(&segment).unwrap();
 
     let app = TestApp::spawn(config.clone(), Hooks::default()).await;
-    for _ in 0..3 {
-        let (s, r) = app
-            .post(
-                "/v1/events",
-                json!({"lot_id": "north", "event_type": "ARRIVAL"}),
-            )
-            .await;
-        assert_eq!(s, 200, "{r}");
-    }
+    arrive(&app, 3).await;
     app.wait_caught_up("occupancy").await;
     app.wait_caught_up("features").await;
     app.wait_caught_up("archive").await;

@@ -315,10 +315,36 @@ impl<P: Projection> Runner<P> {
 
     /// The checkpoint, once the projection is ready to fold from it.
     async fn resume(&mut self, shutdown: &watch::Receiver<bool>) -> Result<u64, ProjectionError> {
+        if self.log.shared() {
+            self.wait_for_copy(shutdown).await?;
+        }
         let from = checkpoint::<P>(&self.pool, &*self.log).await?;
         let (log, stop) = (self.log.clone(), shutdown.clone());
         self.projection.resume(log, from, stop).await?;
         Ok(from)
+    }
+
+    /// On a shared log, the checkpoint the last holder left may lie past this node's
+    /// copy (the copy follows the stream a moment behind): stand by until the copy
+    /// has reached it, rather than fail as on a log that lost events.
+    async fn wait_for_copy(&self, shutdown: &watch::Receiver<bool>) -> Result<(), ProjectionError> {
+        let Some(cp) = super::db::read_checkpoint(&self.pool, P::NAME).await? else {
+            return Ok(());
+        };
+        let copy_end = self.log.durable_end();
+        if cp.next_offset <= copy_end || cp.log_id != self.log.log_id() {
+            return Ok(());
+        }
+        tracing::info!(projection = %P::NAME, checkpoint = cp.next_offset, copy_end, "this node's copy of the log is behind the projection's checkpoint; standing by until it has caught up");
+        self.board.set(P::NAME, |s| {
+            s.state = ProjectionState::Standby;
+            s.checkpoint = cp.next_offset;
+        });
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            reached = self.log.wait_durable(cp.next_offset) => Ok(reached?),
+            _ = stop.changed() => Err(ProjectionError::Stopped),
+        }
     }
 
     /// Write the folded batch `from..to`, retrying with backoff until it is written.

@@ -761,3 +761,85 @@ async fn stream_leader(s: &Stream) -> String {
     })
     .await
 }
+
+/// A projection whose checkpoint (left by the last holder of its lease) lies past this
+/// node's copy of the stream stands by until the copy has caught up, instead of
+/// failing as on a log that lost events. Here the checkpoint is moved three events
+/// ahead in the database and the node's database sessions are ended, so that its
+/// runner takes the lease again and finds it there; then three events arrive.
+#[actix_web::test]
+async fn a_new_holder_whose_copy_is_behind_the_checkpoint_stands_by_until_it_caught_up() {
+    let nats = Nats::single();
+    let db = TestDb::new();
+    let mut node = Node::new();
+    node.start_on(&nats, Some(&db), 1);
+    node.wait_healthy().await;
+    let base = node.base();
+    let (status, reply) = common::post_json(
+        &base,
+        "/v1/lots",
+        &json!({"lot_id": "one", "name": "One", "capacity": 100}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{reply}");
+    let arrive = |n: usize| {
+        let base = base.clone();
+        async move {
+            for _ in 0..n {
+                let (s, r) = common::post_json(
+                    &base,
+                    "/v1/events",
+                    &json!({"lot_id": "one", "event_type": "ARRIVAL"}),
+                )
+                .await
+                .unwrap();
+                assert_eq!(s, 200, "{r}");
+            }
+        }
+    };
+    arrive(2).await;
+    let occupancy = |base: String| async move {
+        let mut r = awc::Client::new()
+            .get(format!("{base}/v1/admin/projections"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: wire::Projections = r.json().await.map_err(|e| e.to_string())?;
+        let p = common::projection_view(&v, "occupancy").ok_or("no occupancy")?;
+        Ok::<(String, u64), String>((p.state.to_string(), p.checkpoint))
+    };
+    let expect = |state: &'static str, checkpoint: u64| {
+        let base = base.clone();
+        async move {
+            common::eventually(
+                Duration::from_secs(20),
+                "the occupancy projection's state",
+                || {
+                    let base = base.clone();
+                    async move {
+                        match occupancy(base).await? {
+                            (s, c) if s == state && c == checkpoint => Ok(()),
+                            other => Err(format!("{other:?}, not ({state}, {checkpoint})")),
+                        }
+                    }
+                },
+            )
+            .await
+        }
+    };
+    expect("running", 3).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::query("UPDATE projection_checkpoints SET next_offset = next_offset + 3 WHERE projection = 'occupancy'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    expect("standby", 6).await;
+    arrive(3).await;
+    expect("running", 6).await;
+    pool.close().await;
+}

@@ -6,8 +6,10 @@
 //! its connection broke), and a process standing by takes it over.
 //!
 //! A projection whose every write carries its checkpoint (the read model, the features)
-//! needs nothing more: the checkpoint's compare-and-set keeps a batch from being written
-//! twice even while two processes believe they hold the lease. A lake on a shared bucket
+//! takes a lease of another kind (`ProjectionLease`): a row in `projection_leases`
+//! naming its holder, renewed every 2 s, taken over after 6 s without a renewal, so a
+//! holder that stalls with its session open is followed too. The checkpoint's compare-and-set keeps a batch from being
+//! written twice even while two processes believe they hold the lease. A lake on a shared bucket
 //! (the archive, the features lake) has no such check, and a holder whose session ended
 //! without its knowing (a network cut, a paused process) could still be writing when the
 //! next holder starts. A [`LakeLease`] bounds that in time:
@@ -54,13 +56,75 @@ impl Lease {
             .await?;
         Ok(got.then_some(Lease { conn }))
     }
+}
 
-    /// Whether the session holding the lock is still there.
-    pub(super) async fn alive(&mut self) -> bool {
-        sqlx::query("SELECT 1")
-            .execute(&mut self.conn)
-            .await
-            .is_ok()
+/// How long a PostgreSQL projection's lease holder may go without renewing it (three
+/// renewals missed) before another process takes it over: its process died, stalled, or
+/// lost the database.
+pub(super) const TAKEOVER_AFTER: Duration = Duration::from_secs(6);
+
+/// The lease of a PostgreSQL projection (occupancy, features): a row naming the
+/// holder, renewed every [`LEASE_EVERY`]; a holder that has not renewed for
+/// [`TAKEOVER_AFTER`] is followed by the next process that asks (a clean stop removes
+/// the row, and the next follows at once). Two processes may then both believe they
+/// hold it for a moment: the checkpoint's compare-and-set keeps a batch from being
+/// written twice, and the old holder finds out at its next renewal. (Not a session
+/// lock: a stalled process keeps its sessions open.)
+pub(super) struct ProjectionLease {
+    pool: PgPool,
+    name: ProjectionName,
+    holder: uuid::Uuid,
+}
+
+impl ProjectionLease {
+    /// Try once: the lease, or `None` while another process holds it and renews it.
+    pub(super) async fn try_take(
+        pool: &PgPool,
+        name: ProjectionName,
+    ) -> Result<Option<ProjectionLease>, sqlx::Error> {
+        let holder = uuid::Uuid::now_v7();
+        let taken: Option<uuid::Uuid> = sqlx::query_scalar(
+            "INSERT INTO projection_leases (name, holder, renewed_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, renewed_at = now() \
+             WHERE projection_leases.holder IS NULL \
+                OR projection_leases.renewed_at < now() - make_interval(secs => $3) \
+             RETURNING holder",
+        )
+        .bind(name.as_str())
+        .bind(holder)
+        .bind(TAKEOVER_AFTER.as_secs_f64())
+        .fetch_optional(pool)
+        .await?;
+        Ok(taken.map(|_| ProjectionLease {
+            pool: pool.clone(),
+            name,
+            holder,
+        }))
+    }
+
+    /// Renew the lease; false when it is not this process's any more (another took it
+    /// over) or the database did not answer in time.
+    pub(super) async fn renew(&mut self) -> bool {
+        let renewed = tokio::time::timeout(
+            RENEW_WAIT,
+            sqlx::query(
+                "UPDATE projection_leases SET renewed_at = now() WHERE name = $1 AND holder = $2",
+            )
+            .bind(self.name.as_str())
+            .bind(self.holder)
+            .execute(&self.pool),
+        )
+        .await;
+        matches!(renewed, Ok(Ok(r)) if r.rows_affected() == 1)
+    }
+
+    /// Give the lease up (a clean stop), so the next process need not wait.
+    pub(super) async fn release(self) {
+        let _gone = sqlx::query("DELETE FROM projection_leases WHERE name = $1 AND holder = $2")
+            .bind(self.name.as_str())
+            .bind(self.holder)
+            .execute(&self.pool)
+            .await;
     }
 }
 

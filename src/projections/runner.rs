@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use super::lease::{Lease, LEASE_EVERY};
+use super::lease::{ProjectionLease, LEASE_EVERY};
 use super::supervisor::Backoff;
 use super::{ProjectionError, ProjectionName};
 use crate::domain::{RecordedEvent, Timestamp};
@@ -209,10 +209,10 @@ impl<P: Projection> Runner<P> {
         &self,
         backoff: &mut Backoff,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<Lease> {
+    ) -> Option<ProjectionLease> {
         let mut said = false;
         while !*shutdown.borrow() {
-            match Lease::try_take(&self.pool, P::NAME).await {
+            match ProjectionLease::try_take(&self.pool, P::NAME).await {
                 Ok(Some(lease)) => {
                     if said {
                         tracing::info!(projection = %P::NAME, "took over the projection's lease");
@@ -250,7 +250,7 @@ impl<P: Projection> Runner<P> {
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(self.max_backoff);
-        let mut lease: Option<Lease> = None;
+        let mut lease: Option<ProjectionLease> = None;
         'restart: while !*shutdown.borrow() {
             if lease.is_none() {
                 lease = self.lease(&mut backoff, &mut shutdown).await;
@@ -275,11 +275,11 @@ impl<P: Projection> Runner<P> {
                     b = sub.next_batch(self.batch_events) => b,
                     _ = check.tick() => {
                         if let Some(l) = lease.as_mut() {
-                            if l.alive().await {
+                            if l.renew().await {
                                 continue;
                             }
                         }
-                        tracing::warn!(projection = %P::NAME, "the projection's lease is lost (its database session ended); taking it again");
+                        tracing::warn!(projection = %P::NAME, "the projection's lease is lost (another process took it over, or the database did not answer its renewal); taking it again");
                         lease = None;
                         continue 'restart;
                     }
@@ -308,6 +308,9 @@ impl<P: Projection> Runner<P> {
                     Outcome::ShuttingDown => break 'restart,
                 }
             }
+        }
+        if let Some(l) = lease {
+            l.release().await;
         }
         self.board
             .set(P::NAME, |s| s.state = ProjectionState::Stopped);

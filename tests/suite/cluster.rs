@@ -843,3 +843,107 @@ async fn a_new_holder_whose_copy_is_behind_the_checkpoint_stands_by_until_it_cau
     expect("running", 6).await;
     pool.close().await;
 }
+
+/// The occupancy projection's state and checkpoint as a node shows them.
+async fn occupancy_state(base: &str) -> Result<(String, u64, u64), String> {
+    let mut r = awc::Client::new()
+        .get(format!("{base}/v1/admin/projections"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: wire::Projections = r.json().await.map_err(|e| e.to_string())?;
+    let p = common::projection_view(&v, "occupancy").ok_or("no occupancy")?;
+    Ok((p.state.to_string(), p.checkpoint, v.log_end))
+}
+
+/// The node holding the PostgreSQL projections' lease stalls (SIGSTOP) with its
+/// database sessions open: within seconds the other node takes the lease over and the
+/// read model goes on; resumed, the stalled node finds it lost the lease and stands by.
+#[actix_web::test]
+async fn a_stalled_lease_holder_is_taken_over_and_the_read_model_goes_on() {
+    let nats = Nats::single();
+    let db = TestDb::new();
+    let mut nodes = [Node::new(), Node::new()];
+    nodes[0].start_on(&nats, Some(&db), 1);
+    nodes[0].wait_healthy().await;
+    let (status, reply) = common::post_json(
+        &nodes[0].base(),
+        "/v1/lots",
+        &json!({"lot_id": "one", "name": "One", "capacity": 1000}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{reply}");
+    nodes[1].start_on(&nats, Some(&db), 1);
+    nodes[1].wait_healthy().await;
+    let bases: Vec<String> = nodes.iter().map(Node::base).collect();
+    let holder = common::eventually(
+        Duration::from_secs(20),
+        "one holder, one standing by",
+        || {
+            let bases = bases.clone();
+            async move {
+                let a = occupancy_state(&bases[0]).await?;
+                let b = occupancy_state(&bases[1]).await?;
+                match (a.0.as_str(), b.0.as_str()) {
+                    ("running", "standby") => Ok(0),
+                    ("standby", "running") => Ok(1),
+                    _ => Err(format!("{a:?} {b:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let other = 1 - holder;
+    let arrive = |base: String, n: usize| async move {
+        for _ in 0..n {
+            let (s, r) = common::post_json(
+                &base,
+                "/v1/events",
+                &json!({"lot_id": "one", "event_type": "ARRIVAL"}),
+            )
+            .await
+            .unwrap();
+            assert_eq!(s, 200, "{r}");
+        }
+    };
+    // The read model running on `base`, folded up to at least `to` and to the log's end.
+    let caught_up = |base: String, to: u64| async move {
+        common::eventually(Duration::from_secs(30), "the read model folded on", || {
+            let base = base.clone();
+            async move {
+                match occupancy_state(&base).await? {
+                    (s, cp, end) if s == "running" && cp == end && cp >= to => Ok(end),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+    };
+    nodes[holder].signal("-STOP");
+    let stalled = std::time::Instant::now();
+    arrive(bases[other].clone(), 5).await;
+    // The lot's registration and five arrivals.
+    let end = caught_up(bases[other].clone(), 6).await;
+    println!(
+        "the stalled holder's lease taken over and the read model at {end} after {:?}",
+        stalled.elapsed()
+    );
+    nodes[holder].signal("-CONT");
+    common::eventually(
+        Duration::from_secs(20),
+        "the resumed node to stand by",
+        || {
+            let base = bases[holder].clone();
+            async move {
+                match occupancy_state(&base).await? {
+                    (s, _, _) if s == "standby" => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    arrive(bases[holder].clone(), 2).await;
+    caught_up(bases[other].clone(), end + 2).await;
+}

@@ -69,11 +69,16 @@ impl Application {
         // Before the log opens: its writer binds its metrics when it starts.
         let metrics_handle = crate::metrics::install();
         let (log, lots_thread) = open_log(&config, &hooks).await?;
-        refuse_lost_events(&config, &*log).await?;
+        // Made once: the start's check reads its progress, then it runs.
+        let archive = match config.archive.enabled {
+            true => Some(crate::projections::archive::Archive::from_config(&config).await),
+            false => None,
+        };
+        refuse_lost_events(&config, &*log, archive.as_ref()).await?;
         let dyn_log = log.clone();
         let lots = recover_lots(&config, dyn_log.clone(), lots_thread)?;
         let board = StatusBoard::default();
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, _) = watch::channel(false);
         if dyn_log.shared() {
             // Other processes append too: each lot follows what they wrote.
             let follower = lots.clone().follow(shutdown.subscribe());
@@ -98,9 +103,9 @@ impl Application {
             &config,
             &hooks,
             &dyn_log,
+            archive,
             &board,
             &shutdown,
-            shutdown_rx,
             &forecast_now,
         )
         .await?;
@@ -313,7 +318,11 @@ struct ReadModels {
 /// does not answer by then is passed over here (its projection then reports the same
 /// at `/readyz` once it can read its checkpoint). On a shared log, a checkpoint past
 /// this node's copy is lost only if the copy does not reach it within 10 s.
-async fn refuse_lost_events(config: &Config, log: &dyn EventLog) -> anyhow::Result<()> {
+async fn refuse_lost_events(
+    config: &Config,
+    log: &dyn EventLog,
+    archive: Option<&crate::projections::archive::Archive>,
+) -> anyhow::Result<()> {
     use crate::projections::ProjectionName;
     const ASK_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
     let end = log.durable_end();
@@ -344,8 +353,7 @@ async fn refuse_lost_events(config: &Config, log: &dyn EventLog) -> anyhow::Resu
             Err(_) => tracing::warn!("the database did not answer within 5 s at start; each projection checks its checkpoint when it starts"),
         }
     }
-    if config.archive.enabled {
-        let archive = crate::projections::archive::Archive::from_config(config).await;
+    if let Some(archive) = archive {
         match tokio::time::timeout(ASK_WITHIN, archive.archived_end()).await {
             Ok(Ok(Some(next))) if next > end => ahead.push((ProjectionName::Archive, next)),
             Ok(Ok(_)) => {}
@@ -387,14 +395,14 @@ async fn refuse_lost_events(config: &Config, log: &dyn EventLog) -> anyhow::Resu
 }
 
 /// Start the PostgreSQL projections (when a database is configured) and the archive
-/// (when enabled).
+/// (when given: it is enabled).
 async fn start_read_models(
     config: &Config,
     hooks: &Hooks,
     log: &Arc<dyn EventLog>,
+    archive: Option<crate::projections::archive::Archive>,
     board: &StatusBoard,
     shutdown: &watch::Sender<bool>,
-    shutdown_rx: watch::Receiver<bool>,
     forecast_now: &Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<ReadModels> {
     let mut read = ReadModels {
@@ -424,7 +432,7 @@ async fn start_read_models(
             (board.clone(), forecast_now.clone()),
             config,
             hooks,
-            shutdown_rx,
+            shutdown.subscribe(),
         )?);
     } else {
         tracing::info!("no PARKADE_DATABASE_URL: running without the PostgreSQL read model; the features are kept in memory");
@@ -440,13 +448,12 @@ async fn start_read_models(
             log.clone(),
             (board.clone(), forecast_now.clone()),
             config,
-            shutdown_rx,
+            shutdown.subscribe(),
         )?);
         read.features = Some(features);
         read.forecasts = forecasts;
     }
-    if config.archive.enabled {
-        let archive = crate::projections::archive::Archive::from_config(config).await;
+    if let Some(archive) = archive {
         read.archive_thread = Some(spawn_archive(
             archive.clone(),
             log.clone(),

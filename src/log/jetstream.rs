@@ -370,23 +370,18 @@ impl Stream {
     pub async fn last_of_lot(&self, lot: &LotId) -> Result<u64, JetStreamError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = self.subject(lot);
-        let started = std::time::Instant::now();
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            match self.stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(m) => return Ok(m.sequence),
-                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(0),
-                Err(e) if started.elapsed() > RETRY_FOR => {
-                    return Err(JetStreamError::Read {
-                        sequence: 0,
-                        reason: e.to_string(),
-                    })
-                }
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_BACKOFF);
-                }
-            }
+        let last = retried(
+            || self.stream.get_last_raw_message_by_subject(&subject),
+            |e| e.kind() != LastRawMessageErrorKind::NoMessageFound,
+        )
+        .await;
+        match last {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(JetStreamError::Read {
+                sequence: 0,
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -477,17 +472,11 @@ impl Stream {
         &self,
         lots: &[(u64, &[NewEvent])],
     ) -> Result<Vec<RecordedEvent>, JetStreamError> {
-        let started = std::time::Instant::now();
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            match self.append_atomic(lots).await {
-                Err(JetStreamError::Unanswered(_)) if started.elapsed() < RETRY_FOR => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_BACKOFF);
-                }
-                other => return other,
-            }
-        }
+        retried(
+            || self.append_atomic(lots),
+            |e| matches!(e, JetStreamError::Unanswered(_)),
+        )
+        .await
     }
 
     /// Append the events of one or more lots (at most [`ATOMIC_BATCH`] in all; each
@@ -613,29 +602,21 @@ impl Stream {
         async_nats::jetstream::publish::PublishAck,
         async_nats::jetstream::context::PublishError,
     > {
-        let started = std::time::Instant::now();
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            let sent = self
-                .context
+        let once = || async {
+            self.context
                 .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-                .await;
-            let ack = match sent {
-                Ok(pending) => pending.await,
-                Err(e) => Err(e),
-            };
-            let transient = matches!(
-                ack.as_ref().map_err(|e| e.kind()),
-                Err(PublishErrorKind::StreamNotFound
+                .await?
+                .await
+        };
+        retried(once, |e| {
+            matches!(
+                e.kind(),
+                PublishErrorKind::StreamNotFound
                     | PublishErrorKind::TimedOut
-                    | PublishErrorKind::BrokenPipe)
-            );
-            if !transient || started.elapsed() > RETRY_FOR {
-                return ack;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RETRY_BACKOFF);
-        }
+                    | PublishErrorKind::BrokenPipe
+            )
+        })
+        .await
     }
 
     /// Up to `max` events from offset `from`, in order: batched direct gets, answered
@@ -819,6 +800,28 @@ impl Stream {
             if !batched {
                 return Ok(out);
             }
+        }
+    }
+}
+
+/// `op` until it succeeds or fails otherwise than `transient` says, for up to
+/// [`RETRY_FOR`], backing off from 20 ms to at most [`RETRY_BACKOFF`] between tries.
+async fn retried<T, E, Fut>(
+    mut op: impl FnMut() -> Fut,
+    transient: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        match op().await {
+            Err(e) if transient(&e) && started.elapsed() < RETRY_FOR => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_BACKOFF);
+            }
+            done => return done,
         }
     }
 }

@@ -238,19 +238,12 @@ async fn a_node_refuses_only_on_state_as_fresh_as_the_other_nodes_acknowledgemen
     .unwrap();
     assert_eq!(status, 201, "{reply}");
     // The other node knows the lot.
-    common::eventually(Duration::from_secs(10), "the lot on the other node", || {
-        let base = nodes[1].base();
-        async move {
-            match awc::Client::new()
-                .get(format!("{base}/v1/lots/one"))
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => Ok(()),
-                other => Err(format!("{:?}", other.map(|r| r.status()))),
-            }
-        }
-    })
+    common::wait_ok(
+        &nodes[1].base(),
+        "/v1/lots/one",
+        "the lot on the other node",
+        Duration::from_secs(10),
+    )
     .await;
     let mut refused = Vec::new();
     for i in 0..120 {
@@ -345,19 +338,12 @@ async fn a_node_whose_copy_is_behind_is_not_ready_until_it_caught_up() {
     let behind =
         behind.expect("/readyz never said the copy was behind while it followed 40,000 events");
     println!("while behind: {behind}");
-    common::eventually(Duration::from_secs(20), "ready again", || {
-        let base = node.base();
-        async move {
-            match awc::Client::new()
-                .get(format!("{base}/readyz"))
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => Ok(()),
-                other => Err(format!("{:?}", other.map(|r| r.status()))),
-            }
-        }
-    })
+    common::wait_ok(
+        &node.base(),
+        "/readyz",
+        "ready again",
+        Duration::from_secs(20),
+    )
     .await;
     let mut r = awc::Client::new()
         .get(format!("{}/metrics", node.base()))
@@ -440,19 +426,12 @@ async fn three_nodes_lose_nothing_and_answer_again_within_seconds_through_kills_
     let bases: Vec<String> = nodes.iter().map(Node::base).collect();
     // Every node knows the lots.
     for base in &bases {
-        common::eventually(Duration::from_secs(20), "the lots on every node", || {
-            let base = base.clone();
-            async move {
-                match awc::Client::new()
-                    .get(format!("{base}/v1/lots/west"))
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status() == 200 => Ok(()),
-                    other => Err(format!("{:?}", other.map(|r| r.status()))),
-                }
-            }
-        })
+        common::wait_ok(
+            base,
+            "/v1/lots/west",
+            "the lots on every node",
+            Duration::from_secs(20),
+        )
         .await;
     }
 

@@ -568,21 +568,24 @@ pub fn parkade(args: &[&str], dir: &Path, db: Option<&TestDb>) -> (i32, String) 
 
 /// Wait until the server at `base` answers `GET /healthz` with 200 (a minute at most).
 pub async fn wait_healthy(base: &str) {
-    eventually(
-        Duration::from_secs(60),
+    wait_ok(
+        base,
+        "/healthz",
         "the server to be healthy",
-        || async {
-            match awc::Client::new()
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(r.status().to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        },
+        Duration::from_secs(60),
     )
+    .await
+}
+
+/// Wait until `GET {base}{path}` answers with a success, for up to `within`.
+pub async fn wait_ok(base: &str, path: &str, what: &str, within: Duration) {
+    eventually(within, what, || async {
+        match awc::Client::new().get(format!("{base}{path}")).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(r.status().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
     .await
 }
 

@@ -1,30 +1,28 @@
 //! Leases: of several parkade processes sharing one database, the one that runs a
 //! projection.
 //!
-//! A lease is a PostgreSQL session advisory lock on a connection of its own
-//! (`Lease`); PostgreSQL frees it when the holder's session ends (its process died,
-//! its connection broke), and a process standing by takes it over.
+//! Every lease is a row in `projection_leases` naming its holder and when it last
+//! renewed it (the database's clock). Not a session lock: a process that stalls keeps
+//! its sessions open, and a lock would follow it for as long as it is stalled.
 //!
 //! A projection whose every write carries its checkpoint (the read model, the features)
-//! takes a lease of another kind (`ProjectionLease`): a row in `projection_leases`
-//! naming its holder, renewed every 2 s, taken over after 6 s without a renewal, so a
-//! holder that stalls with its session open is followed too. The checkpoint's compare-and-set keeps a batch from being
-//! written twice even while two processes believe they hold the lease. A lake on a shared bucket
-//! (the archive, the features lake) has no such check, and a holder whose session ended
-//! without its knowing (a network cut, a paused process) could still be writing when the
-//! next holder starts. A [`LakeLease`] bounds that in time:
-//! - the holder renews it in the database (`projection_leases.renewed_at`, the
-//!   database's clock) before a write when less than 10 s is left of the last renewal's
-//!   [`WRITE_BUDGET`] (the archive's holder also every 2 s, to find out early when it
-//!   lost the lease); a write must end within [`WRITE_BUDGET`] of the renewal before
-//!   it, or it is abandoned (and retried);
-//! - the next holder, once it has the lock, waits until [`TAKEOVER_GRACE`] has passed
-//!   since the last renewal before it touches the lake.
+//! takes a `ProjectionLease`: renewed every 2 s, taken over after 6 s without a
+//! renewal. The checkpoint's compare-and-set keeps a batch from being written twice even
+//! while two processes believe they hold the lease.
+//!
+//! A lake on a shared bucket (the archive, the features lake) has no such check: a
+//! holder that stalled, or lost the database without knowing, could still be writing
+//! when the next holder starts. A [`LakeLease`] bounds that in time:
+//! - the holder renews it every 2 s while it holds it, and before a write when less than
+//!   10 s is left of the last renewal's [`WRITE_BUDGET`]; a write must end within
+//!   [`WRITE_BUDGET`] of the renewal before it, or it is abandoned (and retried);
+//! - another process takes it over only once [`TAKEOVER_GRACE`] has passed since the
+//!   last renewal, so the last holder's writes have ended by then.
 //!
 //! So the last write of a holder that lost its lease has ended before the next holder's
 //! first, as long as no process stalls for longer than the margin between the two
 //! (10 s) between checking its deadline and sending a request. A clean stop removes the
-//! renewal, and the next holder does not wait.
+//! row, and the next holder follows at once.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -34,29 +32,8 @@ use tokio::sync::watch;
 
 use super::{ProjectionName, ProjectionState, StatusBoard};
 
-/// How often a process standing by tries for a lease, and the holder checks that its
-/// session (and so its lease) is still there.
+/// How often a process standing by tries for a lease, and its holder renews it.
 pub(super) const LEASE_EVERY: Duration = Duration::from_secs(2);
-
-/// A projection's lease: a PostgreSQL session advisory lock on its own connection.
-pub(super) struct Lease {
-    conn: sqlx::PgConnection,
-}
-
-impl Lease {
-    /// Try once: the lease, or `None` when another session holds it.
-    pub(super) async fn try_take(
-        pool: &PgPool,
-        name: ProjectionName,
-    ) -> Result<Option<Lease>, sqlx::Error> {
-        let mut conn = pool.acquire().await?.detach();
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-            .bind(format!("parkade projection {name}"))
-            .fetch_one(&mut conn)
-            .await?;
-        Ok(got.then_some(Lease { conn }))
-    }
-}
 
 /// How long a PostgreSQL projection's lease holder may go without renewing it (three
 /// renewals missed) before another process takes it over: its process died, stalled, or
@@ -139,7 +116,7 @@ const RENEW_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    #[error("the lease of {0} is lost (its database session ended): stopped writing to the lake")]
+    #[error("the lease of {0} is lost (another process took it over, or its renewal got no answer in time): stopped writing to the lake")]
     Lost(ProjectionName),
     #[error(
         "a write to the lake did not end within {} s of the lease's renewal: abandoned, to be tried again",
@@ -152,7 +129,9 @@ pub enum LeaseError {
 pub struct LakeLease {
     pool: PgPool,
     name: ProjectionName,
-    held: Option<Lease>,
+    /// This process's name in the lease's row, the same for every holding.
+    me: uuid::Uuid,
+    held: bool,
     /// Until when a write may run, from the last renewal.
     until: Option<Instant>,
 }
@@ -162,14 +141,14 @@ impl LakeLease {
         LakeLease {
             pool,
             name,
-            held: None,
+            me: uuid::Uuid::now_v7(),
+            held: false,
             until: None,
         }
     }
 
     /// Hold the lease: at once when held; else stand by (shown on `board`) while
-    /// another process holds it, then wait out the last holder's writes (shown as
-    /// starting). `false` when shutting down first.
+    /// another process holds it and renews it. `false` when shutting down first.
     pub async fn take(
         &mut self,
         board: &StatusBoard,
@@ -177,85 +156,98 @@ impl LakeLease {
     ) -> bool {
         let name = self.name;
         let mut said = false;
-        while self.held.is_none() {
+        while !self.held {
             if *shutdown.borrow() {
                 return false;
             }
-            match Lease::try_take(&self.pool, name).await {
-                Ok(Some(lease)) => self.held = Some(lease),
+            let sent = Instant::now();
+            // Free (no row), this process's own, or not renewed for the grace: the
+            // last holder's writes have ended.
+            let taken: Result<Option<uuid::Uuid>, _> = sqlx::query_scalar(
+                "INSERT INTO projection_leases (name, holder, renewed_at) VALUES ($1, $2, now()) \
+                 ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, renewed_at = now() \
+                 WHERE projection_leases.holder = EXCLUDED.holder \
+                    OR projection_leases.renewed_at < now() - make_interval(secs => $3) \
+                 RETURNING holder",
+            )
+            .bind(name.as_str())
+            .bind(self.me)
+            .bind(TAKEOVER_GRACE.as_secs_f64())
+            .fetch_optional(&self.pool)
+            .await;
+            match taken {
+                Ok(Some(_)) => {
+                    self.held = true;
+                    self.until = Some(sent + WRITE_BUDGET);
+                }
                 Ok(None) => {
                     if !said {
                         said = true;
-                        tracing::info!(projection = %name, "another process writes this projection's lake; standing by");
+                        tracing::info!(
+                            projection = %name,
+                            takeover_after_secs = TAKEOVER_GRACE.as_secs(),
+                            "another process writes this projection's lake; standing by"
+                        );
                     }
                     board.set(name, |s| s.state = ProjectionState::Standby);
                 }
                 Err(e) => board.report_failure_text(name, format!("taking the lease: {e}")),
             }
-            if self.held.is_none() {
+            if !self.held {
                 tokio::select! {
                     _ = tokio::time::sleep(LEASE_EVERY) => {}
                     _ = shutdown.changed() => return false,
                 }
             }
         }
-        let Some(lease) = self.held.as_mut() else {
-            return false;
-        };
-        // Seconds since the last holder renewed (None: never held, or released).
-        let since: Result<Option<f64>, _> = sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM now() - renewed_at)::float8 FROM projection_leases WHERE name = $1",
-        )
-        .bind(name.as_str())
-        .fetch_optional(&mut lease.conn)
-        .await
-        .map(Option::flatten);
-        let wait = match since {
-            Ok(Some(s)) if s.is_finite() => {
-                TAKEOVER_GRACE.saturating_sub(Duration::from_secs_f64(s.max(0.0)))
-            }
-            Ok(_) => Duration::ZERO,
-            Err(e) => {
-                tracing::warn!(projection = %name, error = %e, "reading the last renewal; waiting the whole grace");
-                TAKEOVER_GRACE
-            }
-        };
-        if !wait.is_zero() {
-            tracing::info!(projection = %name, wait_secs = wait.as_secs_f64(), "took the lease over; waiting for the last holder's writes to end");
-            board.set(name, |s| s.state = ProjectionState::Starting);
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return false,
-            }
-        }
         true
     }
 
-    /// Renew the lease now; [`LeaseError::Lost`] (and not held any more) when its
-    /// session is gone.
+    /// Renew the lease now; [`LeaseError::Lost`] (and not held any more) when another
+    /// process took it over or the renewal got no answer in time.
     pub async fn renew(&mut self) -> Result<(), LeaseError> {
-        let lost = LeaseError::Lost(self.name);
-        let Some(lease) = self.held.as_mut() else {
-            return Err(lost);
-        };
+        if !self.held {
+            return Err(LeaseError::Lost(self.name));
+        }
         let sent = Instant::now();
         let renewed = tokio::time::timeout(
             RENEW_WAIT,
             sqlx::query(
-                "INSERT INTO projection_leases (name, renewed_at) VALUES ($1, now()) \
-                 ON CONFLICT (name) DO UPDATE SET renewed_at = now()",
+                "UPDATE projection_leases SET renewed_at = now() WHERE name = $1 AND holder = $2",
             )
             .bind(self.name.as_str())
-            .execute(&mut lease.conn),
+            .bind(self.me)
+            .execute(&self.pool),
         )
         .await;
-        if matches!(renewed, Ok(Ok(_))) {
+        if matches!(renewed, Ok(Ok(r)) if r.rows_affected() == 1) {
             self.until = Some(sent + WRITE_BUDGET);
             return Ok(());
         }
-        self.held = None;
+        self.held = false;
         self.until = None;
-        Err(lost)
+        Err(LeaseError::Lost(self.name))
+    }
+
+    /// Wait `wait` (or until shut down: `Ok(true)`), renewing the lease every
+    /// 2 s so that nobody takes it over from a holder that is only idle.
+    pub async fn hold_for(
+        &mut self,
+        wait: Duration,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, LeaseError> {
+        let end = tokio::time::Instant::now() + wait;
+        loop {
+            let next = end.min(tokio::time::Instant::now() + LEASE_EVERY);
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = shutdown.changed() => return Ok(true),
+            }
+            if next >= end {
+                return Ok(false);
+            }
+            self.renew().await?;
+        }
     }
 
     /// Run one write to the lake under the lease: renewed first when needed, and
@@ -271,22 +263,27 @@ impl LakeLease {
             self.renew().await?;
         }
         let until = self.until.ok_or(LeaseError::Lost(self.name))?;
+        // Not even started past the deadline (a timeout polls its future once first,
+        // and one poll may send the request).
+        if until <= Instant::now() {
+            return Err(LeaseError::TooSlow.into());
+        }
         match tokio::time::timeout_at(until.into(), write).await {
             Ok(done) => done,
             Err(_) => Err(LeaseError::TooSlow.into()),
         }
     }
 
-    /// Give the lease up after the last write, its renewal removed so that the next
-    /// holder need not wait.
+    /// Give the lease up after the last write: its row removed, so that the next
+    /// holder follows at once.
     pub async fn release(&mut self) {
-        if let Some(mut lease) = self.held.take() {
-            let _idle = sqlx::query("DELETE FROM projection_leases WHERE name = $1")
-                .bind(self.name.as_str())
-                .execute(&mut lease.conn)
-                .await;
-            // Closing the session frees the lock.
-            drop(lease);
+        if std::mem::take(&mut self.held) {
+            let _gone =
+                sqlx::query("DELETE FROM projection_leases WHERE name = $1 AND holder = $2")
+                    .bind(self.name.as_str())
+                    .bind(self.me)
+                    .execute(&self.pool)
+                    .await;
         }
         self.until = None;
     }

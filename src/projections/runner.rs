@@ -25,7 +25,7 @@ pub enum ProjectionState {
     /// The last attempt failed; it is retried with backoff, nothing is skipped.
     Failing,
     /// Another process holds the projection's lease and folds it; this one takes over
-    /// when that one's database session ends.
+    /// when that one stops renewing it (see `projections::lease`).
     Standby,
     Stopped,
 }

@@ -828,25 +828,35 @@ async fn a_new_holder_whose_copy_is_behind_the_checkpoint_stands_by_until_it_cau
 
 /// The occupancy projection's state and checkpoint as a node shows them.
 async fn occupancy_state(base: &str) -> Result<(String, u64, u64), String> {
+    state_of(base, "occupancy").await
+}
+
+/// Projection `name`'s state and checkpoint on the node at `base`, and its log's end.
+async fn state_of(base: &str, name: &str) -> Result<(String, u64, u64), String> {
     let mut r = awc::Client::new()
         .get(format!("{base}/v1/admin/projections"))
         .send()
         .await
         .map_err(|e| e.to_string())?;
     let v: wire::Projections = r.json().await.map_err(|e| e.to_string())?;
-    let p = common::projection_view(&v, "occupancy").ok_or("no occupancy")?;
+    let p = common::projection_view(&v, name).ok_or(format!("no {name}"))?;
     Ok((p.state.to_string(), p.checkpoint, v.log_end))
 }
 
-/// The node holding the PostgreSQL projections' lease stalls (SIGSTOP) with its
-/// database sessions open: within seconds the other node takes the lease over and the
-/// read model goes on; resumed, the stalled node finds it lost the lease and stands by.
+/// The node holding the projections' leases stalls (SIGSTOP) with its database
+/// sessions open: within seconds the other node takes the PostgreSQL projections' lease
+/// over and the read model goes on, and once the grace has passed the archive's (on a
+/// shared bucket) too; resumed, the stalled node finds it lost both and stands by, and
+/// the archive holds every event exactly once.
 #[actix_web::test]
 async fn a_stalled_lease_holder_is_taken_over_and_the_read_model_goes_on() {
+    use parkade::projections::lease::TAKEOVER_GRACE;
     let nats = Nats::single();
     let db = TestDb::new();
+    let bucket = crate::archive_s3::s3(&format!("stall-{}", uuid::Uuid::new_v4().simple()));
+    let lake = crate::archive_s3::config_text(&bucket, 2);
     let mut nodes = [Node::new(), Node::new()];
-    nodes[0].start_on(&nats, Some(&db), 1);
+    nodes[0].start_with(&nats, Some(&db), 1, &lake);
     nodes[0].wait_healthy().await;
     let (status, reply) = common::post_json(
         &nodes[0].base(),
@@ -856,7 +866,7 @@ async fn a_stalled_lease_holder_is_taken_over_and_the_read_model_goes_on() {
     .await
     .unwrap();
     assert_eq!(status, 201, "{reply}");
-    nodes[1].start_on(&nats, Some(&db), 1);
+    nodes[1].start_with(&nats, Some(&db), 1, &lake);
     nodes[1].wait_healthy().await;
     let bases: Vec<String> = nodes.iter().map(Node::base).collect();
     let holder = common::eventually(
@@ -902,6 +912,25 @@ async fn a_stalled_lease_holder_is_taken_over_and_the_read_model_goes_on() {
         })
         .await
     };
+    // The archive on `base` written up to at least `to` and to the log's end.
+    let archived = |base: String, to: u64, within: Duration| async move {
+        common::eventually(within, "the archive written on", || {
+            let base = base.clone();
+            async move {
+                match state_of(&base, "archive").await? {
+                    (s, cp, end) if s == "running" && cp == end && cp >= to => Ok(end),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+    };
+    archived(bases[holder].clone(), 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        state_of(&bases[other], "archive").await.unwrap().0,
+        "standby",
+        "the archive's lease is the first node's too"
+    );
     nodes[holder].signal("-STOP");
     let stalled = std::time::Instant::now();
     arrive(bases[other].clone(), 5).await;
@@ -911,6 +940,21 @@ async fn a_stalled_lease_holder_is_taken_over_and_the_read_model_goes_on() {
         "the stalled holder's lease taken over and the read model at {end} after {:?}",
         stalled.elapsed()
     );
+    archived(
+        bases[other].clone(),
+        end,
+        TAKEOVER_GRACE + Duration::from_secs(20),
+    )
+    .await;
+    println!(
+        "the stalled holder's archive lease taken over and the archive at {end} after {:?}",
+        stalled.elapsed()
+    );
+    assert!(
+        stalled.elapsed() >= TAKEOVER_GRACE - Duration::from_secs(3),
+        "the archive's next holder waited out the grace: {:?}",
+        stalled.elapsed()
+    );
     nodes[holder].signal("-CONT");
     common::eventually(
         Duration::from_secs(20),
@@ -918,8 +962,12 @@ async fn a_stalled_lease_holder_is_taken_over_and_the_read_model_goes_on() {
         || {
             let base = bases[holder].clone();
             async move {
-                match occupancy_state(&base).await? {
-                    (s, _, _) if s == "standby" => Ok(()),
+                let states = (
+                    occupancy_state(&base).await?.0,
+                    state_of(&base, "archive").await?.0,
+                );
+                match &states {
+                    (a, b) if a == "standby" && b == "standby" => Ok(()),
                     other => Err(format!("{other:?}")),
                 }
             }
@@ -928,4 +976,19 @@ async fn a_stalled_lease_holder_is_taken_over_and_the_read_model_goes_on() {
     .await;
     arrive(bases[holder].clone(), 2).await;
     caught_up(bases[other].clone(), end + 2).await;
+    archived(bases[other].clone(), end + 2, Duration::from_secs(20)).await;
+    for node in &mut nodes {
+        node.kill();
+    }
+    let store = parkade::projections::archive::S3Store::connect(&bucket).await;
+    let gen = crate::archive_s3::current_generation(&store).await;
+    let lake = common::read_lake_at(&format!(
+        "s3://{}/{}/{gen}/events",
+        bucket.bucket, bucket.prefix
+    ));
+    assert_eq!(
+        common::lake_offsets(&lake),
+        (0..end + 2).collect::<Vec<_>>(),
+        "every event in the archive exactly once"
+    );
 }

@@ -189,6 +189,20 @@ pub async fn readings(
     Ok(out)
 }
 
+/// The end of the newest day the lake holds features of; `None` when it holds none.
+pub async fn newest_day_end(store: &Store) -> Result<Option<DateTime<Utc>>, String> {
+    let keys = store
+        .list("features/")
+        .await
+        .map_err(|e| format!("listing the features in {}: {e}", store.describe()))?;
+    Ok(keys
+        .iter()
+        .filter_map(|k| day_of(k))
+        .max()
+        .and_then(|d| d.succ_opt())
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc()))
+}
+
 /// The day of a day file's key (`features/date=YYYY-MM-DD/features.parquet`).
 fn day_of(key: &str) -> Option<NaiveDate> {
     let rest = key.strip_prefix("features/date=")?;
@@ -296,9 +310,19 @@ impl LakeExporter {
                     break;
                 }
             }
-            let stop = tokio::select! {
-                _ = tokio::time::sleep(self.every) => false,
-                _ = shutdown.changed() => true,
+            // The holder renews its lease while it waits, so nobody takes it over.
+            let stop = match lease.as_deref_mut() {
+                Some(lease) => match lease.hold_for(self.every, &mut shutdown).await {
+                    Ok(stop) => stop,
+                    Err(e) => {
+                        tracing::warn!(projection = %NAME, error = %e, "standing by again");
+                        continue;
+                    }
+                },
+                None => tokio::select! {
+                    _ = tokio::time::sleep(self.every) => false,
+                    _ = shutdown.changed() => true,
+                },
             };
             // One last export on the way out, so a clean stop leaves the lake current.
             match export_dirty_under(&self.pool, &self.store, lease.as_deref_mut()).await {

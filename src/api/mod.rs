@@ -302,6 +302,9 @@ async fn read_body(
 /// it declares (memory follows the bytes that arrive).
 const FIRST_ROOM: usize = 8192;
 
+/// What the HTTP server itself holds for a body in flight, at most.
+const SERVER_BUFFERS: usize = 64 << 10;
+
 async fn read_body_until(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -332,6 +335,15 @@ async fn read_body_until(
         // The budget counts the room the buffer grows to, which is what it costs.
         let before = bytes.capacity();
         if bytes.is_empty() {
+            // Once bytes arrive, the HTTP server buffers the body on its own too (its
+            // read buffer and the payload's, up to 32 KiB each): counted with the first
+            // chunk (a body that sent nothing holds nothing).
+            if let Some(b) = &budget {
+                b.take(
+                    &mut held,
+                    declared.unwrap_or(SERVER_BUFFERS).min(SERVER_BUFFERS),
+                )?;
+            }
             bytes.reserve(FIRST_ROOM.min(limit).max(chunk.len()));
         }
         bytes.extend_from_slice(&chunk);

@@ -195,6 +195,11 @@ pub fn payload_offset(p: &[u8]) -> u64 {
     u64::from_le_bytes(p[0..8].try_into().expect("8 bytes"))
 }
 
+/// The event schema version of a checksummed payload, without decoding the rest.
+pub fn payload_schema(p: &[u8]) -> u8 {
+    p[49]
+}
+
 /// The lot id bytes of a checksummed payload, without decoding the rest (empty when
 /// the length byte is impossible; the decoder refuses such a record).
 pub fn payload_lot(p: &[u8]) -> &[u8] {
@@ -211,7 +216,7 @@ pub fn decode_payload(
     let u64_at = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"));
     let u32_at = |i: usize| u32::from_le_bytes(p[i..i + 4].try_into().expect("4 bytes"));
     let kind = EventType::from_u8(p[48]).ok_or("unknown event type")?;
-    let schema_version = p[49];
+    let schema_version = payload_schema(p);
     if schema_version == 0 || schema_version > SCHEMA_VERSION {
         return Err("unsupported event schema version");
     }

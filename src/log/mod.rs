@@ -56,6 +56,15 @@ pub enum LogError {
         pos: u64,
         reason: String,
     },
+    /// A segment or record of a format this build does not read: not damage, and
+    /// nothing is cut for it.
+    #[error("{path} was written by a newer parkade ({what} {found}; this build reads {reads}): upgrade parkade to open this log; nothing was changed, and `parkade repair-log` will not cut it")]
+    NewerFormat {
+        path: PathBuf,
+        what: &'static str,
+        found: u32,
+        reads: u32,
+    },
     #[error("the log failed to write and refuses appends until parkade restarts: {0}")]
     Failed(Arc<str>),
     #[error("the log is open read-only")]

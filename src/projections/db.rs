@@ -5,16 +5,103 @@ use sqlx::PgPool;
 
 use super::{ProjectionError, ProjectionName};
 
+/// How long one attempt to connect may take.
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where `opts` connects: host, port and database, never the user or password.
+pub fn target(opts: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or("(the user's database)")
+    )
+}
+
+/// One connection to `opts`, within 5 s: its error names the cause
+/// (refused, unknown host, authentication, no such database) and where, where a pool's
+/// would only say it timed out.
+pub async fn probe(opts: &PgConnectOptions) -> Result<sqlx::PgConnection, ProjectionError> {
+    use sqlx::Connection;
+    let failed = |kind: &'static str, reason: String| ProjectionError::Connect {
+        target: target(opts),
+        kind,
+        reason,
+    };
+    match tokio::time::timeout(CONNECT_WAIT, sqlx::PgConnection::connect_with(opts)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(failed(classify(&e), e.to_string())),
+        Err(_) => Err(failed(
+            "connection",
+            format!("no answer within {} s", CONNECT_WAIT.as_secs()),
+        )),
+    }
+}
+
+/// Whether a failure to connect is one retrying cannot fix (a wrong password, a
+/// database that does not exist, a bad connection string).
+pub fn is_permanent(e: &ProjectionError) -> bool {
+    matches!(
+        e,
+        ProjectionError::NewerSchema(_)
+            | ProjectionError::Connect {
+                kind: "authentication" | "no_such_database" | "configuration",
+                ..
+            }
+    )
+}
+
 /// Connect and apply the migrations in `migrations/`.
 pub async fn connect(url: &str) -> Result<PgPool, ProjectionError> {
+    use sqlx::Connection;
     let opts: PgConnectOptions = url.parse()?;
+    probe(&opts).await?.close().await.ok();
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_with(opts)
         .await?;
+    refuse_newer_schema(&pool).await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
     Ok(pool)
+}
+
+/// The newest migration this build knows.
+pub fn known_schema() -> i64 {
+    sqlx::migrate!("./migrations")
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The database was migrated by a newer parkade: retrying cannot fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("the database was migrated by a newer parkade (its newest migration is {applied}, this build knows up to {known}): upgrade parkade, or point it at another database")]
+pub struct NewerSchema {
+    pub applied: i64,
+    pub known: i64,
+}
+
+/// Refuse a database holding a migration newer than this build's ([`NewerSchema`]);
+/// a database never migrated (no `_sqlx_migrations`) is fine.
+pub async fn refuse_newer_schema(pool: &PgPool) -> Result<(), ProjectionError> {
+    let newest: Result<Option<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await;
+    let applied = match newest {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(()),
+        // undefined_table: never migrated.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let known = known_schema();
+    if applied > known {
+        return Err(ProjectionError::NewerSchema(NewerSchema { applied, known }));
+    }
+    Ok(())
 }
 
 /// A coarse class of a database error, from its SQLSTATE (never its message text).

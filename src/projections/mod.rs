@@ -44,6 +44,15 @@ pub enum ProjectionError {
     #[error("cannot apply the database migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
+    NewerSchema(#[from] db::NewerSchema),
+    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
+    Connect {
+        target: String,
+        /// [`db::classify`]'s class of the cause.
+        kind: &'static str,
+        reason: String,
+    },
+    #[error(transparent)]
     Log(#[from] crate::log::LogError),
     #[error("the read model was built from another log (log id {found}, this log is {expected}); rebuild it with `parkade replay --projection occupancy`")]
     OtherLog {

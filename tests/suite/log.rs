@@ -437,3 +437,71 @@ async fn the_log_refuses_an_event_its_reader_would_refuse() {
     log.wait_durable(1).await.unwrap();
     assert!(log.health().is_ok());
 }
+
+/// A log holding a segment (or a record) of a newer format is not damaged: opening it
+/// says a newer parkade wrote it and to upgrade, and `repair-log` refuses to cut it.
+#[tokio::test]
+async fn a_newer_format_is_its_own_error_and_repair_log_cuts_nothing() {
+    use parkade::log::repair::repair;
+    // The segment's header says format 2 (its checksum made right, as a newer
+    // parkade would write it).
+    let newer_segment = |bytes: &mut Vec<u8>| {
+        bytes[8..12].copy_from_slice(&(format::FORMAT_VERSION + 1).to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[0..40]);
+        bytes[40..44].copy_from_slice(&crc.to_le_bytes());
+        ("segment format", format::FORMAT_VERSION + 1)
+    };
+    // The fifth record says event schema 2 (its checksum made right).
+    let newer_record = |bytes: &mut Vec<u8>| {
+        let mut at = format::HEADER_LEN;
+        for _ in 0..4 {
+            let format::Frame::Record(_, n) = format::next_frame(&bytes[at..]) else {
+                panic!("a record")
+            };
+            at += n;
+        }
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let payload = at + format::FRAME_LEN;
+        let schema = u32::from(bytes[payload + 49]) + 1;
+        bytes[payload + 49] = schema as u8;
+        let crc = crc32c::crc32c(&bytes[payload..payload + len]);
+        bytes[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        ("event schema", schema)
+    };
+    for make_newer in [
+        &newer_segment as &dyn Fn(&mut Vec<u8>) -> (&'static str, u32),
+        &newer_record,
+    ] {
+        let dir = common::data_dir();
+        write_events(dir.path(), 10, LogOptions::default())
+            .await
+            .close();
+        let seg = segments(dir.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let (what, found) = make_newer(&mut bytes);
+        std::fs::write(&seg, &bytes).unwrap();
+
+        match FileLog::open(dir.path(), LogOptions::default()) {
+            Err(e @ LogError::NewerFormat { .. }) => {
+                let text = e.to_string();
+                let named = format!("{what} {found}");
+                for want in [named.as_str(), "newer parkade", "upgrade", "will not cut"] {
+                    assert!(text.contains(want), "{want:?} not in: {text}");
+                }
+            }
+            other => panic!(
+                "{what}: expected a newer-format error, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+        match repair(dir.path(), true) {
+            Err(LogError::NewerFormat { .. }) => {}
+            other => panic!("{what}: repair-log must refuse, got {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(&seg).unwrap(),
+            bytes,
+            "{what}: nothing was cut"
+        );
+    }
+}

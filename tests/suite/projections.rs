@@ -409,3 +409,159 @@ async fn a_start_on_a_log_that_lost_folded_events_is_refused_until_they_are_rebu
     app.wait_caught_up("occupancy").await;
     app.stop().await;
 }
+
+/// A database migrated by a newer parkade is refused at start with what to do, not
+/// retried for ever; the projections' own connect says the same.
+#[actix_web::test]
+async fn a_database_migrated_by_a_newer_parkade_is_refused_at_start() {
+    let db = TestDb::new();
+    let pool = parkade::projections::db::connect(&db.url).await.unwrap();
+    pool.close().await;
+    let newer = parkade::projections::db::known_schema() + 1;
+    db.query(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES ({newer}, 'from a newer parkade', true, '\\x00'::bytea, 0) RETURNING version::text"
+    ))
+    .await;
+    let dir = common::data_dir();
+    let started = std::time::Instant::now();
+    let refused =
+        parkade::app::Application::build(test_config(dir.path(), Some(&db)), Hooks::default())
+            .await;
+    let text = match refused {
+        Ok(_) => panic!("the service started on a database of a newer parkade"),
+        Err(e) => format!("{e:#}"),
+    };
+    for want in [
+        "migrated by a newer parkade",
+        &newer.to_string(),
+        "upgrade parkade",
+    ] {
+        assert!(text.contains(want), "{want:?} not in: {text}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused at once, not after retries: {:?}",
+        started.elapsed()
+    );
+    match parkade::projections::db::connect(&db.url).await {
+        Err(parkade::projections::ProjectionError::NewerSchema(e)) => assert_eq!(e.applied, newer),
+        other => panic!("expected a newer-schema error, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// PostgreSQL errors name the problem once and fast: a database that does not exist
+/// stops the start at once, naming host, port and database (never the password); a
+/// server that is not there is retried while `/readyz` says not ready (naming where it
+/// tried), each cause said once, and a stop signal ends the server within a second or
+/// two, not after the attempt in flight.
+#[actix_web::test]
+async fn postgresql_errors_name_the_problem_once_and_fast() {
+    use std::io::Read;
+    let dir = common::data_dir();
+    // A database that does not exist: refused at start.
+    let missing = format!("parkade_missing_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("postgres://postgres:s3cret-pw@127.0.0.1:5432/{missing}");
+    let started = std::time::Instant::now();
+    let out = Command::new(common::binary())
+        .arg("serve")
+        .env("PARKADE_DATA_DIR", dir.path())
+        .env("PARKADE_BIND", "127.0.0.1:0")
+        .env("PARKADE_DATABASE_URL", &url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "started on a missing database: {text}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "refused at once: {:?}",
+        started.elapsed()
+    );
+    for want in [format!("127.0.0.1:5432/{missing}"), "does not exist".into()] {
+        assert!(text.contains(&want), "{want:?} not in: {text}");
+    }
+    assert!(!text.contains("s3cret-pw"), "the password is shown: {text}");
+
+    // Nothing listening: the service runs, not ready, and says so once.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(common::binary())
+        .arg("serve")
+        .env("PARKADE_DATA_DIR", dir.path())
+        .env("PARKADE_BIND", format!("127.0.0.1:{port}"))
+        .env(
+            "PARKADE_DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{dead_port}/parkade"),
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    common::wait_healthy(&base).await;
+    let reasons = common::eventually(
+        std::time::Duration::from_secs(3),
+        "not ready, naming where it tried",
+        || async {
+            let mut r = awc::Client::new()
+                .get(format!("{base}/v1/admin/projections"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let body =
+                String::from_utf8_lossy(&r.body().await.map_err(|e| e.to_string())?).into_owned();
+            let ready = awc::Client::new()
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .status();
+            if ready == 503 && body.contains(&format!("127.0.0.1:{dead_port}/parkade")) {
+                Ok(body)
+            } else {
+                Err(format!("readyz {ready}: {body}"))
+            }
+        },
+    )
+    .await;
+    assert!(
+        reasons.contains("cannot connect to PostgreSQL"),
+        "{reasons}"
+    );
+    // A few retries later, the cause was said once.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let stop = std::time::Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    assert!(
+        stop.elapsed() < std::time::Duration::from_secs(3),
+        "stopped within seconds: {:?}",
+        stop.elapsed()
+    );
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let said = logs.matches("cannot reach PostgreSQL").count();
+    assert_eq!(said, 1, "the cause once, not at every retry:\n{logs}");
+}

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::writer::{create_segment, Active};
 use super::{io_err, LogOptions, LotEnds, OpenMode, Segment, INDEX_EVERY, READ_CHUNK};
+use crate::domain::SCHEMA_VERSION;
 use crate::log::format::{self, Frame, Header, HEADER_LEN};
 use crate::log::storage::Storage;
 use crate::log::LogError;
@@ -141,6 +142,14 @@ pub(in crate::log) fn scan_segment(
     file.read_exact_at(&mut head, 0).map_err(io_err(path))?;
     let header = match format::decode_header(&head) {
         Ok(h) => h,
+        Err(format::HeaderError::Version(found)) if found > format::FORMAT_VERSION => {
+            return Err(LogError::NewerFormat {
+                path: path.to_path_buf(),
+                what: "segment format",
+                found,
+                reads: format::FORMAT_VERSION,
+            })
+        }
         Err(e) => {
             return Ok(Scanned {
                 header: None,
@@ -224,6 +233,15 @@ fn walk_records(
             let here = walk.pos + at as u64;
             match format::next_frame(&buf[at..]) {
                 Frame::Record(payload, n) => {
+                    let schema = format::payload_schema(payload);
+                    if schema > SCHEMA_VERSION {
+                        return Err(LogError::NewerFormat {
+                            path: path.to_path_buf(),
+                            what: "event schema",
+                            found: schema.into(),
+                            reads: SCHEMA_VERSION.into(),
+                        });
+                    }
                     let offset = format::payload_offset(payload);
                     let next = walk.next;
                     if offset != next {

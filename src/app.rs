@@ -64,6 +64,16 @@ impl Application {
         for o in &config.auth.cors_origins {
             api::auth::check_origin(o).map_err(|e| anyhow::anyhow!("[auth] cors_origins: {e}"))?;
         }
+        // The address before the data: a start that cannot listen touches nothing.
+        let listener = TcpListener::bind(config.bind).map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => ": another program listens there; choose another address with --bind (or PARKADE_BIND), e.g. --bind 127.0.0.1:8081",
+                std::io::ErrorKind::PermissionDenied => ": ports below 1024 need privileges; choose another with --bind (or PARKADE_BIND)",
+                std::io::ErrorKind::AddrNotAvailable => ": no interface of this machine has that address; choose another with --bind (or PARKADE_BIND)",
+                _ => "",
+            };
+            anyhow::anyhow!("cannot listen on {}: {e}{hint}", config.bind)
+        })?;
         let max_connections = fit_open_files(config.limits.max_connections)?;
         return_large_buffers();
         // Before the log opens: its writer binds its metrics when it starts.
@@ -154,8 +164,14 @@ impl Application {
             state.bodies.clone(),
             shutdown.subscribe(),
         ));
-        let (server, port) = serve_http(&config, state, auth)?;
+        let (server, port) = serve_http(&config, state, auth, listener)?;
         stop_on_signals(server.handle(), live);
+        match &config.file {
+            Some(f) => tracing::info!(file = %f.display(), "configuration read"),
+            None => tracing::info!(
+                "no configuration file (none given, none at ./parkade.toml or /etc/parkade/parkade.toml): defaults and PARKADE_* variables"
+            ),
+        }
         tracing::info!(address = %config.bind, port, "HTTP server listening");
         if let Some(n) = hooks
             .notifier
@@ -330,11 +346,33 @@ async fn refuse_lost_events(
     if let Some(url) = &config.database_url {
         let asked = tokio::time::timeout(ASK_WITHIN, async {
             let opts: PgConnectOptions = url.parse()?;
+            // What retrying cannot fix (a wrong password, no such database) stops the
+            // start; the rest is retried by the projections.
+            match crate::projections::db::probe(&opts).await {
+                Err(e) if crate::projections::db::is_permanent(&e) => {
+                    return Ok(Err(e.to_string()))
+                }
+                Err(e) => return Err(e.into()),
+                Ok(conn) => {
+                    use sqlx::Connection;
+                    conn.close().await.ok();
+                }
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(ASK_WITHIN)
                 .connect_with(opts)
                 .await?;
+            // What retrying cannot fix stops the start (the projections would retry it
+            // for ever); the rest is checked again by each projection when it starts.
+            match crate::projections::db::refuse_newer_schema(&pool).await {
+                Err(crate::projections::ProjectionError::NewerSchema(e)) => {
+                    pool.close().await;
+                    return Ok(Err(e.to_string()));
+                }
+                Err(e) => return Err(e.into()),
+                Ok(()) => {}
+            }
             let mut found = Vec::new();
             for name in [ProjectionName::Occupancy, ProjectionName::Features] {
                 // A database not yet migrated has no checkpoints at all.
@@ -344,11 +382,21 @@ async fn refuse_lost_events(
                 }
             }
             pool.close().await;
-            anyhow::Ok(found)
+            anyhow::Ok(Ok(found))
         })
         .await;
         match asked {
-            Ok(Ok(found)) => ahead.extend(found.into_iter().filter(|(_, cp)| *cp > end)),
+            Ok(Ok(Ok(found))) => ahead.extend(found.into_iter().filter(|(_, cp)| *cp > end)),
+            Ok(Ok(Err(fatal))) => anyhow::bail!("{fatal}; retrying cannot fix this, so parkade does not start"),
+            // Not reachable: the projections say why (once) as they retry.
+            Ok(Err(e))
+                if matches!(
+                    e.downcast_ref::<crate::projections::ProjectionError>(),
+                    Some(crate::projections::ProjectionError::Connect { .. })
+                ) =>
+            {
+                tracing::warn!("PostgreSQL is not reachable at start; each projection checks its checkpoint once it connects")
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "could not read the projections' checkpoints at start; each projection checks its own when it starts"),
             Err(_) => tracing::warn!("the database did not answer within 5 s at start; each projection checks its checkpoint when it starts"),
         }
@@ -471,6 +519,7 @@ fn serve_http(
     config: &Config,
     state: ApiState,
     auth: api::auth::Auth,
+    listener: TcpListener,
 ) -> anyhow::Result<(actix_web::dev::Server, u16)> {
     let counting = state.connections.clone();
     let max_connections = counting.max_total();
@@ -486,8 +535,6 @@ fn serve_http(
     let origins = web::Data::new(api::auth::Origins::new(&config.auth.cors_origins));
     let closed = !auth.is_open();
     let auth_data = web::Data::new(auth);
-    let listener =
-        TcpListener::bind(config.bind).with_context(|| format!("binding {}", config.bind))?;
     let port = listener.local_addr()?.port();
     // One line per request only when asked for (RUST_LOG=parkade::http=info): at
     // tens of thousands of requests a second the wrapper alone costs throughput.
@@ -765,11 +812,27 @@ async fn connect_until_stopped(
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<sqlx::PgPool> {
     let mut backoff = Duration::from_millis(200);
+    // Each cause said once, not at every retry.
+    let mut said = String::new();
     loop {
-        match db::connect(url).await {
-            Ok(pool) => return Some(pool),
+        // A stop does not wait for an attempt to end.
+        let attempt = tokio::select! {
+            a = db::connect(url) => a,
+            _ = shutdown.changed() => return None,
+        };
+        match attempt {
+            Ok(pool) => {
+                if !said.is_empty() {
+                    tracing::info!(projection = %name, "connected to PostgreSQL");
+                }
+                return Some(pool);
+            }
             Err(e) => {
-                tracing::error!(error = %e, "cannot reach PostgreSQL or migrate it; retrying");
+                let cause = e.to_string();
+                if cause != said {
+                    tracing::error!(error = %cause, "cannot reach PostgreSQL or migrate it; retrying with backoff (said again only if the cause changes)");
+                    said = cause;
+                }
                 board.report_failure(name, &e);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {},

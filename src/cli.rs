@@ -63,6 +63,14 @@ enum Cmd {
     /// Start the service on embedded defaults, register the SFU Burnaby lots, run the
     /// simulator against it and print the dashboard URL.
     Demo(DemoArgs),
+    /// Print a shell completion script (`parkade completions bash >
+    /// /etc/bash_completion.d/parkade`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (`parkade man > parkade.1; man ./parkade.1`).
+    Man,
 }
 
 #[derive(Args, Clone)]
@@ -141,6 +149,17 @@ struct TrainArgs {
     /// Default: [forecast] timezone (the CSV: Europe/London).
     #[arg(long, value_parser = parse_tz)]
     timezone: Option<chrono_tz::Tz>,
+    /// Train on the 12 weeks of readings up to this time (RFC 3339, e.g.
+    /// 2016-12-01T00:00:00Z). Default: the newest reading, so that imported history
+    /// that ended long ago trains too.
+    #[arg(long, value_parser = parse_time)]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.to_utc())
+        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2016-12-01T00:00:00Z)"))
 }
 
 #[derive(Args)]
@@ -182,32 +201,33 @@ struct HoldoutArgs {
 /// the config file, which overrides the defaults.
 #[derive(Args)]
 struct Common {
-    /// TOML config file (every key is documented in deploy/parkade.toml).
-    #[arg(long, env = "PARKADE_CONFIG")]
+    /// TOML config file (every key is documented in deploy/parkade.toml). Default:
+    /// ./parkade.toml, else /etc/parkade/parkade.toml, when one exists.
+    #[arg(long, env = "PARKADE_CONFIG", hide_env_values = true)]
     config: Option<PathBuf>,
     /// Data directory holding the event log. Default ./parkade-data.
-    #[arg(long, env = "PARKADE_DATA_DIR")]
+    #[arg(long, env = "PARKADE_DATA_DIR", hide_env_values = true)]
     data_dir: Option<PathBuf>,
     /// PostgreSQL URL of the read model; unset or empty runs without it.
     #[arg(long, env = "PARKADE_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Log output format.
-    #[arg(long, env = "PARKADE_LOG_FORMAT", value_enum)]
+    #[arg(long, env = "PARKADE_LOG_FORMAT", hide_env_values = true, value_enum)]
     log_format: Option<LogFormat>,
     /// Where the event log lives: embedded (default) or jetstream.
-    #[arg(long, env = "PARKADE_LOG_BACKEND", value_enum)]
+    #[arg(long, env = "PARKADE_LOG_BACKEND", hide_env_values = true, value_enum)]
     log_backend: Option<crate::config::LogBackend>,
     /// NATS server URLs, comma-separated (with --log-backend jetstream).
-    #[arg(long, env = "PARKADE_NATS_URL")]
+    #[arg(long, env = "PARKADE_NATS_URL", hide_env_values = true)]
     nats_url: Option<String>,
     /// The JetStream stream's name. Default PARKADE.
-    #[arg(long, env = "PARKADE_NATS_STREAM")]
+    #[arg(long, env = "PARKADE_NATS_STREAM", hide_env_values = true)]
     nats_stream: Option<String>,
     /// Copies of every event a new stream keeps (1, 3 or 5).
-    #[arg(long, env = "PARKADE_NATS_REPLICAS")]
+    #[arg(long, env = "PARKADE_NATS_REPLICAS", hide_env_values = true)]
     nats_replicas: Option<usize>,
     /// NATS credentials file.
-    #[arg(long, env = "PARKADE_NATS_CREDENTIALS")]
+    #[arg(long, env = "PARKADE_NATS_CREDENTIALS", hide_env_values = true)]
     nats_credentials: Option<PathBuf>,
 }
 
@@ -216,25 +236,25 @@ struct ServeArgs {
     #[command(flatten)]
     common: Common,
     /// Address and port to listen on. Default 127.0.0.1:8080.
-    #[arg(long, env = "PARKADE_BIND")]
+    #[arg(long, env = "PARKADE_BIND", hide_env_values = true)]
     bind: Option<SocketAddr>,
     /// HTTP worker threads. Default: number of CPUs.
-    #[arg(long, env = "PARKADE_HTTP_WORKERS")]
+    #[arg(long, env = "PARKADE_HTTP_WORKERS", hide_env_values = true)]
     http_workers: Option<usize>,
     /// Largest request body in bytes. Default 4 MiB.
-    #[arg(long, env = "PARKADE_MAX_BODY_BYTES")]
+    #[arg(long, env = "PARKADE_MAX_BODY_BYTES", hide_env_values = true)]
     max_body_bytes: Option<usize>,
     /// Most events per POST /v1/events request. Default 10,000.
-    #[arg(long, env = "PARKADE_MAX_BATCH_EVENTS")]
+    #[arg(long, env = "PARKADE_MAX_BATCH_EVENTS", hide_env_values = true)]
     max_batch_events: Option<usize>,
     /// Client event ids remembered per lot for idempotent retries. Default 50,000.
-    #[arg(long, env = "PARKADE_DEDUPE_WINDOW")]
+    #[arg(long, env = "PARKADE_DEDUPE_WINDOW", hide_env_values = true)]
     dedupe_window: Option<usize>,
     /// Threads the lot actors run on. Default 1.
-    #[arg(long, env = "PARKADE_LOT_THREADS")]
+    #[arg(long, env = "PARKADE_LOT_THREADS", hide_env_values = true)]
     lot_threads: Option<usize>,
     /// Tokens file (see `parkade token new`); without tokens every route is open.
-    #[arg(long, env = "PARKADE_TOKENS_FILE")]
+    #[arg(long, env = "PARKADE_TOKENS_FILE", hide_env_values = true)]
     tokens_file: Option<PathBuf>,
 }
 
@@ -308,7 +328,12 @@ struct HealthcheckArgs {
     #[arg(long)]
     address: Option<SocketAddr>,
     /// Address the server listens on (what `serve` takes), to find its port.
-    #[arg(long, env = "PARKADE_BIND", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "PARKADE_BIND",
+        hide_env_values = true,
+        default_value = "127.0.0.1:8080"
+    )]
     bind: SocketAddr,
 }
 
@@ -345,7 +370,11 @@ struct VerifyArgs {
 
 impl Common {
     fn config(&self) -> anyhow::Result<Config> {
-        let mut c = Config::load(self.config.as_deref())?;
+        let file = self
+            .config
+            .clone()
+            .or_else(crate::config::default_config_file);
+        let mut c = Config::load(file.as_deref())?;
         if let Some(d) = &self.data_dir {
             c.data_dir = d.clone();
         }
@@ -421,6 +450,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Backtest(a) => backtest(a),
         Cmd::Simulate(a) => simulate(a),
         Cmd::Demo(a) => demo(a),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "parkade", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .context("writing the manual page")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Train(a) => {
             let c = a.common.config()?;
             crate::telemetry::init(c.log_format);
@@ -800,6 +841,21 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let token = a.token.clone();
     let config = c.clone();
     actix_web::rt::System::new().block_on(async move {
+        // Ctrl-C: say how far it got and that a rerun resumes (rows already in the log
+        // are recognised and skipped), then stop.
+        actix_web::rt::spawn(async {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let at = IMPORT_AT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                match at {
+                    Some((file, n, len)) => eprintln!(
+                        "parkade import: stopped by Ctrl-C at byte {n} of {len} of {file} ({:.0}%): the rows sent before it are in the log; run the same command again to resume (rows already imported are skipped)",
+                        100.0 * n as f64 / len.max(1) as f64
+                    ),
+                    None => eprintln!("parkade import: stopped by Ctrl-C before the first file was read; nothing was imported"),
+                }
+                std::process::exit(130);
+            }
+        });
         let bar = |path: &std::path::Path| {
             let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             let bar = indicatif::ProgressBar::new(len);
@@ -811,7 +867,7 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                 .progress_chars("=> "),
             );
             bar.set_message(format!("importing {}", path.display()));
-            bar
+            Progress::new(bar, path, len)
         };
         let mut summaries = Vec::new();
         match url {
@@ -819,8 +875,8 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                 let mut sink = HttpSink::new(&url, token.as_deref());
                 for f in &files {
                     let pb = bar(f);
-                    let s = import_file(&mut sink, f, &opts, &|n| pb.set_position(n)).await?;
-                    pb.finish_and_clear();
+                    let s = import_file(&mut sink, f, &opts, &|n| pb.at(n)).await?;
+                    pb.bar.finish_and_clear();
                     println!("{s}");
                     summaries.push(s);
                 }
@@ -829,8 +885,8 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                 let mut offline = crate::import::offline::Offline::open(&config)?;
                 for f in &files {
                     let pb = bar(f);
-                    let s = import_file(offline.sink(), f, &opts, &|n| pb.set_position(n)).await?;
-                    pb.finish_and_clear();
+                    let s = import_file(offline.sink(), f, &opts, &|n| pb.at(n)).await?;
+                    pb.bar.finish_and_clear();
                     println!("{s}");
                     summaries.push(s);
                 }
@@ -845,8 +901,58 @@ fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
                 println!("rejected rows written to {}", r.display());
             }
         }
+        // Nothing went in and nothing was there already: every row refused, or no row.
+        let taken: u64 = summaries.iter().map(|s| s.accepted + s.already_imported).sum();
+        if taken == 0 {
+            eprintln!("parkade import: nothing imported: no row was accepted (see the reasons above)");
+            return Ok(ExitCode::from(1));
+        }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// How far the import got: file, bytes read, its length (said on Ctrl-C).
+static IMPORT_AT: std::sync::Mutex<Option<(String, u64, u64)>> = std::sync::Mutex::new(None);
+
+/// An import's progress: a bar on a terminal; elsewhere (a log, a pipe) a line on
+/// stderr every [`Progress::EVERY`].
+struct Progress {
+    bar: indicatif::ProgressBar,
+    terminal: bool,
+    file: String,
+    len: u64,
+    said: std::sync::Mutex<std::time::Instant>,
+}
+
+impl Progress {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn new(bar: indicatif::ProgressBar, path: &std::path::Path, len: u64) -> Progress {
+        Progress {
+            bar,
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            file: path.display().to_string(),
+            len,
+            said: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// `n` bytes of the file read.
+    fn at(&self, n: u64) {
+        self.bar.set_position(n);
+        *IMPORT_AT.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((self.file.clone(), n, self.len));
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.terminal && said.elapsed() >= Self::EVERY {
+            *said = std::time::Instant::now();
+            eprintln!(
+                "parkade import: {}: {n} of {} bytes read ({:.0}%)",
+                self.file,
+                self.len,
+                100.0 * n as f64 / self.len.max(1) as f64
+            );
+        }
+    }
 }
 
 fn backtest(a: BacktestArgs) -> anyhow::Result<ExitCode> {
@@ -887,11 +993,25 @@ fn train(c: &Config, a: TrainArgs) -> anyhow::Result<ExitCode> {
             Some(u) => Some(db::connect(u).await?),
             None => None,
         };
+        // Counted back from --until, else from the newest reading (not the clock).
+        let chosen = if a.until.is_some() { "--until" } else { "the newest reading" };
+        let none_yet = |source: &str| {
+            anyhow::anyhow!("no readings in {source} to train on: import history (`parkade import`) or send events first, and let the features fold them")
+        };
+        let mut window = None;
         let (history, source) = match &a.csv {
             None if a.lake => {
                 let archive = crate::projections::archive::Archive::from_config(&config).await;
                 let store = archive.store();
-                let history = service::observations_in_lake(store, tz, chrono::Utc::now()).await?;
+                let until = match a.until {
+                    Some(t) => t,
+                    None => crate::projections::features::lake::newest_day_end(store)
+                        .await
+                        .map_err(anyhow::Error::msg)?
+                        .ok_or_else(|| none_yet(&store.describe()))?,
+                };
+                window = Some(until);
+                let history = service::observations_in_lake(store, tz, until).await?;
                 (history, format!("features lake {}", store.describe()))
             }
             Some(path) => {
@@ -906,22 +1026,37 @@ fn train(c: &Config, a: TrainArgs) -> anyhow::Result<ExitCode> {
                 let Some(pool) = &pool else {
                     bail!("training from the features needs PostgreSQL (PARKADE_DATABASE_URL), or give --csv FILE");
                 };
+                let store = service::Store::Postgres(pool.clone());
+                let until = match a.until {
+                    Some(t) => t,
+                    None => store
+                        .newest_reading(None)
+                        .await?
+                        .ok_or_else(|| none_yet("lot_features_15m"))?,
+                };
+                window = Some(until);
                 (
-                    service::Store::Postgres(pool.clone())
-                        .observations(tz, chrono::Utc::now(), None)
-                        .await?,
+                    store.observations(tz, until, None).await?,
                     "features".to_owned(),
                 )
             }
         };
-        let until = history
+        let newest = history
             .lots()
             .filter_map(|l| history.observations(l).last().map(|o| o.utc))
             .max()
             .unwrap_or(0);
+        let until = a.until.map_or(newest, |t| t.timestamp().min(newest));
         let readings: usize = history.lots().map(|l| history.observations(l).len()).sum();
         let lots = history.lots().count();
-        println!("training on {readings} readings of {lots} lots from {source}");
+        match window {
+            Some(end) => println!(
+                "training on {readings} readings of {lots} lots from {source}: the {} weeks up to {} ({chosen})",
+                service::WEEKS_READ,
+                end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            None => println!("training on {readings} readings of {lots} lots from {source}"),
+        }
         let model = service::train(&history, until, tz, source)?;
         let path = service::save(&model, &data_dir, pool.as_ref()).await?;
         println!("| horizon | samples | training MAE | interval (p10, p90 of residuals) |");
@@ -1007,21 +1142,39 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut sim = a.sim.clone();
     // Days and hours are the campus's.
     config.forecast.timezone = sim.timezone.name().to_owned();
-    // History only goes into a fresh demo: its events come before the live ones.
-    let fresh = !a.data_dir.join("log").exists();
-    let history_days = if fresh { a.history_days } else { 0 };
     if sim.speed == 1.0 && sim.rate.is_none() {
         // Behind the present, an hour of campus traffic a minute.
         sim.speed = 60.0;
     }
-    if sim.start.is_none() {
-        // The history ends two hours ago; the live simulation plays those two hours in
-        // two minutes, then goes on at the pace of the clock.
-        let lag = chrono::Duration::hours(if fresh { 2 } else { 0 });
-        sim.start = Some((chrono::Utc::now() - lag).to_rfc3339());
-    }
+    // Written once the history is in: a folder without it either holds nothing yet
+    // (a start that failed before the first event: prepared now) or a demo stopped
+    // while its history went in (said, with how to start over).
+    let prepared = a.data_dir.join("demo-history-done");
     actix_web::rt::System::new().block_on(async move {
+        // Binds first: a start that cannot listen leaves the folder as it was.
         let app = Application::build(config, Hooks::default()).await?;
+        // History only goes into a demo that holds nothing yet: its events come before
+        // the live ones.
+        let fresh = !prepared.exists() && app.lots().views().is_empty();
+        let history_days = if fresh { a.history_days } else { 0 };
+        if !fresh && !prepared.exists() {
+            println!(
+                "parkade demo: {} holds a demo whose history was not finished (stopped while it went in?): going on live without the rest of it. To start over: stop, remove the folder (rm -rf {}) or give another --data-dir, and run the demo again",
+                a.data_dir.display(),
+                a.data_dir.display()
+            );
+        } else if !fresh {
+            println!(
+                "parkade demo: going on with the demo in {} (its history is there; remove the folder to start over)",
+                a.data_dir.display()
+            );
+        }
+        if sim.start.is_none() {
+            // The history ends two hours ago; the live simulation plays those two hours
+            // in two minutes, then goes on at the pace of the clock.
+            let lag = chrono::Duration::hours(if fresh { 2 } else { 0 });
+            sim.start = Some((chrono::Utc::now() - lag).to_rfc3339());
+        }
         let url = format!("http://{}:{}", a.bind.ip(), app.port());
         let settings = sim_settings(&sim, url.clone())?;
         let handle = app.server_handle();
@@ -1043,6 +1196,10 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             );
             forecast_now.notify_one();
             demo_forecasts(&url, &settings.lots).await;
+        }
+        if fresh {
+            std::fs::write(&prepared, format!("history of {history_days} days\n"))
+                .with_context(|| format!("writing {}", prepared.display()))?;
         }
         actix_web::rt::spawn(async move {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -31,6 +31,18 @@ pub struct Config {
     pub forecast: ForecastConfig,
     pub live: LiveConfig,
     pub auth: AuthConfig,
+    /// The file this was read from (not a key of it): said at start.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+/// Where a configuration file is looked for when none is given (`--config`,
+/// `PARKADE_CONFIG`), in order.
+pub const CONFIG_FILES: [&str; 2] = ["parkade.toml", "/etc/parkade/parkade.toml"];
+
+/// The first of [`CONFIG_FILES`] that exists.
+pub fn default_config_file() -> Option<PathBuf> {
+    CONFIG_FILES.iter().map(PathBuf::from).find(|p| p.is_file())
 }
 
 /// Access control (see `api::auth` for roles and the tokens file).
@@ -327,6 +339,7 @@ impl Default for Config {
             forecast: ForecastConfig::default(),
             live: LiveConfig::default(),
             auth: AuthConfig::default(),
+            file: None,
         }
     }
 }
@@ -474,10 +487,11 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
             source,
         })?;
+        config.file = Some(path.to_path_buf());
         config.validate()?;
         Ok(config)
     }

@@ -27,7 +27,10 @@ pub const MALFORMED_EVERY: Duration = Duration::from_secs(10);
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,parkade::http=warn"));
-    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, not in files or journals.
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let not_malformed = filter_fn(|meta| !is_malformed(meta));
     let malformed = Malformed::default();
     let seen = malformed.seen.clone();

@@ -74,6 +74,7 @@ pub(super) async fn post_events(
         let event = parsed.pop().expect("one event");
         if let (Ok(s), Some(c)) = (&event, &caller) {
             if !c.may_move(&s.lot_id) {
+                crate::metrics::events("rejected", "forbidden", 1);
                 return Err(ApiError::Forbidden(forbidden(c, &s.lot_id)));
             }
         }

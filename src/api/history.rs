@@ -141,12 +141,20 @@ async fn no_forecast(
     lot: &str,
 ) -> ApiError {
     let needed = crate::forecast::model::MIN_HISTORY_DAYS;
+    let look_back = chrono::Duration::weeks(crate::forecast::service::WEEKS_READ);
     match store.days_of_history(lot, st.forecast_tz).await {
-        Ok(days) if days < needed => ApiError::NotEnoughHistory {
+        Ok((days, _)) if days < needed => ApiError::NotEnoughHistory {
             lot_id: lot.to_owned(),
             days,
             needed,
         },
+        Ok((days, Some(newest))) if newest < chrono::Utc::now() - look_back => {
+            ApiError::Unavailable(format!(
+                "no forecast for lot {lot:?}: its {days} days of readings end at {}, more than the {} weeks before now that a forecast looks back at; it is forecast again once it sends events (`parkade train` trains on its readings, `parkade backtest` evaluates forecasts of them)",
+                newest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                crate::forecast::service::WEEKS_READ
+            ))
+        }
         Ok(_) => ApiError::Unavailable(format!(
             "no forecast for lot {lot:?} yet: the predictor writes them every {} s (see GET /v1/admin/projections, \"predictor\")",
             st.forecast_interval_secs

@@ -27,7 +27,8 @@ use crate::projections::{ProjectionState, StatusBoard};
 /// Name of the predictor on the status board.
 pub const NAME: crate::projections::ProjectionName = crate::projections::ProjectionName::Predictor;
 /// Weeks of features read for training and forecasting.
-const WEEKS_READ: i64 = 12;
+/// Weeks of readings a model is trained on, and a forecast looks back at.
+pub const WEEKS_READ: i64 = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForecastError {
@@ -155,10 +156,35 @@ impl Store {
         }
     }
 
-    /// Why a lot has no forecast: days of readings before today, against what is needed.
-    pub async fn days_of_history(&self, lot: &str, tz: Tz) -> Result<usize, ForecastError> {
-        let h = self.observations(tz, Utc::now(), Some(lot)).await?;
-        Ok(h.days_before(lot, local_of(tz, Utc::now().timestamp())))
+    /// When the newest reading (of one lot, or of any) ends: where training and the
+    /// history of a lot are counted back from. `None` without any reading.
+    pub async fn newest_reading(
+        &self,
+        lot: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>, ForecastError> {
+        Ok(match self {
+            Store::Postgres(pool) => {
+                crate::projections::features::query::newest_reading(pool, lot).await?
+            }
+            Store::Memory { features, .. } => features.newest_reading(lot),
+        })
+    }
+
+    /// Why a lot has no forecast: its days of readings (of the [`WEEKS_READ`] weeks up
+    /// to its newest reading, before that reading's day), and when that reading ends.
+    pub async fn days_of_history(
+        &self,
+        lot: &str,
+        tz: Tz,
+    ) -> Result<(usize, Option<DateTime<Utc>>), ForecastError> {
+        let Some(newest) = self.newest_reading(Some(lot)).await? else {
+            return Ok((0, None));
+        };
+        let h = self.observations(tz, newest, Some(lot)).await?;
+        Ok((
+            h.days_before(lot, local_of(tz, newest.timestamp())),
+            Some(newest),
+        ))
     }
 }
 
@@ -453,7 +479,18 @@ impl Predictor {
         let now = Utc::now();
         let h = self.store.observations(self.tz, now, None).await?;
         if model.is_none() {
-            let m = train(&h, now.timestamp(), self.tz, "features".into())?;
+            // Trained on the weeks up to the newest reading, not the clock: imported
+            // history that ended long ago trains a model too.
+            let until = match self.store.newest_reading(None).await? {
+                Some(t) if t < now => t,
+                _ => now,
+            };
+            let m = if until == now {
+                train(&h, now.timestamp(), self.tz, "features".into())?
+            } else {
+                let past = self.store.observations(self.tz, until, None).await?;
+                train(&past, until.timestamp(), self.tz, "features".into())?
+            };
             let path = save(&m, &self.data_dir, self.store.pool()).await?;
             tracing::info!(version = %m.version, path = %path.display(), "trained a model from the features");
             *model = Some(m);

@@ -407,6 +407,21 @@ pub async fn import_file<S: Sink>(
         }
         run.summary.rows += 1;
         let line = record.position().map_or(run.summary.rows + 1, |p| p.line());
+        // A quote never closed on its line makes the reader run the next lines into
+        // this row: refused, naming the lines, never taken for some other fault.
+        let breaks: usize = record
+            .iter()
+            .map(|f| f.trim_end_matches(['\r', '\n']).matches('\n').count())
+            .sum();
+        if breaks > 0 || record.iter().any(|f| f.contains('\n')) {
+            let last = line + breaks as u64;
+            let detail = format!(
+                "a quote opened on line {line} is not closed on that line, so lines {line} to {last} were read as one row; fix the quote and import again (a rerun skips what is in)"
+            );
+            eprintln!("parkade import: {} line {line}: {detail}", path.display());
+            run.reject(line, "unbalanced_quote", &detail, &Run::<S>::raw(&record))?;
+            continue;
+        }
         let row = match format {
             Format::Events => run.event_row(&record, &columns, &rules, &mut occurrences, line),
             Format::Birmingham => {

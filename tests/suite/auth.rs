@@ -192,6 +192,28 @@ async fn every_route_answers_401_403_or_200_by_role() {
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["results"][0]["status"], "accepted", "{r}");
     assert_eq!(r["results"][1]["code"], "forbidden", "{r}");
+    // Both refusals of a lot the token may not move (the single event's 403 above and
+    // the batch's item) are counted, as the README says.
+    let metrics = awc::Client::new()
+        .get(format!("{}/metrics", app.base))
+        .insert_header(("authorization", format!("Bearer {}", t.read)))
+        .send()
+        .await
+        .unwrap()
+        .body()
+        .limit(1 << 22)
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics);
+    let forbidden = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("parkade_events_total")
+                && l.contains(r#"outcome="rejected""#)
+                && l.contains(r#"reason="forbidden""#)
+        })
+        .unwrap_or_else(|| panic!("no forbidden count in:\n{metrics}"));
+    assert!(forbidden.ends_with(" 2"), "{forbidden}");
     // A wrong token is not a missing one, and it is told so.
     let (s, r) = call(&app, "GET", "/v1/lots", Some("pk_nope"), None).await;
     assert_eq!(s, 401);

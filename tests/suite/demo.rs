@@ -24,7 +24,11 @@ impl Demo {
     /// Start the demo in a fresh data folder with `args` besides the address and
     /// folder; returns once it printed the dashboard's address.
     pub fn start(args: &[&str]) -> Demo {
-        let dir = common::data_dir();
+        Demo::start_in(common::data_dir(), args)
+    }
+
+    /// [`Demo::start`] with its data in `dir`'s `demo` folder.
+    pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Demo {
         let mut child = Command::new(common::binary())
             .args(["demo", "--bind", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path().join("demo"))
@@ -155,5 +159,38 @@ async fn the_demo_starts_with_history_and_forecasts_and_events_flow_within_secon
     println!(
         "{moved} live events after {} ms",
         started.elapsed().as_millis()
+    );
+}
+
+/// A demo that cannot listen (its port taken) says how to choose another and leaves no
+/// folder behind, so the retry on a free port prepares the whole demo, history and all.
+#[actix_web::test]
+async fn a_demo_that_cannot_listen_leaves_nothing_and_the_retry_prepares_it_all() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = common::data_dir();
+    let folder = dir.path().join("demo");
+    let out = Command::new(common::binary())
+        .args(["demo", "--bind", &addr, "--data-dir"])
+        .arg(&folder)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the demo ran on a taken port");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [addr.as_str(), "--bind"] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    assert!(
+        !folder.exists(),
+        "the failed start left {} behind",
+        folder.display()
+    );
+    drop(taken);
+    let demo = Demo::start_in(dir, &["--duration", "5", "--rate", "5"]);
+    assert!(
+        demo.printed.iter().any(|l| l.contains("days of history")),
+        "the retry prepared the history: {:?}",
+        demo.printed
     );
 }

@@ -251,8 +251,13 @@ async fn without_a_database_history_and_forecasts_come_from_memory() {
 /// Counts of `lot` every 30 minutes from 07:00 to 19:00 UTC on each of the last `days`
 /// days (today included, up to now): a morning rise and an afternoon fall.
 fn daily_counts(lot: &str, capacity: f64, days: i64) -> Vec<Value> {
+    daily_counts_ending(lot, capacity, days, 0)
+}
+
+/// [`daily_counts`] of the `days` days up to `ago` days before today.
+fn daily_counts_ending(lot: &str, capacity: f64, days: i64, ago: i64) -> Vec<Value> {
     let now = chrono::Utc::now();
-    let today = now.date_naive();
+    let today = now.date_naive() - chrono::Days::new(ago as u64);
     let mut out = Vec::new();
     for d in (0..days).rev() {
         let day = today - chrono::Days::new(d as u64);
@@ -658,4 +663,51 @@ async fn history_from_the_features_in_memory_is_history_from_postgresql() {
         }
     }
     app.stop().await;
+}
+
+/// History that ended long ago (an imported file's) is trained on and counted from its
+/// newest reading, not from the clock: `parkade train` fits it (the weeks up to that
+/// reading, or up to `--until`), and the forecast endpoint says how many days of
+/// readings the lot has and that they end too long ago for a forecast of today.
+#[actix_web::test]
+async fn history_that_ended_long_ago_trains_and_is_counted_from_its_newest_reading() {
+    let db = TestDb::new();
+    let dir = common::data_dir();
+    let app = TestApp::spawn(test_config(dir.path(), Some(&db)), Hooks::default()).await;
+    let start = (chrono::Utc::now() - chrono::Duration::days(201)).to_rfc3339();
+    post_ok(
+        &app,
+        "/v1/lots",
+        json!({"lot_id": "old", "name": "old", "capacity": 100, "timestamp": start}),
+    )
+    .await;
+    post_ok(
+        &app,
+        "/v1/events",
+        json!(daily_counts_ending("old", 100.0, 10, 190)),
+    )
+    .await;
+    app.wait_caught_up("features").await;
+    let e = app.forecast("old").await.unwrap_err();
+    assert_eq!(e.status, 503, "{e:?}");
+    for want in ["9 days of readings end at", "weeks before now"] {
+        assert!(e.body.message.contains(want), "{want:?} not in {e:?}");
+    }
+    app.stop().await;
+
+    let (code, out) = common::parkade(&["train"], dir.path(), Some(&db));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("(the newest reading)"), "{out}");
+    let readings: usize = out
+        .split("training on ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the readings trained on: {out}"));
+    assert!(readings > 200, "{out}");
+    // --until picks the point: before the first reading there is nothing to train on.
+    let before = (chrono::Utc::now() - chrono::Duration::days(205)).to_rfc3339();
+    let (code, out) = common::parkade(&["train", "--until", &before], dir.path(), Some(&db));
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("training on 0 readings"), "{out}");
 }

@@ -88,6 +88,22 @@ impl MemoryFeatures {
             .collect()
     }
 
+    /// When the newest reading (of one lot, or of any) ends: what
+    /// [`query::newest_reading`](super::query::newest_reading) reads from PostgreSQL.
+    pub fn newest_reading(&self, lot: Option<&str>) -> Option<DateTime<Utc>> {
+        let st = self.read();
+        st.lots
+            .iter()
+            .filter(|(id, _)| lot.is_none_or(|l| id.as_str() == l))
+            .filter_map(|(_, rows)| {
+                rows.values()
+                    .rev()
+                    .find_map(|r| Reading::of_row(r, i64::MIN, i64::MAX))
+            })
+            .map(|r| r.at)
+            .max()
+    }
+
     /// Every lot with rows, and its capacity as of its newest row, by id.
     pub fn capacities(&self) -> Vec<(LotId, i32)> {
         let st = self.read();

@@ -152,6 +152,23 @@ impl Reading {
     }
 }
 
+/// When the newest reading (of one lot, or of any) ends; `None` without any.
+pub async fn newest_reading(
+    pool: &PgPool,
+    lot: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let only_lot = if lot.is_some() { "AND lot_id = $1" } else { "" };
+    let sql = format!(
+        "SELECT max(bucket_start) + interval '15 minutes' FROM lot_features_15m \
+         WHERE arrivals + departures + counts > 0 AND capacity > 0 {only_lot}"
+    );
+    let mut query = sqlx::query_scalar(&sql);
+    if let Some(lot) = lot {
+        query = query.bind(lot);
+    }
+    query.fetch_one(pool).await
+}
+
 /// Readings of the `weeks` weeks up to `until` (of one lot, or of all).
 pub async fn readings(
     pool: &PgPool,

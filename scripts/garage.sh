@@ -10,7 +10,7 @@ if [ -d "$cache" ]; then root="$cache/garage"; else root="$PWD/target/garage"; f
 bin="$root/bin/garage"
 version=2.5.0
 if [ ! -x "$bin" ] || ! "$bin" --version 2>/dev/null | grep -q "$version"; then
-  echo "garage.sh: installing Garage $version into $root (one time)" >&2
+  echo "garage.sh: building Garage $version (the S3 server of the archive's tests) into $root: one time, about 18 minutes on 2 cores" >&2
   cargo install garage --version "$version" --locked --no-default-features \
     --features bundled-libs,sqlite --root "$root" >&2
 fi

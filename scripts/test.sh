@@ -39,13 +39,13 @@ echo "test.sh: PostgreSQL is up at $PARKADE_TEST_DATABASE_URL"
 
 # Independent tools from PyPI, in a virtualenv kept in the build cache when there is
 # one: pyarrow (Parquet, for the archive tests), the Prometheus project's own text
-# format parser (prometheus-client, for the /metrics test) and schemathesis (the API
-# contract test against /openapi.json).
+# format parser (prometheus-client, for the /metrics test), schemathesis (the API
+# contract test against /openapi.json) and DuckDB (the README's lake queries).
 if [ -d "$cache" ]; then venv="$cache/venv"; else venv="$PWD/target/py-venv"; fi
-if ! "$venv/bin/python" -c "import pyarrow, prometheus_client, schemathesis" >/dev/null 2>&1; then
-  echo "test.sh: installing pyarrow, prometheus-client and schemathesis into $venv"
+if ! "$venv/bin/python" -c "import pyarrow, prometheus_client, schemathesis, duckdb" >/dev/null 2>&1; then
+  echo "test.sh: installing pyarrow, prometheus-client, schemathesis and duckdb into $venv (a minute or two)"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q pyarrow prometheus-client==0.26.0 schemathesis==4.32.5
+  "$venv/bin/pip" install -q pyarrow prometheus-client==0.26.0 schemathesis==4.32.5 duckdb
 fi
 export PARKADE_TEST_PYTHON="$venv/bin/python"
 
@@ -83,6 +83,10 @@ fi
 eval "$(./scripts/garage.sh)"
 trap 'kill "$(cat "$GARAGE_DIR/pid")" 2>/dev/null || true; rm -rf "$GARAGE_DIR"' EXIT
 
+# Say what the build costs when there is nothing to reuse.
+if [ ! -d "${CARGO_TARGET_DIR:-target}/debug/deps" ]; then
+  echo "test.sh: building parkade and its tests from scratch: about 17 minutes on 2 cores (later runs rebuild only what changed)"
+fi
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --all-targets --no-fail-fast "$@" || status=$?

@@ -167,6 +167,7 @@ pub(super) async fn ws(
                 let history = st.db.is_some() || st.features.is_some();
                 let forecast = st.forecasts.is_some();
                 let timezone = st.forecast_tz.name();
+                let utc_offsets = offsets_now(st.forecast_tz);
                 let stale_after_secs = st.stale_after_secs;
                 st.live.subscribe(keep, out.clone(), |snap| {
                     Message::Snapshot {
@@ -176,6 +177,7 @@ pub(super) async fn ws(
                         history,
                         forecast,
                         timezone: timezone.into(),
+                        utc_offsets: (&utc_offsets[..]).into(),
                         stale_after_secs,
                     }
                     .frame()
@@ -342,4 +344,27 @@ fn with_staleness(lots: &[serde_json::Value], stale_after_secs: u64) -> Vec<serd
             lot
         })
         .collect()
+}
+
+/// The lots' zone's offsets for a snapshot (the last five weeks, the next two days),
+/// worked out once an hour, not once per subscriber.
+fn offsets_now(tz: chrono_tz::Tz) -> std::sync::Arc<[crate::live::UtcOffset]> {
+    type Cached = Option<(i64, chrono_tz::Tz, std::sync::Arc<[crate::live::UtcOffset]>)>;
+    static CACHE: std::sync::Mutex<Cached> = std::sync::Mutex::new(None);
+    let now = chrono::Utc::now();
+    let hour = now.timestamp() / 3600;
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((h, z, offsets)) = cache.as_ref() {
+        if *h == hour && *z == tz {
+            return offsets.clone();
+        }
+    }
+    let offsets: std::sync::Arc<[crate::live::UtcOffset]> = crate::live::utc_offsets(
+        tz,
+        now - chrono::Duration::days(35),
+        now + chrono::Duration::days(2),
+    )
+    .into();
+    *cache = Some((hour, tz, offsets.clone()));
+    offsets
 }

@@ -53,7 +53,9 @@ pub enum Message<'a> {
     /// follow from `next_offset`. `history`: whether the history endpoint can answer;
     /// `forecast`: whether the forecast and timespan endpoints can.
     /// `timezone`: the lots' time zone (IANA name), in which their days and hours are
-    /// told. Each lot is the object `GET /v1/lots/{id}` answers, `stale` as of the
+    /// told; `utc_offsets`: that zone's offset from UTC from each instant on, over the
+    /// last five weeks and the next two days (so a client tells days and hours from the
+    /// server's tz database, not its own). Each lot is the object `GET /v1/lots/{id}` answers, `stale` as of the
     /// snapshot; a lot whose last event (`updated_at`, then each change's
     /// `occurred_at`) is more than `stale_after_secs` old is stale from then on.
     Snapshot {
@@ -63,6 +65,7 @@ pub enum Message<'a> {
         history: bool,
         forecast: bool,
         timezone: Cow<'a, str>,
+        utc_offsets: Cow<'a, [UtcOffset]>,
         stale_after_secs: u64,
     },
     /// One event's effect on its lot.
@@ -133,6 +136,45 @@ pub struct Snapshot {
     /// Every event below this offset is reflected; changes start here.
     pub next_offset: u64,
     pub lots: Vec<Value>,
+}
+
+/// A zone's offset from UTC from `from` on (until the next one).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct UtcOffset {
+    pub from: crate::domain::Timestamp,
+    pub utc_offset_secs: i32,
+}
+
+/// `tz`'s offsets from UTC over `[from, to)`: the one at `from`, then each change.
+pub fn utc_offsets(
+    tz: chrono_tz::Tz,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Vec<UtcOffset> {
+    use chrono::Offset;
+    let at =
+        |t: chrono::DateTime<chrono::Utc>| t.with_timezone(&tz).offset().fix().local_minus_utc();
+    let mut out = vec![UtcOffset {
+        from: crate::domain::Timestamp::from_micros(from.timestamp_micros()),
+        utc_offset_secs: at(from),
+    }];
+    // Zones change on the quarter hour at most; find each change to the minute.
+    let mut t = from;
+    while t < to {
+        let next = t + chrono::Duration::minutes(15);
+        if at(next) != out.last().expect("one").utc_offset_secs {
+            let mut lo = t;
+            while lo < next && at(lo) == at(t) {
+                lo += chrono::Duration::minutes(1);
+            }
+            out.push(UtcOffset {
+                from: crate::domain::Timestamp::from_micros(lo.timestamp_micros()),
+                utc_offset_secs: at(lo),
+            });
+        }
+        t = next;
+    }
+    out
 }
 
 /// Samples of the recent series: one per 5 minutes of event time, the last 24 hours.

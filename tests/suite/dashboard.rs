@@ -295,7 +295,8 @@ async fn the_dashboard_draws_the_lots_hours_not_the_browsers_and_marks_a_quiet_l
     assert_eq!(zone, "Asia/Tokyo", "the browser runs in another zone");
     d.call("POST", "/url", json!({"url": format!("{}/", app.base)}))
         .await;
-    // The chart spans the lot's day, 300 units wide: noon there is at 150.
+    // The chart spans the lot's day from x = 30 (right of its y-axis) to 300: noon
+    // there is at 165.
     let last_x = "const s = document.querySelector('[data-lot=north] svg.chart .today'); \
         if (!s) return null; \
         if (s.tagName === 'circle') return +s.getAttribute('cx'); \
@@ -303,7 +304,7 @@ async fn the_dashboard_draws_the_lots_hours_not_the_browsers_and_marks_a_quiet_l
         return +p[p.length - 1].split(',')[0];";
     let x = common::eventually(Duration::from_secs(10), "today's line drawn", || async {
         match d.js(last_x).await.as_f64() {
-            Some(x) if (x - 150.0).abs() < 1.0 => Ok(x),
+            Some(x) if (x - 165.0).abs() < 1.0 => Ok(x),
             other => Err(format!("the last point at {other:?}")),
         }
     })
@@ -429,7 +430,7 @@ async fn the_demo_opens_on_the_three_answers_for_every_lot() {
         return {lot: c.dataset.lot, free: c.querySelector('.free').textContent, \
             today: pts('svg.chart polyline.today'), usual: pts('svg.chart polyline.profile'), \
             forecast: pts('svg.chart polyline.forecast'), band: n('svg.chart polygon.band'), \
-            note: c.querySelector('.note').textContent}; })";
+            note: c.querySelector('.note').textContent, tip: c.querySelector('.note').title,             axis: [...c.querySelectorAll('svg.chart text')].map(t => t.textContent).join(' '),             legend: [...c.querySelectorAll('.legend span')].filter(s => !s.hidden).length,             meet: (() => { const t = c.querySelector('svg.chart polyline.today'), f = c.querySelector('svg.chart polyline.forecast');                 if (!t || !f) return null; const tp = t.getAttribute('points').trim().split(' ');                 return tp[tp.length - 1] === f.getAttribute('points').trim().split(' ')[0]; })()}; })";
     let cards = common::eventually(
         Duration::from_secs(90),
         "every card with its count and three curves",
@@ -453,10 +454,182 @@ async fn the_demo_opens_on_the_three_answers_for_every_lot() {
     .await;
     println!("{cards}");
     for c in cards.as_array().unwrap() {
+        // No model jargon on the card: the version is in the note's tooltip.
         let note = c["note"].as_str().unwrap();
-        assert!(note.starts_with("forecast by model "), "{c}");
+        assert!(note.starts_with("Forecast"), "{c}");
+        assert!(!note.contains("model"), "{c}");
+        assert!(
+            c["tip"].as_str().is_some_and(|t| t.starts_with("model ")),
+            "{c}"
+        );
+        assert!(
+            c["axis"].as_str().is_some_and(|a| a.contains("100%")),
+            "{c}"
+        );
+        assert_eq!(c["legend"], 5, "{c}");
+        assert_eq!(c["meet"], true, "today's line meets the forecast: {c}");
     }
+    // The four-week view: dates on its axis and a caption of its own.
+    d.js("document.querySelector('[data-lot=north-lot] button').click(); return null")
+        .await;
+    let history = common::eventually(Duration::from_secs(10), "the 4-week view", || async {
+        let v = d
+            .js("const c = document.querySelector('[data-lot=north-lot]');                 return {dates: [...c.querySelectorAll('svg.chart text.date')].map(t => t.textContent),                     line: c.querySelectorAll('svg.chart polyline.history').length,                     note: c.querySelector('.note').textContent}")
+            .await;
+        let dates = v["dates"].as_array().map(Vec::len).unwrap_or(0);
+        if dates >= 3 && v["line"] == 1 && v["note"].as_str().is_some_and(|n| n.starts_with("Hourly mean")) {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    println!("{history}");
+    d.screenshot("demo-history-desktop.png").await;
+    d.js("document.querySelector('[data-lot=north-lot] button').click(); return null")
+        .await;
     d.screenshots("demo").await;
     d.assert_no_console_errors().await;
     d.call("DELETE", "", Value::Null).await;
+}
+
+/// With more lots than fit a screen: search, sort and filter appear and work; a stale
+/// lot is shown apart and left out of the header's totals; the chart has a y-axis in
+/// percent and a "now" marker at the campus's time as the server's tz database tells it
+/// (America/Vancouver, where Chromium's and chrono-tz's disagree in late 2026), not the
+/// browser's.
+#[actix_web::test]
+async fn many_lots_can_be_searched_stale_ones_stand_apart_and_now_is_the_servers_time() {
+    let dir = common::data_dir();
+    let mut config = test_config(dir.path(), None);
+    config.forecast.timezone = "America/Vancouver".into();
+    config.lots.stale_after_secs = 3600;
+    let app = TestApp::spawn(config, Hooks::default()).await;
+    let two_hours_ago = chrono::Utc::now() - chrono::Duration::hours(2);
+    for i in 0..20 {
+        let id = format!("lot-{i:02}");
+        let mut lot = common::lot(&id, 100);
+        if i == 7 {
+            lot.stamp.timestamp = Some(json!(two_hours_ago.to_rfc3339()));
+        }
+        app.register_lot(&lot).await.unwrap();
+        if i != 7 {
+            app.send_event(&common::event(&id, "ARRIVAL"))
+                .await
+                .unwrap();
+        }
+    }
+    let d = Driver::start_in(Some("America/Vancouver")).await;
+    d.call("POST", "/url", json!({"url": format!("{}/", app.base)}))
+        .await;
+    let state = "return {cards: document.querySelectorAll('#lots .card').length, \
+        stale: [...document.querySelectorAll('#stale-lots .card')].map(c => c.dataset.lot), \
+        staleShown: !document.querySelector('#stale-section').hidden, \
+        tools: !document.querySelector('#tools').hidden, \
+        summary: document.querySelector('#summary').textContent, \
+        now: (document.querySelector('[data-lot=lot-00] svg.chart line.now') || {dataset: {}}).dataset.time || null, \
+        axis: [...document.querySelectorAll('[data-lot=lot-00] svg.chart text')].map(t => t.textContent)}";
+    let seen = common::eventually(Duration::from_secs(15), "the page laid out", || async {
+        let v = d.js(state).await;
+        if v["cards"] == 19 && v["stale"] == json!(["lot-07"]) && v["now"].is_string() {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    assert_eq!(seen["staleShown"], true, "{seen}");
+    assert_eq!(seen["tools"], true, "{seen}");
+    let summary = seen["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("19 lots"),
+        "the stale lot is left out: {summary}"
+    );
+    assert!(
+        summary.contains("1881 free") || summary.contains("1,881 free"),
+        "{summary}"
+    );
+    assert!(summary.contains("1 stale lot"), "{summary}");
+    for label in ["0%", "50%", "100%"] {
+        assert!(
+            seen["axis"].as_array().unwrap().iter().any(|t| t == label),
+            "{seen}"
+        );
+    }
+    // "now" as the server's zone tells it (a minute either way for the clock's tick).
+    let shown = seen["now"].as_str().unwrap().to_owned();
+    let server_now = chrono::Utc::now().with_timezone(&chrono_tz::America::Vancouver);
+    let fmt = |t: chrono::DateTime<chrono_tz::Tz>| t.format("%-H:%M").to_string();
+    let near: Vec<String> = [-1, 0, 1]
+        .iter()
+        .map(|m| fmt(server_now + chrono::Duration::minutes(*m)))
+        .collect();
+    assert!(
+        near.contains(&shown),
+        "now shown as {shown}, the server says {near:?}"
+    );
+    // Search finds one lot; clearing it shows them all again.
+    let search = "const s = document.querySelector('#search'); s.value = arguments[0]; \
+        s.dispatchEvent(new Event('input')); \
+        return [...document.querySelectorAll('#lots .card')].filter(c => !c.hidden).map(c => c.dataset.lot);";
+    let found = d
+        .call(
+            "POST",
+            "/execute/sync",
+            json!({"script": search, "args": ["lot-13"]}),
+        )
+        .await;
+    assert_eq!(found, json!(["lot-13"]), "{found}");
+    let all = d
+        .call(
+            "POST",
+            "/execute/sync",
+            json!({"script": search, "args": [""]}),
+        )
+        .await;
+    assert_eq!(all.as_array().map(Vec::len), Some(19), "{all}");
+    d.screenshots("many-lots").await;
+    d.assert_no_console_errors().await;
+    d.call("DELETE", "", Value::Null).await;
+    app.stop().await;
+}
+
+/// The imported Birmingham file (29 car parks, readings of 2016): every lot is stale,
+/// so all stand apart and out of the totals, and the search tools are there.
+#[actix_web::test]
+async fn the_imported_birmingham_file_reads_at_a_glance() {
+    let dir = common::data_dir();
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/birmingham/train.csv");
+    let (code, out) = common::parkade(&["import", file.to_str().unwrap()], dir.path(), None);
+    assert_eq!(code, 0, "{out}");
+    let mut config = test_config(dir.path(), None);
+    config.forecast.timezone = "Europe/London".into();
+    let app = TestApp::spawn(config, Hooks::default()).await;
+    let d = Driver::start().await;
+    d.call("POST", "/url", json!({"url": format!("{}/", app.base)}))
+        .await;
+    let state = "return {live: document.querySelectorAll('#lots .card').length, \
+        stale: document.querySelectorAll('#stale-lots .card').length, \
+        tools: !document.querySelector('#tools').hidden, \
+        summary: document.querySelector('#summary').textContent}";
+    let seen = common::eventually(Duration::from_secs(15), "29 stale lots apart", || async {
+        let v = d.js(state).await;
+        if v["stale"] == 29 && v["live"] == 0 {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    assert_eq!(seen["tools"], true, "{seen}");
+    let summary = seen["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("0 lots") && summary.contains("29 stale lots"),
+        "{summary}"
+    );
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    d.screenshots("birmingham").await;
+    d.assert_no_console_errors().await;
+    d.call("DELETE", "", Value::Null).await;
+    app.stop().await;
 }

@@ -8,12 +8,28 @@ let historyServed = null; // from the snapshot: the features behind /history
 let forecastServed = null; // from the snapshot: the predictor behind /timespan
 let campusTz; // from the snapshot: the lots' time zone (IANA); the browser's until then
 let staleAfterMs = null; // from the snapshot: a lot this long without an event is stale
+let utcOffsets = null; // from the snapshot: [[from ms, offset s]] of the lots' zone
 
 // Days and hours are the campus's, not the browser's: the wall-clock parts of instant
 // `ms` in the lots' time zone.
 const WEEKDAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 let wallFormat = null, wallTz = null;
+// The lots' offset from UTC at `ms`, as the server's tz database says (null outside
+// the span it sent).
+function offsetAt(ms) {
+  if (!utcOffsets || !utcOffsets.length || ms < utcOffsets[0][0]) return null;
+  let off = utcOffsets[0][1];
+  for (const [from, o] of utcOffsets) { if (from <= ms) off = o; else break; }
+  return off;
+}
 function wall(ms) {
+  const off = offsetAt(ms);
+  if (off !== null) {
+    const d = new Date(ms + off * 1000);
+    return { y: d.getUTCFullYear(), mo: d.getUTCMonth() + 1, d: d.getUTCDate(), h: d.getUTCHours(), mi: d.getUTCMinutes(), wd: d.getUTCDay() };
+  }
+  // Outside what the server sent: the browser's tz database for the same zone.
   if (!wallFormat || wallTz !== campusTz) {
     wallTz = campusTz;
     wallFormat = new Intl.DateTimeFormat("en-US", {
@@ -25,6 +41,9 @@ function wall(ms) {
   for (const { type, value } of wallFormat.formatToParts(new Date(ms))) p[type] = value;
   return { y: +p.year, mo: +p.month, d: +p.day, h: +p.hour % 24, mi: +p.minute, wd: WEEKDAYS.indexOf(p.weekday) };
 }
+const two = n => String(n).padStart(2, "0");
+const hhmm = ms => { const w = wall(ms); return `${w.h}:${two(w.mi)}`; };
+const dayLabel = ms => { const w = wall(ms); return `${MONTHS[w.mo - 1]} ${w.d}`; };
 // The instant the campus day of `ms` began: its local midnight (on a day the clocks
 // change, off by the change).
 function campusMidnight(ms) {
@@ -70,10 +89,16 @@ function card(view) {
   bar.append(el("span"));
   const chart = svgEl("svg", { class: "chart", viewBox: "0 0 300 110", preserveAspectRatio: "none", role: "img" });
   const legend = el("div", { class: "legend" });
-  legend.innerHTML = "<span><i></i>today</span><span><i class=p></i>usual</span><span><i class=f></i>forecast</span>";
+  legend.innerHTML = "<span><i></i>today</span><span class=lp><i class=p></i>usual for the weekday</span>"
+    + "<span class=lf><i class=f></i>forecast</span><span class=lf><i class=b></i>likely range</span><span><i class=n></i>now</span>";
   const note = el("p", { class: "note" });
   const btn = el("button", { type: "button" }, "History: last 4 weeks");
-  btn.addEventListener("click", () => showHistory(view.lot_id));
+  btn.addEventListener("click", () => {
+    const l = lots.get(view.lot_id);
+    l.showingHistory = !l.showingHistory;
+    btn.textContent = l.showingHistory ? "Back to today" : "History: last 4 weeks";
+    if (l.showingHistory) showHistory(view.lot_id); else { $(".legend", l.el).hidden = false; drawChart(view.lot_id); noteFor(l); }
+  });
   c.append(stale, fig, bar, chart, legend, note, btn);
   return c;
 }
@@ -90,14 +115,17 @@ function render(id) {
   $(".bar span", l.el).style.width = `${Math.min(100, share * 100).toFixed(1)}%`;
   l.el.setAttribute("aria-label", `${v.name || id}: ${free} free of ${v.capacity}`);
   markStale(l);
-  drawChart(id);
+  if (!l.showingHistory) drawChart(id);
 }
 
 // A lot without an event for the configured time: its count may be a broken counter's.
 function markStale(l) {
   const last = l.view.updated_at ? Date.parse(l.view.updated_at) : NaN;
   const stale = staleAfterMs !== null && Number.isFinite(last) && Date.now() - last > staleAfterMs;
+  const was = l.stale;
+  l.stale = stale;
   l.el.classList.toggle("is-stale", stale);
+  if (was !== stale) { place(); summary(); }
   const p = $(".stale", l.el);
   p.hidden = !stale;
   if (stale) {
@@ -106,15 +134,47 @@ function markStale(l) {
   }
 }
 
+// The header's totals: live lots only (a stale lot's count may be a broken counter's).
 function summary() {
-  let cap = 0, occ = 0;
-  for (const l of lots.values()) { cap += l.view.capacity; occ += l.view.occupancy; }
+  let cap = 0, occ = 0, live = 0, stale = 0;
+  for (const l of lots.values()) {
+    if (l.stale) { stale += 1; continue; }
+    live += 1; cap += l.view.capacity; occ += Math.min(l.view.occupancy, l.view.capacity);
+  }
   const s = $("#summary");
   s.innerHTML = "";
   s.append(el("span", {}, ""), el("span", {}, ""));
   s.children[0].innerHTML = `<b>${(cap - occ).toLocaleString()}</b> free spaces`;
-  s.children[1].innerHTML = `<b>${lots.size}</b> lots · ${(cap ? (100 * occ / cap) : 0).toFixed(0)}% full`;
+  s.children[1].innerHTML = `<b>${live}</b> lots · ${(cap ? (100 * occ / cap) : 0).toFixed(0)}% full`;
+  if (stale) s.append(el("span", { class: "stale-count" }, `${stale} stale ${stale === 1 ? "lot" : "lots"} left out (below)`));
   $("#empty").hidden = lots.size > 0;
+  $("#tools").hidden = lots.size <= TOOLS_FROM;
+}
+
+// Search, sort and filter, once there are more lots than fit a screen.
+const TOOLS_FROM = 12;
+function place() {
+  const q = ($("#search").value || "").trim().toLowerCase();
+  const order = $("#sort").value;
+  const onlyFree = $("#only-free").checked;
+  const all = [...lots.values()];
+  const free = l => l.view.capacity - l.view.occupancy;
+  const share = l => l.view.capacity > 0 ? l.view.occupancy / l.view.capacity : 0;
+  const by = {
+    name: (a, b) => (a.view.name || a.view.lot_id).localeCompare(b.view.name || b.view.lot_id),
+    free: (a, b) => free(b) - free(a),
+    full: (a, b) => share(b) - share(a),
+  }[order] || ((a, b) => a.view.lot_id.localeCompare(b.view.lot_id));
+  all.sort(by);
+  const grid = $("#lots"), staleGrid = $("#stale-lots");
+  let shownStale = 0;
+  for (const l of all) {
+    const text = `${l.view.name || ""} ${l.view.lot_id}`.toLowerCase();
+    l.el.hidden = (q && !text.includes(q)) || (onlyFree && free(l) <= 0);
+    (l.stale ? staleGrid : grid).append(l.el);
+    if (l.stale && !l.el.hidden) shownStale += 1;
+  }
+  $("#stale-section").hidden = shownStale === 0;
 }
 
 function upsert(view) {
@@ -122,10 +182,7 @@ function upsert(view) {
   if (!l) {
     l = { view, el: card(view), recent: [], extra: null };
     lots.set(view.lot_id, l);
-    const list = [...lots.keys()].sort();
-    const grid = $("#lots");
-    const before = list.indexOf(view.lot_id) + 1 < list.length ? lots.get(list[list.indexOf(view.lot_id) + 1]).el : null;
-    grid.insertBefore(l.el, before && before.parentNode ? before : null);
+    place();
     loadCharts(view.lot_id);
   } else {
     l.view = Object.assign({}, l.view, view);
@@ -178,13 +235,21 @@ async function loadCharts(id) {
     series: ts.ok ? ts.body.series : null,
     profile: hist.ok ? usualProfile(hist.body.points) : null,
   };
-  $(".note", l.el).textContent = ts.ok
-    ? (!ts.body.model_version ? "no forecast yet"
-      : ts.body.forecast_method === "partial_profile"
-        ? `forecast from the lot's few days so far (its partial profile), model ${ts.body.model_version}`
-        : `forecast by model ${ts.body.model_version}`)
-    : !forecastServed ? "Forecasts are off on this service ([forecast] enabled = false)." : "";
-  drawChart(id);
+  l.forecast = ts.ok ? { version: ts.body.model_version, method: ts.body.forecast_method } : null;
+  if (!l.showingHistory) noteFor(l);
+  if (!l.showingHistory) drawChart(id);
+}
+
+// The card's line under the chart; the model's version is in its tooltip only.
+function noteFor(l) {
+  const note = $(".note", l.el);
+  const f = l.forecast;
+  note.textContent = f
+    ? (!f.version ? "No forecast yet."
+      : f.method === "partial_profile" ? "Forecast from the lot's few days so far."
+        : "Forecast for the next hours, with its likely range.")
+    : !forecastServed ? "Forecasts are off on this service." : "";
+  note.title = f && f.version ? `model ${f.version}${f.method ? ` (${f.method})` : ""}` : "";
 }
 
 // Mean occupancy by time of day over the same weekday as today.
@@ -201,63 +266,104 @@ function usualProfile(points) {
   return [...sums.entries()].sort((a, b) => a[0] - b[0]).map(([m, s]) => [m, s[0] / s[1]]);
 }
 
+// The chart's frame: plot area right of a y-axis in percent full, a time axis below.
+const W = 300, H = 100, X0 = 30;
+function frame(svg, cap) {
+  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  const y = v => H - (Math.max(0, Math.min(cap, v)) / cap) * (H - 14) - 2;
+  for (const [share, label] of [[0, "0%"], [0.5, "50%"], [1, "100%"]]) {
+    const at = y(share * cap);
+    svg.append(svgEl("line", { class: "grid", x1: X0, x2: W, y1: at, y2: at }));
+    const t = svgEl("text", { x: X0 - 3, y: at + 3, "text-anchor": "end" }); t.textContent = label; svg.append(t);
+  }
+  const caption = svgEl("text", { class: "axis", x: 0, y: 6 }); caption.textContent = "% full"; svg.append(caption);
+  svg.setAttribute("viewBox", `0 0 ${W} ${H + 12}`);
+  return y;
+}
+function polyline(svg, pts, cls) {
+  if (pts.length === 1) {
+    svg.append(svgEl("circle", { class: cls, cx: pts[0][0].toFixed(1), cy: pts[0][1].toFixed(1), r: 2.5 }));
+    return;
+  }
+  if (pts.length < 2) return;
+  svg.append(svgEl("polyline", { class: cls, points: pts.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" ") }));
+}
+
 function drawChart(id) {
   const l = lots.get(id);
   const svg = $("svg.chart", l.el);
-  while (svg.firstChild) svg.removeChild(svg.firstChild);
   const cap = Math.max(1, l.view.capacity);
-  const W = 300, H = 100;
-  // The day of the newest reading (simulated days move fast in the demo).
-  const newest = l.recent.length ? l.recent[l.recent.length - 1][0] : Date.now();
-  const t0 = campusMidnight(newest), span = 864e5;
-  const x = t => ((t - t0) / span) * W;
-  const y = v => H - (Math.max(0, Math.min(cap, v)) / cap) * (H - 8) - 2;
+  const y = frame(svg, cap);
+  // The campus day of now; for a lot whose newest reading is older (quiet since an
+  // earlier day), that reading's day.
+  const now = Date.now();
+  const newest = l.recent.length ? l.recent[l.recent.length - 1][0] : now;
+  let t0 = campusMidnight(now);
+  if (newest < t0) t0 = campusMidnight(newest);
+  const span = 864e5;
+  const x = t => X0 + ((t - t0) / span) * (W - X0);
   for (const h of [6, 12, 18]) {
-    svg.append(svgEl("line", { class: "grid", x1: (h / 24) * W, x2: (h / 24) * W, y1: 0, y2: H }));
-    const t = svgEl("text", { x: (h / 24) * W + 2, y: H + 9 }); t.textContent = `${h}:00`; svg.append(t);
+    const at = X0 + (h / 24) * (W - X0);
+    svg.append(svgEl("line", { class: "grid", x1: at, x2: at, y1: 0, y2: H }));
+    const t = svgEl("text", { x: at, y: H + 10, "text-anchor": "middle" }); t.textContent = `${h}:00`; svg.append(t);
   }
-  const line = (pts, cls) => {
-    if (pts.length === 1) {
-      svg.append(svgEl("circle", { class: cls, cx: pts[0][0].toFixed(1), cy: pts[0][1].toFixed(1), r: 2.5 }));
-      return;
-    }
-    if (pts.length < 2) return;
-    svg.append(svgEl("polyline", { class: cls, points: pts.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(" ") }));
-  };
-  if (l.extra && l.extra.profile) line(l.extra.profile.map(([m, v]) => [(m / 1440) * W, y(v)]), "profile");
-  let today = l.recent.filter(([t]) => t >= t0 && t < t0 + span).map(([t, v]) => [x(t), y(v)]);
+  let today = l.recent.filter(([t]) => t >= t0 && t < t0 + span);
+  let forecast = [];
   if (l.extra && l.extra.series) {
     const hist = l.extra.series.filter(p => p.kind === "history").map(p => [Date.parse(p.time), p.occupancy]).filter(([t]) => t >= t0 && t < t0 + span);
-    if (hist.length > today.length) today = hist.map(([t, v]) => [x(t), y(v)]);
-    const fc = l.extra.series.filter(p => p.kind === "forecast").map(p => [Date.parse(p.time), p.occupancy, p.low, p.high]).filter(([t]) => t < t0 + span);
-    if (fc.length > 1) {
-      const upper = fc.map(([t, , , hi]) => `${x(t).toFixed(1)},${y(hi).toFixed(1)}`);
-      const lower = fc.slice().reverse().map(([t, , lo]) => `${x(t).toFixed(1)},${y(lo).toFixed(1)}`);
-      svg.append(svgEl("polygon", { class: "band", points: upper.concat(lower).join(" ") }));
-      line(fc.map(([t, v]) => [x(t), y(v)]), "forecast");
-    }
+    if (hist.length > today.length) today = hist;
+    forecast = l.extra.series.filter(p => p.kind === "forecast").map(p => [Date.parse(p.time), p.occupancy, p.low, p.high]).filter(([t]) => t >= t0 && t < t0 + span);
   }
-  line(today, "today");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H + 12}`);
+  // The forecast starts where today's line ends, so the two meet.
+  const last = today.length ? today[today.length - 1] : null;
+  if (last) {
+    forecast = forecast.filter(([t]) => t > last[0]);
+    if (forecast.length) forecast.unshift([last[0], last[1], last[1], last[1]]);
+  }
+  if (forecast.length > 1) {
+    const upper = forecast.map(([t, , , hi]) => `${x(t).toFixed(1)},${y(hi).toFixed(1)}`);
+    const lower = forecast.slice().reverse().map(([t, , lo]) => `${x(t).toFixed(1)},${y(lo).toFixed(1)}`);
+    svg.append(svgEl("polygon", { class: "band", points: upper.concat(lower).join(" ") }));
+    polyline(svg, forecast.map(([t, v]) => [x(t), y(v)]), "forecast");
+  }
+  polyline(svg, today.map(([t, v]) => [x(t), y(v)]), "today");
+  // The usual profile on top, dashed, so today's line never hides it.
+  if (l.extra && l.extra.profile) polyline(svg, l.extra.profile.map(([m, v]) => [X0 + (m / 1440) * (W - X0), y(v)]), "profile");
+  if (now >= t0 && now < t0 + span) {
+    const at = x(now);
+    svg.append(svgEl("line", { class: "now", x1: at, x2: at, y1: 0, y2: H, "data-time": hhmm(now) }));
+    const t = svgEl("text", { class: "now", x: Math.min(at + 2, W - 34), y: 7 }); t.textContent = `now ${hhmm(now)}`; svg.append(t);
+  }
+  $(".legend", l.el).hidden = false;
 }
 
+// Four weeks of hourly means, with the dates of their Mondays and a legend of its own.
 async function showHistory(id) {
   const l = lots.get(id);
   const from = new Date(Date.now() - 28 * 864e5).toISOString();
   const r = await getJSON(`/v1/lots/${encodeURIComponent(id)}/history?bucket=1h&from=${from}`);
   const note = $(".note", l.el);
+  if (!l.showingHistory) return;
   if (!r.ok) { note.textContent = r.body.message || `history unavailable (${r.status})`; return; }
   const pts = r.body.points;
   if (!pts.length) { note.textContent = "No history in the last 4 weeks."; return; }
   const svg = $("svg.chart", l.el);
-  while (svg.firstChild) svg.removeChild(svg.firstChild);
   const cap = Math.max(1, l.view.capacity);
-  const t0 = Date.parse(pts[0].start), t1 = Date.parse(pts[pts.length - 1].start) || t0 + 1;
-  const W = 300, H = 100;
-  const poly = pts.map(p => `${(((Date.parse(p.start) - t0) / Math.max(1, t1 - t0)) * W).toFixed(1)},${(H - (p.occupancy_mean / cap) * (H - 8) - 2).toFixed(1)}`).join(" ");
-  svg.append(svgEl("polyline", { class: "today", points: poly }));
-  const day = t => new Date(t).toLocaleDateString(undefined, { timeZone: campusTz });
-  note.textContent = `Hourly mean occupancy, ${day(t0)} to ${day(t1)}.`;
+  const y = frame(svg, cap);
+  const t0 = Date.parse(pts[0].start), t1 = Math.max(t0 + 1, Date.parse(pts[pts.length - 1].start));
+  const x = t => X0 + ((t - t0) / (t1 - t0)) * (W - X0);
+  // A tick at each campus midnight starting a week (Monday).
+  for (let t = campusMidnight(t0) + 864e5; t < t1; t += 864e5) {
+    const m = campusMidnight(t + 3 * 36e5);
+    if (wall(m + 36e5).wd !== 1) continue;
+    const at = x(m);
+    svg.append(svgEl("line", { class: "grid", x1: at, x2: at, y1: 0, y2: H }));
+    const label = svgEl("text", { class: "date", x: at, y: H + 10, "text-anchor": "middle" }); label.textContent = dayLabel(m + 36e5); svg.append(label);
+  }
+  polyline(svg, pts.map(p => [x(Date.parse(p.start)), y(p.occupancy_mean)]), "history");
+  $(".legend", l.el).hidden = true;
+  note.textContent = `Hourly mean occupancy (% full), ${dayLabel(t0)} to ${dayLabel(t1)}; ticks on Mondays.`;
+  note.title = "";
 }
 
 // Live -----------------------------------------------------------------------------
@@ -278,9 +384,10 @@ function connect() {
       historyServed = m.history === true;
       forecastServed = m.forecast === true;
       if (Number.isFinite(m.stale_after_secs)) staleAfterMs = m.stale_after_secs * 1000;
+      if (Array.isArray(m.utc_offsets)) utcOffsets = m.utc_offsets.map(o => [Date.parse(o.from), o.utc_offset_secs]);
       if (m.timezone && m.timezone !== campusTz) {
         campusTz = m.timezone;
-        $("#clock").textContent = `Days and hours in ${campusTz}.`;
+        $("#clock").textContent = `Days and hours in ${campusTz}, as the server tells them.`;
         for (const id of lots.keys()) drawChart(id);
       }
       for (const v of m.lots) upsert(v);
@@ -306,6 +413,7 @@ function connect() {
   };
 }
 
+for (const id of ["#search", "#sort", "#only-free"]) $(id).addEventListener("input", place);
 summary();
 connect();
 setInterval(() => { for (const id of lots.keys()) loadCharts(id); }, 60000);

@@ -925,7 +925,7 @@ struct Progress {
 }
 
 impl Progress {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
     fn new(bar: indicatif::ProgressBar, path: &std::path::Path, len: u64) -> Progress {
         Progress {

@@ -147,3 +147,81 @@ fn completions_and_the_manual_page_name_every_command() {
         assert!(man.contains(cmd), "{cmd} not in the manual page");
     }
 }
+
+/// A long import in a pipe prints a progress line every few seconds; Ctrl-C says how
+/// far it got and that a rerun resumes, and the rerun does (rows already in are
+/// skipped, the rest go in).
+#[test]
+fn a_long_import_says_how_far_it_is_and_resumes_after_ctrl_c() {
+    use std::io::Write;
+    let dir = common::data_dir();
+    let csv = dir.path().join("big.csv");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
+    writeln!(f, "SystemCodeNumber,Capacity,Occupancy,LastUpdated").unwrap();
+    let start = chrono::NaiveDate::from_ymd_opt(2016, 1, 4)
+        .unwrap()
+        .and_hms_opt(8, 0, 0)
+        .unwrap();
+    let lots = 40;
+    let readings = 10_000;
+    for i in 0..readings {
+        let at = start + chrono::Duration::minutes(30 * i);
+        for lot in 0..lots {
+            let occupancy = (i * 7 + lot * 13) % 400;
+            writeln!(
+                f,
+                "LOT{lot:02},500,{occupancy},{}",
+                at.format("%Y-%m-%d %H:%M:%S")
+            )
+            .unwrap();
+        }
+    }
+    f.flush().unwrap();
+    drop(f);
+    let import = || {
+        Command::new(common::binary())
+            .args(["import", csv.to_str().unwrap()])
+            .env("PARKADE_DATA_DIR", dir.path().join("data"))
+            .env_remove("PARKADE_DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Interrupted part way.
+    let child = import();
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "stopped by Ctrl-C: {err}");
+    for want in [
+        "stopped by Ctrl-C at byte",
+        "run the same command again to resume",
+    ] {
+        assert!(err.contains(want), "{want:?} not in: {err}");
+    }
+    // The rerun: progress lines while it works, the rows of the first run recognised.
+    let out = import().wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("parkade import: ") && l.contains("bytes read")),
+        "a progress line: {text}"
+    );
+    let already: u64 = text
+        .split(" accepted, ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("already imported: {text}"));
+    assert!(already > 0, "the rerun resumed: {text}");
+}

@@ -49,11 +49,7 @@ fn help_shows_no_empty_environment_values() {
 #[test]
 fn the_configuration_file_is_found_in_the_working_directory_and_named_at_start() {
     let dir = common::data_dir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     std::fs::write(
         dir.path().join("parkade.toml"),
         format!("bind = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\n"),

@@ -261,15 +261,29 @@ async fn websocket_subscribers_past_the_cap_get_503_until_one_leaves() {
 #[actix_web::test]
 async fn a_snapshot_larger_than_the_outbox_closes_that_subscriber_only() {
     let dir = common::data_dir();
-    let mut c = test_config(dir.path(), None);
-    c.live.outbox_bytes = 300;
-    let app = spawn(c).await;
+    // First the snapshots' sizes on the default outbox: one lot's and all four lots'.
+    let app = spawn(test_config(dir.path(), None)).await;
     for lot in ["north", "south", "east", "west"] {
         register(&app, lot, 10).await;
     }
+    let mut sizes = Vec::new();
+    for query in ["?lots=north", ""] {
+        let mut s = ws(&app, query).await.expect("handshake");
+        match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+            Ok(Some(Ok(Frame::Text(t)))) => sizes.push(t.len()),
+            other => panic!("expected the snapshot: {other:?}"),
+        }
+        let _ = s.send(awc::ws::Message::Close(None)).await;
+    }
+    app.stop().await;
+    let (one_lot, all_lots) = (sizes[0], sizes[1]);
+    assert!(all_lots > one_lot + 100, "{sizes:?}");
+    // Then an outbox that holds one lot's snapshot but not all four.
+    let mut c = test_config(dir.path(), None);
+    c.live.outbox_bytes = (one_lot + all_lots) / 2;
+    let app = spawn(c).await;
     let mut s = ws(&app, "").await.expect("handshake");
     assert_eq!(close_frame(&mut s).await, Some(4008), "slow consumer close");
-    // One lot's snapshot fits.
     let mut one = ws(&app, "?lots=north").await.expect("handshake");
     match tokio::time::timeout(Duration::from_secs(5), one.next()).await {
         Ok(Some(Ok(Frame::Text(t)))) => {

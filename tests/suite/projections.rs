@@ -494,11 +494,7 @@ async fn postgresql_errors_name_the_problem_once_and_fast() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_port = dead.local_addr().unwrap().port();
     drop(dead);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let mut child = Command::new(common::binary())
         .arg("serve")
         .env("PARKADE_DATA_DIR", dir.path())

@@ -179,11 +179,7 @@ async fn every_readme_example_runs_and_answers_as_shown() {
     let all = blocks();
     assert!(all.len() > 10, "the README's shell blocks were found");
     let work = common::data_dir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let mut server = Command::new(common::binary())
         .arg("serve")
         .current_dir(work.path())

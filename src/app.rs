@@ -26,6 +26,7 @@ use crate::projections::supervisor::supervise;
 use crate::projections::{
     db, features, occupancy, FaultPoint, ProjectionName, Runner, StatusBoard,
 };
+use crate::systemd::Notifier;
 
 /// Knobs for tests and drills that a config file does not offer.
 #[derive(Clone, Default)]
@@ -36,8 +37,6 @@ pub struct Hooks {
     pub projection_panic: FaultPoint,
     /// Write through this storage instead of the OS filesystem.
     pub storage: Option<Arc<dyn crate::log::Storage>>,
-    /// Notify this service manager socket instead of the one `NOTIFY_SOCKET` names.
-    pub notifier: Option<crate::supervisor::Notifier>,
 }
 
 /// A built, not yet running, parkade service.
@@ -53,6 +52,8 @@ pub struct Application {
     live_thread: JoinHandle<()>,
     /// Wakes the predictor for a run now.
     forecast_now: Arc<tokio::sync::Notify>,
+    /// The service manager, when one runs this process.
+    notifier: Option<Notifier>,
 }
 
 impl Application {
@@ -165,7 +166,8 @@ impl Application {
             shutdown.subscribe(),
         ));
         let (server, port) = serve_http(&config, state, auth, listener)?;
-        stop_on_signals(server.handle(), live);
+        let notifier = Notifier::from_env();
+        stop_on_signals(server.handle(), live, notifier.clone());
         match &config.file {
             Some(f) => tracing::info!(file = %f.display(), "configuration read"),
             None => tracing::info!(
@@ -173,13 +175,9 @@ impl Application {
             ),
         }
         tracing::info!(address = %config.bind, port, "HTTP server listening");
-        if let Some(n) = hooks
-            .notifier
-            .clone()
-            .or_else(crate::supervisor::Notifier::from_env)
-        {
-            n.send("READY=1");
-            actix_web::rt::spawn(n.watch(log.clone(), shutdown.subscribe()));
+        if let Some(n) = &notifier {
+            n.ready();
+            actix_web::rt::spawn(n.clone().watch(log.clone(), shutdown.subscribe()));
         }
         Ok(Application {
             port,
@@ -192,6 +190,7 @@ impl Application {
             archive_thread: read.archive_thread,
             live_thread,
             forecast_now,
+            notifier,
         })
     }
 
@@ -222,6 +221,9 @@ impl Application {
     /// projection and flush the log.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let result = self.server.await;
+        if let Some(n) = &self.notifier {
+            n.stopping();
+        }
         let _receivers_gone = self.shutdown.send(true);
         for p in [self.projection, self.archive_thread, Some(self.live_thread)]
             .into_iter()
@@ -587,9 +589,16 @@ fn serve_http(
 }
 
 /// On SIGINT or SIGTERM close the websockets and stop gracefully; on a second one, at once.
-fn stop_on_signals(handle: actix_web::dev::ServerHandle, live: crate::live::Live) {
+fn stop_on_signals(
+    handle: actix_web::dev::ServerHandle,
+    live: crate::live::Live,
+    notifier: Option<Notifier>,
+) {
     actix_web::rt::spawn(async move {
         stop_signal().await;
+        if let Some(n) = &notifier {
+            n.stopping();
+        }
         tracing::info!(
             "stop signal: closing websockets and finishing requests (again to stop at once)"
         );

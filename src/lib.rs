@@ -28,7 +28,7 @@
 //! | [`app`] | Startup: opens the log, rebuilds the lots, starts projections and the HTTP server. |
 //! | [`cli`] | The command line of the single `parkade` binary (`serve`, `import`, `replay`, `verify`, `repair-log`, `log copy`, `train`, `backtest`, `holdout`, `simulate`, `demo`). |
 //! | `telemetry` | `tracing` subscriber set-up. |
-//! | [`supervisor`] | systemd's notify protocol: ready, stopping, and a watchdog pinged only while the log accepts writes. |
+//! | [`systemd`] | The service manager's notify protocol (the `sd-notify` crate): ready, stopping, and a watchdog pinged only while the log accepts writes. |
 //! | `metrics` | The Prometheus page (`GET /metrics`): counters and histograms recorded where things happen (log, live, API), gauges read from the status board at scrape time. |
 //!
 //! The binary (`src/main.rs`) only parses the command line and calls [`cli::main`].
@@ -47,7 +47,7 @@ pub mod log;
 pub(crate) mod metrics;
 pub mod projections;
 pub(crate) mod simulate;
-pub mod supervisor;
+pub mod systemd;
 pub(crate) mod telemetry;
 
 pub use actors::{LotError, LotHandle, LotOptions, Lots, Outcome};

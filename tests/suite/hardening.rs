@@ -356,13 +356,14 @@ async fn a_full_disk_answers_503_acknowledges_nothing_and_leaks_nothing() {
     app.stop().await;
 }
 
-/// Watchdog messages received within `within`.
+/// Service manager messages received within `within`, one line each.
 async fn pings(socket: &tokio::net::UnixDatagram, within: Duration) -> Vec<String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     let deadline = tokio::time::Instant::now() + within;
     while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
-        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        got.extend(text.lines().map(str::to_owned));
     }
     got
 }
@@ -373,12 +374,15 @@ async fn a_log_that_refuses_writes_stops_the_watchdog_so_systemd_restarts_the_se
     let dir = common::data_dir();
     let path = dir.path().join("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+    // As systemd sets them for a unit with Type=notify and WatchdogSec. SAFETY: the test
+    // runner runs each test in a process of its own, and nothing else in this one reads
+    // the environment while these are set, before the server starts.
+    unsafe {
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        std::env::set_var("WATCHDOG_USEC", "200000");
+    }
     let hooks = Hooks {
         storage: Some(Arc::new(disk.clone())),
-        notifier: Some(parkade::supervisor::Notifier::new(
-            path.to_str().unwrap(),
-            Some(Duration::from_millis(200)),
-        )),
         ..Hooks::default()
     };
     let app = TestApp::spawn(test_config(dir.path(), None), hooks).await;
@@ -410,6 +414,8 @@ async fn a_log_that_refuses_writes_stops_the_watchdog_so_systemd_restarts_the_se
         "no ping once the log refuses writes: {failed:?}"
     );
     app.stop().await;
+    let stopping = pings(&socket, Duration::from_millis(300)).await;
+    assert_eq!(stopping, ["STOPPING=1"], "told once that it stops");
 }
 
 #[actix_web::test]

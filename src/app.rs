@@ -82,7 +82,13 @@ impl Application {
         let (log, lots_thread) = open_log(&config, &hooks).await?;
         // Made once: the start's check reads its progress, then it runs.
         let archive = match config.archive.enabled {
-            true => Some(crate::projections::archive::Archive::from_config(&config).await),
+            true => Some(
+                crate::projections::archive::Archive::from_config(
+                    &config.archive,
+                    &config.data_dir,
+                )
+                .await,
+            ),
             false => None,
         };
         refuse_lost_events(&config, &*log, archive.as_ref()).await?;
@@ -775,7 +781,9 @@ fn spawn_projection(
             .map(|f| Predictor::new(Store::Postgres(pool.clone()), &f, tz, &board, forecast_now));
         let lake = match &lake_config {
             Some(c) => {
-                let archive = crate::projections::archive::Archive::from_config(c).await;
+                let archive =
+                    crate::projections::archive::Archive::from_config(&c.archive, &c.data_dir)
+                        .await;
                 let store = archive.store().clone();
                 let lease = lake_leased(shared, &store).then(|| {
                     Arc::new(tokio::sync::Mutex::new(LakeLease::new(

@@ -163,41 +163,7 @@ impl ForecastConfig {
     }
 }
 
-/// Settings of the Parquet archive.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ArchiveConfig {
-    /// Run the archive projection. Default true.
-    pub enabled: bool,
-    /// Local folder of the lake. Default `{data_dir}/archive`.
-    pub dir: Option<PathBuf>,
-    /// Events per file before it is written. Default 1,000,000.
-    pub roll_events: usize,
-    /// Longest wait before buffered events are written, in seconds. Default 300.
-    pub roll_secs: u64,
-    /// Rows per Parquet row group. Default 131,072.
-    pub row_group_rows: usize,
-    /// Most event dates (so files) one flush covers; events spread over more dates are
-    /// written in several flushes. Default 366.
-    pub max_dates_per_flush: usize,
-    /// Write the lake to S3 (or an S3-compatible store) instead of the local folder.
-    pub s3: Option<crate::projections::archive::S3Config>,
-}
-
-impl Default for ArchiveConfig {
-    fn default() -> Self {
-        let o = crate::projections::archive::ArchiveOptions::default();
-        ArchiveConfig {
-            enabled: true,
-            dir: None,
-            roll_events: o.roll_events,
-            roll_secs: o.roll_secs,
-            row_group_rows: o.row_group_rows,
-            max_dates_per_flush: o.max_dates,
-            s3: None,
-        }
-    }
-}
+pub use crate::projections::archive::ArchiveConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -348,8 +314,7 @@ impl Default for Config {
 /// them: a campus's phones on the live feed at 8 am, and room beside them.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
-/// Default of [`Limits::max_future_secs`].
-pub const DEFAULT_MAX_FUTURE_SECS: i64 = 900;
+pub use crate::domain::DEFAULT_MAX_FUTURE_SECS;
 
 /// `set`, or when it is 0 a sixteenth of this machine's memory, between 64 MiB and 1 GiB.
 fn or_memory_share(set: usize) -> usize {
@@ -400,7 +365,7 @@ impl Default for Limits {
             max_connections: 0,
             max_connections_per_address: 0,
             trusted_proxies: Vec::new(),
-            max_request_span_secs: 31 * 86_400,
+            max_request_span_secs: crate::domain::DEFAULT_MAX_REQUEST_SPAN_SECS,
             max_history_points: 10_000,
             ingest_events_per_sec: 5_000,
         }

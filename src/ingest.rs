@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::actors::Request;
+use crate::domain::Request;
 use crate::domain::{
     check_event_time, Command, LotId, Timestamp, MAX_WRITTEN_MICROS, MIN_WRITTEN_MICROS,
 };

@@ -9,48 +9,10 @@ use rustc_hash::FxHashMap;
 use uuid::Uuid;
 
 use crate::domain::{
-    apply, check_event_time, decide, Command, LotId, LotState, NewEvent, RecordedEvent, Rejection,
-    Timestamp,
+    apply, check_event_time, decide, Command, LotId, LotState, LotView, NewEvent, Outcome,
+    RecordedEvent, Rejection, Request, Timestamp,
 };
 use crate::log::{Appended, EventLog, Expect, LogError};
-
-/// One command for a lot, with the metadata the edge standardised.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub command: Command,
-    /// The client's id for idempotent retries; `None` gets a server UUIDv7.
-    pub event_id: Option<Uuid>,
-    pub occurred_at: Timestamp,
-}
-
-/// What became of one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Accepted {
-        offset: u64,
-    },
-    /// Seen before: acknowledged again with the original's offset, nothing appended.
-    Duplicate {
-        offset: u64,
-    },
-    Rejected(Rejection),
-}
-
-/// A lot as readers see it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LotView {
-    pub lot_id: LotId,
-    pub name: String,
-    pub capacity: u32,
-    pub occupancy: u32,
-    pub free: u32,
-    /// Log offset of the last event of this lot that this view reflects.
-    pub offset: Option<u64>,
-    /// Event time of that event.
-    pub updated_at: Option<Timestamp>,
-    #[serde(skip)]
-    pub registered: bool,
-}
 
 /// The reply to a batch of requests, once durable.
 #[derive(Debug, Clone)]

@@ -21,5 +21,5 @@
 mod lot;
 mod registry;
 
-pub use lot::{LotError, LotHandle, LotView, Outcome, Request};
+pub use lot::{LotError, LotHandle};
 pub use registry::{LotOptions, Lots};

@@ -7,9 +7,10 @@ use std::sync::{Arc, RwLock};
 use actix::prelude::*;
 use uuid::Uuid;
 
-use super::lot::{LotCore, LotError, LotHandle, LotView, Outcome, Request};
-use crate::domain::RecordedEvent;
-use crate::domain::{Capacity, Command, LotId, LotName, Timestamp};
+use super::lot::{LotCore, LotError, LotHandle};
+use crate::domain::{
+    Capacity, Command, LotId, LotName, LotView, Outcome, RecordedEvent, Request, Timestamp,
+};
 use crate::log::{EventLog, LogError, Subscription};
 use tokio::sync::watch;
 
@@ -36,7 +37,7 @@ impl Default for LotOptions {
             mailbox: 256,
             threads: 1,
             max_lots: usize::MAX,
-            max_future_micros: crate::config::DEFAULT_MAX_FUTURE_SECS * 1_000_000,
+            max_future_micros: crate::domain::DEFAULT_MAX_FUTURE_SECS * 1_000_000,
         }
     }
 }

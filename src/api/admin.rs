@@ -4,7 +4,7 @@ use super::wire::{self, Health, LiveView, NotReadyReason, ProjectionView, Ready}
 use actix_web::{web, HttpResponse};
 
 use super::{ApiError, ApiState};
-use crate::projections::{archive, features, occupancy, ProjectionName};
+use crate::projections::{occupancy, rebuild, ProjectionName, RebuildError, Stores};
 
 /// What `/healthz` and `/readyz` tell a client when the log refuses writes: a stable
 /// code and message; the cause (paths, OS errors) is in the server's log only.
@@ -202,54 +202,23 @@ pub(super) async fn replay(
         ));
     };
     tracing::info!(projection = %name, "replay requested over HTTP");
-    let stats = if name == archive::NAME {
-        let Some(a) = st.archive.clone() else {
-            return Err(ApiError::Unavailable(
-                "the archive is disabled ([archive] enabled = false)".into(),
-            ));
-        };
-        let stats = a
-            .rebuild(st.log.clone(), |_, _| {})
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
-        serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?
-    } else if name == features::NAME {
-        let Some(pool) = st.db.clone() else {
-            return Err(ApiError::Unavailable(
-                "no database is configured (PARKADE_DATABASE_URL), so there are no features to rebuild".into(),
-            ));
-        };
-        let stats = features::rebuild(&pool, st.log.clone(), st.features_lateness_secs)
-            .await
-            .map_err(rebuild_error)?;
-        serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?
-    } else {
-        let Some(pool) = st.db.clone() else {
-            return Err(ApiError::Unavailable(
-                "no database is configured (PARKADE_DATABASE_URL), so there is no occupancy read model to rebuild".into(),
-            ));
-        };
-        let stats = occupancy::rebuild(&pool, st.log.clone(), |_, _| {})
-            .await
-            .map_err(rebuild_error)?;
-        serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?
+    let stores = Stores {
+        db: st.db.as_ref(),
+        archive: st.archive.as_ref(),
+        features_lateness_secs: st.features_lateness_secs,
     };
+    let stats = rebuild(name, st.log.clone(), stores, |_, _| {})
+        .await
+        .map_err(|e| match e {
+            RebuildError::NotConfigured(why) => ApiError::Unavailable(why),
+            e @ RebuildError::Running(_) => ApiError::ReplayRunning(e.to_string()),
+            RebuildError::Failed(e) => ApiError::Internal(e),
+        })?;
     tracing::info!(projection = %name, "replay finished");
     Ok(HttpResponse::Ok().json(wire::Replayed {
         projection: name.as_str().into(),
-        stats,
+        stats: serde_json::to_value(stats).map_err(|e| ApiError::Internal(e.into()))?,
     }))
-}
-
-/// A rebuild already running (here or in a `parkade replay` beside this server) is 409;
-/// anything else is an internal error, logged with its cause.
-fn rebuild_error(e: crate::projections::ProjectionError) -> ApiError {
-    match e {
-        e @ crate::projections::ProjectionError::RebuildRunning(_) => {
-            ApiError::ReplayRunning(e.to_string())
-        }
-        e => ApiError::Internal(e.into()),
-    }
 }
 
 /// Most ids one `known-events` request may ask about (also bounded by

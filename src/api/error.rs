@@ -4,7 +4,8 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::actors::{LotError, LotView};
+use crate::actors::LotError;
+use crate::domain::LotView;
 use crate::domain::Rejection;
 use crate::log::LogError;
 

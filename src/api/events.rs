@@ -4,8 +4,9 @@ use std::collections::HashMap;
 
 use super::wire::{self, AckStatus, BatchItem as Item, BatchReply};
 use super::{body_kind, read_body, Ack, ApiError, ApiState, BodyKind};
-use crate::actors::{LotHandle, Outcome, Request};
+use crate::actors::LotHandle;
 use crate::domain::{LotId, Timestamp};
+use crate::domain::{Outcome, Request};
 use crate::ingest::{self, BodyError, EdgeRules, FieldError, Shape};
 use actix_web::{web, HttpRequest, HttpResponse};
 

@@ -100,7 +100,7 @@ pub(super) async fn history(
         timezone: st.forecast_tz.name().to_owned(),
         from,
         to,
-        points,
+        points: points.into_iter().map(wire::HistoryPoint::from).collect(),
     }))
 }
 

@@ -6,8 +6,9 @@ use uuid::Uuid;
 
 use super::wire::{self, AckStatus};
 use super::{body_kind, read_body, Ack, ApiError, ApiState};
-use crate::actors::{LotHandle, LotView, Outcome};
+use crate::actors::LotHandle;
 use crate::domain::{check_event_time, Capacity, LotId, LotName, Rejection, Timestamp};
+use crate::domain::{LotView, Outcome};
 use crate::ingest::{parse_event_id, parse_timestamp_millis, parse_timestamp_text};
 
 /// Small bodies of the lot endpoints, checked field by field.

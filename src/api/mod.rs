@@ -148,8 +148,8 @@ impl ApiError {
 }
 
 /// Count one command's outcome in `parkade_events_total`.
-fn count_outcome(o: &crate::actors::Outcome) {
-    use crate::actors::Outcome;
+fn count_outcome(o: &crate::domain::Outcome) {
+    use crate::domain::Outcome;
     match o {
         Outcome::Accepted { .. } => crate::metrics::events("accepted", "", 1),
         Outcome::Duplicate { .. } => crate::metrics::events("duplicate", "", 1),
@@ -209,7 +209,7 @@ impl Ack {
     fn ok(
         status: wire::AckStatus,
         offset: u64,
-        lot: &crate::actors::LotView,
+        lot: &crate::domain::LotView,
     ) -> actix_web::HttpResponse {
         actix_web::HttpResponse::Ok().json(wire::Ack {
             status,

@@ -11,8 +11,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::actors::LotView;
-use crate::domain::Timestamp;
+use crate::domain::{LotView, Timestamp};
 
 /// A lot as the service sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -162,9 +161,41 @@ impl ErrorBody {
     }
 }
 
-/// One bucket of `GET /v1/lots/{id}/history`: the features' own bucket, as the
-/// projection that owns `lot_features_15m` (or the features in memory) folds it.
-pub use crate::projections::features::query::Bucket as HistoryPoint;
+/// One bucket of `GET /v1/lots/{id}/history`: the 15-minute feature rows in it, folded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HistoryPoint {
+    #[schema(value_type = String, format = DateTime)]
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub occupancy_start: i32,
+    pub occupancy_end: i32,
+    pub occupancy_min: i32,
+    pub occupancy_max: i32,
+    pub occupancy_mean: f64,
+    pub arrivals: i64,
+    pub departures: i64,
+    pub counts: i64,
+    pub capacity: i32,
+    /// 15-minute buckets folded into this one.
+    pub buckets_15m: i64,
+}
+
+impl From<crate::projections::features::query::Bucket> for HistoryPoint {
+    fn from(b: crate::projections::features::query::Bucket) -> HistoryPoint {
+        HistoryPoint {
+            start: b.start,
+            occupancy_start: b.occupancy_start,
+            occupancy_end: b.occupancy_end,
+            occupancy_min: b.occupancy_min,
+            occupancy_max: b.occupancy_max,
+            occupancy_mean: b.occupancy_mean,
+            arrivals: b.arrivals,
+            departures: b.departures,
+            counts: b.counts,
+            capacity: b.capacity,
+            buckets_15m: b.buckets_15m,
+        }
+    }
+}
 
 /// `GET /v1/lots/{id}/history`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

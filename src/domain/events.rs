@@ -98,6 +98,15 @@ pub fn is_stale(last_event: Option<Timestamp>, now: Timestamp, after_secs: u64) 
     last_event.is_some_and(|t| now.micros().saturating_sub(t.micros()) > after)
 }
 
+/// How far ahead of the server clock an event may be by default (`[limits]
+/// max_future_secs`): a gate whose clock runs a little fast is still heard.
+pub const DEFAULT_MAX_FUTURE_SECS: i64 = 900;
+
+/// The event time the events of one request may span by default (`[limits]
+/// max_request_span_secs`, 31 days): what a client sends in one batch unless a server
+/// answers 413.
+pub const DEFAULT_MAX_REQUEST_SPAN_SECS: i64 = 31 * 86_400;
+
 /// The one rule for the time of every event that enters the log, whatever path it
 /// comes by (HTTP, import, simulator): not before [`EARLIEST_EVENT_MICROS`] and at most
 /// `max_future_micros` ahead of `now` (the server clock).

@@ -96,7 +96,7 @@ pub fn read_readings(path: &Path, tz: Tz) -> Result<(Vec<Reading>, Dropped), Bac
         .headers()
         .map_err(|e| BacktestError::Read(path.into(), e))?
         .clone();
-    let Some(cols) = crate::import::birmingham::Columns::find(&headers) else {
+    let Some(cols) = crate::datasets::birmingham::Columns::find(&headers) else {
         return Err(BacktestError::Layout(
             path.into(),
             headers.iter().collect::<Vec<_>>().join(","),
@@ -116,7 +116,7 @@ pub fn read_readings(path: &Path, tz: Tz) -> Result<(Vec<Reading>, Dropped), Bac
             line,
             message,
         };
-        let row = crate::import::birmingham::row(&record, &cols).map_err(bad)?;
+        let row = crate::datasets::birmingham::row(&record, &cols).map_err(bad)?;
         let (lot, raw_time, local) = (row.code.to_owned(), row.updated_raw.to_owned(), row.updated);
         let (capacity, occupancy) = (f64::from(row.capacity.get()), row.occupancy);
         if occupancy < 0 {
@@ -466,7 +466,7 @@ pub fn split_last_week(
         let rec = rec.map_err(|e| BacktestError::Read(input.into(), e))?;
         let line = rec.position().map_or(0, |p| p.line());
         let raw = rec.get(d).unwrap_or("").trim();
-        let day = crate::import::birmingham::local_time(raw)
+        let day = crate::datasets::birmingham::local_time(raw)
             .map_err(|e| BacktestError::Row {
                 path: input.into(),
                 line,

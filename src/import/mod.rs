@@ -25,7 +25,6 @@
 //! `POST /v1/admin/known-events`. A row an earlier import refused for the lot's state
 //! is refused again (`previously_rejected`), see `Run::find_prior`.
 
-pub mod birmingham;
 pub mod offline;
 mod sink;
 
@@ -38,7 +37,7 @@ use chrono_tz::Tz;
 use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
 
-use crate::actors::Request;
+use crate::domain::Request;
 use crate::domain::{check_event_time, Capacity, Command, LotId, LotName, Timestamp};
 use crate::ingest::{self, EdgeRules, TimeInput};
 
@@ -105,7 +104,7 @@ impl Default for Options {
             format: None,
             timezone: chrono_tz::Europe::London,
             rejects: None,
-            max_future_secs: crate::config::DEFAULT_MAX_FUTURE_SECS,
+            max_future_secs: crate::domain::DEFAULT_MAX_FUTURE_SECS,
         }
     }
 }
@@ -233,13 +232,14 @@ fn parse_count<'r>(
     tz: Tz,
     rules: &EdgeRules,
 ) -> Result<Count<'r>, Reject> {
-    let bham = birmingham::Columns {
+    let bham = crate::datasets::birmingham::Columns {
         code: cols.a,
         capacity: cols.b,
         occupancy: cols.c.expect("birmingham has occupancy"),
         updated: cols.d.expect("birmingham has a time"),
     };
-    let row = birmingham::row(record, &bham).map_err(|m| Reject::new("unparsable", m))?;
+    let row = crate::datasets::birmingham::row(record, &bham)
+        .map_err(|m| Reject::new("unparsable", m))?;
     let lot = LotId::parse(row.code)
         .map_err(|e| Reject::new("unparsable", format!("SystemCodeNumber: {e}")))?;
     let (capacity, occupancy, when_raw, naive) =

@@ -78,7 +78,11 @@ impl Offline {
             said.push(format!("features caught up to offset {at}"));
         }
         if config.archive.enabled {
-            let archive = crate::projections::archive::Archive::from_config(config).await;
+            let archive = crate::projections::archive::Archive::from_config(
+                &config.archive,
+                &config.data_dir,
+            )
+            .await;
             let at = archive.catch_up(self.log.clone()).await?;
             said.push(format!(
                 "archive caught up to offset {at} in {}",

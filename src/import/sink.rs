@@ -6,9 +6,10 @@ use rustc_hash::FxHashSet;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::actors::{Lots, Outcome, Request};
+use crate::actors::Lots;
 use crate::api::wire;
 use crate::domain::{Command, LotId, Rejection};
+use crate::domain::{Outcome, Request};
 use crate::log::{EventLog, LogError};
 
 /// What became of one request, as the import counts it.
@@ -231,10 +232,10 @@ impl HttpSink {
         let mut out = Vec::with_capacity(requests.len());
         let mut events: Vec<String> = Vec::new();
         // Event time of the first event in `events`: a request spans at most the
-        // server's default `max_request_span_secs` (a smaller limit answers 413, and the
-        // batch is sent in halves).
+        // default `max_request_span_secs` (a server with a smaller limit answers 413,
+        // and the batch is sent in halves).
         let mut batch_from = i64::MAX;
-        let span = crate::config::Limits::default().max_request_span_secs * 1_000_000;
+        let span = crate::domain::DEFAULT_MAX_REQUEST_SPAN_SECS * 1_000_000;
         for r in requests {
             let stamp = wire::Stamp {
                 event_id: r.event_id.map(|i| i.to_string()),

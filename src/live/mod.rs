@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 pub use outbox::{outbox, Budget, Outbox, MAX_QUEUED_BYTES};
 
-use crate::actors::LotView;
+use crate::domain::LotView;
 use crate::domain::{LotEvent, LotId, RecordedEvent};
 use crate::log::{EventLog, Subscription};
 

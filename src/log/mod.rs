@@ -260,28 +260,6 @@ pub trait EventLog: Send + Sync + 'static {
     fn close(&self) {}
 }
 
-/// The events of `lot` after `after` among the durable events from there on, by a
-/// scan: [`EventLog::read_lot`] of a backend that keeps no per-lot index.
-pub fn scan_lot(
-    log: &dyn EventLog,
-    lot: &LotId,
-    after: Option<u64>,
-) -> Result<Vec<RecordedEvent>, LogError> {
-    let from = after.map_or(0, |a| a + 1);
-    let mut found = Vec::new();
-    scan(
-        log,
-        from,
-        log.durable_end().max(from),
-        SCAN_BATCH,
-        |batch| {
-            found.extend(batch.iter().filter(|e| &e.event.lot_id == lot).cloned());
-            std::ops::ControlFlow::Continue(())
-        },
-    )?;
-    Ok(found)
-}
-
 /// Never write a record the reader would refuse: that would stall every reader at it
 /// and look like damage at the next start.
 pub(crate) fn check_encodable<'a>(

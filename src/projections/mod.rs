@@ -14,6 +14,7 @@
 //! | `lease.rs` | which of several processes on one database runs a projection; lake writes bounded in time |
 //! | `db.rs` | connecting to PostgreSQL, migrations, SQLSTATE classification |
 //! | `occupancy.rs` | the `current_lot_occupancy` read model: batch fold, write, rebuild |
+//! | `rebuild.rs` | one `rebuild(name, ...)` for `parkade replay` and `POST /v1/admin/replay`, one `RebuildStats` |
 //! | `runner.rs` | the loop that keeps a projection caught up, with retries and status |
 //! | `verify.rs` | an independent fold of the log compared with the read model |
 
@@ -23,11 +24,13 @@ pub mod features;
 pub mod lease;
 mod name;
 pub mod occupancy;
+mod rebuild;
 mod runner;
 pub mod supervisor;
 pub mod verify;
 
 pub use name::ProjectionName;
+pub use rebuild::{rebuild, RebuildError, RebuildStats, Stores};
 pub use runner::{
     catch_up, FaultPoint, Projection, ProjectionState, ProjectionStatus, Runner, StatusBoard,
 };

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::runner::Projection;
-use super::{FaultPoint, ProjectionError, ProjectionName};
+use super::{FaultPoint, ProjectionError, ProjectionName, RebuildStats};
 use crate::domain::{LotEvent, LotId, RecordedEvent};
 use crate::log::EventLog;
 
@@ -237,15 +237,6 @@ impl Projection for Occupancy {
     }
 }
 
-/// Figures of a rebuild.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct RebuildStats {
-    pub events: u64,
-    pub lots: usize,
-    pub fold_seconds: f64,
-    pub total_seconds: f64,
-}
-
 /// Rebuild the read model from offset zero: fold the whole durable log, fill a fresh
 /// table beside the live one, then swap them and move the checkpoint in one
 /// transaction. Readers see the old table until the swap and the new one after it.
@@ -281,11 +272,14 @@ pub async fn rebuild(
     fold.write(&mut tx, side).await?;
     tx.commit().await?;
     rebuild.swap_in(pool, log_id, end, &[]).await?;
+    tracing::debug!(fold_seconds, "occupancy folded for its rebuild");
     Ok(RebuildStats {
         events: end,
-        lots: fold.len(),
-        fold_seconds,
-        total_seconds: started.elapsed().as_secs_f64(),
+        written: fold.len() as u64,
+        unit: "lots".into(),
+        too_late: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        generation: None,
     })
 }
 

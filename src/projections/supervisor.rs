@@ -42,11 +42,6 @@ impl Backoff {
         self.next = Self::FIRST;
     }
 
-    /// The wait the next failure gets.
-    pub fn next_wait(&self) -> Duration {
-        self.next
-    }
-
     /// Report projection `name`'s failure (`why`) in the log and on the board, then wait
     /// out the backoff, doubling it for the next one. True when the stop signal came
     /// instead.

@@ -127,8 +127,12 @@ mod containers {
     fn known_variables() -> Vec<String> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut known = vec!["PARKADE_TOKENS".to_owned()];
-        for file in ["src/cli.rs", "src/app.rs"] {
-            let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut files = vec![root.join("src/app.rs")];
+        for entry in std::fs::read_dir(root.join("src/cli")).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+        for file in files {
+            let text = std::fs::read_to_string(file).unwrap();
             for part in text.split("env = \"").skip(1) {
                 known.push(part.split('"').next().unwrap().to_owned());
             }

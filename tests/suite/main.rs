@@ -9,6 +9,7 @@
 mod common;
 
 mod api;
+mod architecture;
 mod archive;
 mod archive_s3;
 mod auth;

@@ -157,7 +157,21 @@ async fn replay_rebuilds_the_same_table_as_the_live_run() {
         .await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["stats"]["events"].as_u64(), Some(app.log_end().await));
+    assert_eq!(reply["stats"]["written"].as_u64(), Some(3), "{reply}");
+    assert_eq!(reply["stats"]["unit"], "lots", "{reply}");
     assert_eq!(db.query(TABLE).await, live);
+    // Asked of the server from the command line: the same line as a rebuild here.
+    let (code, out) = cli(
+        &["replay", "--projection", "occupancy", "--url", &app.base],
+        dir.path(),
+        &db,
+    );
+    assert_eq!(code, 0, "{out}");
+    let events = app.log_end().await;
+    assert!(
+        out.contains(&format!("rebuilt occupancy from {events} events: 3 lots")),
+        "{out}"
+    );
 
     // New events after the rebuild still reach the swapped-in table.
     traffic(&app, 9).await;
@@ -167,7 +181,12 @@ async fn replay_rebuilds_the_same_table_as_the_live_run() {
     // From the command line, beside the running server.
     let (code, out) = cli(&["replay", "--projection", "occupancy"], dir.path(), &db);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("rebuilt occupancy"), "{out}");
+    let events = app.log_end().await;
+    assert!(
+        out.contains(&format!("rebuilt occupancy from {events} events: 3 lots")),
+        "{out}"
+    );
+    assert!(out.contains("table swapped in"), "{out}");
     assert_eq!(db.query(TABLE).await, live);
     let (status, reply) = app
         .post("/v1/admin/replay?projection=nonsense", json!({}))

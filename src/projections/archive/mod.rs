@@ -54,7 +54,7 @@ use tokio::sync::watch;
 
 use super::lease::{write_under, LakeLease, LeaseError, LEASE_EVERY};
 use super::supervisor::Backoff;
-use super::{ProjectionName, ProjectionState, StatusBoard};
+use super::{ProjectionName, ProjectionState, RebuildStats, StatusBoard};
 use crate::domain::RecordedEvent;
 use crate::log::{EventLog, LogError, Subscription};
 
@@ -161,15 +161,6 @@ struct Encoded {
     files: Vec<(String, Vec<u8>)>,
 }
 
-/// Figures of an archive rebuild.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RebuildStats {
-    pub generation: String,
-    pub events: u64,
-    pub files: usize,
-    pub seconds: f64,
-}
-
 /// The archive in a store.
 #[derive(Clone)]
 pub struct Archive {
@@ -193,18 +184,50 @@ fn new_generation() -> String {
     format!("gen-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%3fZ"))
 }
 
+/// Settings of the Parquet archive (`[archive]` of the configuration).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Run the archive projection. Default true.
+    pub enabled: bool,
+    /// Local folder of the lake. Default `{data_dir}/archive`.
+    pub dir: Option<std::path::PathBuf>,
+    /// Events per file before it is written. Default 1,000,000.
+    pub roll_events: usize,
+    /// Longest wait before buffered events are written, in seconds. Default 300.
+    pub roll_secs: u64,
+    /// Rows per Parquet row group. Default 131,072.
+    pub row_group_rows: usize,
+    /// Most event dates (so files) one flush covers; events spread over more dates are
+    /// written in several flushes. Default 366.
+    pub max_dates_per_flush: usize,
+    /// Write the lake to S3 (or an S3-compatible store) instead of the local folder.
+    pub s3: Option<S3Config>,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        let o = ArchiveOptions::default();
+        ArchiveConfig {
+            enabled: true,
+            dir: None,
+            roll_events: o.roll_events,
+            roll_secs: o.roll_secs,
+            row_group_rows: o.row_group_rows,
+            max_dates_per_flush: o.max_dates,
+            s3: None,
+        }
+    }
+}
+
 impl Archive {
-    /// The archive a configuration describes: S3 when `[archive.s3]` is set (its client
-    /// built here, at start-up), else the local folder.
-    pub async fn from_config(config: &crate::config::Config) -> Archive {
-        let a = &config.archive;
+    /// The archive `[archive]` describes: S3 when `[archive.s3]` is set (its client
+    /// built here, at start-up), else the local folder (`{data_dir}/archive` unless
+    /// `dir` says otherwise).
+    pub async fn from_config(a: &ArchiveConfig, data_dir: &std::path::Path) -> Archive {
         let store = match &a.s3 {
             Some(s3) => Store::S3(S3Store::connect(s3).await),
-            None => Store::local(
-                a.dir
-                    .clone()
-                    .unwrap_or_else(|| config.data_dir.join("archive")),
-            ),
+            None => Store::local(a.dir.clone().unwrap_or_else(|| data_dir.join("archive"))),
         };
         Archive::new(
             store,
@@ -479,10 +502,12 @@ impl Archive {
         }
         self.point_current(&gen).await?;
         Ok(RebuildStats {
-            generation: gen,
             events: end,
-            files,
+            written: files as u64,
+            unit: "files".into(),
+            too_late: 0,
             seconds: started.elapsed().as_secs_f64(),
+            generation: Some(gen),
         })
     }
 }

@@ -9,4 +9,4 @@ mod pg;
 pub mod query;
 
 pub use fold::{bucket_of, FeatureFold, FeatureRow, BUCKET_MICROS};
-pub use pg::{rebuild, write_batch, Features, RebuildStats, NAME};
+pub use pg::{rebuild, write_batch, Features, NAME};

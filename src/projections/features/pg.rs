@@ -15,7 +15,7 @@ use super::fold::{FeatureFold, FeatureRow};
 use crate::domain::RecordedEvent;
 use crate::log::EventLog;
 use crate::projections::runner::Projection;
-use crate::projections::{db, ProjectionError, ProjectionName, ProjectionStatus};
+use crate::projections::{db, ProjectionError, ProjectionName, ProjectionStatus, RebuildStats};
 
 /// The projection's name in `projection_checkpoints` and `parkade replay --projection`.
 pub const NAME: ProjectionName = ProjectionName::Features;
@@ -186,15 +186,6 @@ fn warm(
     fold_to(log, end, lateness_secs, stop, |_| {})
 }
 
-/// Figures of a rebuild.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct RebuildStats {
-    pub events: u64,
-    pub rows: usize,
-    pub too_late: u64,
-    pub total_seconds: f64,
-}
-
 /// Rebuild `lot_features_15m` from offset zero into a side table, then swap it in with
 /// the checkpoint in one transaction.
 pub async fn rebuild(
@@ -233,9 +224,11 @@ pub async fn rebuild(
         .await?;
     Ok(RebuildStats {
         events: end,
-        rows: n,
+        written: n as u64,
+        unit: "rows".into(),
         too_late,
-        total_seconds: started.elapsed().as_secs_f64(),
+        seconds: started.elapsed().as_secs_f64(),
+        generation: None,
     })
 }
 

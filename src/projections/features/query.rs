@@ -46,12 +46,10 @@ impl Width {
     }
 }
 
-/// One history bucket: the 15-minute rows in it, folded. It is also the point of
-/// `GET /v1/lots/{id}/history` as the API sends it (`api::wire::HistoryPoint`).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[schema(as = HistoryPoint)]
+/// One history bucket: the 15-minute rows in it, folded (sent as
+/// `api::wire::HistoryPoint`).
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Bucket {
-    #[schema(value_type = String, format = DateTime)]
     pub start: DateTime<Utc>,
     pub occupancy_start: i32,
     pub occupancy_end: i32,

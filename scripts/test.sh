@@ -40,7 +40,7 @@ echo "test.sh: PostgreSQL is up at $PARKADE_TEST_DATABASE_URL"
 # Independent tools from PyPI, in a virtualenv kept in the build cache when there is
 # one: pyarrow (Parquet, for the archive tests), the Prometheus project's own text
 # format parser (prometheus-client, for the /metrics test), schemathesis (the API
-# contract test against /openapi.json) and DuckDB (the README's lake queries).
+# contract test against /openapi.json) and DuckDB (the lake queries of docs/history.md).
 if [ -d "$cache" ]; then venv="$cache/venv"; else venv="$PWD/target/py-venv"; fi
 if ! "$venv/bin/python" -c "import pyarrow, prometheus_client, schemathesis, duckdb" >/dev/null 2>&1; then
   echo "test.sh: installing pyarrow, prometheus-client, schemathesis and duckdb into $venv (a minute or two)"

@@ -230,7 +230,48 @@ async fn metrics_are_prometheus_text_and_count_what_happened() {
     assert_eq!(close_code(&mut sub).await, Some(1000));
     let after = scrape(&app).await;
     assert!(closes(&after) >= closes(&m) + 1.0);
+    every_dashboard_query_names_what_the_page_has(&after);
     app.stop().await;
+}
+
+/// The Grafana dashboard of `deploy/grafana/` is JSON whose every panel queries series
+/// this page holds (a metric renamed or dropped leaves no panel blank unnoticed).
+fn every_dashboard_query_names_what_the_page_has(page: &Value) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/parkade.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON");
+    let exported: std::collections::BTreeSet<&str> = page
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|f| f["samples"].as_array().unwrap())
+        .map(|s| s[0].as_str().unwrap())
+        .collect();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "{}", panels.len());
+    let mut missing = Vec::new();
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{panel}");
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("parkade_") || w.starts_with("process_"))
+                .collect();
+            assert!(!names.is_empty(), "a query of no parkade series: {expr}");
+            missing.extend(
+                names
+                    .into_iter()
+                    .filter(|n| !exported.contains(n))
+                    .map(|n| format!("{} ({n})", panel["title"].as_str().unwrap_or("?"))),
+            );
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "panels query series /metrics does not have: {missing:?}"
+    );
 }
 
 /// Send `requests` pipelined on one connection (the last one closes it) and return

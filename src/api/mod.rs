@@ -134,7 +134,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(|| async {
         ApiError::bad(
             None,
-            "no such route; the API lives under /v1 (see the README)",
+            "no such route; the API lives under /v1 (see docs/api.md)",
         )
         .into_not_found()
     }));

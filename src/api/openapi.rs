@@ -15,7 +15,7 @@ use super::{admin, events, history, lots, wire, ws};
 #[openapi(
     info(
         title = "parkade",
-        description = "Parking lot occupancy: ingest, lots, history and forecasts, live changes, operations. See the README for the rules behind each reply."
+        description = "Parking lot occupancy: ingest, lots, history and forecasts, live changes, operations. See docs/api.md and docs/guarantees.md in the repository for the rules behind each reply."
     ),
     paths(
         events::post_events,

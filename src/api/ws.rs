@@ -76,7 +76,7 @@ fn check_origin(req: &HttpRequest) -> Result<(), ApiError> {
 
 #[utoipa::path(
     get, path = "/v1/ws", tag = "live",
-    description = "A websocket of occupancy changes: a snapshot then changes, or every change after `from_offset` (see the README).",
+    description = "A websocket of occupancy changes: a snapshot then changes, or every change after `from_offset` (see docs/api.md).",
     params(
         ("lots" = Option<String>, Query, description = "Comma-separated lot ids; default all"),
         ("from_offset" = Option<u64>, Query, description = "Resume after this log offset"),

@@ -3,7 +3,7 @@
 //!
 //! The test command runs a short form (thousands of inputs each). The long form sets
 //! `PARKADE_FUZZ_CASES` (inputs per pure target) and `PARKADE_FUZZ_HTTP_CASES`
-//! (requests per endpoint), see the README.
+//! (requests per endpoint), see docs/testing.md.
 //!
 //! What must hold for every input: no panic; no 5xx; a rejected input appends nothing
 //! (the log's end moves by exactly the events the reply says were accepted); every

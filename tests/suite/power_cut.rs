@@ -323,7 +323,7 @@ async fn one_cut(seed: u64) -> usize {
 }
 
 /// How many cut points the test command runs; `PARKADE_POWER_CUTS` sets more (the
-/// README's long form).
+/// long form in docs/testing.md).
 fn cuts() -> u64 {
     std::env::var("PARKADE_POWER_CUTS")
         .ok()

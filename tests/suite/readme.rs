@@ -1,8 +1,10 @@
-//! The README's examples, run as a newcomer runs them: every shell block of README.md
-//! is either run here, in order, against a fresh `parkade serve` (each reply compared
-//! with the one the README shows after it), or named in [`ELSEWHERE`] with the test
-//! that runs it or why it cannot run here. A new block that is neither fails this test,
-//! so an example cannot drift from what the service does.
+//! The documentation's examples, run as a newcomer runs them: every shell block of
+//! README.md and of the pages in `docs/` (in [`PAGES`]' order, the order the README's
+//! table lists them) is either run here, in order, against one fresh `parkade serve`
+//! (each reply compared with the one the page shows after it), or named in
+//! [`ELSEWHERE`] with the test that runs it or why it cannot run here. A new block that
+//! is neither fails this test, and so does a page of `docs/` left out of [`PAGES`], so
+//! an example cannot drift from what the service does.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -44,22 +46,63 @@ const ELSEWHERE: &[(&str, &str)] = &[
     ),
 ];
 
-/// A code block of the README: its language, its first line's number and its text.
+/// The pages whose examples run, in this order (one server for all of them).
+const PAGES: &[&str] = &[
+    "README.md",
+    "docs/api.md",
+    "docs/guarantees.md",
+    "docs/cluster.md",
+    "docs/history.md",
+    "docs/forecasting.md",
+    "docs/operations.md",
+    "docs/testing.md",
+    "docs/benchmarks.md",
+    "docs/layout.md",
+];
+
+/// A code block of a page: the page, its language, its first line's number and its text.
 struct Block {
+    page: &'static str,
     lang: String,
     line: usize,
     text: String,
 }
 
+impl Block {
+    fn at(&self) -> String {
+        format!("{} block at line {}", self.page, self.line)
+    }
+}
+
 fn blocks() -> Vec<Block> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut listed: Vec<String> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md"))
+        .map(|n| format!("docs/{n}"))
+        .collect();
+    listed.retain(|p| !PAGES.contains(&p.as_str()));
+    assert!(
+        listed.is_empty(),
+        "pages of docs/ whose examples nothing runs (add them to PAGES): {listed:?}"
+    );
+    let mut out = Vec::new();
+    for page in PAGES {
+        let text = std::fs::read_to_string(root.join(page)).expect(page);
+        out.extend(blocks_of(page, &text));
+    }
+    out
+}
+
+fn blocks_of(page: &'static str, text: &str) -> Vec<Block> {
     let mut out = Vec::new();
     let mut open: Option<Block> = None;
-    for (i, line) in readme.lines().enumerate() {
+    for (i, line) in text.lines().enumerate() {
         match &mut open {
             None if line.trim_start().starts_with("```") && line.trim() != "```" => {
                 open = Some(Block {
+                    page,
                     lang: line.trim().trim_start_matches('`').to_owned(),
                     line: i + 2,
                     text: String::new(),
@@ -175,7 +218,7 @@ fn run(command: &str, cwd: &Path, curl_home: &Path) -> (bool, String) {
 }
 
 #[actix_web::test]
-async fn every_readme_example_runs_and_answers_as_shown() {
+async fn every_example_of_the_readme_and_docs_runs_and_answers_as_shown() {
     let all = blocks();
     assert!(all.len() > 10, "the README's shell blocks were found");
     let work = common::data_dir();
@@ -216,18 +259,18 @@ async fn every_readme_example_runs_and_answers_as_shown() {
             "sh" => {}
             // Configuration and proxy files, not commands (the deploy tests read the
             // shipped ones).
-            "toml" | "nginx" => continue,
+            "toml" | "nginx" | "text" => continue,
             "python" | "sql" => {
                 ran += 1;
                 if let Err(e) = lake_example(block, work.path()) {
-                    failures.push(format!("README.md block at line {}: {e}", block.line));
+                    failures.push(format!("{}: {e}", block.at()));
                 }
                 continue;
             }
             other => {
                 failures.push(format!(
-                    "README.md block at line {}: a {other} block: run it here or name it in ELSEWHERE",
-                    block.line
+                    "{}: a {other} block: run it here or name it in ELSEWHERE",
+                    block.at()
                 ));
                 continue;
             }
@@ -239,7 +282,7 @@ async fn every_readme_example_runs_and_answers_as_shown() {
                 .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
                 .replace("cargo run --release --", &binary.display().to_string())
                 .replace(" data/", &format!(" {repo}/data/"));
-            let where_ = format!("README.md block at line {}: {}", block.line, ex.command);
+            let where_ = format!("{}: {}", block.at(), ex.command);
             if !ex.command.starts_with("curl ") && !ex.command.starts_with("cargo run") {
                 failures.push(format!(
                     "{where_}: neither a curl nor a parkade command; run it here or name it in ELSEWHERE"
@@ -274,7 +317,7 @@ async fn every_readme_example_runs_and_answers_as_shown() {
             let notes = ex.notes.join(" ");
             if !(200..300).contains(&status) && !notes.contains(&status.to_string()) {
                 failures.push(format!(
-                    "{where_}: answered {status} (the README does not say it may): {body}"
+                    "{where_}: answered {status} (the page does not say it may): {body}"
                 ));
                 continue;
             }
@@ -320,7 +363,7 @@ async fn every_readme_example_runs_and_answers_as_shown() {
     }
     let _ = server.kill();
     let _ = server.wait();
-    println!("ran {ran} README examples");
+    println!("ran {ran} examples of the README and docs/");
     assert!(ran > 15, "the examples were run: {ran}");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

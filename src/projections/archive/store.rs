@@ -36,7 +36,7 @@ impl Store {
         Store::Local(LocalStore { root: root.into() })
     }
 
-    /// Human-readable location, for logs and the README's reader examples.
+    /// Human-readable location, for logs and the lake's reader examples (docs/history.md).
     pub fn describe(&self) -> String {
         match self {
             Store::Local(l) => l.root.display().to_string(),

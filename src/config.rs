@@ -443,6 +443,16 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// Say at start which configuration file was read, or that none was.
+    pub fn log_which_file(&self) {
+        match &self.file {
+            Some(f) => tracing::info!(file = %f.display(), "configuration read"),
+            None => tracing::info!(
+                "no configuration file (none given, none at ./parkade.toml or /etc/parkade/parkade.toml): defaults and PARKADE_* variables"
+            ),
+        }
+    }
+
     /// Defaults overlaid with a TOML file, when one is given.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let Some(path) = file else {

@@ -115,7 +115,7 @@ fn no_features() -> ApiError {
 fn forecasts<'a>(
     st: &'a ApiState,
     what: &str,
-) -> Result<&'a crate::forecast::service::Store, ApiError> {
+) -> Result<&'a crate::forecast::service::ForecastStore, ApiError> {
     st.forecasts.as_ref().ok_or_else(|| {
         ApiError::Unavailable(format!(
             "{what} is not served: the predictor is off ([forecast] enabled = false)"
@@ -125,7 +125,7 @@ fn forecasts<'a>(
 
 /// The newest forecast run of a lot, oldest target first.
 async fn latest_forecast(
-    store: &crate::forecast::service::Store,
+    store: &crate::forecast::service::ForecastStore,
     lot: &str,
 ) -> Result<std::sync::Arc<[crate::forecast::query::Point]>, ApiError> {
     store
@@ -137,7 +137,7 @@ async fn latest_forecast(
 /// Why there is no forecast: not enough history, or the predictor has not run yet.
 async fn no_forecast(
     st: &ApiState,
-    store: &crate::forecast::service::Store,
+    store: &crate::forecast::service::ForecastStore,
     lot: &str,
 ) -> ApiError {
     let needed = crate::forecast::model::MIN_HISTORY_DAYS;

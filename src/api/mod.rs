@@ -84,7 +84,7 @@ pub struct ApiState {
     /// The features in memory, serving history when there is no database.
     pub features: Option<crate::projections::features::memory::MemoryFeatures>,
     /// Where the forecasts are read; `None` when the predictor is off.
-    pub(crate) forecasts: Option<crate::forecast::service::Store>,
+    pub(crate) forecasts: Option<crate::forecast::service::ForecastStore>,
 }
 
 impl ApiState {

@@ -69,15 +69,11 @@ pub(super) fn import(c: &Config, a: ImportArgs) -> anyhow::Result<ExitCode> {
         });
         let bar = |path: &std::path::Path| {
             let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            let bar = indicatif::ProgressBar::new(len);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
+            let bar = super::styled_bar(
+                len,
+                "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+                format!("importing {}", path.display()),
             );
-            bar.set_message(format!("importing {}", path.display()));
             Progress::new(bar, path, len)
         };
         let mut summaries = Vec::new();

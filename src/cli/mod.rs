@@ -251,15 +251,22 @@ fn database_url(c: &Config) -> anyhow::Result<&str> {
 }
 
 fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(total);
+    styled_bar(
+        total,
+        "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
+        format!("replaying {what}"),
+    )
+}
+
+/// A progress bar of `len` drawn by `template`, saying `message`.
+fn styled_bar(len: u64, template: &str, message: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {pos}/{len} events ({per_sec}, {eta} left)",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(template)
+            .expect("a valid template")
+            .progress_chars("=> "),
     );
-    bar.set_message(format!("replaying {what}"));
+    bar.set_message(message);
     bar
 }
 

@@ -80,7 +80,7 @@ pub(super) fn train(c: &Config, a: TrainArgs) -> anyhow::Result<ExitCode> {
                 let Some(pool) = &pool else {
                     bail!("training from the features needs PostgreSQL (PARKADE_DATABASE_URL), or give --csv FILE");
                 };
-                let store = service::Store::Postgres(pool.clone());
+                let store = service::ForecastStore::Postgres(pool.clone());
                 let until = match a.until {
                     Some(t) => t,
                     None => store

@@ -57,7 +57,7 @@ pub enum ForecastError {
 /// memory and each lot's newest run in memory. Memory is rebuilt like the features: the
 /// predictor's first run after a start waits for them to fold the log, then forecasts.
 #[derive(Clone)]
-pub enum Store {
+pub enum ForecastStore {
     Postgres(PgPool),
     Memory {
         features: MemoryFeatures,
@@ -73,19 +73,19 @@ pub struct Runs(Arc<RwLock<HashMap<String, Arc<[Point]>>>>);
 /// One lot's forecast points of a run.
 pub type LotRun = (String, Vec<Point>);
 
-impl Store {
+impl ForecastStore {
     /// The database, when the store is PostgreSQL.
     pub fn pool(&self) -> Option<&PgPool> {
         match self {
-            Store::Postgres(pool) => Some(pool),
-            Store::Memory { .. } => None,
+            ForecastStore::Postgres(pool) => Some(pool),
+            ForecastStore::Memory { .. } => None,
         }
     }
 
     /// Wait until the features hold every event logged so far (memory; PostgreSQL's are
     /// read as far as its projection is).
     pub async fn caught_up(&self) {
-        if let Store::Memory { features, log, .. } = self {
+        if let ForecastStore::Memory { features, log, .. } = self {
             features.folded_to(log.durable_end()).await;
         }
     }
@@ -99,11 +99,13 @@ impl Store {
         lot: Option<&str>,
     ) -> Result<History, ForecastError> {
         let rows = match self {
-            Store::Postgres(pool) => {
+            ForecastStore::Postgres(pool) => {
                 crate::projections::features::query::readings(pool, until, WEEKS_READ as i32, lot)
                     .await?
             }
-            Store::Memory { features, .. } => features.readings(until, WEEKS_READ as u32, lot),
+            ForecastStore::Memory { features, .. } => {
+                features.readings(until, WEEKS_READ as u32, lot)
+            }
         };
         Ok(history_of(rows, tz))
     }
@@ -111,12 +113,12 @@ impl Store {
     /// The lots to forecast, with their capacities, by id.
     async fn capacities(&self) -> Result<Vec<(String, i32)>, ForecastError> {
         Ok(match self {
-            Store::Postgres(pool) => crate::projections::occupancy::capacities(pool)
+            ForecastStore::Postgres(pool) => crate::projections::occupancy::capacities(pool)
                 .await?
                 .into_iter()
                 .map(|l| (l.lot_id, l.capacity))
                 .collect(),
-            Store::Memory { features, .. } => features
+            ForecastStore::Memory { features, .. } => features
                 .capacities()
                 .into_iter()
                 .map(|(id, capacity)| (id.as_str().to_owned(), capacity))
@@ -127,14 +129,14 @@ impl Store {
     /// Keep a run, and let runs issued before `keep_from` go.
     async fn write(&self, run: Vec<LotRun>, keep_from: DateTime<Utc>) -> Result<(), ForecastError> {
         match self {
-            Store::Postgres(pool) => {
+            ForecastStore::Postgres(pool) => {
                 insert(pool, run).await?;
                 sqlx::query("DELETE FROM lot_forecasts WHERE issued_at < $1")
                     .bind(keep_from)
                     .execute(pool)
                     .await?;
             }
-            Store::Memory { runs, .. } => {
+            ForecastStore::Memory { runs, .. } => {
                 let mut all = runs.0.write().unwrap_or_else(|e| e.into_inner());
                 for (lot, points) in run {
                     all.insert(lot, points.into());
@@ -148,8 +150,8 @@ impl Store {
     /// The newest forecast run of a lot, oldest target first (empty when it has none).
     pub async fn latest(&self, lot: &str) -> Result<Arc<[Point]>, ForecastError> {
         match self {
-            Store::Postgres(pool) => Ok(super::query::latest(pool, lot).await?.into()),
-            Store::Memory { runs, .. } => {
+            ForecastStore::Postgres(pool) => Ok(super::query::latest(pool, lot).await?.into()),
+            ForecastStore::Memory { runs, .. } => {
                 let all = runs.0.read().unwrap_or_else(|e| e.into_inner());
                 Ok(all.get(lot).cloned().unwrap_or_else(|| Arc::new([])))
             }
@@ -163,10 +165,10 @@ impl Store {
         lot: Option<&str>,
     ) -> Result<Option<DateTime<Utc>>, ForecastError> {
         Ok(match self {
-            Store::Postgres(pool) => {
+            ForecastStore::Postgres(pool) => {
                 crate::projections::features::query::newest_reading(pool, lot).await?
             }
-            Store::Memory { features, .. } => features.newest_reading(lot),
+            ForecastStore::Memory { features, .. } => features.newest_reading(lot),
         })
     }
 
@@ -403,7 +405,7 @@ async fn insert(pool: &PgPool, run: Vec<LotRun>) -> Result<(), sqlx::Error> {
 /// it) once there is enough history.
 #[derive(Clone)]
 pub struct Predictor {
-    pub store: Store,
+    pub store: ForecastStore,
     pub data_dir: PathBuf,
     pub tz: Tz,
     pub interval: Duration,
@@ -417,7 +419,7 @@ pub struct Predictor {
 impl Predictor {
     /// The predictor of `config`'s `[forecast]` settings, on `store`.
     pub fn new(
-        store: Store,
+        store: ForecastStore,
         config: &crate::Config,
         tz: Tz,
         board: &StatusBoard,

@@ -127,9 +127,11 @@ mod containers {
     fn known_variables() -> Vec<String> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut known = vec!["PARKADE_TOKENS".to_owned()];
-        let mut files = vec![root.join("src/app.rs")];
-        for entry in std::fs::read_dir(root.join("src/cli")).unwrap() {
-            files.push(entry.unwrap().path());
+        let mut files = Vec::new();
+        for dir in ["src/app", "src/cli"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                files.push(entry.unwrap().path());
+            }
         }
         for file in files {
             let text = std::fs::read_to_string(file).unwrap();

@@ -18,7 +18,7 @@ use super::JetStreamError;
 pub(super) const BATCHES_IN_FLIGHT: usize = 4;
 
 /// An append waiting to go out, alone or in a combined batch.
-pub(super) struct Waiting {
+pub(super) struct PendingAppend {
     /// The sequence of the lot's last message the writer knows (0: none); `None`: no
     /// check.
     pub(super) expected: Option<u64>,
@@ -26,7 +26,7 @@ pub(super) struct Waiting {
     pub(super) reply: oneshot::Sender<Result<Vec<u64>, JetStreamError>>,
 }
 
-impl Waiting {
+impl PendingAppend {
     /// Whether it may share a batch: it is checked, and fits one.
     pub(super) fn combinable(&self) -> bool {
         self.expected.is_some() && self.events.len() <= ATOMIC_BATCH
@@ -39,7 +39,7 @@ impl Waiting {
 /// instead of one each. An append that is not combinable goes alone.
 pub(super) async fn combine(
     stream: Arc<Stream>,
-    mut waiting: mpsc::UnboundedReceiver<Waiting>,
+    mut waiting: mpsc::UnboundedReceiver<PendingAppend>,
     own: Own,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
@@ -81,7 +81,7 @@ pub(super) async fn combine(
 /// lot twice, a server's limit) each sent again alone, so that each lot gets its own
 /// answer; an unknown outcome (no server answered) goes to every lot as it is (each
 /// lot's next append finds out by a conflict whether its events went in).
-pub(super) async fn send_combined(stream: &Stream, group: Vec<Waiting>, own: &Own) {
+pub(super) async fn send_combined(stream: &Stream, group: Vec<PendingAppend>, own: &Own) {
     let lots: Option<Vec<(u64, &[NewEvent])>> = group
         .iter()
         .map(|w| Some((w.expected?, w.events.as_slice())))

@@ -77,7 +77,7 @@ mod follower;
 mod reads;
 
 pub use client::Stream;
-use combiner::{combine, Own, Waiting};
+use combiner::{combine, Own, PendingAppend};
 use follower::{follow, Seen};
 
 use super::{
@@ -185,7 +185,7 @@ pub struct JetStreamLog {
     failed: watch::Receiver<Option<Arc<str>>>,
     stop: watch::Sender<bool>,
     /// Appends on their way to [`combine`].
-    combiner: mpsc::UnboundedSender<Waiting>,
+    combiner: mpsc::UnboundedSender<PendingAppend>,
     seen: Arc<Seen>,
     max_copy_lag: u64,
 }
@@ -350,7 +350,7 @@ impl EventLog for JetStreamLog {
         // One queue, unbounded but bounded by its senders: a lot's actor has one
         // append in flight at a time.
         let (reply, answer) = oneshot::channel();
-        let waiting = Waiting {
+        let waiting = PendingAppend {
             expected,
             events: events.to_vec(),
             reply,

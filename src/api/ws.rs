@@ -95,37 +95,12 @@ pub(super) async fn ws(
     st: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req)?;
-    let keep: Option<HashSet<LotId>> = match q.lots.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(list) => Some(
-            list.split(',')
-                .map(|raw| {
-                    LotId::parse(raw)
-                        .map_err(|e| ApiError::bad(Some("lots".into()), format!("{raw:?}: {e}")))
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-    };
-    let end = st.log.durable_end();
-    if let Some(n) = q.from_offset.filter(|n| *n >= end) {
-        return Err(ApiError::bad(
-            Some("from_offset".into()),
-            format!(
-                "from_offset {n} is not an offset of the log (it holds offsets 0 to {})",
-                end.saturating_sub(1)
-            ),
-        ));
-    }
-    let reach = st.live_config.max_replay_events;
-    if let Some(n) = q.from_offset.filter(|n| end - n - 1 > reach) {
-        return Err(ApiError::bad(
-            Some("from_offset".into()),
-            format!(
-                "from_offset {n} is {} events back; at most {reach} may be replayed ([live] max_replay_events): connect without from_offset for a snapshot",
-                end - n - 1
-            ),
-        ));
-    }
+    let keep = lots_kept(q.lots.as_deref())?;
+    check_reach(
+        q.from_offset,
+        st.log.durable_end(),
+        st.live_config.max_replay_events,
+    )?;
     // Held for as long as the connection lives.
     let slot = st.ws_slots.clone().try_acquire_owned().map_err(|_| {
         ApiError::limited(
@@ -164,24 +139,7 @@ pub(super) async fn ws(
         let _slot = slot;
         let joined = match from {
             None => {
-                let history = st.db.is_some() || st.features.is_some();
-                let forecast = st.forecasts.is_some();
-                let timezone = st.forecast_tz.name();
-                let utc_offsets = offsets_now(st.forecast_tz);
-                let stale_after_secs = st.stale_after_secs;
-                st.live.subscribe(keep, out.clone(), |snap| {
-                    Message::Snapshot {
-                        offset: snap.next_offset.checked_sub(1),
-                        next_offset: snap.next_offset,
-                        lots: with_staleness(&snap.lots, stale_after_secs).into(),
-                        history,
-                        forecast,
-                        timezone: timezone.into(),
-                        utc_offsets: (&utc_offsets[..]).into(),
-                        stale_after_secs,
-                    }
-                    .frame()
-                });
+                subscribe_with_snapshot(&st, keep, &out);
                 true
             }
             Some(n) => {
@@ -195,6 +153,68 @@ pub(super) async fn ws(
         }
     });
     Ok(response.into())
+}
+
+/// The lots `?lots=` names (all when absent or empty).
+fn lots_kept(list: Option<&str>) -> Result<Option<HashSet<LotId>>, ApiError> {
+    Ok(match list.map(str::trim) {
+        None | Some("") => None,
+        Some(list) => Some(
+            list.split(',')
+                .map(|raw| {
+                    LotId::parse(raw)
+                        .map_err(|e| ApiError::bad(Some("lots".into()), format!("{raw:?}: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// `?from_offset=n` names an offset the log holds, within `[live] max_replay_events`
+/// of its end `end`.
+fn check_reach(from: Option<u64>, end: u64, reach: u64) -> Result<(), ApiError> {
+    if let Some(n) = from.filter(|n| *n >= end) {
+        return Err(ApiError::bad(
+            Some("from_offset".into()),
+            format!(
+                "from_offset {n} is not an offset of the log (it holds offsets 0 to {})",
+                end.saturating_sub(1)
+            ),
+        ));
+    }
+    if let Some(n) = from.filter(|n| end - n - 1 > reach) {
+        return Err(ApiError::bad(
+            Some("from_offset".into()),
+            format!(
+                "from_offset {n} is {} events back; at most {reach} may be replayed ([live] max_replay_events): connect without from_offset for a snapshot",
+                end - n - 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Subscribe `out` to the live stream of `keep`'s lots, opening with a snapshot of
+/// them and of what this server offers beside (history, forecasts, the lots' zone).
+fn subscribe_with_snapshot(st: &ApiState, keep: Option<HashSet<LotId>>, out: &Outbox) {
+    let history = st.db.is_some() || st.features.is_some();
+    let forecast = st.forecasts.is_some();
+    let timezone = st.forecast_tz.name();
+    let utc_offsets = offsets_now(st.forecast_tz);
+    let stale_after_secs = st.stale_after_secs;
+    st.live.subscribe(keep, out.clone(), |snap| {
+        Message::Snapshot {
+            offset: snap.next_offset.checked_sub(1),
+            next_offset: snap.next_offset,
+            lots: with_staleness(&snap.lots, stale_after_secs).into(),
+            history,
+            forecast,
+            timezone: timezone.into(),
+            utc_offsets: (&utc_offsets[..]).into(),
+            stale_after_secs,
+        }
+        .frame()
+    });
 }
 
 /// Answer pings, notice a close or a silent client, until the outbox ends.

@@ -12,6 +12,7 @@ use crate::actors::{LotOptions, Lots};
 use crate::config::{Config, LogBackend};
 use crate::log::jetstream::JetStreamLog;
 use crate::log::{EventLog, FileLog, LogError, LogOptions};
+use crate::projections::ProjectionName;
 
 /// Open the configured log (read-write), saying what recovery found. On JetStream,
 /// also the thread the log's client runs on, for the lots to run on too.
@@ -104,67 +105,10 @@ pub(super) async fn refuse_lost_events(
     log: &dyn EventLog,
     archive: Option<&crate::projections::archive::Archive>,
 ) -> anyhow::Result<()> {
-    use crate::projections::ProjectionName;
-    const ASK_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
     let end = log.durable_end();
     let mut ahead: Vec<(ProjectionName, u64)> = Vec::new();
     if let Some(url) = &config.database_url {
-        let asked = tokio::time::timeout(ASK_WITHIN, async {
-            let opts: PgConnectOptions = url.parse()?;
-            // What retrying cannot fix (a wrong password, no such database) stops the
-            // start; the rest is retried by the projections.
-            match crate::projections::db::probe(&opts).await {
-                Err(e) if crate::projections::db::is_permanent(&e) => {
-                    return Ok(Err(e.to_string()))
-                }
-                Err(e) => return Err(e.into()),
-                Ok(conn) => {
-                    use sqlx::Connection;
-                    conn.close().await.ok();
-                }
-            }
-            let pool = PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(ASK_WITHIN)
-                .connect_with(opts)
-                .await?;
-            // What retrying cannot fix stops the start (the projections would retry it
-            // for ever); the rest is checked again by each projection when it starts.
-            match crate::projections::db::refuse_newer_schema(&pool).await {
-                Err(crate::projections::ProjectionError::NewerSchema(e)) => {
-                    pool.close().await;
-                    return Ok(Err(e.to_string()));
-                }
-                Err(e) => return Err(e.into()),
-                Ok(()) => {}
-            }
-            let mut found = Vec::new();
-            for name in [ProjectionName::Occupancy, ProjectionName::Features] {
-                // A database not yet migrated has no checkpoints at all.
-                match crate::projections::db::read_checkpoint(&pool, name).await {
-                    Ok(Some(cp)) if cp.log_id == log.log_id() => found.push((name, cp.next_offset)),
-                    _ => {}
-                }
-            }
-            pool.close().await;
-            anyhow::Ok(Ok(found))
-        })
-        .await;
-        match asked {
-            Ok(Ok(Ok(found))) => ahead.extend(found.into_iter().filter(|(_, cp)| *cp > end)),
-            Ok(Ok(Err(fatal))) => anyhow::bail!("{fatal}; retrying cannot fix this, so parkade does not start"),
-            // Not reachable: the projections say why (once) as they retry.
-            Ok(Err(e))
-                if matches!(
-                    e.downcast_ref::<crate::projections::ProjectionError>(),
-                    Some(crate::projections::ProjectionError::Connect { .. })
-                ) =>
-            {
-                tracing::warn!("PostgreSQL is not reachable at start; each projection checks its checkpoint once it connects")
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not read the projections' checkpoints at start; each projection checks its own when it starts"),
-            Err(_) => tracing::warn!("the database did not answer within 5 s at start; each projection checks its checkpoint when it starts"),
-        }
+        ahead.extend(checkpoints_past(url, log, end).await?);
     }
     if let Some(archive) = archive {
         match tokio::time::timeout(ASK_WITHIN, archive.archived_end()).await {
@@ -205,4 +149,72 @@ pub(super) async fn refuse_lost_events(
         names.join(", and "),
         rebuild.join(", ")
     )
+}
+
+/// How long the start asks a projection's store for its checkpoint.
+const ASK_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The PostgreSQL projections whose checkpoint on `log` lies past `end`. An error only
+/// for what retrying cannot fix (a wrong password, no such database, a newer schema);
+/// a database that cannot be asked now is passed over, with a warning.
+async fn checkpoints_past(
+    url: &str,
+    log: &dyn EventLog,
+    end: u64,
+) -> anyhow::Result<Vec<(ProjectionName, u64)>> {
+    let asked = tokio::time::timeout(ASK_WITHIN, async {
+        let opts: PgConnectOptions = url.parse()?;
+        // What retrying cannot fix (a wrong password, no such database) stops the
+        // start; the rest is retried by the projections.
+        match crate::projections::db::probe(&opts).await {
+            Err(e) if crate::projections::db::is_permanent(&e) => return Ok(Err(e.to_string())),
+            Err(e) => return Err(e.into()),
+            Ok(conn) => {
+                use sqlx::Connection;
+                conn.close().await.ok();
+            }
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ASK_WITHIN)
+            .connect_with(opts)
+            .await?;
+        // What retrying cannot fix stops the start (the projections would retry it
+        // for ever); the rest is checked again by each projection when it starts.
+        match crate::projections::db::refuse_newer_schema(&pool).await {
+            Err(crate::projections::ProjectionError::NewerSchema(e)) => {
+                pool.close().await;
+                return Ok(Err(e.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+            Ok(()) => {}
+        }
+        let mut found = Vec::new();
+        for name in [ProjectionName::Occupancy, ProjectionName::Features] {
+            // A database not yet migrated has no checkpoints at all.
+            match crate::projections::db::read_checkpoint(&pool, name).await {
+                Ok(Some(cp)) if cp.log_id == log.log_id() => found.push((name, cp.next_offset)),
+                _ => {}
+            }
+        }
+        pool.close().await;
+        anyhow::Ok(Ok(found))
+    })
+    .await;
+    match asked {
+        Ok(Ok(Ok(found))) => return Ok(found.into_iter().filter(|(_, cp)| *cp > end).collect()),
+        Ok(Ok(Err(fatal))) => anyhow::bail!("{fatal}; retrying cannot fix this, so parkade does not start"),
+        // Not reachable: the projections say why (once) as they retry.
+        Ok(Err(e))
+            if matches!(
+                e.downcast_ref::<crate::projections::ProjectionError>(),
+                Some(crate::projections::ProjectionError::Connect { .. })
+            ) =>
+        {
+            tracing::warn!("PostgreSQL is not reachable at start; each projection checks its checkpoint once it connects")
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not read the projections' checkpoints at start; each projection checks its own when it starts"),
+        Err(_) => tracing::warn!("the database did not answer within 5 s at start; each projection checks its checkpoint when it starts"),
+    }
+    Ok(Vec::new())
 }

@@ -63,39 +63,7 @@ impl Stream {
             Create::IfMissing(id) => id,
             Create::No => None,
         };
-        let connect_err = |reason: String| JetStreamError::Connect {
-            url: o.url.clone(),
-            reason,
-        };
-        // A server that stalls (a stopped process still holds its connections open) is
-        // found out by its missing pongs within three ping intervals, and the client
-        // goes to another server; a request to it fails after REQUEST_WAIT and is sent
-        // again on the new connection. A stalled server also accepts a connection
-        // without greeting it: CONNECT_WAIT moves on to the next.
-        let mut options = async_nats::ConnectOptions::new()
-            .name("parkade")
-            .ping_interval(PING_EVERY)
-            .connection_timeout(CONNECT_WAIT)
-            .request_timeout(Some(REQUEST_WAIT));
-        if let Some(path) = &o.credentials {
-            options = options
-                .credentials_file(path)
-                .await
-                .map_err(|e| connect_err(format!("credentials {}: {e}", path.display())))?;
-        }
-        let servers = o
-            .url
-            .split(',')
-            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| connect_err(e.to_string()))?;
-        let client = options
-            .connect(servers)
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        let mut context = jetstream::new(client);
-        // Publish acknowledgements wait this long too (30 s by default).
-        context.set_timeout(REQUEST_WAIT);
+        let context = connected(o).await?;
         let stream_err = |reason: String| JetStreamError::Stream {
             stream: o.stream.clone(),
             reason,
@@ -135,52 +103,7 @@ impl Stream {
                 Err(e) => return Err(stream_err(e)),
             }
         };
-        // A new replicated stream takes a moment to elect its leader; appends before
-        // that find no stream.
-        let started = std::time::Instant::now();
-        let log_id = loop {
-            let info = stream.info().await.map_err(|e| stream_err(e.to_string()))?;
-            let id = info
-                .config
-                .metadata
-                .get(LOG_ID_KEY)
-                .and_then(|id| Uuid::parse_str(id).ok())
-                .ok_or_else(|| {
-                    stream_err(format!(
-                        "is not a parkade log (no {LOG_ID_KEY} in its metadata)"
-                    ))
-                })?;
-            if new_log_id.is_some_and(|w| w != id) {
-                return Err(stream_err(format!(
-                    "is log {id}, not the log {wanted_id} being copied into it"
-                )));
-            }
-            if info.config.num_replicas != o.replicas {
-                return Err(stream_err(format!(
-                    "exists with {} replicas, not the {} configured",
-                    info.config.num_replicas, o.replicas
-                )));
-            }
-            if !info.config.allow_atomic_publish || !info.config.allow_direct {
-                // Made by an operator or an older parkade: a lot's batch is appended
-                // as one atomic batch, and reads are direct gets.
-                let mut config = info.config.clone();
-                config.allow_atomic_publish = true;
-                config.allow_direct = true;
-                context.update_stream(config).await.map_err(|e| {
-                    stream_err(format!("allowing atomic batches and direct gets: {e}"))
-                })?;
-                continue;
-            }
-            let leader = info.cluster.as_ref().and_then(|c| c.leader.as_ref());
-            if o.replicas <= 1 || leader.is_some_and(|l| !l.is_empty()) {
-                break id;
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                return Err(stream_err("no leader elected within 30 s".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let log_id = settled(&context, &mut stream, o, new_log_id, wanted_id).await?;
         Ok(Stream {
             context,
             stream,
@@ -522,6 +445,108 @@ impl Stream {
             )
         })
         .await
+    }
+}
+
+/// A client of the servers `o` names, with the timings that find a stalled server out
+/// within seconds, and its JetStream context.
+async fn connected(o: &JetStreamOptions) -> Result<jetstream::Context, JetStreamError> {
+    let connect_err = |reason: String| JetStreamError::Connect {
+        url: o.url.clone(),
+        reason,
+    };
+    // A server that stalls (a stopped process still holds its connections open) is
+    // found out by its missing pongs within three ping intervals, and the client
+    // goes to another server; a request to it fails after REQUEST_WAIT and is sent
+    // again on the new connection. A stalled server also accepts a connection
+    // without greeting it: CONNECT_WAIT moves on to the next.
+    let mut options = async_nats::ConnectOptions::new()
+        .name("parkade")
+        .ping_interval(PING_EVERY)
+        .connection_timeout(CONNECT_WAIT)
+        .request_timeout(Some(REQUEST_WAIT));
+    if let Some(path) = &o.credentials {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| connect_err(format!("credentials {}: {e}", path.display())))?;
+    }
+    let servers = o
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| connect_err(e.to_string()))?;
+    let client = options
+        .connect(servers)
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    let mut context = jetstream::new(client);
+    // Publish acknowledgements wait this long too (30 s by default).
+    context.set_timeout(REQUEST_WAIT);
+    Ok(context)
+}
+
+/// The stream's log id, once the stream is as parkade needs it (a parkade log, of the
+/// log being copied when `new_log_id` says so, with the configured replicas, atomic
+/// batches and direct gets allowed) and has a leader.
+async fn settled(
+    context: &jetstream::Context,
+    stream: &mut stream::Stream,
+    o: &JetStreamOptions,
+    new_log_id: Option<Uuid>,
+    wanted_id: Uuid,
+) -> Result<Uuid, JetStreamError> {
+    let stream_err = |reason: String| JetStreamError::Stream {
+        stream: o.stream.clone(),
+        reason,
+    };
+    // A new replicated stream takes a moment to elect its leader; appends before
+    // that find no stream.
+    let started = std::time::Instant::now();
+    loop {
+        let info = stream.info().await.map_err(|e| stream_err(e.to_string()))?;
+        let id = info
+            .config
+            .metadata
+            .get(LOG_ID_KEY)
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .ok_or_else(|| {
+                stream_err(format!(
+                    "is not a parkade log (no {LOG_ID_KEY} in its metadata)"
+                ))
+            })?;
+        if new_log_id.is_some_and(|w| w != id) {
+            return Err(stream_err(format!(
+                "is log {id}, not the log {wanted_id} being copied into it"
+            )));
+        }
+        if info.config.num_replicas != o.replicas {
+            return Err(stream_err(format!(
+                "exists with {} replicas, not the {} configured",
+                info.config.num_replicas, o.replicas
+            )));
+        }
+        if !info.config.allow_atomic_publish || !info.config.allow_direct {
+            // Made by an operator or an older parkade: a lot's batch is appended
+            // as one atomic batch, and reads are direct gets.
+            let mut config = info.config.clone();
+            config.allow_atomic_publish = true;
+            config.allow_direct = true;
+            context
+                .update_stream(config)
+                .await
+                .map_err(|e| stream_err(format!("allowing atomic batches and direct gets: {e}")))?;
+            continue;
+        }
+        let leader = info.cluster.as_ref().and_then(|c| c.leader.as_ref());
+        if o.replicas <= 1 || leader.is_some_and(|l| !l.is_empty()) {
+            return Ok(id);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(stream_err("no leader elected within 30 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -15,7 +15,8 @@
 //!
 //! Every reply that shows lot state carries the log offset it reflects, and is sent only
 //! once that offset is durable. With tokens configured, [`auth`] checks every request
-//! against the role its route needs before a handler sees it.
+//! against the role its route needs before a handler sees it. [`probe`] is the other
+//! side of `GET /healthz`: the probe `parkade healthcheck` runs.
 
 mod admin;
 pub mod auth;
@@ -26,6 +27,7 @@ mod history;
 pub mod limits;
 mod lots;
 pub mod openapi;
+pub mod probe;
 pub mod wire;
 mod ws;
 

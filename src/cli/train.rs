@@ -33,7 +33,8 @@ pub(super) struct TrainArgs {
 }
 
 pub(super) fn train(c: &Config, a: TrainArgs) -> anyhow::Result<ExitCode> {
-    use crate::forecast::{backtest as bt, service};
+    use crate::forecast::service;
+    use crate::projections::archive::Archive;
     let tz = match (a.timezone, &a.csv) {
         (Some(z), _) => z,
         (None, Some(_)) => chrono_tz::Europe::London,
@@ -49,52 +50,27 @@ pub(super) fn train(c: &Config, a: TrainArgs) -> anyhow::Result<ExitCode> {
         };
         // Counted back from --until, else from the newest reading (not the clock).
         let chosen = if a.until.is_some() { "--until" } else { "the newest reading" };
-        let none_yet = |source: &str| {
-            anyhow::anyhow!("no readings in {source} to train on: import history (`parkade import`) or send events first, and let the features fold them")
-        };
-        let mut window = None;
-        let (history, source) = match &a.csv {
+        let archive;
+        let from = match &a.csv {
+            Some(path) => service::TrainingSource::Csv(path),
             None if a.lake => {
-                let archive = crate::projections::archive::Archive::from_config(&config.archive, &config.data_dir).await;
-                let store = archive.store();
-                let until = match a.until {
-                    Some(t) => t,
-                    None => crate::projections::features::lake::newest_day_end(store)
-                        .await
-                        .map_err(anyhow::Error::msg)?
-                        .ok_or_else(|| none_yet(&store.describe()))?,
-                };
-                window = Some(until);
-                let history = service::observations_in_lake(store, tz, until).await?;
-                (history, format!("features lake {}", store.describe()))
+                archive = Archive::from_config(&config.archive, &config.data_dir).await;
+                service::TrainingSource::Lake(archive.store())
             }
-            Some(path) => {
-                let (rows, dropped) = bt::read_readings(path, tz)?;
-                println!("{}: {} readings (dropped: {dropped})", path.display(), rows.len());
-                (
-                    crate::forecast::History::new(rows.into_iter().map(|r| (r.lot, r.obs))),
-                    path.display().to_string(),
-                )
-            }
-            None => {
-                let Some(pool) = &pool else {
-                    bail!("training from the features needs PostgreSQL (PARKADE_DATABASE_URL), or give --csv FILE");
-                };
-                let store = service::ForecastStore::Postgres(pool.clone());
-                let until = match a.until {
-                    Some(t) => t,
-                    None => store
-                        .newest_reading(None)
-                        .await?
-                        .ok_or_else(|| none_yet("lot_features_15m"))?,
-                };
-                window = Some(until);
-                (
-                    store.observations(tz, until, None).await?,
-                    "features".to_owned(),
-                )
-            }
+            None => match &pool {
+                Some(pool) => service::TrainingSource::Features(pool.clone()),
+                None => bail!("training from the features needs PostgreSQL (PARKADE_DATABASE_URL), or give --csv FILE"),
+            },
         };
+        let service::TrainingData {
+            history,
+            source,
+            window_end: window,
+            csv_rows,
+        } = service::training_data(from, tz, a.until).await?;
+        if let Some((read, dropped)) = csv_rows {
+            println!("{source}: {read} readings (dropped: {dropped})");
+        }
         let newest = history
             .lots()
             .filter_map(|l| history.observations(l).last().map(|o| o.utc))

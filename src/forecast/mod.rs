@@ -14,7 +14,7 @@ pub mod model;
 pub mod query;
 pub mod service;
 
-pub use history::{History, ProfileParams};
+pub use history::ProfileParams;
 pub use model::{HorizonFit, Model};
 
 /// Artifact layout version of [`Model`].

@@ -219,6 +219,84 @@ fn history_of(rows: Vec<crate::projections::features::query::Reading>, tz: Tz) -
     }))
 }
 
+/// Where `parkade train` reads its readings.
+pub enum TrainingSource<'a> {
+    /// A Birmingham-layout CSV, read whole.
+    Csv(&'a Path),
+    /// The features lake in the archive's store.
+    Lake(&'a crate::projections::archive::Store),
+    /// `lot_features_15m` in PostgreSQL.
+    Features(PgPool),
+}
+
+/// The readings to train on and where they came from.
+pub struct TrainingData {
+    pub history: History,
+    /// What they were read from, for the model's record and the user.
+    pub source: String,
+    /// The end of the [`WEEKS_READ`] weeks read (`None`: a CSV, read whole).
+    pub window_end: Option<DateTime<Utc>>,
+    /// A CSV's readings read, and the rows left out with why (`None` for the other
+    /// sources).
+    pub csv_rows: Option<(usize, String)>,
+}
+
+/// The readings of `from` in `tz`, the [`WEEKS_READ`] weeks up to `until` or, without
+/// it, up to the newest reading there (not the clock: history that ended long ago
+/// trains too).
+pub async fn training_data(
+    from: TrainingSource<'_>,
+    tz: Tz,
+    until: Option<DateTime<Utc>>,
+) -> anyhow::Result<TrainingData> {
+    let none_yet = |source: &str| {
+        anyhow::anyhow!("no readings in {source} to train on: import history (`parkade import`) or send events first, and let the features fold them")
+    };
+    match from {
+        TrainingSource::Csv(path) => {
+            let (rows, dropped) = super::backtest::read_readings(path, tz)?;
+            let read = rows.len();
+            Ok(TrainingData {
+                history: History::new(rows.into_iter().map(|r| (r.lot, r.obs))),
+                source: path.display().to_string(),
+                window_end: None,
+                csv_rows: Some((read, dropped.to_string())),
+            })
+        }
+        TrainingSource::Lake(store) => {
+            let end = match until {
+                Some(t) => t,
+                None => crate::projections::features::lake::newest_day_end(store)
+                    .await
+                    .map_err(anyhow::Error::msg)?
+                    .ok_or_else(|| none_yet(&store.describe()))?,
+            };
+            Ok(TrainingData {
+                history: observations_in_lake(store, tz, end).await?,
+                source: format!("features lake {}", store.describe()),
+                window_end: Some(end),
+                csv_rows: None,
+            })
+        }
+        TrainingSource::Features(pool) => {
+            let store = ForecastStore::Postgres(pool);
+            let end = match until {
+                Some(t) => t,
+                None => store
+                    .newest_reading(None)
+                    .await?
+                    .ok_or_else(|| none_yet("lot_features_15m"))?,
+            };
+            Ok(TrainingData {
+                history: store.observations(tz, end, None).await?,
+                source: "features".to_owned(),
+                window_end: Some(end),
+                csv_rows: None,
+            })
+        }
+    }
+}
+
 /// Fit a model on `h` (every reading up to `until`).
 pub fn train(h: &History, until: i64, tz: Tz, source: String) -> Result<Model, ForecastError> {
     let profile = ProfileParams::default();

@@ -627,6 +627,15 @@ async fn the_imported_birmingham_file_reads_at_a_glance() {
         summary.contains("0 lots") && summary.contains("29 stale lots"),
         "{summary}"
     );
+    // Each "now" label lies inside its chart (the viewBox is 300 wide), whatever the
+    // hour: late in the day it reads to the left of its line.
+    let outside = d
+        .js(
+            "return [...document.querySelectorAll('svg.chart text.now')] \
+            .map(t => t.getBBox()).filter(b => b.x < 0 || b.x + b.width > 300).length",
+        )
+        .await;
+    assert_eq!(outside, 0, "now labels cut off at a chart's edge");
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     d.screenshots("birmingham").await;
     d.assert_no_console_errors().await;

@@ -332,7 +332,11 @@ function drawChart(id) {
   if (now >= t0 && now < t0 + span) {
     const at = x(now);
     svg.append(svgEl("line", { class: "now", x1: at, x2: at, y1: 0, y2: H, "data-time": hhmm(now) }));
-    const t = svgEl("text", { class: "now", x: Math.min(at + 2, W - 34), y: 7 }); t.textContent = `now ${hhmm(now)}`; svg.append(t);
+    // The label reads to the left of the line near the chart's right edge, so it is
+    // never cut off there (a lot whose day is nearly over).
+    const left = at > W - 60;
+    const t = svgEl("text", { class: "now", x: left ? at - 2 : at + 2, y: 7, "text-anchor": left ? "end" : "start" });
+    t.textContent = `now ${hhmm(now)}`; svg.append(t);
   }
   $(".legend", l.el).hidden = false;
 }

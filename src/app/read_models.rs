@@ -143,6 +143,7 @@ pub(super) fn spawn_projection(
             batch_events,
             max_backoff,
             panic,
+            holder: uuid::Uuid::now_v7(),
             projection: Occupancy::new(fault),
         };
         let features = occupancy.driving(Features::new(lateness_secs));

@@ -55,15 +55,18 @@ pub(super) struct ProjectionLease {
 
 impl ProjectionLease {
     /// Try once: the lease, or `None` while another process holds it and renews it.
+    /// Take it as `holder` (the same for every restart of one runner, so a run that
+    /// panicked without giving it up is followed by the restart at once).
     pub(super) async fn try_take(
         pool: &PgPool,
         name: ProjectionName,
+        holder: uuid::Uuid,
     ) -> Result<Option<ProjectionLease>, sqlx::Error> {
-        let holder = uuid::Uuid::now_v7();
         let taken: Option<uuid::Uuid> = sqlx::query_scalar(
             "INSERT INTO projection_leases (name, holder, renewed_at) VALUES ($1, $2, now()) \
              ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, renewed_at = now() \
              WHERE projection_leases.holder IS NULL \
+                OR projection_leases.holder = EXCLUDED.holder \
                 OR projection_leases.renewed_at < now() - make_interval(secs => $3) \
              RETURNING holder",
         )

@@ -175,6 +175,9 @@ pub struct Runner<P> {
     pub max_backoff: Duration,
     /// Panics after folding a batch while armed (tests of the supervision).
     pub panic: FaultPoint,
+    /// This runner's name in the projection's lease row, the same for all its restarts
+    /// (`uuid::Uuid::now_v7()` when it is made).
+    pub holder: uuid::Uuid,
     pub projection: P,
 }
 
@@ -197,6 +200,7 @@ impl<P> Runner<P> {
             batch_events: self.batch_events,
             max_backoff: self.max_backoff,
             panic: FaultPoint::default(),
+            holder: self.holder,
             projection,
         }
     }
@@ -212,7 +216,7 @@ impl<P: Projection> Runner<P> {
     ) -> Option<ProjectionLease> {
         let mut said = false;
         while !*shutdown.borrow() {
-            match ProjectionLease::try_take(&self.pool, P::NAME).await {
+            match ProjectionLease::try_take(&self.pool, P::NAME, self.holder).await {
                 Ok(Some(lease)) => {
                     if said {
                         tracing::info!(projection = %P::NAME, "took over the projection's lease");

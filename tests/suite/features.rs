@@ -522,6 +522,7 @@ async fn a_stop_signal_ends_the_features_warm_up_between_batches() {
         batch_events: 10_000,
         max_backoff: Duration::from_secs(1),
         panic: Default::default(),
+        holder: uuid::Uuid::now_v7(),
         projection: parkade::projections::features::Features::new(6 * 3600),
     };
     let task = actix_web::rt::spawn(runner.run(stopped));

@@ -866,6 +866,24 @@ async fn a_stalled_lease_holder_is_taken_over_and_the_read_model_goes_on() {
     .await
     .unwrap();
     assert_eq!(status, 201, "{reply}");
+    // The archive takes its lease at its first write: let the first node's be done
+    // before the second starts, so that the first holds both leases (else which node
+    // writes the archive first is a race).
+    let first = nodes[0].base();
+    common::eventually(
+        Duration::from_secs(20),
+        "the first node's archive written",
+        || {
+            let base = first.clone();
+            async move {
+                match state_of(&base, "archive").await? {
+                    (s, cp, _) if s == "running" && cp >= 1 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
     nodes[1].start_with(&nats, Some(&db), 1, &lake);
     nodes[1].wait_healthy().await;
     let bases: Vec<String> = nodes.iter().map(Node::base).collect();

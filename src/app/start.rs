@@ -66,7 +66,7 @@ pub(super) async fn open_log(
     let rec = log.recovery();
     tracing::info!(
         dir = %log_dir.display(), log_id = %log.log_id(), events = rec.events, segments = rec.segments,
-        truncated_bytes = rec.truncated_bytes, "event log open"
+        truncated_bytes = rec.truncated_bytes, lost_events = rec.lost_events, "event log open"
     );
     Ok((log, None))
 }

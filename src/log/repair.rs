@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::file_log::recovery::{list_segments, scan_segment, take_lock};
+use super::file_log::WRITTEN_MARK;
 use super::format::{self, Frame, HEADER_LEN};
 use super::LogError;
 
@@ -238,6 +239,12 @@ pub fn repair(dir: &Path, apply: bool) -> Result<RepairOutcome, LogError> {
     let name = |p: &Path| backup.join(p.file_name().expect("segment files have names"));
     for p in &plan.removed_files {
         std::fs::rename(p, name(p)).map_err(io_err(p))?;
+    }
+    // The written mark goes with the cut records: it names how far the log had been
+    // written, and the next start would report the removed events as lost.
+    let mark = dir.join(WRITTEN_MARK);
+    if mark.exists() {
+        std::fs::rename(&mark, name(&mark)).map_err(io_err(&mark))?;
     }
     if plan.cut_at == 0 {
         std::fs::rename(&plan.cut_file, name(&plan.cut_file)).map_err(io_err(&plan.cut_file))?;

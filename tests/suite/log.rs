@@ -117,6 +117,75 @@ async fn the_zeroed_space_ahead_of_the_records_is_a_clean_end() {
     let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
     assert_eq!(log.recovery().truncated_bytes, 0);
     assert_eq!(log.recovery().events, 10);
+    assert_eq!(log.recovery().lost_events, 0);
+}
+
+#[tokio::test]
+async fn a_zeroed_tail_of_acknowledged_records_is_reported_lost() {
+    let dir = common::data_dir();
+    write_events(dir.path(), 10, LogOptions::default())
+        .await
+        .close();
+    let seg = segments(dir.path()).pop().unwrap();
+    let ends = record_ends(&seg);
+    // The last three records, synced and acknowledged, zeroed: they read as the zeros
+    // written ahead of the records.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[ends[6] as usize..ends[9] as usize].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    for _ in 0..2 {
+        // Said at every start until the log is written again.
+        let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
+        let rec = log.recovery().clone();
+        assert_eq!((rec.events, rec.truncated_bytes), (7, 0), "{rec:?}");
+        assert_eq!(rec.lost_events, 3, "{rec:?}");
+        log.close();
+    }
+}
+
+#[tokio::test]
+async fn a_removed_newest_segment_is_reported_lost() {
+    let dir = common::data_dir();
+    let small = segments_of(1024);
+    write_events(dir.path(), 40, small.clone()).await.close();
+    let newest = segments(dir.path()).pop().unwrap();
+    let in_it = record_ends(&newest).len() as u64;
+    std::fs::remove_file(&newest).unwrap();
+
+    let log = FileLog::open(dir.path(), small).unwrap();
+    let rec = log.recovery().clone();
+    assert_eq!(
+        (rec.events, rec.lost_events),
+        (40 - in_it, in_it),
+        "{rec:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_torn_write_that_was_never_acknowledged_is_not_reported_lost() {
+    let dir = common::data_dir();
+    write_events(dir.path(), 9, LogOptions::default())
+        .await
+        .close();
+    // The mark as a crash during the tenth write leaves it: naming the nine synced.
+    let mark = dir.path().join("written.mark");
+    let nine = std::fs::read(&mark).unwrap();
+    let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
+    log.append_any(&[event(9)]).unwrap();
+    log.wait_durable(10).await.unwrap();
+    log.close();
+    std::fs::write(&mark, nine).unwrap();
+    let seg = segments(dir.path()).pop().unwrap();
+    let ends = record_ends(&seg);
+    let torn = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    torn.set_len(ends[8] + 20).unwrap();
+
+    let log = FileLog::open(dir.path(), LogOptions::default()).unwrap();
+    let rec = log.recovery().clone();
+    assert_eq!(rec.events, 9);
+    assert!(rec.truncated_bytes > 0, "{rec:?}");
+    assert_eq!(rec.lost_events, 0, "{rec:?}");
 }
 
 #[tokio::test]

@@ -5,9 +5,11 @@
 //! may be repaired; `writer` is the thread that writes and syncs appended records in
 //! groups and publishes the durable end; `cursor` reads the durable part in order.
 //! This module holds what they share: the segment list, the appenders' buffer and the
-//! durable end.
+//! durable end. `mark` records how far the log had been synced, so that recovery can
+//! tell a lost tail of acknowledged records from the zeros written ahead of them.
 
 mod cursor;
+mod mark;
 pub(super) mod recovery;
 mod writer;
 
@@ -20,6 +22,7 @@ use std::thread::JoinHandle;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub(in crate::log) use self::mark::FILE as WRITTEN_MARK;
 pub use self::recovery::Recovery;
 use super::format::{self, HEADER_LEN};
 use super::storage::{OsStorage, Storage};

@@ -6,10 +6,12 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::mark;
 use super::writer::{create_segment, Active};
 use super::{io_err, LogOptions, LotEnds, OpenMode, Segment, INDEX_EVERY, READ_CHUNK};
 use crate::domain::SCHEMA_VERSION;
@@ -27,6 +29,10 @@ pub struct Recovery {
     pub truncation_reason: Option<String>,
     /// A segment without a complete header that was rewritten.
     pub rewrote_header: bool,
+    /// Events that had been written and synced (so acknowledged) but are not in the
+    /// log any more: its end lies before the end its written mark records. Said at
+    /// WARN; the log opens at what is there.
+    pub lost_events: u64,
 }
 
 /// True when every byte of `path` from `pos` to the end is zero: the unused,
@@ -407,6 +413,7 @@ pub(super) fn recover(dir: &Path, opts: &LogOptions) -> Result<Recovered, LogErr
     } else {
         Vec::new()
     };
+    let written = mark::read(dir);
     let mut recovery = Recovery::default();
     let mut segments = Vec::new();
     let mut active = None;
@@ -456,6 +463,7 @@ pub(super) fn recover(dir: &Path, opts: &LogOptions) -> Result<Recovered, LogErr
     }
     recovery.segments = segments.len();
     recovery.events = next;
+    recovery.lost_events = lost_tail(written, dir, next, &segments);
     Ok(Recovered {
         segments,
         active,
@@ -464,6 +472,31 @@ pub(super) fn recover(dir: &Path, opts: &LogOptions) -> Result<Recovered, LogErr
         recovery,
         lots,
     })
+}
+
+/// How many events the written mark (read before the scan: a server writing beside a
+/// reader only moves it on after its records are durable) says were synced past `end`,
+/// the end recovery found; said at WARN, naming where the records stop and where they were written to.
+fn lost_tail(written: Option<mark::Mark>, dir: &Path, end: u64, segments: &[Arc<Segment>]) -> u64 {
+    let Some(mark) = written else {
+        return 0;
+    };
+    if mark.end <= end {
+        return 0;
+    }
+    let lost = mark.end - end;
+    match segments.iter().find(|s| s.base == mark.segment) {
+        Some(seg) => tracing::warn!(
+            path = %seg.path.display(), ends_at = seg.len.load(Ordering::Acquire), written_to = mark.len,
+            log_end = end, written_end = mark.end, lost,
+            "recovery ended the newest segment before its written length: {lost} acknowledged events are gone from the log's end (zeroed or cut after they were synced); the log opens at offset {end}"
+        ),
+        None => tracing::warn!(
+            dir = %dir.display(), segment = mark.segment, log_end = end, written_end = mark.end, lost,
+            "the segment the log was last written to is missing: {lost} acknowledged events are gone from the log's end; the log opens at offset {end}"
+        ),
+    }
+    lost
 }
 
 /// Carry out `verdict` on the newest segment and open it for the writer.

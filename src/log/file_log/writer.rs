@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 
 use uuid::Uuid;
 
+use super::mark::{Mark, Marker};
 use super::{io_err, lock, segment_path, Inner, Segment, READ_CHUNK};
 use crate::log::format::{self, Header, HEADER_LEN};
 use crate::log::storage::{Storage, WritableFile};
@@ -67,6 +68,7 @@ struct Writer {
     active: Active,
     segment_bytes: u64,
     storage: Arc<dyn Storage>,
+    marker: Marker,
 }
 
 /// Start the writer thread on the active (newest) segment.
@@ -76,11 +78,13 @@ pub(super) fn spawn(
     segment_bytes: u64,
     storage: Arc<dyn Storage>,
 ) -> Result<JoinHandle<()>, LogError> {
+    let marker = Marker::open(&inner.dir, storage.as_ref());
     let writer = Writer {
         inner,
         active,
         segment_bytes,
         storage,
+        marker,
     };
     std::thread::Builder::new()
         .name("parkade-log-writer".into())
@@ -130,6 +134,12 @@ impl Writer {
                 append_wait.record(t.elapsed());
             }
             inner.durable.send_modify(|d| d.end = end);
+            // After the sync, so that the mark never names a record that is not durable.
+            self.marker.record(Mark {
+                end,
+                segment: self.active.seg.base,
+                len: self.active.len,
+            });
             buf.clear();
             index.clear();
         }

@@ -13,13 +13,14 @@
 //! - bodies: 768 connections that each send a 4 MiB body's first MiB and stall;
 //! - catch-ups: 250 websockets resuming from offset 0 that never read;
 //!
-//! each reconnecting when the server closes it. Meanwhile the legitimate client, from
+//! each reconnecting when the server closes it (`PARKADE_BENCH_ATTACKS=bodies,catch-ups`
+//! runs only those named, to see what one costs). Meanwhile the legitimate client, from
 //! 127.0.0.1 on its own thread, reads a lot and posts an event every 10 ms each. Prints
 //! the legitimate client's p50, p99 and errors, what each attack got, and the server's
 //! peak resident memory beside its budgets. Targets: no legitimate error, p99 <= 100 ms,
 //! peak RSS within the budgets (bodies, plus twice the outboxes', plus the server's own,
-//! plus the HTTP server's own memory of each connection the attack holds open, 12 KiB
-//! each as measured idle).
+//! plus the HTTP server's own memory of each connection open at the most, 12 KiB each
+//! as measured idle).
 //!
 //! The attacker's thread runs at nice `PARKADE_BENCH_ATTACKER_NICE` (default 19): a real
 //! attacker brings its own CPU, while here it shares the server's two cores; at 19 it
@@ -87,6 +88,7 @@ fn main() {
     };
     rt().block_on(prepare(port, log_events));
     let before = rss_mib(pid);
+    let fds_before = open_fds(pid);
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
@@ -110,9 +112,11 @@ fn main() {
     };
     let started = Instant::now();
     let mut peak = before;
+    let mut most_fds = fds_before;
     while started.elapsed() < Duration::from_secs(secs) {
         std::thread::sleep(Duration::from_millis(200));
         peak = peak.max(rss_mib(pid));
+        most_fds = most_fds.max(open_fds(pid));
     }
     stop.store(true, Ordering::SeqCst);
     let l = legit.join().unwrap();
@@ -120,8 +124,13 @@ fn main() {
     let hwm = peak_rss_mib(pid);
     drop(server);
 
-    // Connections the attack holds open at once: labels, slowloris, bodies, catch-ups.
-    let held = ATTACKERS.len() + 256 + 768 + 250;
+    // Connections open at once at the most: the attack's (labels, slowloris, bodies,
+    // catch-ups: 1,278) and the ones the server is closing, which it reads for up to a
+    // second after refusing a body (their buffers are in the body budget, the rest of
+    // them is not).
+    let held = most_fds
+        .saturating_sub(fds_before)
+        .max(ATTACKERS.len() + 256 + 768 + 250);
     let per_connection = 12.0 / 1024.0;
     let ceiling = before + body_mib as f64 + 2.0 * outbox_mib as f64 + held as f64 * per_connection;
     println!(
@@ -151,7 +160,7 @@ fn main() {
         tally.catch_ups_refused.load(Ordering::Relaxed),
     );
     println!(
-        "server resident memory: {before:.0} MiB before, peak {hwm:.0} MiB (sampled {peak:.0} MiB); budgets' ceiling {ceiling:.0} MiB ({before:.0} + bodies {body_mib} + twice the outboxes' {outbox_mib} + {held} connections at 12 KiB); attacker at nice {nice}"
+        "server resident memory: {before:.0} MiB before, peak {hwm:.0} MiB (sampled {peak:.0} MiB); budgets' ceiling {ceiling:.0} MiB ({before:.0} + bodies {body_mib} + twice the outboxes' {outbox_mib} + {held} connections open at the most, at 12 KiB); attacker at nice {nice}"
     );
 }
 
@@ -162,6 +171,11 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// How many files `pid` has open now.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
 /// The resident memory of `pid` now (VmRSS), in MiB.
@@ -289,132 +303,147 @@ async fn prepare(port: u16, events: usize) {
     }
 }
 
-/// Every attack, until `stop`.
+/// Whether `attack` is among `PARKADE_BENCH_ATTACKS` (a comma-separated list of
+/// labels, slowloris, bodies, catch-ups; all of them when unset), to see what one costs.
+fn wanted(attack: &str) -> bool {
+    std::env::var("PARKADE_BENCH_ATTACKS")
+        .map_or(true, |list| list.split(',').any(|a| a.trim() == attack))
+}
+
+/// Every attack (of those wanted), until `stop`.
 async fn attacks(port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     let mut tasks = Vec::new();
     // Metrics labels: a new method each time, on one connection per address.
-    for ip in ATTACKERS {
-        let (stop, tally) = (stop.clone(), tally.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut s) = connect_from(ip, port).await else {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                };
+    if wanted("labels") {
+        for ip in ATTACKERS {
+            let (stop, tally) = (stop.clone(), tally.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let method = format!("M{n:0>3999}");
-                    let req = format!("{method} /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-                    if request(&mut s, req.as_bytes()).await.is_err() {
-                        break;
+                    let Ok(mut s) = connect_from(ip, port).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let method = format!("M{n:0>3999}");
+                        let req = format!("{method} /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+                        if request(&mut s, req.as_bytes()).await.is_err() {
+                            break;
+                        }
+                        tally.labels.fetch_add(1, Ordering::Relaxed);
+                        // Enough to keep the label path busy, not to take a core.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
-                    tally.labels.fetch_add(1, Ordering::Relaxed);
-                    // Enough to keep the label path busy, not to take a core.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-            }
-        }));
+            }));
+        }
     }
     // Slowloris on keep-alive connections.
-    for ip in ATTACKERS {
-        for _ in 0..64 {
-            let (stop, tally) = (stop.clone(), tally.clone());
+    if wanted("slowloris") {
+        for ip in ATTACKERS {
+            for _ in 0..64 {
+                let (stop, tally) = (stop.clone(), tally.clone());
+                tasks.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut s) = connect_from(ip, port).await else {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        };
+                        let whole = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+                        if request(&mut s, whole).await.is_err() {
+                            continue;
+                        }
+                        for b in whole.iter().cycle() {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            if s.write_all(&[*b]).await.is_err() {
+                                tally.loris_closed.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }));
+            }
+        }
+    }
+    // Stalled bodies: 4 MiB declared, 1 MiB sent.
+    if wanted("bodies") {
+        let mib = Arc::new(vec![b'['; 1 << 20]);
+        for k in 0..768 {
+            let (stop, tally, mib) = (stop.clone(), tally.clone(), mib.clone());
+            let ip = ATTACKERS[k % ATTACKERS.len()];
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(mut s) = connect_from(ip, port).await else {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         continue;
                     };
-                    let whole = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-                    if request(&mut s, whole).await.is_err() {
+                    let head = format!(
+                        "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        4 << 20
+                    );
+                    if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&mib).await.is_err()
+                    {
                         continue;
                     }
-                    for b in whole.iter().cycle() {
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        if s.write_all(&[*b]).await.is_err() {
-                            tally.loris_closed.fetch_add(1, Ordering::Relaxed);
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    tally.bodies.fetch_add(1, Ordering::Relaxed);
+                    // Stall until the server answers or closes.
+                    let mut reply = [0u8; 512];
+                    let got = tokio::select! {
+                        r = s.read(&mut reply) => r.unwrap_or(0),
+                        _ = wait_for(&stop) => return,
+                    };
+                    if reply[..got].starts_with(b"HTTP/1.1 503") {
+                        tally.bodies_refused.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }));
         }
     }
-    // Stalled bodies: 4 MiB declared, 1 MiB sent.
-    let mib = Arc::new(vec![b'['; 1 << 20]);
-    for k in 0..768 {
-        let (stop, tally, mib) = (stop.clone(), tally.clone(), mib.clone());
-        let ip = ATTACKERS[k % ATTACKERS.len()];
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut s) = connect_from(ip, port).await else {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                };
-                let head = format!(
-                    "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    4 << 20
-                );
-                if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&mib).await.is_err()
-                {
-                    continue;
-                }
-                tally.bodies.fetch_add(1, Ordering::Relaxed);
-                // Stall until the server answers or closes.
-                let mut reply = [0u8; 512];
-                let got = tokio::select! {
-                    r = s.read(&mut reply) => r.unwrap_or(0),
-                    _ = wait_for(&stop) => return,
-                };
-                if reply[..got].starts_with(b"HTTP/1.1 503") {
-                    tally.bodies_refused.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
     // Catch-ups from offset 0 that never read.
-    for k in 0..250 {
-        let (stop, tally) = (stop.clone(), tally.clone());
-        let ip = ATTACKERS[k % ATTACKERS.len()];
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(mut s) = connect_from(ip, port).await else {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                };
-                let req = "GET /v1/ws?from_offset=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-                if s.write_all(req.as_bytes()).await.is_err() {
-                    continue;
-                }
-                let mut head = [0u8; 12];
-                if s.read_exact(&mut head).await.is_err() {
-                    continue;
-                }
-                if head.starts_with(b"HTTP/1.1 101") {
-                    tally.catch_ups.fetch_add(1, Ordering::Relaxed);
-                    // Never read: hold the socket until the server closes it (a write
-                    // to it fails) or the attack ends.
-                    loop {
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                            _ = wait_for(&stop) => return,
-                        }
-                        // A masked ping, which also shows whether the socket still stands.
-                        if s.write_all(&[0x89, 0x80, 1, 2, 3, 4]).await.is_err() {
-                            break;
-                        }
+    if wanted("catch-ups") {
+        for k in 0..250 {
+            let (stop, tally) = (stop.clone(), tally.clone());
+            let ip = ATTACKERS[k % ATTACKERS.len()];
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut s) = connect_from(ip, port).await else {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    };
+                    let req = "GET /v1/ws?from_offset=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+                    if s.write_all(req.as_bytes()).await.is_err() {
+                        continue;
                     }
-                } else {
-                    tally.catch_ups_refused.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let mut head = [0u8; 12];
+                    if s.read_exact(&mut head).await.is_err() {
+                        continue;
+                    }
+                    if head.starts_with(b"HTTP/1.1 101") {
+                        tally.catch_ups.fetch_add(1, Ordering::Relaxed);
+                        // Never read: hold the socket until the server closes it (a write
+                        // to it fails) or the attack ends.
+                        loop {
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                                _ = wait_for(&stop) => return,
+                            }
+                            // A masked ping, which also shows whether the socket still stands.
+                            if s.write_all(&[0x89, 0x80, 1, 2, 3, 4]).await.is_err() {
+                                break;
+                            }
+                        }
+                    } else {
+                        tally.catch_ups_refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
-            }
-        }));
+            }));
+        }
     }
     for t in tasks {
         let _ = t.await;

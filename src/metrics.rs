@@ -111,6 +111,11 @@ fn describe() {
         "Websocket close frames sent, by code"
     );
     describe_gauge!("parkade_http_connections", "Open HTTP connections");
+    describe_gauge!(
+        "parkade_request_body_bytes",
+        Unit::Bytes,
+        "Request body bytes held, of [limits] body_budget_bytes (bodies being read and the HTTP server's buffers for them)"
+    );
     describe_counter!(
         "parkade_http_requests_total",
         "HTTP requests by route and status"
@@ -140,6 +145,8 @@ pub struct Views<'a> {
     pub copy: Option<crate::log::CopyState>,
     pub subscribers: usize,
     pub connections: usize,
+    /// Request body bytes held from `[limits] body_budget_bytes`.
+    pub body_bytes: usize,
 }
 
 /// The page: every recorded metric, with the views' gauges set just before.
@@ -166,6 +173,7 @@ pub fn render(handle: &PrometheusHandle, v: Views<'_>) -> String {
     }
     metrics::gauge!("parkade_ws_subscribers").set(v.subscribers as f64);
     metrics::gauge!("parkade_http_connections").set(v.connections as f64);
+    metrics::gauge!("parkade_request_body_bytes").set(v.body_bytes as f64);
     let (rss, open, max) = process_figures();
     metrics::gauge!("process_resident_memory_bytes").set(rss as f64);
     metrics::gauge!("process_open_fds").set(open as f64);

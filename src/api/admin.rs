@@ -60,6 +60,7 @@ pub(super) async fn metrics(st: web::Data<ApiState>) -> HttpResponse {
             copy: st.log.copy_state(),
             subscribers: st.live.subscribers(),
             connections: st.connections.open_now(),
+            body_bytes: st.bodies.in_use(),
         },
     );
     HttpResponse::Ok()

@@ -60,6 +60,13 @@ impl Counts {
 /// again for the head.
 pub const NEXT_HEAD_WITHIN: Duration = Duration::from_secs(10);
 
+/// How long the HTTP server goes on reading (and dropping) what a client sends after
+/// answering a request whose body it did not read to its end, before it closes: so
+/// that the client reads the reply instead of a reset. The body budget counts that
+/// connection's buffers until it is closed (the server does not always close it then:
+/// the wait for the next head, [`NEXT_HEAD_WITHIN`], closes it at the latest).
+pub const LINGER: Duration = Duration::from_millis(250);
+
 /// A connection's requests in flight, and since when it has had none.
 struct Watched {
     /// The connection's socket: valid while the connection is in `watched`, since the
@@ -78,6 +85,11 @@ pub struct Slot {
     peer: Option<IpAddr>,
     refused: Option<Refusal>,
     watched: Option<(u64, Arc<Watched>)>,
+    /// Body budget held for the HTTP server's buffers of a body answered before it was
+    /// read to its end: the server then reads and drops the rest for up to its client
+    /// disconnect timeout before it closes, with its buffers, so the bytes stay counted
+    /// until the connection is gone.
+    unread: Mutex<Vec<Held>>,
 }
 
 #[derive(Clone, Copy)]
@@ -208,6 +220,7 @@ impl Connections {
             peer,
             refused,
             watched: None,
+            unread: Mutex::new(Vec::new()),
         }
     }
 
@@ -225,6 +238,16 @@ impl Connections {
             self.watch(&mut slot, s.as_raw_fd(), p);
         }
         data.insert(slot);
+    }
+}
+
+impl Slot {
+    /// Keep `held` until this connection closes (see [`Slot::unread`]).
+    pub fn hold_until_closed(&self, held: Held) {
+        self.unread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(held);
     }
 }
 

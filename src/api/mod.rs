@@ -271,6 +271,7 @@ fn body_kind(req: &HttpRequest, allow_ndjson: bool) -> Result<BodyKind, ApiError
 pub(crate) struct Body {
     bytes: web::BytesMut,
     _held: limits::Held,
+    _server: Option<limits::Held>,
 }
 
 impl std::ops::Deref for Body {
@@ -304,8 +305,33 @@ async fn read_body(
 /// it declares (memory follows the bytes that arrive).
 const FIRST_ROOM: usize = 8192;
 
-/// What the HTTP server itself holds for a body in flight, at most.
-const SERVER_BUFFERS: usize = 64 << 10;
+/// What the HTTP server itself holds for a body in flight, at most: its read buffer
+/// (it reads up to 128 KiB ahead) and the payload's (up to 32 KiB).
+const SERVER_BUFFERS: usize = 160 << 10;
+
+/// The budget held for the HTTP server's buffers of a body being read. Dropped before
+/// the body was read to its end (refused, timed out, failed), it passes what it holds
+/// to the connection, which keeps it until it closes: the server goes on reading and
+/// dropping the rest for a while first (see [`limits::Slot::hold_until_closed`]).
+struct ServerBuffers<'a> {
+    held: Option<limits::Held>,
+    connection: Option<&'a limits::Slot>,
+}
+
+impl ServerBuffers<'_> {
+    /// The body was read to its end: nothing lingers.
+    fn finished(mut self) -> Option<limits::Held> {
+        self.held.take()
+    }
+}
+
+impl Drop for ServerBuffers<'_> {
+    fn drop(&mut self) {
+        if let (Some(held), Some(slot)) = (self.held.take(), self.connection) {
+            slot.hold_until_closed(held);
+        }
+    }
+}
 
 async fn read_body_until(
     req: &HttpRequest,
@@ -327,6 +353,10 @@ async fn read_body_until(
         return Err(too_large());
     }
     let mut held = limits::BodyBudget::declared(declared);
+    let mut server = ServerBuffers {
+        held: None,
+        connection: req.conn_data::<limits::Slot>(),
+    };
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk
@@ -337,14 +367,15 @@ async fn read_body_until(
         // The budget counts the room the buffer grows to, which is what it costs.
         let before = bytes.capacity();
         if bytes.is_empty() {
-            // Once bytes arrive, the HTTP server buffers the body on its own too (its
-            // read buffer and the payload's, up to 32 KiB each): counted with the first
-            // chunk (a body that sent nothing holds nothing).
+            // Once bytes arrive, the HTTP server buffers the body on its own too:
+            // counted with the first chunk (a body that sent nothing holds nothing).
             if let Some(b) = &budget {
+                let mut buffers = limits::BodyBudget::declared(declared);
                 b.take(
-                    &mut held,
+                    &mut buffers,
                     declared.unwrap_or(SERVER_BUFFERS).min(SERVER_BUFFERS),
                 )?;
+                server.held = Some(buffers);
             }
             bytes.reserve(FIRST_ROOM.min(limit).max(chunk.len()));
         }
@@ -353,5 +384,9 @@ async fn read_body_until(
             b.take(&mut held, bytes.capacity() - before)?;
         }
     }
-    Ok(Body { bytes, _held: held })
+    Ok(Body {
+        bytes,
+        _held: held,
+        _server: server.finished(),
+    })
 }

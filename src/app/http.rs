@@ -77,6 +77,7 @@ pub(super) fn serve_http(
     // algorithm holds a frame until the client acknowledges the previous one, which
     // a client's delayed acknowledgement can put off for tens of milliseconds.
     .tcp_nodelay(true)
+    .client_disconnect_timeout(api::limits::LINGER)
     // Stop signals are ours (`stop_on_signals`): websockets are closed first, else the
     // graceful stop would wait out its timeout for them.
     .disable_signals()

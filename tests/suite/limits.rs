@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use awc::ws::Frame;
 use futures_util::{SinkExt, StreamExt};
+use parkade::api::limits;
 use parkade::app::Hooks;
 use parkade::live::Message;
 use parkade::Config;
@@ -628,6 +629,110 @@ async fn bodies_in_flight_share_one_budget_and_give_it_back() {
     })
     .await;
     drop(idle);
+    app.stop().await;
+}
+
+/// The value of `name` on `/metrics`, read on the open connection `s`.
+async fn metric_on(s: &mut TcpStream, name: &str) -> f64 {
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("a reply within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed before a reply");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let Some(at) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let len: usize = text[..at]
+            .to_ascii_lowercase()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        if buf.len() >= at + 4 + len {
+            let page = &text[at + 4..at + 4 + len];
+            return page
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} on /metrics:\n{page}"));
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_body_answered_before_its_end_stays_counted_until_its_connection_closes() {
+    let dir = common::data_dir();
+    let mut c = test_config(dir.path(), None);
+    c.limits.body_timeout_secs = 1;
+    let app = spawn(c).await;
+    let port = port(&app);
+    let mut first = connect_from("127.0.0.1", port).await;
+    assert_eq!(
+        metric_on(&mut first, "parkade_request_body_bytes").await,
+        0.0
+    );
+    let len = 60_000;
+    let mut seen_open = 0;
+    for _ in 0..3 {
+        // 20 kB of a declared 60 kB, then nothing: answered 408 after a second; the
+        // server goes on reading the connection for a moment before it closes it.
+        let mut stalled = connect_from("127.0.0.2", port).await;
+        stalled.write_all(post_head(len).as_bytes()).await.unwrap();
+        stalled.write_all(&vec![b' '; 20_000]).await.unwrap();
+        // Opened first: the read right after the reply takes one round trip.
+        let mut metrics = connect_from("127.0.0.1", port).await;
+        let (status, _, reply) = read_reply(&mut stalled).await;
+        assert_eq!(status, 408, "{reply}");
+        let held = metric_on(&mut metrics, "parkade_request_body_bytes").await;
+        let mut b = [0u8; 64];
+        let still_open = tokio::time::timeout(Duration::from_millis(1), stalled.read(&mut b))
+            .await
+            .is_err();
+        if still_open {
+            // Read while the connection was open: what the HTTP server holds for the
+            // body is counted (without that, an attacker reconnecting at once has the
+            // buffers of its closing connections outside every budget).
+            assert!(
+                held >= len as f64,
+                "{held} bytes counted while its connection is open"
+            );
+            seen_open += 1;
+        }
+        // Closed by the HTTP server at the end of its linger, or (it does not always
+        // close then) by the wait for the next request head.
+        let closing = limits::NEXT_HEAD_WITHIN + Duration::from_secs(5);
+        let mut b = [0u8; 64];
+        assert!(
+            matches!(
+                tokio::time::timeout(closing, stalled.read(&mut b)).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            ),
+            "the connection is closed after the reply"
+        );
+        common::eventually(Duration::from_secs(5), "the budget given back", || async {
+            let mut s = connect_from("127.0.0.1", port).await;
+            let n = metric_on(&mut s, "parkade_request_body_bytes").await;
+            if n == 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{n} bytes still counted"))
+            }
+        })
+        .await;
+    }
+    assert!(
+        seen_open > 0,
+        "the metric was never read before the connection closed"
+    );
     app.stop().await;
 }
 

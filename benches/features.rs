@@ -110,7 +110,8 @@ fn main() {
     for run in 0..runs {
         let before = rss();
         let features = MemoryFeatures::new(400);
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
         let started = Instant::now();
         let follower = rt.spawn(features.clone().follow(
             log.clone(),
@@ -139,7 +140,7 @@ fn main() {
             grown as f64 / (1 << 20) as f64
         );
         seconds.push(took);
-        stop.send(true).unwrap();
+        stop.cancel();
         rt.block_on(follower).unwrap().unwrap();
     }
     println!(

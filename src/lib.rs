@@ -13,13 +13,14 @@
 //! about HTTP.
 //!
 //! Modules are layered, and a module names only modules of its own layer or below (the
-//! test suite's `architecture` check reads the source for it): `domain`; `datasets`,
+//! test suite's `architecture` check reads the source for it): `domain`, `backoff`; `datasets`,
 //! `log`; `actors`, `ingest`, `projections`; `forecast`, `live`, `metrics`; `config`;
 //! `api`, `import`, `simulate`; `systemd`, `telemetry`; `app`; `cli`.
 //!
 //! | module | what it holds |
 //! |---|---|
 //! | [`domain`] | Pure, synchronous lot rules: newtypes parsed at the edge ([`LotId`], [`Capacity`], [`LotName`](domain::LotName)), the one event-time rule every path keeps, the events, `decide` and `apply`, and the values passed between the edge, the actors and the live feed ([`Request`](domain::Request), [`Outcome`], [`LotView`](domain::LotView)). No I/O. |
+//! | [`backoff`] | The one retry policy (waits doubling up to a ceiling, optionally jittered) and `retry`, for the projections, the JetStream client, a lot's conflicts and the read side's connection alike. |
 //! | [`log`] | The event log: the [`EventLog`] trait and the embedded segment-file backend (`file_log`: `recovery` decides at open, as a pure function of each segment's scan, what may be repaired, cutting only a torn tail and refusing other damage; `writer` is the group-commit thread; `cursor` reads), the operator's `repair-log` cut, reads and subscriptions from any offset, `log::scan` for reading a range in batches, `MemoryLog`, a log in memory for unit tests, `log::jetstream`, the NATS JetStream backend (a subject per lot, appends with the lot's expected last sequence as atomic batches, the appends lots have waiting at one moment combined into one, followed into a local copy that readers read), and `log::copy`, `parkade log copy` between the two. Every backend checks an append's expected position ([`log::Expect`]). |
 //! | `actors` | One actix actor per lot, reached through a typed [`LotHandle`]; the [`Lots`] registry that rebuilds every lot from the log at start and, on a shared log, follows it for what other processes appended (a lot's own events are not handed back to it). An actor that loses a conflict reads what it missed and decides again. On JetStream the lots' first thread is also the log client's. |
 //! | [`projections`] | Read models folded from the log: the PostgreSQL occupancy table with its checkpoint, the 15-minute features (PostgreSQL and the lake, or in memory on the embedded defaults: `features::memory`), the Parquet archive (local folder or S3), one `Runner` that keeps occupancy and the features caught up through the `Projection` trait (and `catch_up` for offline commands), one `db::Rebuild` path for rebuilds, each projection under one supervision (an error or a panic is reported and restarted with backoff), leases so that of several nodes on one database one runs each projection (`lease`: the lakes' writes also bounded in time), `replay` and `verify`. The read side lives with the table's owner: `features::query` (history buckets, means, training readings), `occupancy::capacities`, each a named `sqlx::FromRow` row. |
@@ -42,6 +43,7 @@
 pub(crate) mod actors;
 pub mod api;
 pub mod app;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub(crate) mod datasets;

@@ -13,9 +13,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use sd_notify::NotifyState;
-use tokio::sync::watch;
 
 use crate::log::EventLog;
 
@@ -55,7 +55,7 @@ impl Notifier {
     }
 
     /// Ping the watchdog every half interval while `log` accepts writes, until `stop`.
-    pub async fn watch(self, log: Arc<dyn EventLog>, mut stop: watch::Receiver<bool>) {
+    pub async fn watch(self, log: Arc<dyn EventLog>, stop: CancellationToken) {
         let Some(every) = self.watchdog.map(|w| w / 2) else {
             return;
         };
@@ -71,7 +71,7 @@ impl Notifier {
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
             }
         }
     }

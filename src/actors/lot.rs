@@ -8,6 +8,7 @@ use actix::prelude::*;
 use rustc_hash::FxHashMap;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::domain::{
     apply, check_event_time, decide, Command, LotId, LotState, LotView, NewEvent, Outcome,
     RecordedEvent, Rejection, Request, Timestamp,
@@ -496,14 +497,14 @@ impl Actor for LotActor {
 /// ([`LotError::Busy`]).
 const CONFLICT_ATTEMPTS: u32 = 16;
 
-/// A random wait before deciding again after the `attempt`th lost conflict (up to
-/// 2^attempt quarter-milliseconds, at most 20 ms), so two writers that keep colliding
-/// drift apart.
-fn conflict_backoff(attempt: u32) -> std::time::Duration {
-    let ceiling = (250u64 << attempt.min(7)).min(20_000);
-    let random = (Uuid::new_v4().as_u128() as u64) % (ceiling + 1);
-    std::time::Duration::from_micros(random)
-}
+/// The wait before deciding again after a lost conflict: jittered, from up to a
+/// quarter of a millisecond doubling to at most 20 ms, so two writers that keep
+/// colliding drift apart.
+const CONFLICT_BACKOFF: Backoff = Backoff::new(
+    std::time::Duration::from_micros(250),
+    std::time::Duration::from_millis(20),
+)
+.jittered();
 
 /// The messages a lot actor understands.
 pub(crate) enum LotMsg {
@@ -635,7 +636,7 @@ impl LotActor {
         metrics::counter!("parkade_lot_conflicts_total").increment(1);
         tracing::debug!(lot_id = %self.core.lot_id, attempt, "append conflict; catching up");
         let read = self.log.read_lot(&self.core.lot_id, self.core.last_offset);
-        let wait = conflict_backoff(attempt);
+        let wait = CONFLICT_BACKOFF.wait_for(attempt);
         let read = async move {
             actix::clock::sleep(wait).await;
             read.await

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use tokio_util::sync::CancellationToken;
 
 use actix::prelude::*;
 use uuid::Uuid;
@@ -12,7 +13,6 @@ use crate::domain::{
     Capacity, Command, LotId, LotName, LotView, Outcome, RecordedEvent, Request, Timestamp,
 };
 use crate::log::{EventLog, LogError, Subscription};
-use tokio::sync::watch;
 
 /// Settings of the lot actors.
 #[derive(Debug, Clone)]
@@ -154,13 +154,13 @@ impl Lots {
     /// its view and its next append's expected position keep up with the other writers,
     /// and a lot registered by another process gets its actor here. A lot started this
     /// way is not counted against `max_lots` (the process that registered it did).
-    pub async fn follow(self, mut shutdown: watch::Receiver<bool>) -> Result<(), LotError> {
+    pub async fn follow(self, shutdown: CancellationToken) -> Result<(), LotError> {
         let mut sub = Subscription::new(self.inner.log.clone(), self.inner.folded_to);
         let mut unregistered: HashMap<LotId, LotCore> = HashMap::new();
         loop {
             let batch = tokio::select! {
                 b = sub.next_batch(crate::log::SCAN_BATCH) => b?,
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.cancelled() => return Ok(()),
             };
             let mut by_lot: HashMap<LotId, Vec<RecordedEvent>> = HashMap::new();
             for e in batch {
@@ -298,7 +298,8 @@ mod tests {
         let (_, own) = lot.arrive(now, None).await.unwrap();
         assert_eq!((own.occupancy, own.offset), (1, Some(1)));
 
-        let (stop, stopped) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let follower = actix_web::rt::spawn(lots.clone().follow(stopped));
         // Another writer's arrival, decided on the lot as it is after its own two.
         let other = NewEvent {
@@ -324,7 +325,7 @@ mod tests {
         // The lot decides on top of it: its next append expects offset 2.
         let (_, after) = lot.arrive(now, None).await.unwrap();
         assert_eq!((after.occupancy, after.offset), (3, Some(3)));
-        stop.send(true).unwrap();
+        stop.cancel();
         follower.await.unwrap().unwrap();
     }
 

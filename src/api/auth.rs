@@ -34,6 +34,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -278,7 +279,7 @@ impl Auth {
     /// taken only once it has stayed the same for a moment (a file being written is not
     /// read half way) and parses completely; a file that became invalid or empty keeps
     /// the tokens that were loaded (and says so in the log).
-    pub async fn watch(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn watch(self, stop: CancellationToken) {
         let TokenSource::File(path) = self.source.clone() else {
             return;
         };
@@ -286,7 +287,7 @@ impl Auth {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
             }
             let first = read_tokens_file(&path);
             if let Ok((_, h)) = &first {

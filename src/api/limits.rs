@@ -20,6 +20,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -173,11 +174,11 @@ impl Connections {
 
     /// Every second until `stop`: close the connections stalled before their next
     /// request head ([`NEXT_HEAD_WITHIN`]).
-    pub async fn close_stalled_until(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn close_stalled_until(self, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.changed() => return,
+                _ = stop.cancelled() => return,
             }
             let n = self.close_stalled(NEXT_HEAD_WITHIN);
             if n > 0 {

@@ -4,11 +4,12 @@
 
 use std::net::TcpListener;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use tokio::sync::watch;
 
+use super::Shutdown;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::systemd::Notifier;
@@ -110,11 +111,11 @@ pub(super) fn stop_on_signals(
 
 /// Forget idle tokens' rate state once a minute, so the limiter's memory follows the
 /// tokens in use.
-pub(super) async fn tidy_rates(rate: api::limits::IngestRate, mut stop: watch::Receiver<bool>) {
+pub(super) async fn tidy_rates(rate: api::limits::IngestRate, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(60)) => rate.tidy(),
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
     }
 }
@@ -187,16 +188,13 @@ pub(super) fn return_large_buffers() {
 /// little now, ask the allocator to return its free pages (glibc's `malloc_trim`: the
 /// connections' read buffers of such a burst are many small blocks, below the mmap
 /// threshold that returns large ones at once).
-pub(super) async fn trim_after_bodies(
-    bodies: api::limits::BodyBudget,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn trim_after_bodies(bodies: api::limits::BodyBudget, stop: CancellationToken) {
     const BURST: usize = 16 << 20;
     let mut peak = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
         let now = bodies.in_use();
         peak = peak.max(now);
@@ -277,23 +275,12 @@ pub(super) fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener>
 
 /// The tasks that keep the server's limits tidy until the stop: the ingest rates'
 /// forgotten tokens, the tokens file, stalled connections, memory after large bodies.
-pub(super) fn spawn_housekeeping(
-    state: &ApiState,
-    auth: &api::auth::Auth,
-    shutdown: &watch::Sender<bool>,
-) {
+pub(super) fn spawn_housekeeping(state: &ApiState, auth: &api::auth::Auth, shutdown: &Shutdown) {
+    let token = &shutdown.token;
     if let Some(rate) = state.ingest_rate.clone() {
-        actix_web::rt::spawn(tidy_rates(rate, shutdown.subscribe()));
+        shutdown.spawn(tidy_rates(rate, token.clone()));
     }
-    actix_web::rt::spawn(auth.clone().watch(shutdown.subscribe()));
-    actix_web::rt::spawn(
-        state
-            .connections
-            .clone()
-            .close_stalled_until(shutdown.subscribe()),
-    );
-    actix_web::rt::spawn(trim_after_bodies(
-        state.bodies.clone(),
-        shutdown.subscribe(),
-    ));
+    shutdown.spawn(auth.clone().watch(token.clone()));
+    shutdown.spawn(state.connections.clone().close_stalled_until(token.clone()));
+    shutdown.spawn(trim_after_bodies(state.bodies.clone(), token.clone()));
 }

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use anyhow::Context;
-use tokio::sync::watch;
 
 use crate::actors::Lots;
 use crate::api::{self, ApiState};
@@ -19,6 +20,37 @@ mod start;
 
 use read_models::{on_own_thread, start_read_models, ReadModels};
 use start::{open_log, recover_lots, refuse_lost_events};
+
+/// What stops together: the token that every task and thread of the service watches,
+/// and the tasks on the server's thread to wait for once it is cancelled.
+#[derive(Clone, Default)]
+pub(crate) struct Shutdown {
+    pub(crate) token: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Shutdown {
+    /// Run `task` on this (the server's) thread; it must end once `token` is cancelled.
+    pub(crate) fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static) {
+        self.tasks.spawn_local(task);
+    }
+
+    /// Cancel, and wait for the tasks (at most `within`, then say which did not end).
+    async fn stop(&self, within: std::time::Duration) {
+        self.token.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "tasks still running {} s after the stop; leaving them",
+                within.as_secs()
+            );
+        }
+    }
+}
 
 /// Knobs for tests and drills that a config file does not offer.
 #[derive(Clone, Default)]
@@ -38,7 +70,10 @@ pub struct Application {
     log: Arc<dyn EventLog>,
     lots: Lots,
     board: StatusBoard,
-    shutdown: watch::Sender<bool>,
+    shutdown: Shutdown,
+    /// Cancels the shutdown token when the application is dropped without running
+    /// (a build that failed half way, a test): nothing it started goes on alone.
+    _stop_if_dropped: tokio_util::sync::DropGuard,
     projection: Option<JoinHandle<()>>,
     archive_thread: Option<JoinHandle<()>>,
     live_thread: JoinHandle<()>,
@@ -79,11 +114,12 @@ impl Application {
         let dyn_log = log.clone();
         let lots = recover_lots(&config, dyn_log.clone(), lots_thread)?;
         let board = StatusBoard::default();
-        let (shutdown, _) = watch::channel(false);
+        let shutdown = Shutdown::default();
+        let stop_if_dropped = shutdown.token.clone().drop_guard();
         if dyn_log.shared() {
             // Other processes append too: each lot follows what they wrote.
-            let follower = lots.clone().follow(shutdown.subscribe());
-            actix_web::rt::spawn(async move {
+            let follower = lots.clone().follow(shutdown.token.clone());
+            shutdown.spawn(async move {
                 if let Err(e) = follower.await {
                     tracing::error!(error = %e, "the lots stopped following the shared log");
                 }
@@ -97,7 +133,7 @@ impl Application {
         );
         let live_thread = on_own_thread(
             "parkade-live",
-            live.clone().follow(dyn_log.clone(), shutdown.subscribe()),
+            live.clone().follow(dyn_log.clone(), shutdown.token.clone()),
         )?;
         let forecast_now = Arc::new(tokio::sync::Notify::new());
         let mut read = start_read_models(
@@ -106,7 +142,7 @@ impl Application {
             &dyn_log,
             archive,
             &board,
-            &shutdown,
+            &shutdown.token,
             &forecast_now,
         )
         .await?;
@@ -127,7 +163,7 @@ impl Application {
         tracing::info!(address = %config.bind, port, "HTTP server listening");
         if let Some(n) = &notifier {
             n.ready();
-            actix_web::rt::spawn(n.clone().watch(log.clone(), shutdown.subscribe()));
+            shutdown.spawn(n.clone().watch(log.clone(), shutdown.token.clone()));
         }
         Ok(Application {
             port,
@@ -136,6 +172,7 @@ impl Application {
             lots,
             board,
             shutdown,
+            _stop_if_dropped: stop_if_dropped,
             projection: read.projection,
             archive_thread: read.archive_thread,
             live_thread,
@@ -174,7 +211,7 @@ impl Application {
         if let Some(n) = &self.notifier {
             n.stopping();
         }
-        let _receivers_gone = self.shutdown.send(true);
+        self.shutdown.stop(std::time::Duration::from_secs(10)).await;
         for p in [self.projection, self.archive_thread, Some(self.live_thread)]
             .into_iter()
             .flatten()

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::sync::watch;
 
 use super::Hooks;
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::forecast::service::{self as predictor, ForecastStore, Predictor, Runs};
 use crate::log::EventLog;
@@ -41,7 +42,7 @@ pub(super) async fn start_read_models(
     log: &Arc<dyn EventLog>,
     archive: Option<crate::projections::archive::Archive>,
     board: &StatusBoard,
-    shutdown: &watch::Sender<bool>,
+    shutdown: &CancellationToken,
     forecast_now: &Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<ReadModels> {
     let mut read = ReadModels {
@@ -71,7 +72,7 @@ pub(super) async fn start_read_models(
             (board.clone(), forecast_now.clone()),
             config,
             hooks,
-            shutdown.subscribe(),
+            shutdown.clone(),
         )?);
     } else {
         tracing::info!("no PARKADE_DATABASE_URL: running without the PostgreSQL read model; the features are kept in memory");
@@ -87,7 +88,7 @@ pub(super) async fn start_read_models(
             log.clone(),
             (board.clone(), forecast_now.clone()),
             config,
-            shutdown.subscribe(),
+            shutdown.clone(),
         )?);
         read.features = Some(features);
         read.forecasts = forecasts;
@@ -98,7 +99,7 @@ pub(super) async fn start_read_models(
             log.clone(),
             board.clone(),
             config,
-            shutdown.subscribe(),
+            shutdown.clone(),
         )?);
         read.archive = Some(archive);
     }
@@ -115,7 +116,7 @@ pub(super) fn spawn_projection(
     (board, forecast_now): (StatusBoard, Arc<tokio::sync::Notify>),
     config: &Config,
     hooks: &Hooks,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     let batch_events = config.projections.batch_events;
     let max_backoff = Duration::from_secs(config.projections.max_backoff_secs);
@@ -203,16 +204,16 @@ pub(super) async fn connect_until_stopped(
     name: ProjectionName,
     board: &StatusBoard,
     max_backoff: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Option<sqlx::PgPool> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
     // Each cause said once, not at every retry.
     let mut said = String::new();
     loop {
         // A stop does not wait for an attempt to end.
         let attempt = tokio::select! {
             a = db::connect(url) => a,
-            _ = shutdown.changed() => return None,
+            _ = shutdown.cancelled() => return None,
         };
         match attempt {
             Ok(pool) => {
@@ -229,10 +230,9 @@ pub(super) async fn connect_until_stopped(
                 }
                 board.report_failure(name, &e);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {},
-                    _ = shutdown.changed() => return None,
+                    _ = tokio::time::sleep(backoff.next_wait()) => {},
+                    _ = shutdown.cancelled() => return None,
                 }
-                backoff = (backoff * 2).min(max_backoff);
             }
         }
     }
@@ -245,10 +245,10 @@ pub(super) async fn supervised<R, Fut>(
         ProjectionName,
         StatusBoard,
         Duration,
-        watch::Receiver<bool>,
+        CancellationToken,
     ),
     runner: R,
-    run: impl Fn(R, watch::Receiver<bool>) -> Fut,
+    run: impl Fn(R, CancellationToken) -> Fut,
 ) where
     R: Clone,
     Fut: std::future::Future<Output = ()>,
@@ -274,7 +274,7 @@ pub(super) fn spawn_memory_features(
     log: Arc<dyn EventLog>,
     (board, forecast_now): (StatusBoard, Arc<tokio::sync::Notify>),
     config: &Config,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     let max_backoff = Duration::from_secs(config.projections.max_backoff_secs);
     let batch_events = config.projections.batch_events;
@@ -309,7 +309,7 @@ pub(super) fn spawn_archive(
     log: Arc<dyn EventLog>,
     board: StatusBoard,
     config: &Config,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<()>> {
     use crate::projections::archive::NAME;
     let max_backoff = Duration::from_secs(config.projections.max_backoff_secs);

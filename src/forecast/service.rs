@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use super::backtest::local_of;
 use super::history::{History, Obs, ProfileParams};
@@ -516,13 +516,13 @@ impl Predictor {
         }
     }
 
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let mut model: Option<Model> = None;
         loop {
             // A run may wait for the features to fold the log: stopping does not wait.
             let run = tokio::select! {
                 r = self.once(&mut model) => r,
-                _ = shutdown.changed() => break,
+                _ = shutdown.cancelled() => break,
             };
             match run {
                 Ok(s) => {
@@ -545,7 +545,7 @@ impl Predictor {
             tokio::select! {
                 _ = tokio::time::sleep(self.interval) => {}
                 _ = self.wake.notified() => {}
-                _ = shutdown.changed() => break,
+                _ = shutdown.cancelled() => break,
             }
         }
         self.board.set(NAME, |s| s.state = ProjectionState::Stopped);

@@ -17,10 +17,10 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
 pub use outbox::{outbox, Budget, Outbox, MAX_QUEUED_BYTES};
 
@@ -451,7 +451,7 @@ impl Live {
     }
 
     /// Follow the log from the live position until shut down.
-    pub async fn follow(self, log: Arc<dyn EventLog>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn follow(self, log: Arc<dyn EventLog>, shutdown: CancellationToken) {
         let mut sub = Subscription::new(log.clone(), self.position());
         // Bursts no larger than half of what a subscriber may leave untaken, so one
         // large batch does not close a subscriber that keeps up with the rate.
@@ -459,7 +459,7 @@ impl Live {
         loop {
             let batch = tokio::select! {
                 b = sub.next_batch(burst) => b,
-                _ = shutdown.changed() => return self.close_all(),
+                _ = shutdown.cancelled() => return self.close_all(),
             };
             match batch {
                 Ok(b) => self.publish(&b),
@@ -467,7 +467,7 @@ impl Live {
                     tracing::error!(error = %e, "live fan-out cannot read the log; retrying in 1 s");
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                        _ = shutdown.changed() => return self.close_all(),
+                        _ = shutdown.cancelled() => return self.close_all(),
                     }
                     sub = Subscription::new(log.clone(), self.position());
                 }
@@ -518,7 +518,8 @@ mod tests {
     async fn a_subscriber_gets_its_lots_changes_in_order_after_its_snapshot_then_a_goodbye() {
         let log = MemoryLog::new();
         let live = Live::new(Vec::new(), 0, 64);
-        let (stop, rx) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let rx = stop.clone();
         let follower = tokio::spawn(live.clone().follow(log.clone(), rx));
         let (out, mut body) = crate::live::outbox(1 << 20, &Budget::new(usize::MAX));
         let keep = Some(HashSet::from([LotId::parse("north").unwrap()]));
@@ -557,7 +558,7 @@ mod tests {
             vec![0, 2, 3],
             "north's changes, in order, no others"
         );
-        stop.send(true).unwrap();
+        stop.cancel();
         follower.await.unwrap();
         let mut rest = Vec::new();
         while let Some(chunk) = body.next().await {

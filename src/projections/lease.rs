@@ -26,9 +26,9 @@
 
 use std::future::Future;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use super::{ProjectionName, ProjectionState, StatusBoard};
 
@@ -152,15 +152,11 @@ impl LakeLease {
 
     /// Hold the lease: at once when held; else stand by (shown on `board`) while
     /// another process holds it and renews it. `false` when shutting down first.
-    pub async fn take(
-        &mut self,
-        board: &StatusBoard,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
+    pub async fn take(&mut self, board: &StatusBoard, shutdown: &CancellationToken) -> bool {
         let name = self.name;
         let mut said = false;
         while !self.held {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return false;
             }
             let sent = Instant::now();
@@ -199,7 +195,7 @@ impl LakeLease {
             if !self.held {
                 tokio::select! {
                     _ = tokio::time::sleep(LEASE_EVERY) => {}
-                    _ = shutdown.changed() => return false,
+                    _ = shutdown.cancelled() => return false,
                 }
             }
         }
@@ -237,14 +233,14 @@ impl LakeLease {
     pub async fn hold_for(
         &mut self,
         wait: Duration,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<bool, LeaseError> {
         let end = tokio::time::Instant::now() + wait;
         loop {
             let next = end.min(tokio::time::Instant::now() + LEASE_EVERY);
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
-                _ = shutdown.changed() => return Ok(true),
+                _ = shutdown.cancelled() => return Ok(true),
             }
             if next >= end {
                 return Ok(false);

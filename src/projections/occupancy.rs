@@ -9,10 +9,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::runner::Projection;
@@ -213,7 +213,7 @@ impl Projection for Occupancy {
         &mut self,
         _log: Arc<dyn EventLog>,
         _from: u64,
-        _stop: watch::Receiver<bool>,
+        _stop: CancellationToken,
     ) -> Result<(), ProjectionError> {
         self.folded = Fold::default();
         Ok(())

@@ -6,13 +6,14 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use super::lease::{ProjectionLease, LEASE_EVERY};
-use super::supervisor::Backoff;
+use super::supervisor;
 use super::{ProjectionError, ProjectionName};
+use crate::backoff::Backoff;
 use crate::domain::{RecordedEvent, Timestamp};
 use crate::log::{EventLog, Subscription};
 
@@ -140,7 +141,7 @@ pub trait Projection: Send + 'static {
         &mut self,
         log: Arc<dyn EventLog>,
         from: u64,
-        stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 
     /// Fold one batch; its offsets follow on from the previous one's.
@@ -212,10 +213,10 @@ impl<P: Projection> Runner<P> {
     async fn lease(
         &self,
         backoff: &mut Backoff,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Option<ProjectionLease> {
         let mut said = false;
-        while !*shutdown.borrow() {
+        while !shutdown.is_cancelled() {
             match ProjectionLease::try_take(&self.pool, P::NAME, self.holder).await {
                 Ok(Some(lease)) => {
                     if said {
@@ -239,7 +240,7 @@ impl<P: Projection> Runner<P> {
                     });
                     tokio::select! {
                         _ = tokio::time::sleep(LEASE_EVERY) => {}
-                        _ = shutdown.changed() => return None,
+                        _ = shutdown.cancelled() => return None,
                     }
                 }
                 Err(e) => {
@@ -252,12 +253,12 @@ impl<P: Projection> Runner<P> {
         None
     }
 
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(self.max_backoff);
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = supervisor::backoff(self.max_backoff);
         let mut lease: Option<ProjectionLease> = None;
-        'restart: while !*shutdown.borrow() {
+        'restart: while !shutdown.is_cancelled() {
             if lease.is_none() {
-                lease = self.lease(&mut backoff, &mut shutdown).await;
+                lease = self.lease(&mut backoff, &shutdown).await;
                 if lease.is_none() {
                     break;
                 }
@@ -265,7 +266,7 @@ impl<P: Projection> Runner<P> {
             let mut from = match self.resume(&shutdown).await {
                 Ok(from) => from,
                 Err(ProjectionError::Stopped) => break,
-                Err(e) if self.failed(&e, &mut backoff, &mut shutdown).await => break,
+                Err(e) if self.failed(&e, &mut backoff, &shutdown).await => break,
                 Err(_) => continue,
             };
             self.board.set(P::NAME, |s| {
@@ -287,12 +288,12 @@ impl<P: Projection> Runner<P> {
                         lease = None;
                         continue 'restart;
                     }
-                    _ = shutdown.changed() => break 'restart,
+                    _ = shutdown.cancelled() => break 'restart,
                 };
                 let batch = match batch {
                     Ok(b) => b,
                     Err(e) => {
-                        if self.failed(&e.into(), &mut backoff, &mut shutdown).await {
+                        if self.failed(&e.into(), &mut backoff, &shutdown).await {
                             break 'restart;
                         }
                         continue 'restart;
@@ -303,7 +304,7 @@ impl<P: Projection> Runner<P> {
                 if self.panic.trip() {
                     panic!("a panic injected after folding offsets {from}..{to}");
                 }
-                match self.write(from, to, &mut backoff, &mut shutdown).await {
+                match self.write(from, to, &mut backoff, &shutdown).await {
                     Outcome::Committed => from = to,
                     Outcome::Moved(next) => {
                         tracing::info!(projection = %P::NAME, from, resume = next, "checkpoint moved by a rebuild; resuming there");
@@ -321,7 +322,7 @@ impl<P: Projection> Runner<P> {
     }
 
     /// The checkpoint, once the projection is ready to fold from it.
-    async fn resume(&mut self, shutdown: &watch::Receiver<bool>) -> Result<u64, ProjectionError> {
+    async fn resume(&mut self, shutdown: &CancellationToken) -> Result<u64, ProjectionError> {
         if self.log.shared() {
             self.wait_for_copy(shutdown).await?;
         }
@@ -334,7 +335,7 @@ impl<P: Projection> Runner<P> {
     /// On a shared log, the checkpoint the last holder left may lie past this node's
     /// copy (the copy follows the stream a moment behind): stand by until the copy
     /// has reached it, rather than fail as on a log that lost events.
-    async fn wait_for_copy(&self, shutdown: &watch::Receiver<bool>) -> Result<(), ProjectionError> {
+    async fn wait_for_copy(&self, shutdown: &CancellationToken) -> Result<(), ProjectionError> {
         let Some(cp) = super::db::read_checkpoint(&self.pool, P::NAME).await? else {
             return Ok(());
         };
@@ -347,10 +348,10 @@ impl<P: Projection> Runner<P> {
             s.state = ProjectionState::Standby;
             s.checkpoint = cp.next_offset;
         });
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
         tokio::select! {
             reached = self.log.wait_durable(cp.next_offset) => Ok(reached?),
-            _ = stop.changed() => Err(ProjectionError::Stopped),
+            _ = stop.cancelled() => Err(ProjectionError::Stopped),
         }
     }
 
@@ -360,7 +361,7 @@ impl<P: Projection> Runner<P> {
         from: u64,
         to: u64,
         backoff: &mut Backoff,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Outcome {
         loop {
             let log_id = self.log.log_id();
@@ -387,10 +388,10 @@ impl<P: Projection> Runner<P> {
         &self,
         e: &ProjectionError,
         backoff: &mut Backoff,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> bool {
         let why = e.to_string();
-        backoff.failed(&self.board, P::NAME, why, shutdown).await
+        supervisor::wait_after_failure(backoff, &self.board, P::NAME, why, shutdown).await
     }
 }
 
@@ -421,7 +422,8 @@ pub async fn catch_up<P: Projection>(
 ) -> Result<u64, ProjectionError> {
     let end = log.durable_end();
     // Never stopped: the command waits for it.
-    let (_keep, stop) = watch::channel(false);
+    let _keep = CancellationToken::new();
+    let stop = _keep.clone();
     'restart: loop {
         let mut from = checkpoint::<P>(pool, &*log).await?;
         projection.resume(log.clone(), from, stop.clone()).await?;

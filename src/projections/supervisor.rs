@@ -11,55 +11,38 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use futures_util::FutureExt;
-use tokio::sync::watch;
 
 use super::{ProjectionName, ProjectionState, StatusBoard};
+use crate::backoff::Backoff;
 
-/// The one backoff policy of the projections, for a restart by the supervision and for
-/// a retry inside a run alike: the first wait after a failure is [`Backoff::FIRST`],
-/// each further failure doubles it up to the configured maximum, and a success starts
-/// it over.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
+/// The first wait after a projection's failure; each further failure doubles it up
+/// to the configured maximum, and a success starts it over ([`Backoff`]).
+pub const FIRST_WAIT: Duration = Duration::from_millis(100);
+
+/// The projections' backoff, for a restart by the supervision and for a retry inside a
+/// run alike.
+pub fn backoff(max: Duration) -> Backoff {
+    Backoff::new(FIRST_WAIT, max)
 }
 
-impl Backoff {
-    pub const FIRST: Duration = Duration::from_millis(100);
-
-    pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: Self::FIRST,
-            max: max.max(Self::FIRST),
-        }
-    }
-
-    /// After a success: the next failure waits [`Backoff::FIRST`] again.
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-
-    /// Report projection `name`'s failure (`why`) in the log and on the board, then wait
-    /// out the backoff, doubling it for the next one. True when the stop signal came
-    /// instead.
-    pub async fn failed(
-        &mut self,
-        board: &StatusBoard,
-        name: ProjectionName,
-        why: String,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
-        let wait = self.next;
-        tracing::error!(projection = %name, error = %why, retry_in_ms = wait.as_millis() as u64, "projection failed; retrying");
-        board.report_failure_text(name, why);
-        self.next = (self.next * 2).min(self.max);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => false,
-            _ = shutdown.changed() => true,
-        }
+/// Report projection `name`'s failure (`why`) in the log and on the board, then wait
+/// out `backoff`. True when the stop signal came instead.
+pub async fn wait_after_failure(
+    backoff: &mut Backoff,
+    board: &StatusBoard,
+    name: ProjectionName,
+    why: String,
+    shutdown: &CancellationToken,
+) -> bool {
+    let wait = backoff.next_wait();
+    tracing::error!(projection = %name, error = %why, retry_in_ms = wait.as_millis() as u64, "projection failed; retrying");
+    board.report_failure_text(name, why);
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = shutdown.cancelled() => true,
     }
 }
 
@@ -69,15 +52,15 @@ pub async fn supervise<F, Fut>(
     name: ProjectionName,
     board: StatusBoard,
     max_backoff: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     mut run: F,
 ) where
-    F: FnMut(watch::Receiver<bool>) -> Fut,
+    F: FnMut(CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let mut backoff = Backoff::new(max_backoff);
+    let mut backoff = backoff(max_backoff);
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_cancelled() {
             break;
         }
         let started = Instant::now();
@@ -87,10 +70,10 @@ pub async fn supervise<F, Fut>(
             Err(panic) => format!("panicked: {}", panic_text(panic.as_ref())),
         };
         // A run that went well for a while starts the backoff over.
-        if started.elapsed() > max_backoff.max(Backoff::FIRST) * 2 {
+        if started.elapsed() > max_backoff.max(FIRST_WAIT) * 2 {
             backoff.reset();
         }
-        if backoff.failed(&board, name, why, &mut shutdown).await {
+        if wait_after_failure(&mut backoff, &board, name, why, &shutdown).await {
             break;
         }
     }
@@ -114,7 +97,8 @@ mod tests {
     #[tokio::test]
     async fn a_panic_is_reported_and_the_run_is_started_again() {
         let board = StatusBoard::default();
-        let (stop, rx) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let rx = stop.clone();
         let runs = Arc::new(AtomicU32::new(0));
         let seen = board.clone();
         let counted = runs.clone();
@@ -123,7 +107,7 @@ mod tests {
             board.clone(),
             Duration::from_millis(400),
             rx,
-            move |mut sd| {
+            move |sd| {
                 let n = counted.fetch_add(1, Ordering::SeqCst);
                 let seen = seen.clone();
                 async move {
@@ -134,7 +118,7 @@ mod tests {
                             seen.set(ProjectionName::Predictor, |s| {
                                 s.state = ProjectionState::Running
                             });
-                            let _ = sd.changed().await;
+                            sd.cancelled().await;
                             Ok(())
                         }
                     }
@@ -171,7 +155,7 @@ mod tests {
             .await
             .expect("started again after a panic and a failure");
         assert_eq!(board.all()[0].failures, 2);
-        stop.send(true).unwrap();
+        stop.cancel();
         task.await.unwrap();
         assert_eq!(board.all()[0].state, ProjectionState::Stopped);
         assert_eq!(runs.load(Ordering::SeqCst), 3, "no restart after the stop");

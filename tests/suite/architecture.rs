@@ -9,6 +9,7 @@ use std::path::Path;
 /// below, never above. One layer's modules must not name each other both ways.
 const LAYERS: &[(&str, u8)] = &[
     ("domain", 0),
+    ("backoff", 0),
     ("datasets", 1),
     ("log", 1),
     ("actors", 2),

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use parkade::projections::archive::{S3Config, S3Store};
 
@@ -289,9 +290,10 @@ async fn a_lake_write_under_a_lease_ends_within_its_budget_or_not_at_all() {
     let db = common::TestDb::new();
     let pool = parkade::projections::db::connect(&db.url).await.unwrap();
     let board = parkade::projections::StatusBoard::default();
-    let (_stop, mut shutdown) = tokio::sync::watch::channel(false);
+    let _stop = CancellationToken::new();
+    let shutdown = _stop.clone();
     let mut lease = LakeLease::new(pool.clone(), ProjectionName::Archive);
-    assert!(lease.take(&board, &mut shutdown).await);
+    assert!(lease.take(&board, &shutdown).await);
     let started = std::time::Instant::now();
     let slow = lease
         .write(async {
@@ -307,8 +309,7 @@ async fn a_lake_write_under_a_lease_ends_within_its_budget_or_not_at_all() {
     );
     // Nobody takes a lease renewed within the grace.
     let mut next = LakeLease::new(pool.clone(), ProjectionName::Archive);
-    let waited =
-        tokio::time::timeout(Duration::from_secs(3), next.take(&board, &mut shutdown)).await;
+    let waited = tokio::time::timeout(Duration::from_secs(3), next.take(&board, &shutdown)).await;
     assert!(waited.is_err(), "a renewed lease was taken over");
     // Once the grace has passed since the last renewal (as when its holder stalled),
     // another process takes it, and the old holder's next write finds out before
@@ -316,7 +317,7 @@ async fn a_lake_write_under_a_lease_ends_within_its_budget_or_not_at_all() {
     db.query("UPDATE projection_leases SET renewed_at = now() - interval '31 seconds' WHERE name = 'archive'")
         .await;
     assert!(
-        next.take(&board, &mut shutdown).await,
+        next.take(&board, &shutdown).await,
         "taken over after the grace"
     );
     let mut wrote = false;

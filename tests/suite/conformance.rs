@@ -12,6 +12,7 @@
 //! capacity` nor count an event twice.
 
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 use parkade::domain::{Capacity, LotEvent, LotId, LotName, NewEvent, Timestamp};
 use parkade::log::jetstream::{JetStreamLog, JetStreamOptions};
@@ -395,7 +396,8 @@ pub async fn two_writers_of_one_lot_keep_it_in_bounds_and_count_each_event_once(
     log_b.wait_durable(1).await.unwrap();
     let b_lots = Lots::recover(log_b.clone(), lot_options()).unwrap();
     // Each follows what the other writes (as the service does on a shared log).
-    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let _stop = CancellationToken::new();
+    let stopped = _stop.clone();
     for lots in [&a, &b_lots] {
         let follower = lots.clone().follow(stopped.clone());
         actix_web::rt::spawn(follower);

@@ -4,6 +4,7 @@
 use parkade::api::wire;
 use parkade::app::Hooks;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::common;
 use common::{test_config, TestApp, TestDb};
@@ -514,7 +515,8 @@ async fn a_stop_signal_ends_the_features_warm_up_between_batches() {
         .await
         .unwrap();
     let full = t.elapsed();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     let runner = parkade::projections::Runner {
         pool,
         log,
@@ -528,7 +530,7 @@ async fn a_stop_signal_ends_the_features_warm_up_between_batches() {
     let task = actix_web::rt::spawn(runner.run(stopped));
     actix_web::rt::time::sleep((full / 10).min(Duration::from_millis(300))).await;
     let asked = Instant::now();
-    stop.send(true).unwrap();
+    stop.cancel();
     task.await.unwrap();
     let took = asked.elapsed();
     println!("full fold {full:?}; stopped {took:?} after the stop signal");

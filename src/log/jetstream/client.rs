@@ -9,6 +9,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::domain::{LotId, NewEvent, RecordedEvent, Timestamp};
 use crate::log::format;
 
@@ -551,25 +552,17 @@ async fn settled(
 }
 
 /// `op` until it succeeds or fails otherwise than `transient` says, for up to
-/// [`RETRY_FOR`], backing off from 20 ms to at most [`RETRY_BACKOFF`] between tries.
+/// [`RETRY_FOR`], backing off from 20 ms to at most [`RETRY_BACKOFF`] between tries:
+/// long enough to ride out a leader election.
 pub(super) async fn retried<T, E, Fut>(
-    mut op: impl FnMut() -> Fut,
+    op: impl FnMut() -> Fut,
     transient: impl Fn(&E) -> bool,
 ) -> Result<T, E>
 where
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let started = std::time::Instant::now();
-    let mut backoff = Duration::from_millis(20);
-    loop {
-        match op().await {
-            Err(e) if transient(&e) && started.elapsed() < RETRY_FOR => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RETRY_BACKOFF);
-            }
-            done => return done,
-        }
-    }
+    let backoff = Backoff::new(Duration::from_millis(20), RETRY_BACKOFF);
+    crate::backoff::retry(backoff, RETRY_FOR, op, transient).await
 }
 
 /// Whether the server refused a publish for its expected last (subject) sequence. A

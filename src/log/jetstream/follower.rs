@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use tokio_util::sync::CancellationToken;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::domain::RecordedEvent;
 use crate::log::{EventLog, FileLog, LogError};
@@ -35,7 +36,7 @@ pub(super) async fn follow(
     mut own: mpsc::UnboundedReceiver<Vec<RecordedEvent>>,
     in_flight: &AtomicUsize,
     seen: &Seen,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<(), LogError> {
     let mut next = copy.durable_end();
     // The stream holds at least this many events.
@@ -72,7 +73,7 @@ pub(super) async fn follow(
                     }
                 }
             },
-            _ = stop.changed() => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
         }
         loop {
             while let Ok(events) = own.try_recv() {

@@ -60,6 +60,7 @@
 //! | `mod.rs` | the options, the errors, the timings, and [`JetStreamLog`], the [`EventLog`] over all of it |
 
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -183,7 +184,7 @@ pub struct JetStreamLog {
     own: Option<tokio::runtime::Runtime>,
     /// Why the follower stopped, once it has.
     failed: watch::Receiver<Option<Arc<str>>>,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
     /// Appends on their way to [`combine`].
     combiner: mpsc::UnboundedSender<PendingAppend>,
     seen: Arc<Seen>,
@@ -252,7 +253,8 @@ impl JetStreamLog {
             )));
         }
         let (fail, failed) = watch::channel(None);
-        let (stop, stopped) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let (stored, own_events) = mpsc::unbounded_channel();
         let own = Own {
             stored,
@@ -300,7 +302,7 @@ impl JetStreamLog {
 
 impl Drop for JetStreamLog {
     fn drop(&mut self) {
-        let _sent = self.stop.send(true);
+        self.stop.cancel();
         if let Some(rt) = self.own.take() {
             rt.shutdown_background();
         }
@@ -407,7 +409,7 @@ impl EventLog for JetStreamLog {
 
     /// Stop following and close the local copy; appends are refused from then on.
     fn close(&self) {
-        let _sent = self.stop.send(true);
+        self.stop.cancel();
         self.copy.close();
     }
 
@@ -433,7 +435,7 @@ impl EventLog for JetStreamLog {
     }
 
     fn health(&self) -> Result<(), LogError> {
-        if *self.stop.borrow() {
+        if self.stop.is_cancelled() {
             return Err(LogError::Closed);
         }
         if let Some(why) = self.failed.borrow().clone() {

@@ -49,11 +49,10 @@ mod store;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::lease::{write_under, LakeLease, LeaseError, LEASE_EVERY};
-use super::supervisor::Backoff;
+use super::supervisor;
 use super::{ProjectionName, ProjectionState, RebuildStats, StatusBoard};
 use crate::domain::RecordedEvent;
 use crate::log::{EventLog, LogError, Subscription};
@@ -522,23 +521,23 @@ pub struct ArchiveRunner {
 }
 
 impl ArchiveRunner {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(self.max_backoff);
-        while !*shutdown.borrow() {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = supervisor::backoff(self.max_backoff);
+        while !shutdown.is_cancelled() {
             if let Some(lease) = &self.archive.lease {
-                if !lease.lock().await.take(&self.board, &mut shutdown).await {
+                if !lease.lock().await.take(&self.board, &shutdown).await {
                     break;
                 }
             }
-            match self.follow(&mut shutdown).await {
+            match self.follow(&shutdown).await {
                 Ok(()) => break,
                 Err(ArchiveError::Lease(e @ LeaseError::Lost(_))) => {
                     tracing::warn!(projection = %NAME, error = %e, "standing by again");
                 }
                 Err(e) => {
                     let board = &self.board;
-                    if backoff
-                        .failed(board, NAME, e.to_string(), &mut shutdown)
+                    let why = e.to_string();
+                    if supervisor::wait_after_failure(&mut backoff, board, NAME, why, &shutdown)
                         .await
                     {
                         break;
@@ -553,7 +552,7 @@ impl ArchiveRunner {
     }
 
     /// Follow the log in the generation that is current now.
-    async fn refollow(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), ArchiveError> {
+    async fn refollow(&self, shutdown: &CancellationToken) -> Result<(), ArchiveError> {
         tracing::info!(
             projection = %NAME,
             "the archive generation changed; resuming in the new one"
@@ -562,8 +561,8 @@ impl ArchiveRunner {
     }
 
     /// Follow the log; returns Ok on shutdown, Err to be retried.
-    async fn follow(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), ArchiveError> {
-        if *shutdown.borrow() {
+    async fn follow(&self, shutdown: &CancellationToken) -> Result<(), ArchiveError> {
+        if shutdown.is_cancelled() {
             return Ok(());
         }
         let gen = self.archive.current_generation().await?;
@@ -607,7 +606,7 @@ impl ArchiveRunner {
                         lease.lock().await.renew().await?;
                     }
                 }
-                _ = shutdown.changed() => stop = true,
+                _ = shutdown.cancelled() => stop = true,
             }
             let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
             if !chunker.is_empty() && (timed_out || stop) {

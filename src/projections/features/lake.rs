@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use arrow_array::builder::{
     Float64Builder, Int32Builder, StringBuilder, TimestampMicrosecondBuilder,
@@ -20,7 +21,6 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use super::fold::FeatureRow;
 use crate::domain::LotId;
@@ -299,20 +299,20 @@ pub struct LakeExporter {
 }
 
 impl LakeExporter {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let mut lease = match &self.lease {
             Some(l) => Some(l.lock().await),
             None => None,
         };
         loop {
             if let Some(lease) = lease.as_deref_mut() {
-                if !lease.take(&self.board, &mut shutdown).await {
+                if !lease.take(&self.board, &shutdown).await {
                     break;
                 }
             }
             // The holder renews its lease while it waits, so nobody takes it over.
             let stop = match lease.as_deref_mut() {
-                Some(lease) => match lease.hold_for(self.every, &mut shutdown).await {
+                Some(lease) => match lease.hold_for(self.every, &shutdown).await {
                     Ok(stop) => stop,
                     Err(e) => {
                         tracing::warn!(projection = %NAME, error = %e, "standing by again");
@@ -321,7 +321,7 @@ impl LakeExporter {
                 },
                 None => tokio::select! {
                     _ = tokio::time::sleep(self.every) => false,
-                    _ = shutdown.changed() => true,
+                    _ = shutdown.cancelled() => true,
                 },
             };
             // One last export on the way out, so a clean stop leaves the lake current.

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
+use tokio_util::sync::CancellationToken;
 
 use chrono::{DateTime, TimeZone, Timelike, Utc};
 use tokio::sync::watch;
@@ -177,7 +178,7 @@ impl MemoryFeatures {
         board: StatusBoard,
         batch_events: usize,
         lateness_secs: u64,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Result<(), ProjectionError> {
         let name = ProjectionName::Features;
         // The fold's window of open buckets lives in this run only: start from zero.
@@ -189,7 +190,7 @@ impl MemoryFeatures {
         loop {
             let batch = tokio::select! {
                 b = sub.next_batch(batch_events) => b?,
-                _ = shutdown.changed() => break,
+                _ = shutdown.cancelled() => break,
             };
             for e in &batch {
                 fold.add(e);

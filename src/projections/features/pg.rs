@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::sync::watch;
 
 use super::fold::{FeatureFold, FeatureRow};
 use crate::domain::RecordedEvent;
@@ -267,14 +267,15 @@ impl Projection for Features {
         &mut self,
         log: Arc<dyn EventLog>,
         from: u64,
-        stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) -> Result<(), ProjectionError> {
         let lateness = self.lateness_secs;
         // The warm-up refolds the log; a stop signal ends it between batches.
-        self.fold =
-            tokio::task::spawn_blocking(move || warm(&*log, from, lateness, &|| *stop.borrow()))
-                .await
-                .expect("the warm-up fold does not panic")?;
+        self.fold = tokio::task::spawn_blocking(move || {
+            warm(&*log, from, lateness, &|| stop.is_cancelled())
+        })
+        .await
+        .expect("the warm-up fold does not panic")?;
         self.rows.clear();
         Ok(())
     }

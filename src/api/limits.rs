@@ -243,7 +243,8 @@ impl Connections {
 }
 
 impl Slot {
-    /// Keep `held` until this connection closes (see [`Slot::unread`]).
+    /// Keep `held` until this connection closes: the HTTP server's buffers of a body
+    /// answered before it was read to its end, which it goes on reading for a while.
     pub fn hold_until_closed(&self, held: Held) {
         self.unread
             .lock()

@@ -239,6 +239,9 @@ pub(super) fn load_auth(config: &Config) -> anyhow::Result<api::auth::Auth> {
         _ => TokenSource::None,
     };
     let auth = Auth::load(source, config.auth.reads_open).context("loading the tokens")?;
+    for o in &config.auth.cors_origins {
+        api::auth::check_origin(o).map_err(|e| anyhow::anyhow!("[auth] cors_origins: {e}"))?;
+    }
     if auth.is_open() && !config.bind.ip().is_loopback() && !config.auth.allow_open {
         anyhow::bail!(
             "refusing to serve on {} with no tokens: anyone who reaches it could post events, \

@@ -18,8 +18,10 @@ mod http;
 mod read_models;
 mod start;
 
-use read_models::{on_own_thread, start_read_models, ReadModels};
-use start::{open_log, recover_lots, refuse_lost_events};
+use read_models::{start_read_models, ReadModels};
+use start::{
+    follow_shared_log, open_archive, open_log, recover_lots, refuse_lost_events, start_live,
+};
 
 /// What stops together: the token that every task and thread of the service watches,
 /// and the tasks on the server's thread to wait for once it is cancelled.
@@ -89,9 +91,6 @@ impl Application {
         config.validate()?;
         // Access control first: a service that would start open by mistake does not start.
         let auth = http::load_auth(&config)?;
-        for o in &config.auth.cors_origins {
-            api::auth::check_origin(o).map_err(|e| anyhow::anyhow!("[auth] cors_origins: {e}"))?;
-        }
         // The address before the data: a start that cannot listen touches nothing.
         let listener = http::bind(config.bind)?;
         let max_connections = http::fit_open_files(config.limits.max_connections)?;
@@ -100,16 +99,7 @@ impl Application {
         crate::metrics::install();
         let (log, lots_thread) = open_log(&config, &hooks).await?;
         // Made once: the start's check reads its progress, then it runs.
-        let archive = match config.archive.enabled {
-            true => Some(
-                crate::projections::archive::Archive::from_config(
-                    &config.archive,
-                    &config.data_dir,
-                )
-                .await,
-            ),
-            false => None,
-        };
+        let archive = open_archive(&config).await;
         refuse_lost_events(&config, &*log, archive.as_ref()).await?;
         let dyn_log = log.clone();
         let lots = recover_lots(&config, dyn_log.clone(), lots_thread)?;
@@ -117,24 +107,9 @@ impl Application {
         let shutdown = Shutdown::default();
         let stop_if_dropped = shutdown.token.clone().drop_guard();
         if dyn_log.shared() {
-            // Other processes append too: each lot follows what they wrote.
-            let follower = lots.clone().follow(shutdown.token.clone());
-            shutdown.spawn(async move {
-                if let Err(e) = follower.await {
-                    tracing::error!(error = %e, "the lots stopped following the shared log");
-                }
-            });
+            follow_shared_log(&lots, &shutdown);
         }
-        // The live fan-out starts from the state the lots were rebuilt to.
-        let live = crate::live::Live::new(
-            lots.views(),
-            dyn_log.durable_end(),
-            config.live.buffer_messages,
-        );
-        let live_thread = on_own_thread(
-            "parkade-live",
-            live.clone().follow(dyn_log.clone(), shutdown.token.clone()),
-        )?;
+        let (live, live_thread) = start_live(&config, &lots, &dyn_log, &shutdown)?;
         let forecast_now = Arc::new(tokio::sync::Notify::new());
         let mut read = start_read_models(
             &config,

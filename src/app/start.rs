@@ -7,7 +7,7 @@ use actix::Arbiter;
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::Hooks;
+use super::{Hooks, Shutdown};
 use crate::actors::{LotOptions, Lots};
 use crate::config::{Config, LogBackend};
 use crate::log::jetstream::JetStreamLog;
@@ -69,6 +69,43 @@ pub(super) async fn open_log(
         truncated_bytes = rec.truncated_bytes, lost_events = rec.lost_events, "event log open"
     );
     Ok((log, None))
+}
+
+/// The archive, when it is enabled; made once, so that the start's check of lost events
+/// reads its progress before it runs.
+pub(super) async fn open_archive(config: &Config) -> Option<crate::projections::archive::Archive> {
+    match config.archive.enabled {
+        true => Some(
+            crate::projections::archive::Archive::from_config(&config.archive, &config.data_dir)
+                .await,
+        ),
+        false => None,
+    }
+}
+
+/// On a log other processes append to: each lot follows what they wrote, until the stop.
+pub(super) fn follow_shared_log(lots: &Lots, shutdown: &Shutdown) {
+    let follower = lots.clone().follow(shutdown.token.clone());
+    shutdown.spawn(async move {
+        if let Err(e) = follower.await {
+            tracing::error!(error = %e, "the lots stopped following the shared log");
+        }
+    });
+}
+
+/// The live fan-out, on its own thread, from the state the lots were rebuilt to.
+pub(super) fn start_live(
+    config: &Config,
+    lots: &Lots,
+    log: &Arc<dyn EventLog>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(crate::live::Live, std::thread::JoinHandle<()>)> {
+    let live = crate::live::Live::new(lots.views(), log.durable_end(), config.live.buffer_messages);
+    let thread = super::read_models::on_own_thread(
+        "parkade-live",
+        live.clone().follow(log.clone(), shutdown.token.clone()),
+    )?;
+    Ok((live, thread))
 }
 
 /// Every lot rebuilt from the log, each on its actor.

@@ -40,10 +40,20 @@ async fn get_on(s: &mut TcpStream, path: &str) -> (u16, String, Value) {
     read_reply(s).await
 }
 
-/// The next reply on a connection: status, head (lower case) and body.
+/// The next reply on a connection: status, head (lower case) and body as JSON.
 async fn read_reply(s: &mut TcpStream) -> (u16, String, Value) {
+    let (status, head, body) = read_raw_reply(s).await;
+    (
+        status,
+        head,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+/// The next reply on a connection: status, head (lower case) and body's bytes.
+async fn read_raw_reply(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 16384];
     loop {
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
             .await
@@ -55,19 +65,17 @@ async fn read_reply(s: &mut TcpStream) -> (u16, String, Value) {
             String::from_utf8_lossy(&buf)
         );
         buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let Some(at) = text.find("\r\n\r\n") else {
+        let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
             continue;
         };
-        let head = text[..at].to_ascii_lowercase();
+        let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
         let len: usize = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
             .map_or(0, |v| v.trim().parse().unwrap());
         if buf.len() >= at + 4 + len {
             let status = head[9..12].parse().unwrap();
-            let body = serde_json::from_slice(&buf[at + 4..at + 4 + len]).unwrap_or(Value::Null);
-            return (status, head, body);
+            return (status, head, buf[at + 4..at + 4 + len].to_vec());
         }
     }
 }
@@ -637,35 +645,12 @@ async fn metric_on(s: &mut TcpStream, name: &str) -> f64 {
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
-            .await
-            .expect("a reply within 10 s")
-            .unwrap();
-        assert!(n > 0, "closed before a reply");
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let Some(at) = text.find("\r\n\r\n") else {
-            continue;
-        };
-        let len: usize = text[..at]
-            .to_ascii_lowercase()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("content-length:")
-                    .map(|v| v.trim().parse().unwrap())
-            })
-            .unwrap_or(0);
-        if buf.len() >= at + 4 + len {
-            let page = &text[at + 4..at + 4 + len];
-            return page
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-                .unwrap_or_else(|| panic!("{name} on /metrics:\n{page}"));
-        }
-    }
+    let (status, _, body) = read_raw_reply(s).await;
+    let page = String::from_utf8(body).unwrap();
+    assert_eq!(status, 200, "{page}");
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} on /metrics:\n{page}"))
 }
 
 #[actix_web::test]

@@ -32,7 +32,7 @@
 //! | [`api`] | The actix-web HTTP API under `/v1`: `api::wire`, the request and reply types shared by the server, its OpenAPI document and every client (`import --url`, the simulator, the tests); access control (bearer tokens with roles), limits (connections, subscribers, the ingest rate per token), edge standardisation of ingest JSON/NDJSON, errors mapped to status codes, health and readiness, the dashboard. |
 //! | `simulate` | `parkade simulate`/`demo`: campus traffic (SFU Burnaby preset; `simulate::term`, the campus's year of classes, exams, breaks and holidays) or a fixed load sent to a server over HTTP in the wire types, with a latency summary. |
 //! | [`config`] | Typed configuration: defaults, a TOML file, `PARKADE_*` environment variables and flags. |
-//! | [`app`] | Startup, building then running: `start` opens the log and rebuilds the lots, `read_models` starts the read side under supervision, `http` the server and its housekeeping. |
+//! | [`app`] | Startup, building then running: `start` opens the log and rebuilds the lots, `read_models` starts the read side under supervision, `http` the server and its housekeeping; one shutdown (a cancellation token every task and thread watches, and a tracker of the server thread's tasks) stops them all. |
 //! | [`cli`] | The command line of the single `parkade` binary, a file per command (`serve`, `import`, `replay`, `verify`, `repair-log`, `log copy`, `token`, `train`, `backtest`, `holdout`, `simulate`, `demo`, `healthcheck`). |
 //! | `telemetry` | `tracing` subscriber set-up. |
 //! | [`systemd`] | The service manager's notify protocol (the `sd-notify` crate): ready, stopping, and a watchdog pinged only while the log accepts writes. |

@@ -24,8 +24,10 @@ use start::{
 };
 
 /// What stops together: the token that every task and thread of the service watches,
-/// and the tasks on the server's thread to wait for once it is cancelled.
-#[derive(Clone, Default)]
+/// and the tasks on the server's thread to wait for once it is cancelled. Dropped (a
+/// build that failed half way, an application never run), it cancels the token, so
+/// nothing it started goes on alone.
+#[derive(Default)]
 pub(crate) struct Shutdown {
     pub(crate) token: CancellationToken,
     tasks: TaskTracker,
@@ -37,7 +39,7 @@ impl Shutdown {
         self.tasks.spawn_local(task);
     }
 
-    /// Cancel, and wait for the tasks (at most `within`, then say which did not end).
+    /// Cancel, and wait for the tasks (at most `within`, then say how many did not end).
     async fn stop(&self, within: std::time::Duration) {
         self.token.cancel();
         self.tasks.close();
@@ -51,6 +53,12 @@ impl Shutdown {
                 within.as_secs()
             );
         }
+    }
+}
+
+impl Drop for Shutdown {
+    fn drop(&mut self) {
+        self.token.cancel();
     }
 }
 
@@ -73,9 +81,6 @@ pub struct Application {
     lots: Lots,
     board: StatusBoard,
     shutdown: Shutdown,
-    /// Cancels the shutdown token when the application is dropped without running
-    /// (a build that failed half way, a test): nothing it started goes on alone.
-    _stop_if_dropped: tokio_util::sync::DropGuard,
     projection: Option<JoinHandle<()>>,
     archive_thread: Option<JoinHandle<()>>,
     live_thread: JoinHandle<()>,
@@ -105,7 +110,6 @@ impl Application {
         let lots = recover_lots(&config, dyn_log.clone(), lots_thread)?;
         let board = StatusBoard::default();
         let shutdown = Shutdown::default();
-        let stop_if_dropped = shutdown.token.clone().drop_guard();
         if dyn_log.shared() {
             follow_shared_log(&lots, &shutdown);
         }
@@ -147,7 +151,6 @@ impl Application {
             lots,
             board,
             shutdown,
-            _stop_if_dropped: stop_if_dropped,
             projection: read.projection,
             archive_thread: read.archive_thread,
             live_thread,

@@ -348,10 +348,9 @@ impl<P: Projection> Runner<P> {
             s.state = ProjectionState::Standby;
             s.checkpoint = cp.next_offset;
         });
-        let stop = shutdown.clone();
         tokio::select! {
             reached = self.log.wait_durable(cp.next_offset) => Ok(reached?),
-            _ = stop.cancelled() => Err(ProjectionError::Stopped),
+            _ = shutdown.cancelled() => Err(ProjectionError::Stopped),
         }
     }
 
@@ -422,8 +421,7 @@ pub async fn catch_up<P: Projection>(
 ) -> Result<u64, ProjectionError> {
     let end = log.durable_end();
     // Never stopped: the command waits for it.
-    let _keep = CancellationToken::new();
-    let stop = _keep.clone();
+    let stop = CancellationToken::new();
     'restart: loop {
         let mut from = checkpoint::<P>(pool, &*log).await?;
         projection.resume(log.clone(), from, stop.clone()).await?;

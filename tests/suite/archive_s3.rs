@@ -290,8 +290,7 @@ async fn a_lake_write_under_a_lease_ends_within_its_budget_or_not_at_all() {
     let db = common::TestDb::new();
     let pool = parkade::projections::db::connect(&db.url).await.unwrap();
     let board = parkade::projections::StatusBoard::default();
-    let _stop = CancellationToken::new();
-    let shutdown = _stop.clone();
+    let shutdown = CancellationToken::new();
     let mut lease = LakeLease::new(pool.clone(), ProjectionName::Archive);
     assert!(lease.take(&board, &shutdown).await);
     let started = std::time::Instant::now();

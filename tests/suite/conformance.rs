@@ -396,8 +396,7 @@ pub async fn two_writers_of_one_lot_keep_it_in_bounds_and_count_each_event_once(
     log_b.wait_durable(1).await.unwrap();
     let b_lots = Lots::recover(log_b.clone(), lot_options()).unwrap();
     // Each follows what the other writes (as the service does on a shared log).
-    let _stop = CancellationToken::new();
-    let stopped = _stop.clone();
+    let stopped = CancellationToken::new();
     for lots in [&a, &b_lots] {
         let follower = lots.clone().follow(stopped.clone());
         actix_web::rt::spawn(follower);

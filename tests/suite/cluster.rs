@@ -181,36 +181,58 @@ async fn gate(
 }
 
 /// Every change a subscriber receives: (offset, lot, occupancy), from its snapshot on.
+/// Closed as a slow consumer (a test process starved of the shared cores falls behind),
+/// it resumes after the last change it has, as the close reason tells clients to: the
+/// changes it collects must still be every one, in order.
 async fn subscribe(
     base: String,
     seen: Arc<Mutex<Vec<(u64, String, u32)>>>,
     from: Arc<Mutex<Option<u64>>>,
 ) {
-    let url = format!("{}/v1/ws", base.replace("http://", "ws://"));
-    let (_, mut ws) = awc::Client::new()
-        .ws(url)
-        .max_frame_size(1 << 20)
-        .connect()
-        .await
-        .expect("websocket handshake");
-    while let Some(frame) = ws.next().await {
-        match frame.expect("a valid frame") {
-            awc::ws::Frame::Text(b) => match serde_json::from_slice::<Message>(&b).unwrap() {
-                Message::Snapshot { next_offset, .. } => *from.lock().unwrap() = Some(next_offset),
-                Message::Change {
-                    offset,
-                    lot_id,
-                    occupancy,
-                    ..
-                } => seen
-                    .lock()
-                    .unwrap()
-                    .push((offset, lot_id.into_owned(), occupancy)),
-                Message::Live { .. } => {}
-            },
-            awc::ws::Frame::Ping(p) => ws.send(awc::ws::Message::Pong(p)).await.unwrap(),
-            awc::ws::Frame::Close(r) => panic!("the subscriber was closed: {r:?}"),
-            _ => {}
+    let mut resume: Option<u64> = None;
+    loop {
+        let mut url = format!("{}/v1/ws", base.replace("http://", "ws://"));
+        if let Some(next) = resume {
+            url.push_str(&format!("?from_offset={next}"));
+        }
+        let (_, mut ws) = awc::Client::new()
+            .ws(url)
+            .max_frame_size(1 << 20)
+            .connect()
+            .await
+            .expect("websocket handshake");
+        let mut closed_slow = false;
+        while let Some(frame) = ws.next().await {
+            match frame.expect("a valid frame") {
+                awc::ws::Frame::Text(b) => match serde_json::from_slice::<Message>(&b).unwrap() {
+                    Message::Snapshot { next_offset, .. } => {
+                        let mut from = from.lock().unwrap();
+                        from.get_or_insert(next_offset);
+                    }
+                    Message::Change {
+                        offset,
+                        lot_id,
+                        occupancy,
+                        ..
+                    } => seen
+                        .lock()
+                        .unwrap()
+                        .push((offset, lot_id.into_owned(), occupancy)),
+                    Message::Live { .. } => {}
+                },
+                awc::ws::Frame::Ping(p) => ws.send(awc::ws::Message::Pong(p)).await.unwrap(),
+                awc::ws::Frame::Close(Some(r)) if r.code == awc::ws::CloseCode::Other(4008) => {
+                    let last = seen.lock().unwrap().last().map(|c| c.0 + 1);
+                    resume = last.or(*from.lock().unwrap());
+                    closed_slow = true;
+                    break;
+                }
+                awc::ws::Frame::Close(r) => panic!("the subscriber was closed: {r:?}"),
+                _ => {}
+            }
+        }
+        if !closed_slow {
+            return;
         }
     }
 }
